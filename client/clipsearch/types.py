@@ -1,0 +1,72 @@
+"""Plain value types returned by the client (never protobuf objects)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["Failure", "ImageInput", "IndexStats", "Progress", "SearchResult", "Submission"]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One match. `score` is cosine similarity in [-1, 1], higher is better."""
+
+    id: str
+    score: float
+    uri: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """An image to index: bytes (`image`) or a location (`uri`), with an optional id and metadata.
+
+    With bytes, `uri` is only recorded (e.g. the path the file came from).
+    """
+
+    image: bytes = b""
+    uri: str = ""
+    id: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What SubmitImages returned: the batch id and the id of each image, in order."""
+
+    batch_id: str
+    ids: list[str]
+
+
+@dataclass(frozen=True)
+class Progress:
+    submitted: int
+    pending: int
+    indexed: int
+    failed: int
+
+    @property
+    def done(self) -> bool:
+        """True when every submitted image is indexed or failed."""
+        return self.pending == 0
+
+
+@dataclass(frozen=True)
+class Failure:
+    id: str
+    uri: str
+    reason: str
+    batch_id: str
+    failed_at_ms: int
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    count: int
+    model: str
+    dim: int
+    index_type: str
+    hnsw_m: int
+    ef_construction: int
+    ef_search: int
+    stale_entries: int

@@ -1,0 +1,40 @@
+from clipsearch.v1 import types_pb2 as _types_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class TextSearchRequest(_message.Message):
+    __slots__ = ("text", "k")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    k: int
+    def __init__(self, text: _Optional[str] = ..., k: _Optional[int] = ...) -> None: ...
+
+class TextSearchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[_types_pb2.SearchResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[_types_pb2.SearchResult, _Mapping]]] = ...) -> None: ...
+
+class ImageSearchRequest(_message.Message):
+    __slots__ = ("image", "uri", "id", "k")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    uri: str
+    id: str
+    k: int
+    def __init__(self, image: _Optional[bytes] = ..., uri: _Optional[str] = ..., id: _Optional[str] = ..., k: _Optional[int] = ...) -> None: ...
+
+class ImageSearchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[_types_pb2.SearchResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[_types_pb2.SearchResult, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,132 @@
+"""The OpenCLIP model: loading, image preprocessing, and image/text encoding to L2-normalized vectors.
+
+This is the only module of clipsearch that imports torch or open_clip. The server (text queries,
+image queries) and the encoder worker (ingestion) both go through it, so both always agree on the
+model identity, the preprocessing and the normalization.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
+
+__all__ = ["DEFAULT_MODEL", "DEFAULT_PRETRAINED", "ClipEncoder", "ModelSpec", "load_encoder"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+_LOCAL_DIR = "local-dir:"
+_HF_HUB = "hf-hub:"
+_WEIGHTS_FILE = "open_clip_model.safetensors"
+_RANDOM_SEED = 0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which OpenCLIP model to load, and where to run it.
+
+    name: a built-in OpenCLIP name ("ViT-B-32"), "hf-hub:org/repo", or "local-dir:/path" (offline).
+    pretrained: weights tag for built-in names ("laion2b_s34b_b79k", "openai"); "none" or "" for
+        random weights (seeded, so every process gets the same ones); ignored for hf-hub/local-dir.
+    device: "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
+    """
+
+    name: str = DEFAULT_MODEL
+    pretrained: str = DEFAULT_PRETRAINED
+    device: str = "auto"
+
+    @property
+    def random_weights(self) -> bool:
+        has_schema = self.name.startswith((_LOCAL_DIR, _HF_HUB))
+        return not has_schema and self.pretrained.strip().lower() in ("", "none")
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _identity(spec: ModelSpec) -> str:
+    """A string that names the model's weights, equal on every machine that loads the same weights."""
+    if spec.name.startswith(_LOCAL_DIR):
+        folder = Path(spec.name[len(_LOCAL_DIR):]).expanduser()
+        digest = hashlib.sha256()
+        with open(folder / _WEIGHTS_FILE, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        return f"{_LOCAL_DIR}{folder.resolve().name}@{digest.hexdigest()[:12]}"
+    if spec.name.startswith(_HF_HUB):
+        return spec.name
+    if spec.random_weights:
+        return f"{spec.name}@random-seed{_RANDOM_SEED}"
+    return f"{spec.name}@{spec.pretrained}"
+
+
+class ClipEncoder:
+    """A loaded OpenCLIP model. Thread-safe: encode calls are serialized by a lock."""
+
+    def __init__(self, spec: ModelSpec, model: Any, preprocess: Any, tokenizer: Any, device: str) -> None:
+        self.spec = spec
+        self.identity = _identity(spec)
+        self.device = device
+        self._model = model
+        self._preprocess = preprocess
+        self._tokenizer = tokenizer
+        self._lock = threading.Lock()
+        self._autocast = device.startswith("cuda")
+        with torch.inference_mode():
+            probe = tokenizer(["a"]).to(device)
+            self.dim = int(model.encode_text(probe).shape[-1])
+
+    def preprocess(self, image: Image.Image) -> Any:
+        """Turns a decoded RGB image into the model's input tensor (CPU). Safe to call from many threads."""
+        return self._preprocess(image)
+
+    def encode_images(self, tensors: Sequence[Any]) -> np.ndarray:
+        """Encodes preprocessed images (from `preprocess`) into an (n, dim) float32 array of unit vectors."""
+        batch = torch.stack(list(tensors))
+        if self.device.startswith("cuda"):
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        with self._lock, torch.inference_mode(), torch.autocast("cuda", enabled=self._autocast):
+            features = self._model.encode_image(batch)
+        return _normalized(features)
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Encodes texts into an (n, dim) float32 array of unit vectors."""
+        tokens = self._tokenizer(list(texts)).to(self.device)
+        with self._lock, torch.inference_mode(), torch.autocast("cuda", enabled=self._autocast):
+            features = self._model.encode_text(tokens)
+        return _normalized(features)
+
+
+def _normalized(features: Any) -> np.ndarray:
+    array = features.float().cpu().numpy().astype(np.float32, copy=False)
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return array / np.maximum(norms, 1e-12)
+
+
+def load_encoder(spec: ModelSpec, threads: int | None = None) -> ClipEncoder:
+    """Loads the model named by `spec` (downloading weights only for built-in or hf-hub names)."""
+    if threads:
+        torch.set_num_threads(threads)
+    device = _resolve_device(spec.device)
+    pretrained = None if spec.random_weights else spec.pretrained
+    if spec.random_weights:
+        torch.manual_seed(_RANDOM_SEED)
+    model, _, preprocess = open_clip.create_model_and_transforms(spec.name, pretrained=pretrained, device=device)
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(spec.name)
+    encoder = ClipEncoder(spec, model, preprocess, tokenizer, device)
+    log.info("loaded model %s (dim %d) on %s", encoder.identity, encoder.dim, device)
+    return encoder

@@ -1,0 +1,126 @@
+"""Reading image bytes from their source (inline, allowed file roots, http) and decoding them to RGB.
+
+Everything that can go wrong with an image raises ImageLoadError with a reason a user can act on;
+callers (the worker, the server's ImageSearch) turn that into a failed job or INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import io
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["ImageLoadError", "LoadLimits", "decode_image", "is_supported_uri", "read_uri"]
+
+_HTTP_SCHEMES = ("http://", "https://")
+_FILE_SCHEME = "file://"
+
+
+class ImageLoadError(Exception):
+    """An image could not be read or decoded; the message says why."""
+
+
+@dataclass(frozen=True)
+class LoadLimits:
+    """Limits applied to every image, whatever its source.
+
+    max_bytes: largest encoded image accepted (bytes).
+    max_pixels: largest decoded size (width * height); bigger ones are refused as decompression bombs.
+    allowed_roots: folders from which file paths may be read; empty refuses all file paths.
+    http_timeout_s: connect/read timeout for http(s) URLs (seconds).
+    """
+
+    max_bytes: int = 32 * 1024 * 1024
+    max_pixels: int = 64_000_000
+    allowed_roots: tuple[Path, ...] = field(default_factory=tuple)
+    http_timeout_s: float = 10.0
+
+
+def is_supported_uri(uri: str) -> bool:
+    """True for the location forms images can be read from: absolute path, file://, http(s)://."""
+    return uri.startswith(_HTTP_SCHEMES + (_FILE_SCHEME,)) or Path(uri).is_absolute()
+
+
+def read_uri(uri: str, limits: LoadLimits) -> bytes:
+    """Reads the encoded bytes of the image at `uri`, enforcing the allowed roots and size limit."""
+    if uri.startswith(_HTTP_SCHEMES):
+        return _read_http(uri, limits)
+    path_text = urllib.parse.unquote(urllib.parse.urlparse(uri).path) if uri.startswith(_FILE_SCHEME) else uri
+    return _read_file(Path(path_text), limits)
+
+
+def _read_file(path: Path, limits: LoadLimits) -> bytes:
+    if not path.is_absolute():
+        raise ImageLoadError(f"file path must be absolute: {path}")
+    real = path.resolve()
+    if not any(real.is_relative_to(root.resolve()) for root in limits.allowed_roots):
+        raise ImageLoadError(f"path is outside the allowed roots ({_roots(limits)}): {path}")
+    try:
+        size = real.stat().st_size
+        if size > limits.max_bytes:
+            raise ImageLoadError(f"image file is {size} bytes, over the limit of {limits.max_bytes}: {path}")
+        return real.read_bytes()
+    except OSError as exc:
+        raise ImageLoadError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _roots(limits: LoadLimits) -> str:
+    return ", ".join(str(r) for r in limits.allowed_roots) or "none configured"
+
+
+def _read_http(url: str, limits: LoadLimits) -> bytes:
+    request = urllib.request.Request(url, headers={"User-Agent": "clipsearch"})
+    try:
+        with urllib.request.urlopen(request, timeout=limits.http_timeout_s) as response:
+            data = response.read(limits.max_bytes + 1)
+    except urllib.error.HTTPError as exc:
+        raise ImageLoadError(f"cannot fetch {url}: HTTP {exc.code}") from exc
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ImageLoadError(f"cannot fetch {url}: {reason}") from exc
+    if len(data) > limits.max_bytes:
+        raise ImageLoadError(f"image at {url} is over the limit of {limits.max_bytes} bytes")
+    return data
+
+
+def decode_image(data: bytes, limits: LoadLimits) -> Image.Image:
+    """Decodes encoded image bytes to an RGB image: first frame, EXIF orientation applied."""
+    if not data:
+        raise ImageLoadError("image is empty (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise ImageLoadError(f"image is {len(data)} bytes, over the limit of {limits.max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > limits.max_pixels:
+                raise ImageLoadError(
+                    f"image is {width}x{height} pixels, over the limit of {limits.max_pixels} (decompression bomb?)"
+                )
+            image.seek(0)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
+    except ImageLoadError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(f"cannot decode image: {exc}") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageLoadError(f"cannot decode image (truncated or corrupt?): {exc}") from exc
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        image = image.point(lambda value: value * (1 / 256)).convert("L")
+    elif image.mode == "F":
+        image = image.convert("L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+    return image.convert("RGB")

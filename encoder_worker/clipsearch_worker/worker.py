@@ -1,0 +1,186 @@
+"""The encoder worker loop: take image jobs from Redis, decode, encode in batches, push, acknowledge.
+
+A job is acknowledged (and counted indexed or failed) only after the server has accepted its
+vector, or after it failed for a reason that retrying cannot fix (an undecodable image). Jobs of a
+crashed worker stay pending and are reclaimed by live workers after the visibility timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import grpc
+import numpy as np
+import redis
+
+from clipsearch.v1 import index_service_pb2 as index_pb
+from clipsearch.v1 import index_service_pb2_grpc as index_grpc
+from clipsearch.v1 import types_pb2
+
+from . import queue
+from .encoder import ClipEncoder, ModelSpec
+from .images import ImageLoadError, LoadLimits, decode_image, read_uri
+from .queue import Job, Keys
+
+__all__ = ["Worker", "WorkerConfig", "WorkerFatal", "default_consumer_name"]
+
+log = logging.getLogger(__name__)
+
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def default_consumer_name() -> str:
+    """host-pid-random: unique per process, readable in XINFO CONSUMERS."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything an encoder worker needs.
+
+    server: the search server's host:port, where vectors are pushed.
+    batch_size: images per forward pass (and per Redis read).
+    decode_threads: threads that read, decode and preprocess images beside the model.
+    visibility_timeout_s: a job pending this long with another worker is considered abandoned.
+    """
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "clipsearch"
+    server: str = "localhost:50051"
+    model: ModelSpec = field(default_factory=ModelSpec)
+    batch_size: int = 32
+    decode_threads: int = 4
+    image_limits: LoadLimits = field(default_factory=LoadLimits)
+    consumer: str = field(default_factory=default_consumer_name)
+    visibility_timeout_s: float = 300.0
+    block_ms: int = 1000
+    push_timeout_s: float = 60.0
+    max_message_bytes: int = 64 * 1024 * 1024
+
+
+class WorkerFatal(Exception):
+    """The worker cannot do useful work (e.g. its model differs from the server's); it should exit."""
+
+
+class Worker:
+    """One encoder worker process's loop."""
+
+    def __init__(self, config: WorkerConfig, encoder: ClipEncoder) -> None:
+        self.config = config
+        self.encoder = encoder
+        self.keys = Keys(config.redis_prefix)
+        self.redis = queue.connect(config.redis_url)
+        self._channel = grpc.insecure_channel(
+            config.server,
+            options=[
+                ("grpc.max_send_message_length", config.max_message_bytes),
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+            ],
+        )
+        self._index = index_grpc.IndexServiceStub(self._channel)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, config.decode_threads), thread_name_prefix="decode")
+        self._model = types_pb2.ModelInfo(name=encoder.identity, dim=encoder.dim)
+        self._last_reclaim = 0.0
+        self.processed = 0
+
+    def run(self, stop: threading.Event) -> None:
+        """Processes jobs until `stop` is set. Raises WorkerFatal for unrecoverable configuration errors."""
+        log.info("worker %s consuming %s", self.config.consumer, self.keys.jobs)
+        ready = False
+        while not stop.is_set():
+            try:
+                if not ready:
+                    queue.ensure_group(self.redis, self.keys)
+                    ready = True
+                jobs = self._next_jobs()
+                if jobs:
+                    self.process(jobs, stop)
+            except redis.RedisError as exc:
+                ready = False
+                log.warning("Redis unavailable (%s); retrying in 1s", exc)
+                stop.wait(1.0)
+
+    def _next_jobs(self) -> list[Job]:
+        now = time.monotonic()
+        if now - self._last_reclaim >= min(30.0, self.config.visibility_timeout_s / 2):
+            self._last_reclaim = now
+            stale = queue.reclaim_stale(
+                self.redis, self.keys, self.config.consumer,
+                int(self.config.visibility_timeout_s * 1000), self.config.batch_size,
+            )
+            if stale:
+                log.info("reclaimed %d jobs abandoned by other workers", len(stale))
+                return stale
+        return queue.read_jobs(self.redis, self.keys, self.config.consumer, self.config.batch_size, self.config.block_ms)
+
+    def process(self, jobs: Sequence[Job], stop: threading.Event) -> None:
+        """Encodes and pushes one batch of jobs, then acknowledges them."""
+        blobs = queue.load_blobs(self.redis, self.keys, jobs)
+        prepared = list(self._pool.map(self._prepare, jobs, blobs))
+        good = [(job, tensor) for job, (tensor, _) in zip(jobs, prepared) if tensor is not None]
+        outcomes: list[tuple[Job, str | None]] = [(job, err) for job, (_, err) in zip(jobs, prepared) if err]
+        if good:
+            vectors = self.encoder.encode_images([tensor for _, tensor in good])
+            error = self._push([job for job, _ in good], vectors, stop)
+            if error == "stopped":
+                return  # not acknowledged: another worker (or our restart) will redo them
+            outcomes.extend((job, error) for job, _ in good)
+        queue.finish(self.redis, self.keys, outcomes)
+        self.processed += len(jobs)
+        for job, reason in outcomes:
+            if reason:
+                log.info("image %s failed: %s", job.id, reason)
+
+    def _prepare(self, job: Job, blob: bytes | None) -> tuple[Any, str | None]:
+        """Reads, decodes and preprocesses one image; returns (tensor, None) or (None, reason)."""
+        try:
+            if job.has_blob:
+                if blob is None:
+                    return None, "the image bytes are no longer in the queue (expired or deleted)"
+                data = blob
+            else:
+                data = read_uri(job.uri, self.config.image_limits)
+            return self.encoder.preprocess(decode_image(data, self.config.image_limits)), None
+        except ImageLoadError as exc:
+            return None, str(exc)
+        except Exception as exc:  # noqa: BLE001 - a bad image must never kill the worker
+            log.exception("unexpected error preparing image %s", job.id)
+            return None, f"unexpected error: {type(exc).__name__}: {exc}"
+
+    def _push(self, jobs: Sequence[Job], vectors: np.ndarray, stop: threading.Event) -> str | None:
+        """Upserts vectors on the server. Returns None on success, "stopped" if interrupted, or a failure reason."""
+        request = index_pb.UpsertVectorsRequest(
+            model=self._model,
+            records=[
+                index_pb.VectorRecord(id=job.id, vector=vec.astype("<f4").tobytes(), uri=job.uri, metadata=job.metadata)
+                for job, vec in zip(jobs, vectors)
+            ],
+        )
+        delay = 0.2
+        while True:
+            try:
+                self._index.UpsertVectors(request, timeout=self.config.push_timeout_s)
+                return None
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code == grpc.StatusCode.FAILED_PRECONDITION:
+                    raise WorkerFatal(exc.details()) from exc
+                if code not in _RETRYABLE:
+                    return f"the server refused the vector: {code.name}: {exc.details()}"
+                log.warning("push failed (%s: %s); retrying in %.1fs", code.name, exc.details(), delay)
+            if stop.wait(delay):
+                return "stopped"
+            delay = min(delay * 2, 5.0)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._channel.close()
+        self.redis.close()

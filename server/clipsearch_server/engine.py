@@ -1,0 +1,68 @@
+"""The search engine: query encoding with the CLIP model plus collection lookups, off the event loop.
+
+The gRPC layer calls these coroutines with validated arguments. Model and FAISS work is blocking,
+so it runs in a thread pool; the asyncio loop only routes requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence, TypeVar
+
+import numpy as np
+
+from clipsearch_worker.encoder import ClipEncoder
+from clipsearch_worker.images import LoadLimits, decode_image, read_uri
+
+from .collection import Collection, CollectionStats, Hit
+from .store import ImageRecord
+
+__all__ = ["Engine"]
+
+T = TypeVar("T")
+
+
+class Engine:
+    """Encodes queries and searches the collection."""
+
+    def __init__(self, encoder: ClipEncoder, collection: Collection, limits: LoadLimits, workers: int = 4) -> None:
+        self.encoder = encoder
+        self.collection = collection
+        self.limits = limits
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engine")
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    async def text_search(self, text: str, k: int) -> list[Hit]:
+        def work() -> list[Hit]:
+            return self.collection.search(self.encoder.encode_text([text])[0], k)
+
+        return await self._run(work)
+
+    async def image_search_bytes(self, data: bytes, k: int) -> list[Hit]:
+        return await self._run(lambda: self.collection.search(self._encode_image(data), k))
+
+    async def image_search_uri(self, uri: str, k: int) -> list[Hit]:
+        return await self._run(lambda: self.collection.search(self._encode_image(read_uri(uri, self.limits)), k))
+
+    async def image_search_id(self, image_id: str, k: int) -> list[Hit]:
+        def work() -> list[Hit]:
+            return self.collection.search(self.collection.vector_of(image_id), k, exclude_id=image_id)
+
+        return await self._run(work)
+
+    def _encode_image(self, data: bytes) -> np.ndarray:
+        image = decode_image(data, self.limits)
+        return self.encoder.encode_images([self.encoder.preprocess(image)])[0]
+
+    async def upsert(self, records: Sequence[ImageRecord]) -> int:
+        return await self._run(lambda: self.collection.upsert(records))
+
+    async def stats(self) -> CollectionStats:
+        return await self._run(self.collection.stats)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.collection.close()

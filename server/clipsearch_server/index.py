@@ -1,0 +1,113 @@
+"""The FAISS HNSW vector index: the only module of clipsearch that imports faiss.
+
+Vectors are L2-normalized and compared by inner product, so scores are cosine similarities.
+Labels are the caller's int64 labels (IndexIDMap2 over IndexHNSWFlat). FAISS forbids `add`
+concurrently with `add` or `search`, so a readers-writer lock lets searches run in parallel and
+gives each add exclusive access.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import faiss
+import numpy as np
+
+__all__ = ["HnswIndex", "HnswParams", "normalize"]
+
+
+@dataclass(frozen=True)
+class HnswParams:
+    """HNSW parameters. m: graph degree; ef_construction: build beam width; ef_search: query beam
+    width (raised to k when k is larger). Defaults chosen for recall@10 >= 0.95 on CLIP vectors."""
+
+    m: int = 32
+    ef_construction: int = 100
+    ef_search: int = 64
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    """Returns float32 rows scaled to unit L2 norm (zero rows stay zero)."""
+    array = np.ascontiguousarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return array / np.maximum(norms, 1e-12)
+
+
+class _RWLock:
+    """Many readers or one writer."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+class HnswIndex:
+    """An inner-product HNSW index over unit vectors, addressed by int64 labels."""
+
+    def __init__(self, dim: int, params: HnswParams = HnswParams()) -> None:
+        self.dim = dim
+        self.params = params
+        hnsw = faiss.IndexHNSWFlat(dim, params.m, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = params.ef_construction
+        hnsw.hnsw.efSearch = params.ef_search
+        self._index = faiss.IndexIDMap2(hnsw)
+        self._lock = _RWLock()
+
+    @property
+    def ntotal(self) -> int:
+        return int(self._index.ntotal)
+
+    @property
+    def description(self) -> str:
+        return f"HNSW{self.params.m},Flat (inner product)"
+
+    def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+        """Adds unit vectors (n, dim) under int64 labels (n,). Labels must be new."""
+        vectors = normalize(vectors)
+        if vectors.shape[1] != self.dim:
+            raise ValueError(f"vectors have dimension {vectors.shape[1]}, index has {self.dim}")
+        with self._lock.write():
+            self._index.add_with_ids(vectors, np.ascontiguousarray(labels, dtype=np.int64))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (scores, labels), each (n, k), best first; missing results have label -1."""
+        queries = normalize(queries)
+        params = faiss.SearchParametersHNSW(efSearch=max(self.params.ef_search, k))
+        with self._lock.read():
+            scores, labels = self._index.search(queries, k, params=params)
+        return scores, labels
+
+
+def set_threads(n: int) -> None:
+    """Sets the number of OpenMP threads FAISS uses for one call."""
+    faiss.omp_set_num_threads(n)

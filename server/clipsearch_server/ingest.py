@@ -1,0 +1,81 @@
+"""Ingestion on the server side: turning client submissions into queued jobs, and reporting progress.
+
+The queue itself (key names, job format, Lua) lives in clipsearch_worker.queue; this module adds
+what only the API needs: id derivation for images without one, batch ids, and Redis errors
+translated into Unavailable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable, Sequence, TypeVar
+
+import redis
+
+from clipsearch_worker import queue
+from clipsearch_worker.queue import Failure, Job, Keys, Progress
+
+from .errors import NotFound, Unavailable
+
+__all__ = ["Ingestor", "Submission", "derive_id"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One validated image submission: bytes or uri (or both), optional id, metadata."""
+
+    id: str = ""
+    image: bytes = b""
+    uri: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def derive_id(sub: Submission) -> str:
+    """The caller's id, else 32 hex digits of SHA-256 over the uri (or the bytes when there is no uri)."""
+    if sub.id:
+        return sub.id
+    source = sub.uri.encode() if sub.uri else sub.image
+    return hashlib.sha256(source).hexdigest()[:32]
+
+
+class Ingestor:
+    """Queues submissions in Redis and reads progress back."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self._redis = client
+        self._keys = keys
+        self._group_ready = False
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except redis.RedisError as exc:
+            raise Unavailable(f"the ingestion queue (Redis) is unavailable: {exc}") from exc
+
+    def submit(self, subs: Sequence[Submission], batch_id: str = "") -> tuple[str, list[str]]:
+        """Queues all submissions atomically; returns (batch id, image ids)."""
+        batch_id = batch_id or uuid.uuid4().hex
+        jobs = [Job(id=derive_id(s), uri=s.uri, metadata=s.metadata, batch_id=batch_id, has_blob=bool(s.image)) for s in subs]
+        blobs = [s.image or None for s in subs]
+
+        def run() -> None:
+            if not self._group_ready:
+                queue.ensure_group(self._redis, self._keys)
+                self._group_ready = True
+            queue.submit(self._redis, self._keys, jobs, blobs, batch_id)
+
+        self._call(run)
+        return batch_id, [job.id for job in jobs]
+
+    def progress(self, batch_id: str = "") -> Progress:
+        found = self._call(lambda: queue.get_progress(self._redis, self._keys, batch_id))
+        if found is None:
+            raise NotFound(f"no batch {batch_id!r} (unknown, or expired {queue.BATCH_TTL_S // 86400} days after its last submission)")
+        return found
+
+    def failures(self, batch_id: str = "", limit: int = 100) -> list[Failure]:
+        return self._call(lambda: queue.list_failures(self._redis, self._keys, batch_id, limit))

@@ -1,0 +1,191 @@
+"""The gRPC API: typed asyncio servicers that validate requests, delegate, and map errors.
+
+Nothing here searches, encodes or queues: each method checks its request with `validation`,
+calls the engine or the ingestor, and converts the result to protobuf. `_rpc` is the one
+boundary where exceptions become gRPC statuses (through `errors.status_for`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import uuid
+from typing import Any, Awaitable, Callable, TypeVar
+
+import grpc
+
+from clipsearch.v1 import (
+    index_service_pb2 as index_pb,
+    index_service_pb2_grpc as index_grpc,
+    ingest_service_pb2 as ingest_pb,
+    ingest_service_pb2_grpc as ingest_grpc,
+    search_service_pb2 as search_pb,
+    search_service_pb2_grpc as search_grpc,
+    types_pb2,
+)
+
+from . import validation as check
+from .collection import Hit
+from .engine import Engine
+from .errors import InvalidArgument, status_for
+from .ingest import Ingestor, Submission
+from .store import ImageRecord
+
+__all__ = ["IndexServicer", "IngestServicer", "SearchServicer"]
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+def _rpc(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Maps exceptions raised by a handler to gRPC statuses; unexpected ones become INTERNAL."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        try:
+            return await method(self, request, context)
+        except Exception as exc:  # noqa: BLE001 - this is the boundary
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            code = status_for(exc)
+            if code is not None:
+                await context.abort(code, str(exc))
+            request_id = uuid.uuid4().hex[:16]
+            log.exception("internal error in %s (request id %s)", method.__name__, request_id)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def _results(hits: list[Hit]) -> list[types_pb2.SearchResult]:
+    return [types_pb2.SearchResult(id=h.id, score=h.score, uri=h.uri, metadata=h.metadata) for h in hits]
+
+
+class SearchServicer(search_grpc.SearchServiceServicer):
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @_rpc
+    async def TextSearch(
+        self, request: search_pb.TextSearchRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb.TextSearchResponse:
+        text, k = check.text(request.text), check.k(request.k)
+        return search_pb.TextSearchResponse(results=_results(await self._engine.text_search(text, k)))
+
+    @_rpc
+    async def ImageSearch(
+        self, request: search_pb.ImageSearchRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb.ImageSearchResponse:
+        k = check.k(request.k)
+        which = request.WhichOneof("query")
+        if which == "image":
+            if not request.image:
+                raise InvalidArgument("image is empty (0 bytes)")
+            hits = await self._engine.image_search_bytes(request.image, k)
+        elif which == "uri":
+            hits = await self._engine.image_search_uri(check.uri(request.uri), k)
+        elif which == "id":
+            hits = await self._engine.image_search_id(check.image_id(request.id), k)
+        else:
+            raise InvalidArgument("set exactly one of image, uri or id")
+        return search_pb.ImageSearchResponse(results=_results(hits))
+
+
+class IngestServicer(ingest_grpc.IngestServiceServicer):
+    def __init__(self, ingestor: Ingestor, max_image_bytes: int) -> None:
+        self._ingestor = ingestor
+        self._max_image_bytes = max_image_bytes
+
+    def _submission(self, i: int, img: ingest_pb.ImageSubmission) -> Submission:
+        where = f"images[{i}]"
+        if img.id:
+            check.image_id(img.id, f"{where}.id")
+        if not img.image and not img.uri:
+            raise InvalidArgument(f"{where} has neither image bytes nor a uri")
+        if len(img.image) > self._max_image_bytes:
+            raise InvalidArgument(f"{where}.image is {len(img.image)} bytes, the limit is {self._max_image_bytes}")
+        if img.uri and not img.image:
+            check.uri(img.uri, f"{where}.uri")
+        elif len(img.uri) > check.MAX_URI_CHARS:
+            raise InvalidArgument(f"{where}.uri is {len(img.uri)} characters, the limit is {check.MAX_URI_CHARS}")
+        return Submission(img.id, img.image, img.uri, check.metadata(img.metadata, f"{where}.metadata"))
+
+    @_rpc
+    async def SubmitImages(
+        self, request: ingest_pb.SubmitImagesRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb.SubmitImagesResponse:
+        check.count(len(request.images), check.MAX_SUBMIT_IMAGES, "images")
+        if request.batch_id:
+            check.image_id(request.batch_id, "batch_id")
+        subs = [self._submission(i, img) for i, img in enumerate(request.images)]
+        batch_id, ids = await asyncio.to_thread(self._ingestor.submit, subs, request.batch_id)
+        return ingest_pb.SubmitImagesResponse(batch_id=batch_id, ids=ids)
+
+    @_rpc
+    async def GetIngestProgress(
+        self, request: ingest_pb.GetIngestProgressRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb.GetIngestProgressResponse:
+        p = await asyncio.to_thread(self._ingestor.progress, request.batch_id)
+        return ingest_pb.GetIngestProgressResponse(
+            progress=ingest_pb.IngestProgress(submitted=p.submitted, pending=p.pending, indexed=p.indexed, failed=p.failed)
+        )
+
+    @_rpc
+    async def ListFailures(
+        self, request: ingest_pb.ListFailuresRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb.ListFailuresResponse:
+        limit = check.failures_limit(request.limit)
+        found = await asyncio.to_thread(self._ingestor.failures, request.batch_id, limit)
+        return ingest_pb.ListFailuresResponse(
+            failures=[
+                ingest_pb.IngestFailure(
+                    id=f.id, uri=f.uri, reason=f.reason, batch_id=f.batch_id, failed_at_ms=f.failed_at_ms
+                )
+                for f in found
+            ]
+        )
+
+
+class IndexServicer(index_grpc.IndexServiceServicer):
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @_rpc
+    async def UpsertVectors(
+        self, request: index_pb.UpsertVectorsRequest, context: grpc.aio.ServicerContext
+    ) -> index_pb.UpsertVectorsResponse:
+        collection = self._engine.collection
+        collection.check_model(request.model.name, request.model.dim)
+        check.count(len(request.records), check.MAX_UPSERT_RECORDS, "records")
+        records = []
+        for i, rec in enumerate(request.records):
+            where = f"records[{i}]"
+            records.append(
+                ImageRecord(
+                    id=check.image_id(rec.id, f"{where}.id"),
+                    vector=check.vector(rec.vector, collection.dim, f"{where}.vector"),
+                    uri=rec.uri,
+                    metadata=check.metadata(rec.metadata, f"{where}.metadata"),
+                )
+            )
+        return index_pb.UpsertVectorsResponse(upserted=await self._engine.upsert(records))
+
+    @_rpc
+    async def GetIndexStats(
+        self, request: index_pb.GetIndexStatsRequest, context: grpc.aio.ServicerContext
+    ) -> index_pb.GetIndexStatsResponse:
+        s = await self._engine.stats()
+        return index_pb.GetIndexStatsResponse(
+            count=s.count,
+            model=types_pb2.ModelInfo(name=s.model, dim=s.dim),
+            index_type=s.index_type,
+            hnsw_m=s.params.m,
+            ef_construction=s.params.ef_construction,
+            ef_search=s.params.ef_search,
+            stale_entries=s.stale_entries,
+        )

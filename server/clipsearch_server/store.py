@@ -1,0 +1,169 @@
+"""The durable image store: SQLite (WAL) holding every image's id, label, uri, metadata and vector.
+
+This is the source of truth. The FAISS index is derived from it and can always be rebuilt from it.
+Each image id owns exactly one live label; an upsert that changes an image's vector gives it a new
+label and reports the old one as stale (the index keeps it until compaction, searches skip it).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+__all__ = ["ImageRecord", "Store", "StoredImage"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images (
+    id TEXT PRIMARY KEY,
+    label INTEGER NOT NULL UNIQUE,
+    uri TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """An image to write: id, unit vector (float32, dim), uri and metadata."""
+
+    id: str
+    vector: np.ndarray
+    uri: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """An image as stored, without its vector."""
+
+    id: str
+    label: int
+    uri: str
+    metadata: dict[str, str]
+
+
+class Store:
+    """SQLite-backed image store. Thread-safe: one connection per thread, writes serialized."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        conn = self._conn()
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True, timeout=30)
+            conn.execute("PRAGMA synchronous=FULL")
+            self._local.conn = conn
+        return conn
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._conn().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._write_lock:
+            self._conn().execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def upsert(self, records: Sequence[ImageRecord]) -> tuple[list[tuple[int, np.ndarray]], list[int]]:
+        """Writes records in one transaction. Returns (new (label, vector) pairs to index, stale labels).
+
+        A record whose vector equals the stored one only updates uri and metadata (no new label).
+        """
+        added: list[tuple[int, np.ndarray]] = []
+        stale: list[int] = []
+        now = int(time.time() * 1000)
+        with self._write_lock:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                next_label = int(self._meta_in_txn(conn, "next_label") or 0)
+                for rec in records:
+                    blob = np.ascontiguousarray(rec.vector, dtype="<f4").tobytes()
+                    meta = json.dumps(rec.metadata, sort_keys=True, separators=(",", ":"))
+                    row = conn.execute("SELECT label, vector FROM images WHERE id = ?", (rec.id,)).fetchone()
+                    if row is not None and row[1] == blob:
+                        conn.execute(
+                            "UPDATE images SET uri = ?, metadata = ?, updated_ms = ? WHERE id = ?",
+                            (rec.uri, meta, now, rec.id),
+                        )
+                        continue
+                    if row is not None:
+                        stale.append(int(row[0]))
+                    label = next_label
+                    next_label += 1
+                    conn.execute(
+                        "INSERT OR REPLACE INTO images(id, label, uri, metadata, vector, updated_ms)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (rec.id, label, rec.uri, meta, blob, now),
+                    )
+                    added.append((label, rec.vector))
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('next_label', ?)", (str(next_label),)
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return added, stale
+
+    @staticmethod
+    def _meta_in_txn(conn: sqlite3.Connection, key: str) -> str | None:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def by_labels(self, labels: Sequence[int]) -> dict[int, StoredImage]:
+        """The live images among `labels` (stale labels are absent from the result)."""
+        if not labels:
+            return {}
+        marks = ",".join("?" * len(labels))
+        rows = self._conn().execute(
+            f"SELECT id, label, uri, metadata FROM images WHERE label IN ({marks})", [int(x) for x in labels]
+        )
+        return {int(r[1]): StoredImage(r[0], int(r[1]), r[2], json.loads(r[3])) for r in rows}
+
+    def vector_of(self, image_id: str) -> np.ndarray | None:
+        row = self._conn().execute("SELECT vector FROM images WHERE id = ?", (image_id,)).fetchone()
+        return None if row is None else np.frombuffer(row[0], dtype="<f4").astype(np.float32)
+
+    def label_of(self, image_id: str) -> int | None:
+        row = self._conn().execute("SELECT label FROM images WHERE id = ?", (image_id,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def count(self) -> int:
+        return int(self._conn().execute("SELECT COUNT(*) FROM images").fetchone()[0])
+
+    def iter_vectors(self, dim: int, chunk: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """All live (labels, vectors) in label order, in chunks, for rebuilding the index."""
+        last = -1
+        while True:
+            rows = self._conn().execute(
+                "SELECT label, vector FROM images WHERE label > ? ORDER BY label LIMIT ?", (last, chunk)
+            ).fetchall()
+            if not rows:
+                return
+            labels = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
+            yield labels, vectors.astype(np.float32)
+            last = int(labels[-1])
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

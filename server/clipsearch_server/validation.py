@@ -1,0 +1,118 @@
+"""Request validation: every limit of the public API, and a check for each field.
+
+Each check returns the cleaned value or raises InvalidArgument with a message that names the
+field, the value's problem and the limit, so a caller can fix the request.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import numpy as np
+
+from clipsearch_worker.images import is_supported_uri
+
+from .errors import InvalidArgument
+
+__all__ = [
+    "MAX_ID_CHARS",
+    "MAX_K",
+    "MAX_METADATA_ENTRIES",
+    "MAX_SUBMIT_IMAGES",
+    "MAX_TEXT_CHARS",
+    "MAX_UPSERT_RECORDS",
+    "image_id",
+    "k",
+    "metadata",
+    "text",
+    "uri",
+    "vector",
+]
+
+MAX_K = 1000
+MAX_TEXT_CHARS = 1000
+MAX_ID_CHARS = 256
+MAX_URI_CHARS = 4096
+MAX_METADATA_ENTRIES = 64
+MAX_METADATA_KEY_CHARS = 256
+MAX_METADATA_VALUE_CHARS = 4096
+MAX_SUBMIT_IMAGES = 1000
+MAX_UPSERT_RECORDS = 4096
+MAX_FAILURES_LIMIT = 10_000
+
+
+def k(value: int) -> int:
+    if not 1 <= value <= MAX_K:
+        raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {value}")
+    return value
+
+
+def text(value: str) -> str:
+    if not value.strip():
+        raise InvalidArgument("text must not be empty or only whitespace")
+    if len(value) > MAX_TEXT_CHARS:
+        raise InvalidArgument(f"text is {len(value)} characters, the limit is {MAX_TEXT_CHARS}")
+    return value.strip()
+
+
+def image_id(value: str, field: str = "id") -> str:
+    if not value:
+        raise InvalidArgument(f"{field} must not be empty")
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidArgument(f"{field} is {len(value)} characters, the limit is {MAX_ID_CHARS}")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise InvalidArgument(f"{field} {value!r} contains control characters")
+    return value
+
+
+def uri(value: str, field: str = "uri") -> str:
+    if len(value) > MAX_URI_CHARS:
+        raise InvalidArgument(f"{field} is {len(value)} characters, the limit is {MAX_URI_CHARS}")
+    if not is_supported_uri(value):
+        raise InvalidArgument(
+            f"{field} {value!r} is not supported: use an absolute file path, file://, http:// or https://"
+        )
+    return value
+
+
+def metadata(value: Mapping[str, str], field: str = "metadata") -> dict[str, str]:
+    if len(value) > MAX_METADATA_ENTRIES:
+        raise InvalidArgument(f"{field} has {len(value)} entries, the limit is {MAX_METADATA_ENTRIES}")
+    for key, item in value.items():
+        if not key or len(key) > MAX_METADATA_KEY_CHARS:
+            raise InvalidArgument(f"{field} keys must be 1 to {MAX_METADATA_KEY_CHARS} characters, got {key!r}")
+        if len(item) > MAX_METADATA_VALUE_CHARS:
+            raise InvalidArgument(
+                f"{field}[{key!r}] is {len(item)} characters, the limit is {MAX_METADATA_VALUE_CHARS}"
+            )
+    return dict(value)
+
+
+def count(value: int, limit: int, what: str) -> int:
+    if value == 0:
+        raise InvalidArgument(f"the request holds no {what}")
+    if value > limit:
+        raise InvalidArgument(f"the request holds {value} {what}, the limit is {limit} per request")
+    return value
+
+
+def vector(data: bytes, dim: int, field: str) -> np.ndarray:
+    """Parses a little-endian float32 vector of `dim` components."""
+    if len(data) != 4 * dim:
+        raise InvalidArgument(f"{field} is {len(data)} bytes; a float32 vector of dim {dim} is {4 * dim} bytes")
+    array = np.frombuffer(data, dtype="<f4").astype(np.float32)
+    if not np.all(np.isfinite(array)):
+        raise InvalidArgument(f"{field} holds NaN or infinite values")
+    norm = float(np.linalg.norm(array))
+    if norm == 0.0 or not math.isfinite(norm):
+        raise InvalidArgument(f"{field} is all zeros")
+    return array
+
+
+def failures_limit(value: int) -> int:
+    if value == 0:
+        return 100
+    if not 0 < value <= MAX_FAILURES_LIMIT:
+        raise InvalidArgument(f"limit must be between 0 and {MAX_FAILURES_LIMIT}, got {value}")
+    return value

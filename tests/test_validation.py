@@ -1,0 +1,84 @@
+"""Unit tests of request validation and the error-to-status table."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+from clipsearch_server import validation as check
+from clipsearch_server.errors import InvalidArgument, NotFound, Unavailable, status_for
+from clipsearch_worker.images import ImageLoadError
+
+
+@pytest.mark.parametrize("k", [0, -1, check.MAX_K + 1])
+def test_k_out_of_range(k: int) -> None:
+    with pytest.raises(InvalidArgument, match=f"k must be between 1 and {check.MAX_K}, got {k}"):
+        check.k(k)
+
+
+def test_k_in_range() -> None:
+    assert check.k(1) == 1 and check.k(check.MAX_K) == check.MAX_K
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t"])
+def test_empty_text(text: str) -> None:
+    with pytest.raises(InvalidArgument, match="empty or only whitespace"):
+        check.text(text)
+
+
+def test_text_too_long_and_stripped() -> None:
+    with pytest.raises(InvalidArgument, match="the limit is 1000"):
+        check.text("a" * 1001)
+    assert check.text("  a red car ") == "a red car"
+
+
+def test_ids() -> None:
+    assert check.image_id("photos/2024/1.jpg") == "photos/2024/1.jpg"
+    for bad, msg in (("", "must not be empty"), ("x" * 257, "limit is 256"), ("a\nb", "control characters")):
+        with pytest.raises(InvalidArgument, match=msg):
+            check.image_id(bad)
+
+
+def test_uris() -> None:
+    for good in ("/data/a.jpg", "file:///data/a.jpg", "https://example.org/a.jpg", "http://h/a.png"):
+        assert check.uri(good) == good
+    for bad in ("relative/a.jpg", "ftp://h/a.jpg", "s3://bucket/a.jpg"):
+        with pytest.raises(InvalidArgument, match="not supported"):
+            check.uri(bad)
+
+
+def test_metadata_limits() -> None:
+    assert check.metadata({"a": "b"}) == {"a": "b"}
+    with pytest.raises(InvalidArgument, match="entries"):
+        check.metadata({str(i): "" for i in range(check.MAX_METADATA_ENTRIES + 1)})
+    with pytest.raises(InvalidArgument, match="keys must be"):
+        check.metadata({"": "x"})
+    with pytest.raises(InvalidArgument, match="limit is 4096"):
+        check.metadata({"k": "v" * 4097})
+
+
+def test_vector_parsing() -> None:
+    v = np.arange(1, 5, dtype="<f4")
+    assert np.array_equal(check.vector(v.tobytes(), 4, "v"), v)
+    with pytest.raises(InvalidArgument, match="is 12 bytes; a float32 vector of dim 4 is 16 bytes"):
+        check.vector(v[:3].tobytes(), 4, "v")
+    with pytest.raises(InvalidArgument, match="NaN"):
+        check.vector(np.array([1, np.nan, 0, 0], dtype="<f4").tobytes(), 4, "v")
+    with pytest.raises(InvalidArgument, match="all zeros"):
+        check.vector(np.zeros(4, dtype="<f4").tobytes(), 4, "v")
+
+
+def test_counts() -> None:
+    with pytest.raises(InvalidArgument, match="holds no images"):
+        check.count(0, 10, "images")
+    with pytest.raises(InvalidArgument, match="holds 11 images, the limit is 10"):
+        check.count(11, 10, "images")
+
+
+def test_status_table() -> None:
+    assert status_for(InvalidArgument("x")) == grpc.StatusCode.INVALID_ARGUMENT
+    assert status_for(ImageLoadError("x")) == grpc.StatusCode.INVALID_ARGUMENT
+    assert status_for(NotFound("x")) == grpc.StatusCode.NOT_FOUND
+    assert status_for(Unavailable("x")) == grpc.StatusCode.UNAVAILABLE
+    assert status_for(RuntimeError("x")) is None

@@ -1,0 +1,1 @@
+"""Tiny offline OpenCLIP model trained on synthetic coloured shapes, for tests."""
