@@ -71,6 +71,7 @@ def _worker_options(p: argparse.ArgumentParser, with_server: bool = True) -> Non
     _add(p, "--decode-threads", "4", type=int, help="threads decoding images beside the model")
     _add(p, "--visibility-timeout", "300", type=float, help="seconds before another worker's pending job is reclaimed")
     _add(p, "--consumer", None, help="consumer name in the Redis group (default host-pid-random)")
+    _add(p, "--heartbeat-file", "", help="file touched on every loop turn (for container health checks)")
 
 
 def _client_options(p: argparse.ArgumentParser) -> None:
@@ -202,6 +203,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         image_limits=_limits(args),
         consumer=args.consumer or default_consumer_name(),
         visibility_timeout_s=args.visibility_timeout,
+        heartbeat_file=args.heartbeat_file,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -215,6 +217,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 2
     finally:
         worker.close()
+        print(f"clipsearch worker {config.consumer} stopped after {worker.processed} jobs", flush=True)
     return 0
 
 
@@ -239,6 +242,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     """Starts Redis (unless --redis-url), the server and a worker; stops them all on Ctrl-C or when one exits."""
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _interrupt)
     procs: list[tuple[str, subprocess.Popen]] = []
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPSEARCH_")}
     try:
@@ -275,6 +279,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 0
     finally:
         _stop_all(procs)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _wait_port(host: str, port: int, timeout: float, procs: list[tuple[str, subprocess.Popen]]) -> None:

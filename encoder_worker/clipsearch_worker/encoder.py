@@ -65,7 +65,7 @@ def _identity(spec: ModelSpec) -> str:
         with open(folder / _WEIGHTS_FILE, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
-        return f"{_LOCAL_DIR}{folder.resolve().name}@{digest.hexdigest()[:12]}"
+        return f"{_LOCAL_DIR}sha256:{digest.hexdigest()[:16]}"  # the weights, wherever the folder lives
     if spec.name.startswith(_HF_HUB):
         return spec.name
     if spec.random_weights:

@@ -15,6 +15,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import grpc
@@ -64,6 +65,7 @@ class WorkerConfig:
     block_ms: int = 1000
     push_timeout_s: float = 60.0
     max_message_bytes: int = 64 * 1024 * 1024
+    heartbeat_file: str = ""  # touched on every loop turn, for container health checks
 
 
 class WorkerFatal(Exception):
@@ -96,6 +98,8 @@ class Worker:
         log.info("worker %s consuming %s", self.config.consumer, self.keys.jobs)
         ready = False
         while not stop.is_set():
+            if self.config.heartbeat_file:
+                Path(self.config.heartbeat_file).touch()
             try:
                 if not ready:
                     queue.ensure_group(self.redis, self.keys)
