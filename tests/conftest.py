@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,10 @@ MODEL_DIR = REPO / "tests" / "tinyclip" / "model"
 
 @pytest.fixture(scope="session")
 def tiny_model() -> str:
-    """`local-dir:` spec of the tiny OpenCLIP model, trained by tests/tinyclip/train.py if missing."""
+    """`local-dir:` spec of the tiny OpenCLIP model, trained by tests/tinyclip/train.py if missing
+    ($CLIPSEARCH_TEST_MODEL overrides it with another model spec)."""
+    if os.environ.get("CLIPSEARCH_TEST_MODEL"):
+        return os.environ["CLIPSEARCH_TEST_MODEL"]
     if not (MODEL_DIR / "open_clip_model.safetensors").exists():
         lock = REPO / ".cache" / "tinyclip.lock"
         lock.parent.mkdir(exist_ok=True)

@@ -16,7 +16,7 @@ import pytest
 
 from clipsearch import Client, ImageInput, InvalidArgumentError, NotFoundError
 from clipsearch.v1 import index_service_pb2, index_service_pb2_grpc, types_pb2
-from tests.procs import Proc, Stack
+from tests.procs import Proc, Stack, wait_for
 from tests.tinyclip.synthetic import CLASSES, iter_balanced, make_image
 
 PER_CLASS = 10  # 24 classes -> 240 images
@@ -45,6 +45,8 @@ def deployment(tiny_model: str, redis_url: str, tmp_path_factory: pytest.TempPat
         started.append(server)
         workers = [stack.start_worker(address, ["--batch-size", "16"], name=f"worker{i}") for i in range(2)]
         started.extend(workers)
+        for w in workers:  # both consume before anything is queued, so both get a share
+            wait_for(lambda w=w: "ready" in w.output(), 120, w.name, w.popen)
 
         images_dir = tmp / "images"
         images_dir.mkdir()

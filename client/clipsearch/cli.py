@@ -334,9 +334,13 @@ def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
 def cmd_index(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    files = [p.resolve() for p in iter_image_files(args.paths)]
+    found = [p.resolve() for p in iter_image_files(args.paths)]
+    empty = [p for p in found if p.stat().st_size == 0]
+    for path in empty:
+        print(f"  failed: {path}: the file is empty (0 bytes); not submitted", file=sys.stderr)
+    files = [p for p in found if p not in set(empty)]
     if not files:
-        print("no image files found", file=sys.stderr)
+        print("no image files to submit", file=sys.stderr)
         return 1
     metadata = dict(item.split("=", 1) for item in args.meta)
     batch_id = ""
@@ -351,9 +355,11 @@ def cmd_index(args: argparse.Namespace) -> int:
                 bar.update(len(chunk))
         print(f"submitted {len(files)} images as batch {batch_id}")
         if args.no_wait:
-            return 0
+            return 1 if empty else 0
         progress = _wait_for_batch(client, batch_id, len(files))
-        print(f"indexed {progress.indexed}, failed {progress.failed} (batch {batch_id})")
+        print(f"indexed {progress.indexed}, failed {progress.failed + len(empty)} (batch {batch_id})")
+        if empty and not progress.failed:
+            return 1
         if progress.failed:
             for failure in client.failures(batch_id, limit=20):
                 print(f"  failed: {failure.uri or failure.id}: {failure.reason}", file=sys.stderr)
