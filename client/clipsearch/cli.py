@@ -62,6 +62,10 @@ def _server_options(p: argparse.ArgumentParser) -> None:
     _add(p, "--hnsw-m", "32", type=int, help="HNSW graph degree")
     _add(p, "--ef-construction", "100", type=int, help="HNSW build beam width")
     _add(p, "--ef-search", "64", type=int, help="HNSW query beam width")
+    _add(p, "--snapshot-interval", "60", type=float, help="seconds between index snapshots (when changed)")
+    _add(p, "--compact-ratio", "0.2", type=float, help="rebuild the graph when this share of it is tombstones")
+    _add(p, "--max-queue-jobs", "1000000", type=int, help="SubmitImages fails with RESOURCE_EXHAUSTED beyond")
+    _add(p, "--max-queue-bytes", str(2 * 1024**3), type=int, help="same, for inline image bytes in Redis")
 
 
 def _worker_options(p: argparse.ArgumentParser, with_server: bool = True) -> None:
@@ -72,6 +76,7 @@ def _worker_options(p: argparse.ArgumentParser, with_server: bool = True) -> Non
     _add(p, "--visibility-timeout", "300", type=float, help="seconds before another worker's pending job is reclaimed")
     _add(p, "--consumer", None, help="consumer name in the Redis group (default host-pid-random)")
     _add(p, "--heartbeat-file", "", help="file touched on every loop turn (for container health checks)")
+    _add(p, "--max-deliveries", "5", type=int, help="deliveries of a job before it is dead-lettered as failed")
 
 
 def _client_options(p: argparse.ArgumentParser) -> None:
@@ -121,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     failures.add_argument("--batch", default="", help="only this batch")
     failures.add_argument("--limit", type=int, default=100)
     failures.add_argument("--json", action="store_true", help="print JSON")
+
+    retry = sub.add_parser("retry", help="queue failed images again")
+    _client_options(retry)
+    retry.add_argument("ids", nargs="*", help="only these image ids (default: all failures)")
+    retry.add_argument("--batch", default="", help="only failures of this batch")
+
+    delete = sub.add_parser("delete", help="delete images from the index by id")
+    _client_options(delete)
+    delete.add_argument("ids", nargs="+", help="image ids")
     return parser
 
 
@@ -134,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "search": cmd_search,
         "stats": cmd_stats,
         "failures": cmd_failures,
+        "retry": cmd_retry,
+        "delete": cmd_delete,
     }[args.command]
     try:
         return handler(args)
@@ -170,6 +186,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     import asyncio
 
     from clipsearch_server import ServerConfig, serve
+    from clipsearch_server.errors import ClipsearchError as ServerError
     from clipsearch_server.index import HnswParams
 
     _setup_logging(args.log_level)
@@ -183,8 +200,16 @@ def cmd_server(args: argparse.Namespace) -> int:
         hnsw=HnswParams(args.hnsw_m, args.ef_construction, args.ef_search),
         image_limits=_limits(args),
         threads=args.threads,
+        snapshot_interval_s=args.snapshot_interval,
+        compact_ratio=args.compact_ratio,
+        max_queue_jobs=args.max_queue_jobs,
+        max_queue_bytes=args.max_queue_bytes,
     )
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -204,6 +229,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         consumer=args.consumer or default_consumer_name(),
         visibility_timeout_s=args.visibility_timeout,
         heartbeat_file=args.heartbeat_file,
+        max_deliveries=args.max_deliveries,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -262,12 +288,15 @@ def cmd_up(args: argparse.Namespace) -> int:
             common += ["--allowed-root", root]
         server_cmd = [sys.executable, "-m", "clipsearch_server", *common, "--host", args.host, "--port", str(args.port),
                       "--data-dir", str(data_dir / "index"), "--hnsw-m", str(args.hnsw_m),
-                      "--ef-construction", str(args.ef_construction), "--ef-search", str(args.ef_search)]
+                      "--ef-construction", str(args.ef_construction), "--ef-search", str(args.ef_search),
+                      "--snapshot-interval", str(args.snapshot_interval), "--compact-ratio", str(args.compact_ratio),
+                      "--max-queue-jobs", str(args.max_queue_jobs), "--max-queue-bytes", str(args.max_queue_bytes)]
         procs.append(("server", subprocess.Popen(server_cmd, env=env)))
         _wait_port("127.0.0.1", args.port, 600, procs)
         worker_cmd = [sys.executable, "-m", "clipsearch_worker", *common, "--server", f"127.0.0.1:{args.port}",
                       "--batch-size", str(args.batch_size), "--decode-threads", str(args.decode_threads),
-                      "--visibility-timeout", str(args.visibility_timeout)]
+                      "--visibility-timeout", str(args.visibility_timeout),
+                      "--max-deliveries", str(args.max_deliveries)]
         procs.append(("worker", subprocess.Popen(worker_cmd, env=env)))
         print(f"clipsearch is up: server localhost:{args.port}, Redis {redis_url}. Ctrl-C stops.", flush=True)
         while all(p.poll() is None for _, p in procs):
@@ -431,7 +460,25 @@ def cmd_failures(args: argparse.Namespace) -> int:
         print(json.dumps({"failures": [f.__dict__ for f in found]}))
         return 0
     for f in found:
-        print(f"{f.id}\t{f.uri}\t{f.reason}")
+        print(f"{f.id}\t{f.uri}\t{f.attempts} attempt(s)\t{f.reason}")
     if not found:
         print("no failures")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    with Client(args.server, timeout=args.timeout) as client:
+        retried, expired = client.retry_failures(args.batch, args.ids)
+    print(f"queued {len(retried)} failed images again")
+    for image_id in expired:
+        print(f"  cannot retry {image_id}: its uploaded bytes have expired; submit it again", file=sys.stderr)
+    return 1 if expired else 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    with Client(args.server, timeout=args.timeout) as client:
+        deleted, not_found = client.delete(args.ids)
+    print(f"deleted {len(deleted)}")
+    for image_id in not_found:
+        print(f"  not found: {image_id}", file=sys.stderr)
     return 0

@@ -34,6 +34,7 @@ _SERVICE_CONFIG = json.dumps(
                     {"service": "clipsearch.v1.SearchService"},
                     {"service": "clipsearch.v1.IngestService"},
                     {"service": "clipsearch.v1.IndexService", "method": "GetIndexStats"},
+                    {"service": "clipsearch.v1.IndexService", "method": "DeleteImages"},
                 ],
                 "retryPolicy": {
                     "maxAttempts": 4,
@@ -125,7 +126,21 @@ class Client:
         reply = self._call(
             self._ingest.ListFailures, ingest_pb.ListFailuresRequest(batch_id=batch_id, limit=limit), timeout
         )
-        return [Failure(f.id, f.uri, f.reason, f.batch_id, f.failed_at_ms) for f in reply.failures]
+        return [Failure(f.id, f.uri, f.reason, f.batch_id, f.failed_at_ms, f.attempts) for f in reply.failures]
+
+    def retry_failures(
+        self, batch_id: str = "", ids: Sequence[str] = (), *, timeout: float | None = None
+    ) -> tuple[list[str], list[str]]:
+        """Queues failed images again (all, one batch's, or `ids`). Returns (retried ids, expired ids)."""
+        reply = self._call(
+            self._ingest.RetryFailures, ingest_pb.RetryFailuresRequest(batch_id=batch_id, ids=list(ids)), timeout
+        )
+        return list(reply.retried), list(reply.expired)
+
+    def delete(self, ids: Sequence[str], *, timeout: float | None = None) -> tuple[list[str], list[str]]:
+        """Deletes images by id. Returns (deleted ids, ids that were not found). Idempotent."""
+        reply = self._call(self._index.DeleteImages, index_pb.DeleteImagesRequest(ids=list(ids)), timeout)
+        return list(reply.deleted), list(reply.not_found)
 
     def stats(self, *, timeout: float | None = None) -> IndexStats:
         """Index size, model and parameters."""

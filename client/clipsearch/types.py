@@ -58,6 +58,7 @@ class Failure:
     reason: str
     batch_id: str
     failed_at_ms: int
+    attempts: int = 1
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,14 @@ _FILE_SCHEME = "file://"
 
 
 class ImageLoadError(Exception):
-    """An image could not be read or decoded; the message says why."""
+    """An image could not be read or decoded; the message says why.
+
+    `transient` is True when trying again later may succeed (a network error, an HTTP 5xx or 429).
+    """
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -80,10 +87,13 @@ def _read_http(url: str, limits: LoadLimits) -> bytes:
         with urllib.request.urlopen(request, timeout=limits.http_timeout_s) as response:
             data = response.read(limits.max_bytes + 1)
     except urllib.error.HTTPError as exc:
-        raise ImageLoadError(f"cannot fetch {url}: HTTP {exc.code}") from exc
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+        transient = exc.code >= 500 or exc.code in (408, 429)
+        raise ImageLoadError(f"cannot fetch {url}: HTTP {exc.code}", transient=transient) from exc
+    except ValueError as exc:
+        raise ImageLoadError(f"cannot fetch {url}: {exc}") from exc
+    except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise ImageLoadError(f"cannot fetch {url}: {reason}") from exc
+        raise ImageLoadError(f"cannot fetch {url}: {reason}", transient=True) from exc
     if len(data) > limits.max_bytes:
         raise ImageLoadError(f"image at {url} is over the limit of {limits.max_bytes} bytes")
     return data

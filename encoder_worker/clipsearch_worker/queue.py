@@ -5,18 +5,21 @@ Layout (all keys share one hash tag, so they live in one Redis Cluster slot and 
   {prefix}:blob:<uid>     inline image bytes of one queued job, deleted when the job is done
   {prefix}:progress       hash: submitted / indexed / failed totals
   {prefix}:batch:<id>     hash: submitted / indexed / failed of one submission batch (expires)
-  {prefix}:failures       stream of failed images with their reasons (capped)
+  {prefix}:failures       dead-letter stream: failed jobs with their reason and attempts (capped)
+  {prefix}:queued-bytes   inline bytes held by jobs not yet done (for backpressure)
+  {prefix}:last-error     hash uid -> last transient error of a job that will be retried
 
 Completion is exactly-once for the counters even though delivery is at-least-once: one Lua script
 XACKs the entry and bumps the counters only when the XACK really removed it from the pending list.
+Finished entries are XDELed (the stream stays bounded); inline bytes are deleted when a job is
+indexed and kept for FAILED_BLOB_TTL_S when it failed, so that it can be retried.
 """
 
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
 import redis
@@ -34,12 +37,18 @@ __all__ = [
     "get_progress",
     "list_failures",
     "read_jobs",
+    "keep_alive",
+    "last_errors",
     "reclaim_stale",
+    "record_transient_error",
+    "retry",
     "submit",
+    "usage",
 ]
 
 GROUP = "encoders"
 BATCH_TTL_S = 7 * 24 * 3600
+FAILED_BLOB_TTL_S = 7 * 24 * 3600
 FAILURES_MAXLEN = 100_000
 INDEXED = "indexed"
 FAILED = "failed"
@@ -71,6 +80,14 @@ class Keys:
     def failures(self) -> str:
         return f"{self._tag}:failures"
 
+    @property
+    def queued_bytes(self) -> str:
+        return f"{self._tag}:queued-bytes"
+
+    @property
+    def last_error(self) -> str:
+        return f"{self._tag}:last-error"
+
     def blob(self, uid: str) -> str:
         return f"{self._tag}:blob:{uid}"
 
@@ -89,6 +106,7 @@ class Job:
     has_blob: bool = False
     uid: str = field(default_factory=lambda: uuid.uuid4().hex)
     entry_id: str = ""  # the stream entry id, set when read from Redis
+    attempts: int = 1  # deliveries so far, set when reclaimed
 
     def to_fields(self) -> dict[str, str]:
         return {
@@ -129,28 +147,55 @@ class Progress:
 
 @dataclass(frozen=True)
 class Failure:
-    """An image that could not be indexed."""
+    """An image that could not be indexed (an entry of the dead-letter stream)."""
 
     id: str
     uri: str
     reason: str
     batch_id: str
     failed_at_ms: int
+    attempts: int
+    entry_id: str
+    job: Job
 
 
+# KEYS: jobs, progress, batch, failures, blob, queued-bytes, last-error
+# ARGV: group, entry id, outcome, failures maxlen, blob ttl, uid, reason, attempts, job fields (k, v, ...)
 _FINISH = """
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
   return 0
 end
 redis.call('XDEL', KEYS[1], ARGV[2])
-redis.call('DEL', KEYS[5])
+redis.call('DECRBY', KEYS[6], redis.call('STRLEN', KEYS[5]))
+redis.call('HDEL', KEYS[7], ARGV[6])
 redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
 if redis.call('EXISTS', KEYS[3]) == 1 then
   redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
 end
 if ARGV[3] == 'failed' then
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*',
-             'id', ARGV[5], 'uri', ARGV[6], 'reason', ARGV[7], 'batch', ARGV[8])
+  redis.call('EXPIRE', KEYS[5], ARGV[5])
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'reason', ARGV[7], 'attempts', ARGV[8], unpack(ARGV, 9))
+else
+  redis.call('DEL', KEYS[5])
+end
+return 1
+"""
+
+# KEYS: failures, jobs, progress, batch, blob, queued-bytes
+# ARGV: failure entry id, has blob ("1"/"0"), job fields (k, v, ...)
+_RETRY = """
+if ARGV[2] == '1' and redis.call('EXISTS', KEYS[5]) == 0 then
+  return -1
+end
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('PERSIST', KEYS[5])
+redis.call('INCRBY', KEYS[6], redis.call('STRLEN', KEYS[5]))
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+redis.call('HINCRBY', KEYS[3], 'failed', -1)
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('HINCRBY', KEYS[4], 'failed', -1)
 end
 return 1
 """
@@ -173,6 +218,15 @@ def ensure_group(r: redis.Redis, keys: Keys) -> None:
             raise
 
 
+def usage(r: redis.Redis, keys: Keys) -> tuple[int, int]:
+    """(jobs not yet done, inline bytes they hold)."""
+    pipe = r.pipeline(transaction=False)
+    pipe.xlen(keys.jobs)
+    pipe.get(keys.queued_bytes)
+    jobs, size = pipe.execute()
+    return int(jobs), int(size or 0)
+
+
 def submit(
     r: redis.Redis, keys: Keys, jobs: Sequence[Job], blobs: Sequence[bytes | None], batch_id: str
 ) -> None:
@@ -182,6 +236,7 @@ def submit(
         if blob is not None:
             pipe.set(keys.blob(job.uid), blob)
         pipe.xadd(keys.jobs, job.to_fields())
+    pipe.incrby(keys.queued_bytes, sum(len(b) for b in blobs if b))
     pipe.hincrby(keys.progress, "submitted", len(jobs))
     pipe.hincrby(keys.batch(batch_id), "submitted", len(jobs))
     pipe.expire(keys.batch(batch_id), BATCH_TTL_S)
@@ -195,9 +250,35 @@ def read_jobs(r: redis.Redis, keys: Keys, consumer: str, count: int, block_ms: i
 
 
 def reclaim_stale(r: redis.Redis, keys: Keys, consumer: str, min_idle_ms: int, count: int) -> list[Job]:
-    """Takes over jobs that another consumer has held longer than `min_idle_ms` (a crashed worker's)."""
+    """Takes over jobs that another consumer has held longer than `min_idle_ms` (a crashed worker's,
+    or this worker's own transient failures), with their delivery counts."""
     reply = r.xautoclaim(keys.jobs, GROUP, consumer, min_idle_time=min_idle_ms, start_id="0-0", count=count)
-    return [Job.from_entry(entry_id, fields) for entry_id, fields in reply[1] if fields]
+    jobs = [Job.from_entry(entry_id, fields) for entry_id, fields in reply[1] if fields]
+    if not jobs:
+        return []
+    pipe = r.pipeline(transaction=False)
+    for job in jobs:
+        pipe.xpending_range(keys.jobs, GROUP, min=job.entry_id, max=job.entry_id, count=1)
+    counts = [int(rows[0]["times_delivered"]) if rows else 1 for rows in pipe.execute()]
+    return [replace(job, attempts=n) for job, n in zip(jobs, counts)]
+
+
+def keep_alive(r: redis.Redis, keys: Keys, consumer: str, entry_ids: Sequence[str]) -> None:
+    """Resets the idle time of jobs this consumer is working on, so nobody reclaims them (a heartbeat).
+    JUSTID leaves the delivery counts alone."""
+    if entry_ids:
+        r.xclaim(keys.jobs, GROUP, consumer, min_idle_time=0, message_ids=list(entry_ids), justid=True)
+
+
+def record_transient_error(r: redis.Redis, keys: Keys, job: Job, reason: str) -> None:
+    """Remembers why a job will be retried (reported if it finally dead-letters)."""
+    r.hset(keys.last_error, job.uid, reason)
+
+
+def last_errors(r: redis.Redis, keys: Keys, jobs: Sequence[Job]) -> list[str | None]:
+    if not jobs:
+        return []
+    return [None if v is None else _text(v) for v in r.hmget(keys.last_error, [job.uid for job in jobs])]
 
 
 def load_blobs(r: redis.Redis, keys: Keys, jobs: Sequence[Job]) -> list[bytes | None]:
@@ -217,14 +298,18 @@ def _decoded(raw: dict[bytes, bytes]) -> dict[str, str]:
 
 
 def finish(r: redis.Redis, keys: Keys, outcomes: Iterable[tuple[Job, str | None]]) -> int:
-    """Marks jobs done: (job, None) as indexed, (job, reason) as failed. Returns how many were still pending."""
+    """Marks jobs done: (job, None) as indexed, (job, reason) as failed (dead-lettered).
+    Returns how many were still pending (the others were already finished by someone)."""
     script = r.register_script(_FINISH)
     pipe = r.pipeline(transaction=False)
     for job, reason in outcomes:
         outcome = INDEXED if reason is None else FAILED
+        fields = [item for pair in job.to_fields().items() for item in pair]
         script(
-            keys=[keys.jobs, keys.progress, keys.batch(job.batch_id), keys.failures, keys.blob(job.uid)],
-            args=[GROUP, job.entry_id, outcome, FAILURES_MAXLEN, job.id, job.uri, reason or "", job.batch_id],
+            keys=[keys.jobs, keys.progress, keys.batch(job.batch_id), keys.failures, keys.blob(job.uid),
+                  keys.queued_bytes, keys.last_error],
+            args=[GROUP, job.entry_id, outcome, FAILURES_MAXLEN, FAILED_BLOB_TTL_S, job.uid, reason or "",
+                  job.attempts, *fields],
             client=pipe,
         )
     return sum(int(x) for x in pipe.execute())
@@ -252,13 +337,17 @@ def list_failures(r: redis.Redis, keys: Keys, batch_id: str = "", limit: int = 1
             fields = _decoded(raw)
             if batch_id and fields.get("batch") != batch_id:
                 continue
+            job = Job.from_entry("", raw)
             found.append(
                 Failure(
-                    id=fields.get("id", ""),
-                    uri=fields.get("uri", ""),
+                    id=job.id,
+                    uri=job.uri,
                     reason=fields.get("reason", ""),
-                    batch_id=fields.get("batch", ""),
+                    batch_id=job.batch_id,
                     failed_at_ms=int(_text(entry_id).split("-")[0]),
+                    attempts=int(fields.get("attempts", 1)),
+                    entry_id=_text(entry_id),
+                    job=job,
                 )
             )
             if len(found) >= limit:
@@ -267,5 +356,19 @@ def list_failures(r: redis.Redis, keys: Keys, batch_id: str = "", limit: int = 1
     return found
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
+def retry(r: redis.Redis, keys: Keys, failures: Sequence[Failure]) -> tuple[list[str], list[str]]:
+    """Queues failed jobs again; returns (retried ids, ids whose inline bytes have expired)."""
+    script = r.register_script(_RETRY)
+    pipe = r.pipeline(transaction=False)
+    for f in failures:
+        fields = [item for pair in f.job.to_fields().items() for item in pair]
+        script(
+            keys=[keys.failures, keys.jobs, keys.progress, keys.batch(f.batch_id), keys.blob(f.job.uid),
+                  keys.queued_bytes],
+            args=[f.entry_id, "1" if f.job.has_blob else "0", *fields],
+            client=pipe,
+        )
+    results = pipe.execute()
+    retried = [f.id for f, res in zip(failures, results) if int(res) == 1]
+    expired = [f.id for f, res in zip(failures, results) if int(res) == -1]
+    return retried, expired

@@ -2,7 +2,10 @@
 
 A job is acknowledged (and counted indexed or failed) only after the server has accepted its
 vector, or after it failed for a reason that retrying cannot fix (an undecodable image). Jobs of a
-crashed worker stay pending and are reclaimed by live workers after the visibility timeout.
+crashed worker stay pending and are reclaimed by live workers after the visibility timeout; a live
+worker's jobs are never reclaimed, because a heartbeat thread keeps resetting their idle time.
+A job with a transient error (an unreachable URL) stays pending and is retried; a job delivered
+more than `max_deliveries` times (it failed, or crashed workers, every time) is dead-lettered.
 """
 
 from __future__ import annotations
@@ -64,8 +67,13 @@ class WorkerConfig:
     visibility_timeout_s: float = 300.0
     block_ms: int = 1000
     push_timeout_s: float = 60.0
+    max_deliveries: int = 5
     max_message_bytes: int = 64 * 1024 * 1024
     heartbeat_file: str = ""  # touched on every loop turn, for container health checks
+
+
+class _Transient(str):
+    """A failure reason after which the job is retried rather than failed."""
 
 
 class WorkerFatal(Exception):
@@ -92,6 +100,22 @@ class Worker:
         self._model = types_pb2.ModelInfo(name=encoder.identity, dim=encoder.dim)
         self._last_reclaim = 0.0
         self.processed = 0
+        self._in_flight: list[str] = []  # entry ids of the batch being processed
+        self._in_flight_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        self._heartbeat.start()
+
+    def _beat(self) -> None:
+        """Keeps this worker's in-flight jobs from looking abandoned, however long a batch takes."""
+        interval = max(0.2, self.config.visibility_timeout_s / 3)
+        while not self._closed.wait(interval):
+            with self._in_flight_lock:
+                ids = list(self._in_flight)
+            try:
+                queue.keep_alive(self.redis, self.keys, self.config.consumer, ids)
+            except redis.RedisError as exc:
+                log.warning("heartbeat failed: %s", exc)
 
     def run(self, stop: threading.Event) -> None:
         """Processes jobs until `stop` is set. Raises WorkerFatal for unrecoverable configuration errors."""
@@ -127,10 +151,31 @@ class Worker:
 
     def process(self, jobs: Sequence[Job], stop: threading.Event) -> None:
         """Encodes and pushes one batch of jobs, then acknowledges them."""
+        with self._in_flight_lock:
+            self._in_flight = [job.entry_id for job in jobs]
+        try:
+            self._process(jobs, stop)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight = []
+
+    def _process(self, jobs: Sequence[Job], stop: threading.Event) -> None:
+        outcomes: list[tuple[Job, str | None]] = []
+        exhausted = [job for job in jobs if job.attempts > self.config.max_deliveries]
+        if exhausted:
+            for job, last in zip(exhausted, queue.last_errors(self.redis, self.keys, exhausted)):
+                outcomes.append((job, f"gave up after {job.attempts - 1} attempts: "
+                                      f"{last or 'a worker crashed or stalled on this image each time'}"))
+            jobs = [job for job in jobs if job.attempts <= self.config.max_deliveries]
         blobs = queue.load_blobs(self.redis, self.keys, jobs)
         prepared = list(self._pool.map(self._prepare, jobs, blobs))
         good = [(job, tensor) for job, (tensor, _) in zip(jobs, prepared) if tensor is not None]
-        outcomes: list[tuple[Job, str | None]] = [(job, err) for job, (_, err) in zip(jobs, prepared) if err]
+        for job, (tensor, error) in zip(jobs, prepared):
+            if tensor is None and isinstance(error, _Transient):
+                queue.record_transient_error(self.redis, self.keys, job, str(error))
+                log.info("image %s will be retried (attempt %d): %s", job.id, job.attempts, error)
+            elif tensor is None:
+                outcomes.append((job, error))
         if good:
             vectors = self.encoder.encode_images([tensor for _, tensor in good])
             error = self._push([job for job, _ in good], vectors, stop)
@@ -138,13 +183,14 @@ class Worker:
                 return  # not acknowledged: another worker (or our restart) will redo them
             outcomes.extend((job, error) for job, _ in good)
         queue.finish(self.redis, self.keys, outcomes)
-        self.processed += len(jobs)
+        self.processed += len(outcomes)  # jobs this worker brought to an end (indexed or failed)
         for job, reason in outcomes:
             if reason:
                 log.info("image %s failed: %s", job.id, reason)
 
     def _prepare(self, job: Job, blob: bytes | None) -> tuple[Any, str | None]:
-        """Reads, decodes and preprocesses one image; returns (tensor, None) or (None, reason)."""
+        """Reads, decodes and preprocesses one image; returns (tensor, None) or (None, reason).
+        A reason of type _Transient means: leave the job pending and retry it later."""
         try:
             if job.has_blob:
                 if blob is None:
@@ -154,7 +200,7 @@ class Worker:
                 data = read_uri(job.uri, self.config.image_limits)
             return self.encoder.preprocess(decode_image(data, self.config.image_limits)), None
         except ImageLoadError as exc:
-            return None, str(exc)
+            return None, _Transient(str(exc)) if exc.transient else str(exc)
         except Exception as exc:  # noqa: BLE001 - a bad image must never kill the worker
             log.exception("unexpected error preparing image %s", job.id)
             return None, f"unexpected error: {type(exc).__name__}: {exc}"
@@ -185,6 +231,8 @@ class Worker:
             delay = min(delay * 2, 5.0)
 
     def close(self) -> None:
+        self._closed.set()
+        self._heartbeat.join(timeout=5)
         self._pool.shutdown(wait=True)
         self._channel.close()
         self.redis.close()

@@ -1,7 +1,9 @@
 """Server assembly and lifecycle: `create_server()` wires the parts, `serve()` runs until SIGTERM/SIGINT.
 
-Start-up loads the model and the collection, then registers the three clipsearch services, the
-standard health service (SERVING once searches can be answered) and server reflection.
+The port opens at once, with the standard health service reporting NOT_SERVING (and the clipsearch
+services answering UNAVAILABLE) while the model and the index load; then SERVING. A background
+task snapshots the index when it changed. Shutdown: NOT_SERVING, drain calls for `grace_s`, write a
+final snapshot.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from clipsearch_worker.encoder import load_encoder
 from . import index as index_module
 from .collection import Collection
 from .config import ServerConfig
-from .engine import Engine
+from .engine import Engine, EngineSlot
 from .ingest import Ingestor
 from .service import IndexServicer, IngestServicer, SearchServicer
 
@@ -53,38 +55,73 @@ class RunningServer:
 
     server: grpc.aio.Server
     port: int
-    engine: Engine
+    slot: EngineSlot
     health: health.HealthServicer
+    config: ServerConfig
+    _tasks: list[asyncio.Task]
+
+    async def ready(self) -> Engine:
+        """Waits until the model and index are loaded (re-raises a start-up failure)."""
+        await self._tasks[0]
+        return self.slot.get()
+
+    def _set_health(self, status: int) -> None:
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, status)
 
     async def stop(self, grace: float) -> None:
-        """Stops accepting calls, lets running ones finish for `grace` seconds, then releases resources."""
-        for name in ("", *SERVICE_NAMES):
-            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        """Stops accepting calls, lets running ones finish for `grace` seconds, snapshots, releases resources."""
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        for task in self._tasks[1:]:
+            task.cancel()
         await self.server.stop(grace)
-        self.engine.close()
+        engine = self.slot.engine
+        if engine is not None:
+            await asyncio.to_thread(engine.collection.snapshot)
+            engine.close()
+
+    async def _load(self) -> None:
+        config = self.config
+        encoder = await asyncio.to_thread(load_encoder, config.model, config.threads or None)
+        collection = await asyncio.to_thread(
+            Collection, config.data_dir, encoder.identity, encoder.dim, config.hnsw,
+            config.compact_ratio, config.compact_min,
+        )
+        self.slot.engine = Engine(encoder, collection, config.image_limits)
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving on port %d (model %s, %d images)", self.port, encoder.identity, collection.stats().count)
+        self._tasks.append(asyncio.create_task(self._snapshots()))
+
+    async def _snapshots(self) -> None:
+        engine = self.slot.get()
+        while True:
+            await asyncio.sleep(self.config.snapshot_interval_s)
+            try:
+                await asyncio.to_thread(engine.collection.snapshot)
+            except Exception:  # noqa: BLE001 - keep serving; the store stays the source of truth
+                log.exception("snapshot failed")
 
 
 async def create_server(config: ServerConfig) -> RunningServer:
-    """Loads the model and index, binds the port and starts serving."""
+    """Binds the port and starts serving at once; the model and index load in the background
+    (health NOT_SERVING until `ready()`)."""
     if config.threads:
         index_module.set_threads(config.threads)
-    encoder = await asyncio.to_thread(load_encoder, config.model, config.threads or None)
-    collection = await asyncio.to_thread(
-        Collection, config.data_dir, encoder.identity, encoder.dim, config.hnsw
+    slot = EngineSlot()
+    ingestor = Ingestor(
+        queue.connect(config.redis_url), queue.Keys(config.redis_prefix), config.max_queue_jobs, config.max_queue_bytes
     )
-    engine = Engine(encoder, collection, config.image_limits)
-    ingestor = Ingestor(queue.connect(config.redis_url), queue.Keys(config.redis_prefix))
 
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
     ]
     server = grpc.aio.server(options=options)
-    search_service_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(engine), server)
+    search_service_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(slot), server)
     ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(
         IngestServicer(ingestor, config.image_limits.max_bytes), server
     )
-    index_service_pb2_grpc.add_IndexServiceServicer_to_server(IndexServicer(engine), server)
+    index_service_pb2_grpc.add_IndexServiceServicer_to_server(IndexServicer(slot), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -94,21 +131,26 @@ async def create_server(config: ServerConfig) -> RunningServer:
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     if port == 0:
         raise OSError(f"cannot listen on {config.host}:{config.port}")
+    running = RunningServer(server, port, slot, health_servicer, config, [])
+    running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
-    for name in ("", *SERVICE_NAMES):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving on port %d (model %s, %d images)", port, encoder.identity, collection.stats().count)
-    return RunningServer(server, port, engine, health_servicer)
+    running._tasks.append(asyncio.create_task(running._load()))
+    return running
 
 
 async def serve(config: ServerConfig) -> None:
     """Runs the server until SIGINT or SIGTERM, then drains gracefully."""
     running = await create_server(config)
-    print(f"clipsearch server listening on port {running.port}", flush=True)
+    print(f"clipsearch server listening on port {running.port} (loading)", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loader = running._tasks[0]
+    await asyncio.wait([loader, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if loader.done() and loader.exception() is not None:
+        await running.stop(0)
+        raise loader.exception()  # type: ignore[misc]
     await stop.wait()
     log.info("shutting down (grace %.1fs)", config.grace_s)
     await running.stop(config.grace_s)

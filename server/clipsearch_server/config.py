@@ -27,6 +27,10 @@ class ServerConfig:
     image_limits: limits and allowed roots for query images given by uri or bytes.
     max_message_bytes: largest gRPC message accepted or sent.
     threads: torch/FAISS threads for query encoding and search (0: library default).
+    snapshot_interval_s: how often the index is snapshotted when it changed (also on shutdown).
+    compact_ratio: rebuild the graph when this share of its entries are tombstones.
+    max_queue_jobs / max_queue_bytes: backpressure; SubmitImages fails with RESOURCE_EXHAUSTED beyond.
+    grace_s: how long running calls may finish on shutdown.
     """
 
     host: str = "[::]"
@@ -39,4 +43,9 @@ class ServerConfig:
     image_limits: LoadLimits = field(default_factory=LoadLimits)
     max_message_bytes: int = 64 * 1024 * 1024
     threads: int = 0
-    grace_s: float = 5.0
+    snapshot_interval_s: float = 60.0
+    compact_ratio: float = 0.2
+    compact_min: int = 1000
+    max_queue_jobs: int = 1_000_000
+    max_queue_bytes: int = 2 * 1024**3
+    grace_s: float = 10.0

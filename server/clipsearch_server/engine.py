@@ -16,9 +16,10 @@ from clipsearch_worker.encoder import ClipEncoder
 from clipsearch_worker.images import LoadLimits, decode_image, read_uri
 
 from .collection import Collection, CollectionStats, Hit
+from .errors import Unavailable
 from .store import ImageRecord
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "EngineSlot"]
 
 T = TypeVar("T")
 
@@ -60,9 +61,24 @@ class Engine:
     async def upsert(self, records: Sequence[ImageRecord]) -> int:
         return await self._run(lambda: self.collection.upsert(records))
 
+    async def delete(self, ids: Sequence[str]) -> list[str]:
+        return await self._run(lambda: self.collection.delete(ids))
+
     async def stats(self) -> CollectionStats:
         return await self._run(self.collection.stats)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self.collection.close()
+
+
+class EngineSlot:
+    """Holds the engine once start-up has loaded it; until then every use is UNAVAILABLE."""
+
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+
+    def get(self) -> Engine:
+        if self.engine is None:
+            raise Unavailable("the server is still loading its model and index; retry in a few seconds")
+        return self.engine

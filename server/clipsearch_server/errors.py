@@ -40,7 +40,11 @@ class FailedPrecondition(ClipsearchError):
 
 
 class ResourceExhausted(ClipsearchError):
-    """A limit was hit; retry later or with less."""
+    """A limit was hit; retry later or with less. `retry_after_s` hints when (sent as "retry-after-ms")."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class Unavailable(ClipsearchError):

@@ -17,7 +17,7 @@ import redis
 from clipsearch_worker import queue
 from clipsearch_worker.queue import Failure, Job, Keys, Progress
 
-from .errors import NotFound, Unavailable
+from .errors import NotFound, ResourceExhausted, Unavailable
 
 __all__ = ["Ingestor", "Submission", "derive_id"]
 
@@ -45,9 +45,11 @@ def derive_id(sub: Submission) -> str:
 class Ingestor:
     """Queues submissions in Redis and reads progress back."""
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, max_jobs: int, max_bytes: int) -> None:
         self._redis = client
         self._keys = keys
+        self._max_jobs = max_jobs
+        self._max_bytes = max_bytes
         self._group_ready = False
 
     def _call(self, fn: Callable[[], T]) -> T:
@@ -66,10 +68,20 @@ class Ingestor:
             if not self._group_ready:
                 queue.ensure_group(self._redis, self._keys)
                 self._group_ready = True
+            self._check_room(len(jobs), sum(len(b) for b in blobs if b))
             queue.submit(self._redis, self._keys, jobs, blobs, batch_id)
 
         self._call(run)
         return batch_id, [job.id for job in jobs]
+
+    def _check_room(self, jobs: int, size: int) -> None:
+        queued_jobs, queued_bytes = queue.usage(self._redis, self._keys)
+        if queued_jobs + jobs > self._max_jobs or queued_bytes + size > self._max_bytes:
+            raise ResourceExhausted(
+                f"the ingestion queue is full ({queued_jobs} jobs, {queued_bytes} bytes queued; limits "
+                f"{self._max_jobs} jobs, {self._max_bytes} bytes); retry in a few seconds, or submit by uri",
+                retry_after_s=5.0,
+            )
 
     def progress(self, batch_id: str = "") -> Progress:
         found = self._call(lambda: queue.get_progress(self._redis, self._keys, batch_id))
@@ -79,3 +91,13 @@ class Ingestor:
 
     def failures(self, batch_id: str = "", limit: int = 100) -> list[Failure]:
         return self._call(lambda: queue.list_failures(self._redis, self._keys, batch_id, limit))
+
+    def retry(self, batch_id: str = "", ids: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+        """Queues failed images again; returns (retried ids, ids whose bytes expired)."""
+        wanted = set(ids)
+
+        def run() -> tuple[list[str], list[str]]:
+            found = queue.list_failures(self._redis, self._keys, batch_id, queue.FAILURES_MAXLEN * 2)
+            return queue.retry(self._redis, self._keys, [f for f in found if not wanted or f.id in wanted])
+
+        return self._call(run)

@@ -27,8 +27,8 @@ from clipsearch.v1 import (
 
 from . import validation as check
 from .collection import Hit
-from .engine import Engine
-from .errors import InvalidArgument, status_for
+from .engine import EngineSlot
+from .errors import InvalidArgument, ResourceExhausted, status_for
 from .ingest import Ingestor, Submission
 from .store import ImageRecord
 
@@ -53,6 +53,8 @@ def _rpc(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
                 raise
             code = status_for(exc)
             if code is not None:
+                if isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
+                    context.set_trailing_metadata((("retry-after-ms", str(int(exc.retry_after_s * 1000))),))
                 await context.abort(code, str(exc))
             request_id = uuid.uuid4().hex[:16]
             log.exception("internal error in %s (request id %s)", method.__name__, request_id)
@@ -67,15 +69,15 @@ def _results(hits: list[Hit]) -> list[types_pb2.SearchResult]:
 
 
 class SearchServicer(search_grpc.SearchServiceServicer):
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, slot: EngineSlot) -> None:
+        self._slot = slot
 
     @_rpc
     async def TextSearch(
         self, request: search_pb.TextSearchRequest, context: grpc.aio.ServicerContext
     ) -> search_pb.TextSearchResponse:
         text, k = check.text(request.text), check.k(request.k)
-        return search_pb.TextSearchResponse(results=_results(await self._engine.text_search(text, k)))
+        return search_pb.TextSearchResponse(results=_results(await self._slot.get().text_search(text, k)))
 
     @_rpc
     async def ImageSearch(
@@ -83,14 +85,15 @@ class SearchServicer(search_grpc.SearchServiceServicer):
     ) -> search_pb.ImageSearchResponse:
         k = check.k(request.k)
         which = request.WhichOneof("query")
+        engine = self._slot.get()
         if which == "image":
             if not request.image:
                 raise InvalidArgument("image is empty (0 bytes)")
-            hits = await self._engine.image_search_bytes(request.image, k)
+            hits = await engine.image_search_bytes(request.image, k)
         elif which == "uri":
-            hits = await self._engine.image_search_uri(check.uri(request.uri), k)
+            hits = await engine.image_search_uri(check.uri(request.uri), k)
         elif which == "id":
-            hits = await self._engine.image_search_id(check.image_id(request.id), k)
+            hits = await engine.image_search_id(check.image_id(request.id), k)
         else:
             raise InvalidArgument("set exactly one of image, uri or id")
         return search_pb.ImageSearchResponse(results=_results(hits))
@@ -144,22 +147,34 @@ class IngestServicer(ingest_grpc.IngestServiceServicer):
         return ingest_pb.ListFailuresResponse(
             failures=[
                 ingest_pb.IngestFailure(
-                    id=f.id, uri=f.uri, reason=f.reason, batch_id=f.batch_id, failed_at_ms=f.failed_at_ms
+                    id=f.id, uri=f.uri, reason=f.reason, batch_id=f.batch_id, failed_at_ms=f.failed_at_ms,
+                    attempts=f.attempts,
                 )
                 for f in found
             ]
         )
 
 
+    @_rpc
+    async def RetryFailures(
+        self, request: ingest_pb.RetryFailuresRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb.RetryFailuresResponse:
+        if len(request.ids) > check.MAX_FAILURES_LIMIT:
+            raise InvalidArgument(f"the request holds {len(request.ids)} ids, the limit is {check.MAX_FAILURES_LIMIT}")
+        retried, expired = await asyncio.to_thread(self._ingestor.retry, request.batch_id, list(request.ids))
+        return ingest_pb.RetryFailuresResponse(retried=retried, expired=expired)
+
+
 class IndexServicer(index_grpc.IndexServiceServicer):
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, slot: EngineSlot) -> None:
+        self._slot = slot
 
     @_rpc
     async def UpsertVectors(
         self, request: index_pb.UpsertVectorsRequest, context: grpc.aio.ServicerContext
     ) -> index_pb.UpsertVectorsResponse:
-        collection = self._engine.collection
+        engine = self._slot.get()
+        collection = engine.collection
         collection.check_model(request.model.name, request.model.dim)
         check.count(len(request.records), check.MAX_UPSERT_RECORDS, "records")
         records = []
@@ -173,13 +188,23 @@ class IndexServicer(index_grpc.IndexServiceServicer):
                     metadata=check.metadata(rec.metadata, f"{where}.metadata"),
                 )
             )
-        return index_pb.UpsertVectorsResponse(upserted=await self._engine.upsert(records))
+        return index_pb.UpsertVectorsResponse(upserted=await engine.upsert(records))
+
+    @_rpc
+    async def DeleteImages(
+        self, request: index_pb.DeleteImagesRequest, context: grpc.aio.ServicerContext
+    ) -> index_pb.DeleteImagesResponse:
+        check.count(len(request.ids), check.MAX_DELETE_IDS, "ids")
+        ids = [check.image_id(image_id, f"ids[{i}]") for i, image_id in enumerate(request.ids)]
+        deleted = await self._slot.get().delete(ids)
+        gone = set(deleted)
+        return index_pb.DeleteImagesResponse(deleted=deleted, not_found=[i for i in ids if i not in gone])
 
     @_rpc
     async def GetIndexStats(
         self, request: index_pb.GetIndexStatsRequest, context: grpc.aio.ServicerContext
     ) -> index_pb.GetIndexStatsResponse:
-        s = await self._engine.stats()
+        s = await self._slot.get().stats()
         return index_pb.GetIndexStatsResponse(
             count=s.count,
             model=types_pb2.ModelInfo(name=s.model, dim=s.dim),

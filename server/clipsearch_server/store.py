@@ -3,6 +3,9 @@
 This is the source of truth. The FAISS index is derived from it and can always be rebuilt from it.
 Each image id owns exactly one live label; an upsert that changes an image's vector gives it a new
 label and reports the old one as stale (the index keeps it until compaction, searches skip it).
+Labels only grow, so a label doubles as a sequence number: an index snapshot that covers every
+label below L is brought up to date by adding the live rows with label >= L.
+Commits use synchronous=FULL: an upsert that returned survives kill -9 and power loss.
 """
 
 from __future__ import annotations
@@ -145,15 +148,44 @@ class Store:
         row = self._conn().execute("SELECT label FROM images WHERE id = ?", (image_id,)).fetchone()
         return None if row is None else int(row[0])
 
+    def delete(self, ids: Sequence[str]) -> list[tuple[str, int]]:
+        """Deletes images by id in one transaction; returns (id, label) of those that existed."""
+        removed: list[tuple[str, int]] = []
+        with self._write_lock:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for image_id in ids:
+                    row = conn.execute("DELETE FROM images WHERE id = ? RETURNING label", (image_id,)).fetchone()
+                    if row is not None:
+                        removed.append((image_id, int(row[0])))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return removed
+
+    def next_label(self) -> int:
+        """The label the next new vector will get: every existing label is below it."""
+        return int(self.get_meta("next_label") or 0)
+
+    def live_labels(self) -> np.ndarray:
+        rows = self._conn().execute("SELECT label FROM images").fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
     def count(self) -> int:
         return int(self._conn().execute("SELECT COUNT(*) FROM images").fetchone()[0])
 
-    def iter_vectors(self, dim: int, chunk: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """All live (labels, vectors) in label order, in chunks, for rebuilding the index."""
-        last = -1
+    def iter_vectors(
+        self, dim: int, start: int = 0, stop: int | None = None, chunk: int = 10_000
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Live (labels, vectors) with start <= label < stop, in label order and chunks."""
+        last = start - 1
+        stop = (1 << 62) if stop is None else stop
         while True:
             rows = self._conn().execute(
-                "SELECT label, vector FROM images WHERE label > ? ORDER BY label LIMIT ?", (last, chunk)
+                "SELECT label, vector FROM images WHERE label > ? AND label < ? ORDER BY label LIMIT ?",
+                (last, stop, chunk),
             ).fetchall()
             if not rows:
                 return

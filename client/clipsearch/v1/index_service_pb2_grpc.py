@@ -45,6 +45,11 @@ class IndexServiceStub:
                 request_serializer=clipsearch_dot_v1_dot_index__service__pb2.GetIndexStatsRequest.SerializeToString,
                 response_deserializer=clipsearch_dot_v1_dot_index__service__pb2.GetIndexStatsResponse.FromString,
                 _registered_method=True)
+        self.DeleteImages = channel.unary_unary(
+                '/clipsearch.v1.IndexService/DeleteImages',
+                request_serializer=clipsearch_dot_v1_dot_index__service__pb2.DeleteImagesRequest.SerializeToString,
+                response_deserializer=clipsearch_dot_v1_dot_index__service__pb2.DeleteImagesResponse.FromString,
+                _registered_method=True)
 
 
 class IndexServiceServicer:
@@ -54,7 +59,8 @@ class IndexServiceServicer:
     def UpsertVectors(self, request, context):
         """Inserts or replaces image vectors by id (an upsert: writing the same id twice keeps one entry,
         so retries and re-deliveries are safe). Vectors are L2-normalized by the server.
-        Errors: FAILED_PRECONDITION when model.name or model.dim differs from the index's model;
+        Errors: UNAVAILABLE while the server is loading its index (retry);
+        FAILED_PRECONDITION when model.name or model.dim differs from the index's model;
         INVALID_ARGUMENT for an empty request, more than 4096 records, an invalid id, or a vector
         whose length is not 4 * dim bytes or that holds a non-finite or all-zero value.
         Deadline: about 10 s per 1000 records.
@@ -64,7 +70,17 @@ class IndexServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetIndexStats(self, request, context):
-        """Index statistics: size, model, dimension and index parameters. No errors beyond transport ones.
+        """Index statistics: size, model, dimension and index parameters.
+        Errors: UNAVAILABLE while the server is loading its index.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteImages(self, request, context):
+        """Deletes images by id. Idempotent: ids that do not exist are reported, not an error; retry freely.
+        Durable when it returns. An image still queued for encoding is indexed again when its job completes.
+        Errors: INVALID_ARGUMENT for no ids, more than 1000 ids, or an invalid id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -82,6 +98,11 @@ def add_IndexServiceServicer_to_server(servicer, server):
                     servicer.GetIndexStats,
                     request_deserializer=clipsearch_dot_v1_dot_index__service__pb2.GetIndexStatsRequest.FromString,
                     response_serializer=clipsearch_dot_v1_dot_index__service__pb2.GetIndexStatsResponse.SerializeToString,
+            ),
+            'DeleteImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteImages,
+                    request_deserializer=clipsearch_dot_v1_dot_index__service__pb2.DeleteImagesRequest.FromString,
+                    response_serializer=clipsearch_dot_v1_dot_index__service__pb2.DeleteImagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -139,6 +160,33 @@ class IndexService:
             '/clipsearch.v1.IndexService/GetIndexStats',
             clipsearch_dot_v1_dot_index__service__pb2.GetIndexStatsRequest.SerializeToString,
             clipsearch_dot_v1_dot_index__service__pb2.GetIndexStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipsearch.v1.IndexService/DeleteImages',
+            clipsearch_dot_v1_dot_index__service__pb2.DeleteImagesRequest.SerializeToString,
+            clipsearch_dot_v1_dot_index__service__pb2.DeleteImagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -74,21 +74,39 @@ class ListFailuresRequest(_message.Message):
     def __init__(self, batch_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class IngestFailure(_message.Message):
-    __slots__ = ("id", "uri", "reason", "batch_id", "failed_at_ms")
+    __slots__ = ("id", "uri", "reason", "batch_id", "failed_at_ms", "attempts")
     ID_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     FAILED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     id: str
     uri: str
     reason: str
     batch_id: str
     failed_at_ms: int
-    def __init__(self, id: _Optional[str] = ..., uri: _Optional[str] = ..., reason: _Optional[str] = ..., batch_id: _Optional[str] = ..., failed_at_ms: _Optional[int] = ...) -> None: ...
+    attempts: int
+    def __init__(self, id: _Optional[str] = ..., uri: _Optional[str] = ..., reason: _Optional[str] = ..., batch_id: _Optional[str] = ..., failed_at_ms: _Optional[int] = ..., attempts: _Optional[int] = ...) -> None: ...
 
 class ListFailuresResponse(_message.Message):
     __slots__ = ("failures",)
     FAILURES_FIELD_NUMBER: _ClassVar[int]
     failures: _containers.RepeatedCompositeFieldContainer[IngestFailure]
     def __init__(self, failures: _Optional[_Iterable[_Union[IngestFailure, _Mapping]]] = ...) -> None: ...
+
+class RetryFailuresRequest(_message.Message):
+    __slots__ = ("batch_id", "ids")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    batch_id: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, batch_id: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RetryFailuresResponse(_message.Message):
+    __slots__ = ("retried", "expired")
+    RETRIED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    retried: _containers.RepeatedScalarFieldContainer[str]
+    expired: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, retried: _Optional[_Iterable[str]] = ..., expired: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -51,6 +51,11 @@ class IngestServiceStub:
                 request_serializer=clipsearch_dot_v1_dot_ingest__service__pb2.ListFailuresRequest.SerializeToString,
                 response_deserializer=clipsearch_dot_v1_dot_ingest__service__pb2.ListFailuresResponse.FromString,
                 _registered_method=True)
+        self.RetryFailures = channel.unary_unary(
+                '/clipsearch.v1.IngestService/RetryFailures',
+                request_serializer=clipsearch_dot_v1_dot_ingest__service__pb2.RetryFailuresRequest.SerializeToString,
+                response_deserializer=clipsearch_dot_v1_dot_ingest__service__pb2.RetryFailuresResponse.FromString,
+                _registered_method=True)
 
 
 class IngestServiceServicer:
@@ -63,6 +68,8 @@ class IngestServiceServicer:
         replaces that image (upsert), never duplicates it. Retry on UNAVAILABLE with the same ids.
         Errors: INVALID_ARGUMENT for an empty request, more than 1000 images, an invalid id, an image
         with neither bytes nor uri, an oversized image, or a uri with an unsupported scheme;
+        RESOURCE_EXHAUSTED when the queue holds more jobs or bytes than the server's limits allow (the
+        message and the "retry-after-ms" trailing metadata say when to retry);
         UNAVAILABLE when the queue (Redis) cannot be reached.
         Deadline: a few seconds plus the upload time.
         """
@@ -86,6 +93,15 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryFailures(self, request, context):
+        """Queues failed images again (all failures, one batch's, or the given ids) and removes them from the
+        failure list. Inline image bytes of failed jobs are kept 7 days for this; older ones cannot be retried.
+        Errors: INVALID_ARGUMENT for more than 10000 ids; UNAVAILABLE when Redis cannot be reached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IngestServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -103,6 +119,11 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.ListFailures,
                     request_deserializer=clipsearch_dot_v1_dot_ingest__service__pb2.ListFailuresRequest.FromString,
                     response_serializer=clipsearch_dot_v1_dot_ingest__service__pb2.ListFailuresResponse.SerializeToString,
+            ),
+            'RetryFailures': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryFailures,
+                    request_deserializer=clipsearch_dot_v1_dot_ingest__service__pb2.RetryFailuresRequest.FromString,
+                    response_serializer=clipsearch_dot_v1_dot_ingest__service__pb2.RetryFailuresResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -188,6 +209,33 @@ class IngestService:
             '/clipsearch.v1.IngestService/ListFailures',
             clipsearch_dot_v1_dot_ingest__service__pb2.ListFailuresRequest.SerializeToString,
             clipsearch_dot_v1_dot_ingest__service__pb2.ListFailuresResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryFailures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipsearch.v1.IngestService/RetryFailures',
+            clipsearch_dot_v1_dot_ingest__service__pb2.RetryFailuresRequest.SerializeToString,
+            clipsearch_dot_v1_dot_ingest__service__pb2.RetryFailuresResponse.FromString,
             options,
             channel_credentials,
             insecure,
