@@ -119,3 +119,68 @@ def test_check_model_refuses_other_model_or_dim(tmp_path: Path) -> None:
 def test_empty_collection_returns_no_results(tmp_path: Path) -> None:
     col = Collection(tmp_path, "m@1", DIM)
     assert col.search(unit(np.random.default_rng(5), 1)[0], 10) == []
+
+
+def test_delete_tombstones_and_never_returns_deleted(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    vectors = unit(rng, 50)
+    col = Collection(tmp_path, "m@1", DIM)
+    col.upsert([ImageRecord(str(i), vectors[i]) for i in range(50)])
+    assert col.delete(["3", "4", "nope"]) == ["3", "4"]
+    assert col.stats().count == 48 and col.stats().stale_entries == 2
+    for i in (3, 4):
+        hits = col.search(vectors[i], 10)
+        assert len(hits) == 10 and not {"3", "4"} & {h.id for h in hits}
+    assert col.delete(["3"]) == []  # idempotent
+
+
+def test_snapshot_then_replay_only_what_came_after(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    vectors = unit(rng, 30)
+    col = Collection(tmp_path, "m@1", DIM)
+    col.upsert([ImageRecord(str(i), vectors[i]) for i in range(20)])
+    assert col.snapshot() is True
+    assert col.snapshot() is False  # nothing changed
+    col.upsert([ImageRecord(str(i), vectors[i]) for i in range(20, 30)])  # after the snapshot
+    col.upsert([ImageRecord("0", vectors[29])])  # replaces a snapshotted vector
+    col.delete(["1"])
+    col.close()  # no second snapshot: a crash here loses only the derived index, not data
+
+    reopened = Collection(tmp_path, "m@1", DIM)
+    assert reopened.stats().count == 29
+    assert reopened.index.ntotal == 31  # 20 from the snapshot + 11 replayed, nothing rebuilt
+    assert reopened.stats().stale_entries == 2  # old "0" and "1"
+    assert {h.id for h in reopened.search(vectors[0], 5)}.isdisjoint({"1"})
+    assert reopened.search(vectors[25], 1)[0].id == "25"
+    assert reopened.search(vectors[29], 2)[0].score > 0.999
+
+
+def test_corrupt_snapshot_falls_back_to_rebuild(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    vectors = unit(rng, 10)
+    col = Collection(tmp_path, "m@1", DIM)
+    col.upsert([ImageRecord(str(i), vectors[i]) for i in range(10)])
+    col.snapshot()
+    col.close()
+    for f in tmp_path.glob("index-*.faiss"):
+        f.write_bytes(b"garbage")
+    reopened = Collection(tmp_path, "m@1", DIM)
+    assert reopened.stats().count == 10 and reopened.search(vectors[4], 1)[0].id == "4"
+
+
+def test_compaction_drops_tombstones_and_keeps_results(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    vectors = unit(rng, 200)
+    col = Collection(tmp_path, "m@1", DIM, compact_ratio=0.2, compact_min=10)
+    col.upsert([ImageRecord(str(i), vectors[i]) for i in range(100)])
+    col.delete([str(i) for i in range(0, 100, 10)])  # 10 tombstones: not yet 20 %
+    assert col.stats().stale_entries == 10
+    col.upsert([ImageRecord(str(i), vectors[100 + i]) for i in range(1, 30, 2)])  # 15 replaced
+    col.wait_for_compaction(timeout=60)
+    stats = col.stats()
+    assert stats.stale_entries == 0 and col.index.ntotal == stats.count == 90
+    deleted = {str(i) for i in range(0, 100, 10)}
+    assert not deleted & {h.id for h in col.search(vectors[150], 20)}
+    for i in range(1, 30, 2):  # replaced images are found by their new vector
+        assert col.search(vectors[100 + i], 1)[0].id == str(i)
+    assert (tmp_path / "snapshot.json").exists()  # compaction ends with a snapshot

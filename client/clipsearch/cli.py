@@ -51,6 +51,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     _add(p, "--redis-url", None, help=f"Redis URL (default {DEFAULT_REDIS_URL}; `up` starts its own)")
     _add(p, "--redis-prefix", "clipsearch", help="prefix of every Redis key")
     _add(p, "--allowed-root", None, action="append", help="folder workers/server may read image paths from (repeatable)")
+    _add(p, "--max-image-bytes", str(32 * 1024 * 1024), type=int, help="largest encoded image accepted")
     _add(p, "--threads", "0", type=int, help="CPU threads for torch/FAISS (0: library default)")
     _add(p, "--log-level", "INFO", help="DEBUG, INFO, WARNING, ERROR")
 
@@ -64,6 +65,7 @@ def _server_options(p: argparse.ArgumentParser) -> None:
     _add(p, "--ef-search", "64", type=int, help="HNSW query beam width")
     _add(p, "--snapshot-interval", "60", type=float, help="seconds between index snapshots (when changed)")
     _add(p, "--compact-ratio", "0.2", type=float, help="rebuild the graph when this share of it is tombstones")
+    _add(p, "--compact-min", "1000", type=int, help="... and at least this many entries are tombstones")
     _add(p, "--max-queue-jobs", "1000000", type=int, help="SubmitImages fails with RESOURCE_EXHAUSTED beyond")
     _add(p, "--max-queue-bytes", str(2 * 1024**3), type=int, help="same, for inline image bytes in Redis")
 
@@ -179,7 +181,7 @@ def _limits(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from clipsearch_worker.images import LoadLimits
 
     roots = tuple(Path(r).expanduser().resolve() for r in (args.allowed_root or []) if r)
-    return LoadLimits(allowed_roots=roots)
+    return LoadLimits(max_bytes=args.max_image_bytes, allowed_roots=roots)
 
 
 def cmd_server(args: argparse.Namespace) -> int:
@@ -202,6 +204,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         threads=args.threads,
         snapshot_interval_s=args.snapshot_interval,
         compact_ratio=args.compact_ratio,
+        compact_min=args.compact_min,
         max_queue_jobs=args.max_queue_jobs,
         max_queue_bytes=args.max_queue_bytes,
     )
@@ -283,13 +286,14 @@ def cmd_up(args: argparse.Namespace) -> int:
             _wait_port("127.0.0.1", port, 30, procs)
         common = ["--model", args.model, "--pretrained", args.pretrained or "none", "--device", args.device,
                   "--redis-url", redis_url, "--redis-prefix", args.redis_prefix, "--threads", str(args.threads),
-                  "--log-level", args.log_level]
+                  "--log-level", args.log_level, "--max-image-bytes", str(args.max_image_bytes)]
         for root in args.allowed_root or []:
             common += ["--allowed-root", root]
         server_cmd = [sys.executable, "-m", "clipsearch_server", *common, "--host", args.host, "--port", str(args.port),
                       "--data-dir", str(data_dir / "index"), "--hnsw-m", str(args.hnsw_m),
                       "--ef-construction", str(args.ef_construction), "--ef-search", str(args.ef_search),
                       "--snapshot-interval", str(args.snapshot_interval), "--compact-ratio", str(args.compact_ratio),
+                      "--compact-min", str(args.compact_min),
                       "--max-queue-jobs", str(args.max_queue_jobs), "--max-queue-bytes", str(args.max_queue_bytes)]
         procs.append(("server", subprocess.Popen(server_cmd, env=env)))
         _wait_port("127.0.0.1", args.port, 600, procs)
