@@ -8,7 +8,8 @@
 It needs only grpcio and protobuf; the server and worker live in clipsearch_server and clipsearch_worker.
 """
 
-from .client import DEFAULT_SERVER, Client
+from .client import DEFAULT_SERVER, AsyncClient, Client
+from .connection import Connection
 from .errors import (
     ClipsearchError,
     DeadlineExceededError,
@@ -24,7 +25,9 @@ from .types import Failure, ImageInput, IndexStats, Progress, SearchResult, Subm
 
 __all__ = [
     "DEFAULT_SERVER",
+    "AsyncClient",
     "Client",
+    "Connection",
     "ClipsearchError",
     "DeadlineExceededError",
     "FailedPreconditionError",

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from .client import DEFAULT_SERVER, Client
+from .connection import Connection
 from .errors import ClipsearchError
 from .types import ImageInput, Progress
 
@@ -54,6 +55,9 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     _add(p, "--max-image-bytes", str(32 * 1024 * 1024), type=int, help="largest encoded image accepted")
     _add(p, "--threads", "0", type=int, help="CPU threads for torch/FAISS (0: library default)")
     _add(p, "--log-level", "INFO", help="DEBUG, INFO, WARNING, ERROR")
+    _add(p, "--log-format", "text", choices=["text", "json"], help="json: one JSON object per line")
+    _add(p, "--auth-token", "", help="bearer token (prefer the CLIPSEARCH_AUTH_TOKEN variable)")
+    _add(p, "--metrics-port", "0", type=int, help="Prometheus /metrics port (0: off)")
 
 
 def _server_options(p: argparse.ArgumentParser) -> None:
@@ -68,11 +72,28 @@ def _server_options(p: argparse.ArgumentParser) -> None:
     _add(p, "--compact-min", "1000", type=int, help="... and at least this many entries are tombstones")
     _add(p, "--max-queue-jobs", "1000000", type=int, help="SubmitImages fails with RESOURCE_EXHAUSTED beyond")
     _add(p, "--max-queue-bytes", str(2 * 1024**3), type=int, help="same, for inline image bytes in Redis")
+    _add(p, "--tls-cert", "", help="serve TLS with this certificate (PEM)")
+    _add(p, "--tls-key", "", help="private key of --tls-cert (PEM)")
+    _add(p, "--tls-client-ca", "", help="require client certificates signed by this CA (mutual TLS)")
+
+
+def _tls_client_options(p: argparse.ArgumentParser) -> None:
+    _add(p, "--tls-ca", "", help="CA certificate (PEM) of the server; enables TLS")
+    _add(p, "--tls-client-cert", "", help="client certificate (PEM), for mutual TLS")
+    _add(p, "--tls-client-key", "", help="client key (PEM), for mutual TLS")
+
+
+def _connection(args: argparse.Namespace) -> Connection:
+    return Connection.from_env(
+        args.server, token=args.auth_token or None, tls_ca=args.tls_ca or None,
+        tls_cert=args.tls_client_cert or None, tls_key=args.tls_client_key or None,
+    )
 
 
 def _worker_options(p: argparse.ArgumentParser, with_server: bool = True) -> None:
     if with_server:
         _add(p, "--server", DEFAULT_SERVER, help="search server host:port to push vectors to")
+        _tls_client_options(p)
     _add(p, "--batch-size", "32", type=int, help="images per forward pass")
     _add(p, "--decode-threads", "4", type=int, help="threads decoding images beside the model")
     _add(p, "--visibility-timeout", "300", type=float, help="seconds before another worker's pending job is reclaimed")
@@ -84,6 +105,8 @@ def _worker_options(p: argparse.ArgumentParser, with_server: bool = True) -> Non
 def _client_options(p: argparse.ArgumentParser) -> None:
     _add(p, "--server", DEFAULT_SERVER, help="search server host:port")
     _add(p, "--timeout", "30", type=float, help="deadline of each call, seconds")
+    _add(p, "--auth-token", "", help="bearer token (prefer the CLIPSEARCH_AUTH_TOKEN variable)")
+    _tls_client_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,10 +188,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- running the stack -------------------------------------------------------------------------
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, fmt: str = "text") -> None:
     import logging
 
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+class _JsonFormatter:
+    """One JSON object per log line: time, level, logger, message (and the traceback, if any)."""
+
+    def format(self, record) -> str:  # type: ignore[no-untyped-def]
+        import logging
+
+        entry = {
+            "time": logging.Formatter().formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = logging.Formatter().formatException(record.exc_info)
+        return json.dumps(entry)
 
 
 def _model_spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -191,7 +236,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     from clipsearch_server.errors import ClipsearchError as ServerError
     from clipsearch_server.index import HnswParams
 
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level, args.log_format)
     config = ServerConfig(
         host=args.host,
         port=args.port,
@@ -203,6 +248,11 @@ def cmd_server(args: argparse.Namespace) -> int:
         image_limits=_limits(args),
         threads=args.threads,
         snapshot_interval_s=args.snapshot_interval,
+        auth_token=args.auth_token,
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None,
+        tls_client_ca=Path(args.tls_client_ca) if args.tls_client_ca else None,
+        metrics_port=args.metrics_port,
         compact_ratio=args.compact_ratio,
         compact_min=args.compact_min,
         max_queue_jobs=args.max_queue_jobs,
@@ -220,11 +270,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from clipsearch_worker.encoder import load_encoder
     from clipsearch_worker.worker import Worker, WorkerConfig, WorkerFatal, default_consumer_name
 
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level, args.log_format)
     config = WorkerConfig(
         redis_url=args.redis_url or DEFAULT_REDIS_URL,
         redis_prefix=args.redis_prefix,
-        server=args.server,
+        connection=_connection(args),
         model=_model_spec(args),
         batch_size=args.batch_size,
         decode_threads=args.decode_threads,
@@ -237,6 +287,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port)
     worker = Worker(config, load_encoder(config.model, args.threads or None))
     print(f"clipsearch worker {config.consumer} ready", flush=True)
     try:
@@ -273,7 +327,6 @@ def cmd_up(args: argparse.Namespace) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _interrupt)
     procs: list[tuple[str, subprocess.Popen]] = []
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPSEARCH_")}
     try:
         redis_url = args.redis_url
         if not redis_url:
@@ -286,7 +339,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             _wait_port("127.0.0.1", port, 30, procs)
         common = ["--model", args.model, "--pretrained", args.pretrained or "none", "--device", args.device,
                   "--redis-url", redis_url, "--redis-prefix", args.redis_prefix, "--threads", str(args.threads),
-                  "--log-level", args.log_level, "--max-image-bytes", str(args.max_image_bytes)]
+                  "--log-level", args.log_level, "--log-format", args.log_format,
+                  "--max-image-bytes", str(args.max_image_bytes)]
+        if args.auth_token:  # children read it from the environment, not from their command line
+            os.environ["CLIPSEARCH_AUTH_TOKEN"] = args.auth_token
         for root in args.allowed_root or []:
             common += ["--allowed-root", root]
         server_cmd = [sys.executable, "-m", "clipsearch_server", *common, "--host", args.host, "--port", str(args.port),
@@ -294,14 +350,15 @@ def cmd_up(args: argparse.Namespace) -> int:
                       "--ef-construction", str(args.ef_construction), "--ef-search", str(args.ef_search),
                       "--snapshot-interval", str(args.snapshot_interval), "--compact-ratio", str(args.compact_ratio),
                       "--compact-min", str(args.compact_min),
-                      "--max-queue-jobs", str(args.max_queue_jobs), "--max-queue-bytes", str(args.max_queue_bytes)]
-        procs.append(("server", subprocess.Popen(server_cmd, env=env)))
+                      "--max-queue-jobs", str(args.max_queue_jobs), "--max-queue-bytes", str(args.max_queue_bytes),
+                      "--metrics-port", str(args.metrics_port)]
+        procs.append(("server", subprocess.Popen(server_cmd)))
         _wait_port("127.0.0.1", args.port, 600, procs)
         worker_cmd = [sys.executable, "-m", "clipsearch_worker", *common, "--server", f"127.0.0.1:{args.port}",
                       "--batch-size", str(args.batch_size), "--decode-threads", str(args.decode_threads),
                       "--visibility-timeout", str(args.visibility_timeout),
                       "--max-deliveries", str(args.max_deliveries)]
-        procs.append(("worker", subprocess.Popen(worker_cmd, env=env)))
+        procs.append(("worker", subprocess.Popen(worker_cmd)))
         print(f"clipsearch is up: server localhost:{args.port}, Redis {redis_url}. Ctrl-C stops.", flush=True)
         while all(p.poll() is None for _, p in procs):
             time.sleep(0.5)
@@ -377,7 +434,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         return 1
     metadata = dict(item.split("=", 1) for item in args.meta)
     batch_id = ""
-    with Client(args.server, timeout=args.timeout) as client:
+    with Client(timeout=args.timeout, connection=_connection(args)) as client:
         with tqdm(total=len(files), unit="img", desc="submitting", disable=None) as bar:
             for chunk in _chunks(files, max(1, args.chunk)):
                 inputs = [
@@ -417,7 +474,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if len(queries) != 1:
         print("error: give exactly one of TEXT, --image FILE or --id ID", file=sys.stderr)
         return 2
-    with Client(args.server, timeout=args.timeout) as client:
+    with Client(timeout=args.timeout, connection=_connection(args)) as client:
         if args.text:
             results = client.text_search(args.text, k=args.k)
             label = f'"{args.text}"'
@@ -439,7 +496,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    with Client(args.server, timeout=args.timeout) as client:
+    with Client(timeout=args.timeout, connection=_connection(args)) as client:
         s = client.stats()
         p = client.progress()
     data = {
@@ -458,7 +515,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_failures(args: argparse.Namespace) -> int:
-    with Client(args.server, timeout=args.timeout) as client:
+    with Client(timeout=args.timeout, connection=_connection(args)) as client:
         found = client.failures(args.batch, limit=args.limit)
     if args.json:
         print(json.dumps({"failures": [f.__dict__ for f in found]}))
@@ -471,7 +528,7 @@ def cmd_failures(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    with Client(args.server, timeout=args.timeout) as client:
+    with Client(timeout=args.timeout, connection=_connection(args)) as client:
         retried, expired = client.retry_failures(args.batch, args.ids)
     print(f"queued {len(retried)} failed images again")
     for image_id in expired:
@@ -480,7 +537,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    with Client(args.server, timeout=args.timeout) as client:
+    with Client(timeout=args.timeout, connection=_connection(args)) as client:
         deleted, not_found = client.delete(args.ids)
     print(f"deleted {len(deleted)}")
     for image_id in not_found:

@@ -1,14 +1,19 @@
-"""The synchronous Python client: one channel, typed methods, dataclass results, deadlines on every call."""
+"""The Python clients: `Client` (sync) and `AsyncClient` (asyncio), with the same methods.
+
+Each method builds a `_Call` (which RPC, the request, how to read the reply into plain dataclasses);
+the two clients differ only in how they invoke it. Every call carries a deadline and the bearer
+token; gRPC errors become `ClipsearchError` subclasses.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-from typing import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Iterable, Sequence, TypeVar
 
 import grpc
 
-from .errors import InvalidArgumentError, from_rpc_error
+from .connection import DEFAULT_SERVER, Connection
+from .errors import InvalidArgumentError, UnavailableError, from_rpc_error
 from .types import Failure, ImageInput, IndexStats, Progress, SearchResult, Submission
 from .v1 import (
     index_service_pb2 as index_pb,
@@ -19,142 +24,153 @@ from .v1 import (
     search_service_pb2_grpc as search_grpc,
 )
 
-__all__ = ["DEFAULT_SERVER", "Client"]
+__all__ = ["DEFAULT_SERVER", "AsyncClient", "Client"]
 
-DEFAULT_SERVER = "localhost:50051"
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+T = TypeVar("T")
 
-# Read-only calls are retried on UNAVAILABLE by gRPC itself; writes are idempotent by id, so
-# SubmitImages is retried too. Nothing else is retried.
-_SERVICE_CONFIG = json.dumps(
-    {
-        "methodConfig": [
-            {
-                "name": [
-                    {"service": "clipsearch.v1.SearchService"},
-                    {"service": "clipsearch.v1.IngestService"},
-                    {"service": "clipsearch.v1.IndexService", "method": "GetIndexStats"},
-                    {"service": "clipsearch.v1.IndexService", "method": "DeleteImages"},
-                ],
-                "retryPolicy": {
-                    "maxAttempts": 4,
-                    "initialBackoff": "0.2s",
-                    "maxBackoff": "2s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ]
+
+@dataclass(frozen=True)
+class _Call(Generic[T]):
+    service: str  # "search", "ingest" or "index"
+    method: str
+    request: Any
+    parse: Callable[[Any], T]
+
+
+def _stubs(channel: Any) -> dict[str, Any]:
+    return {
+        "search": search_grpc.SearchServiceStub(channel),
+        "ingest": ingest_grpc.IngestServiceStub(channel),
+        "index": index_grpc.IndexServiceStub(channel),
     }
-)
 
 
-def _results(items: Iterable) -> list[SearchResult]:
-    return [SearchResult(r.id, float(r.score), r.uri, dict(r.metadata)) for r in items]
+def _results(reply: Any) -> list[SearchResult]:
+    return [SearchResult(r.id, float(r.score), r.uri, dict(r.metadata)) for r in reply.results]
 
 
-class Client:
-    """A connection to a clipsearch server.
+def _text_search(text: str, k: int) -> _Call[list[SearchResult]]:
+    return _Call("search", "TextSearch", search_pb.TextSearchRequest(text=text, k=k), _results)
+
+
+def _image_search(image: bytes | None, uri: str | None, image_id: str | None, k: int) -> _Call[list[SearchResult]]:
+    given = {name: value for name, value in (("image", image), ("uri", uri), ("id", image_id)) if value is not None}
+    if len(given) != 1:
+        raise InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, "give exactly one of image, uri or id")
+    return _Call("search", "ImageSearch", search_pb.ImageSearchRequest(k=k, **given), _results)
+
+
+def _submit(images: Iterable[ImageInput], batch_id: str) -> _Call[Submission]:
+    request = ingest_pb.SubmitImagesRequest(
+        batch_id=batch_id,
+        images=[ingest_pb.ImageSubmission(id=i.id, image=i.image, uri=i.uri, metadata=i.metadata) for i in images],
+    )
+    return _Call("ingest", "SubmitImages", request, lambda r: Submission(r.batch_id, list(r.ids)))
+
+
+def _progress(batch_id: str) -> _Call[Progress]:
+    def parse(reply: Any) -> Progress:
+        p = reply.progress
+        return Progress(p.submitted, p.pending, p.indexed, p.failed)
+
+    return _Call("ingest", "GetIngestProgress", ingest_pb.GetIngestProgressRequest(batch_id=batch_id), parse)
+
+
+def _failures(batch_id: str, limit: int) -> _Call[list[Failure]]:
+    def parse(reply: Any) -> list[Failure]:
+        return [Failure(f.id, f.uri, f.reason, f.batch_id, f.failed_at_ms, f.attempts) for f in reply.failures]
+
+    return _Call("ingest", "ListFailures", ingest_pb.ListFailuresRequest(batch_id=batch_id, limit=limit), parse)
+
+
+def _retry(batch_id: str, ids: Sequence[str]) -> _Call[tuple[list[str], list[str]]]:
+    request = ingest_pb.RetryFailuresRequest(batch_id=batch_id, ids=list(ids))
+    return _Call("ingest", "RetryFailures", request, lambda r: (list(r.retried), list(r.expired)))
+
+
+def _delete(ids: Sequence[str]) -> _Call[tuple[list[str], list[str]]]:
+    request = index_pb.DeleteImagesRequest(ids=list(ids))
+    return _Call("index", "DeleteImages", request, lambda r: (list(r.deleted), list(r.not_found)))
+
+
+def _stats() -> _Call[IndexStats]:
+    def parse(s: Any) -> IndexStats:
+        return IndexStats(s.count, s.model.name, s.model.dim, s.index_type, s.hnsw_m, s.ef_construction,
+                          s.ef_search, s.stale_entries)
+
+    return _Call("index", "GetIndexStats", index_pb.GetIndexStatsRequest(), parse)
+
+
+class _Base:
+    def __init__(self, server: str | None, timeout: float, connection: Connection | None, **settings: Any) -> None:
+        self.connection = connection or Connection.from_env(server, **settings)
+        self.server = self.connection.server
+        self.timeout = timeout
+
+
+class Client(_Base):
+    """A synchronous connection to a clipsearch server.
 
     server: "host:port" (default $CLIPSEARCH_SERVER or localhost:50051).
     timeout: default deadline of each call, in seconds.
+    token, tls_ca, tls_cert, tls_key, tls: see `Connection` (defaults from CLIPSEARCH_* variables).
     """
 
-    def __init__(self, server: str | None = None, timeout: float = 30.0) -> None:
-        self.server = server or os.environ.get("CLIPSEARCH_SERVER") or DEFAULT_SERVER
-        self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            self.server,
-            options=[
-                ("grpc.service_config", _SERVICE_CONFIG),
-                ("grpc.enable_retries", 1),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
-        self._search = search_grpc.SearchServiceStub(self._channel)
-        self._ingest = ingest_grpc.IngestServiceStub(self._channel)
-        self._index = index_grpc.IndexServiceStub(self._channel)
+    def __init__(self, server: str | None = None, timeout: float = 30.0, *,
+                 connection: Connection | None = None, **settings: Any) -> None:
+        super().__init__(server, timeout, connection, **settings)
+        self._channel = self.connection.channel()
+        self._stubs = _stubs(self._channel)
 
-    def _call(self, method, request, timeout: float | None):  # type: ignore[no-untyped-def]
+    def _invoke(self, call: _Call[T], timeout: float | None) -> T:
+        method = getattr(self._stubs[call.service], call.method)
         try:
-            return method(request, timeout=self.timeout if timeout is None else timeout)
+            reply = method(call.request, timeout=self.timeout if timeout is None else timeout,
+                           metadata=self.connection.metadata())
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
+        return call.parse(reply)
 
     def text_search(self, text: str, k: int = 10, *, timeout: float | None = None) -> list[SearchResult]:
         """The k images that best match `text`, best first."""
-        reply = self._call(self._search.TextSearch, search_pb.TextSearchRequest(text=text, k=k), timeout)
-        return _results(reply.results)
+        return self._invoke(_text_search(text, k), timeout)
 
-    def image_search(
-        self,
-        image: bytes | None = None,
-        *,
-        uri: str | None = None,
-        id: str | None = None,  # noqa: A002 - mirrors the API field
-        k: int = 10,
-        timeout: float | None = None,
-    ) -> list[SearchResult]:
+    def image_search(self, image: bytes | None = None, *, uri: str | None = None, id: str | None = None,  # noqa: A002
+                     k: int = 10, timeout: float | None = None) -> list[SearchResult]:
         """The k images most similar to a query image given as bytes, a uri, or an indexed image's id."""
-        given = [name for name, value in (("image", image), ("uri", uri), ("id", id)) if value is not None]
-        if len(given) != 1:
-            raise InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, "give exactly one of image, uri or id")
-        request = search_pb.ImageSearchRequest(k=k, **{given[0]: {"image": image, "uri": uri, "id": id}[given[0]]})
-        return _results(self._call(self._search.ImageSearch, request, timeout).results)
+        return self._invoke(_image_search(image, uri, id, k), timeout)
 
-    def submit(
-        self, images: Sequence[ImageInput], batch_id: str = "", *, timeout: float | None = None
-    ) -> Submission:
+    def submit(self, images: Sequence[ImageInput], batch_id: str = "", *, timeout: float | None = None) -> Submission:
         """Queues images for indexing (at most 1000 per call). Pass `batch_id` to add to an earlier batch."""
-        request = ingest_pb.SubmitImagesRequest(
-            batch_id=batch_id,
-            images=[ingest_pb.ImageSubmission(id=i.id, image=i.image, uri=i.uri, metadata=i.metadata) for i in images],
-        )
-        reply = self._call(self._ingest.SubmitImages, request, timeout)
-        return Submission(reply.batch_id, list(reply.ids))
+        return self._invoke(_submit(images, batch_id), timeout)
 
     def progress(self, batch_id: str = "", *, timeout: float | None = None) -> Progress:
         """Ingestion counts of one batch, or of the whole service."""
-        p = self._call(
-            self._ingest.GetIngestProgress, ingest_pb.GetIngestProgressRequest(batch_id=batch_id), timeout
-        ).progress
-        return Progress(p.submitted, p.pending, p.indexed, p.failed)
+        return self._invoke(_progress(batch_id), timeout)
 
     def failures(self, batch_id: str = "", limit: int = 100, *, timeout: float | None = None) -> list[Failure]:
         """The newest ingestion failures with their reasons."""
-        reply = self._call(
-            self._ingest.ListFailures, ingest_pb.ListFailuresRequest(batch_id=batch_id, limit=limit), timeout
-        )
-        return [Failure(f.id, f.uri, f.reason, f.batch_id, f.failed_at_ms, f.attempts) for f in reply.failures]
+        return self._invoke(_failures(batch_id, limit), timeout)
 
-    def retry_failures(
-        self, batch_id: str = "", ids: Sequence[str] = (), *, timeout: float | None = None
-    ) -> tuple[list[str], list[str]]:
+    def retry_failures(self, batch_id: str = "", ids: Sequence[str] = (), *,
+                       timeout: float | None = None) -> tuple[list[str], list[str]]:
         """Queues failed images again (all, one batch's, or `ids`). Returns (retried ids, expired ids)."""
-        reply = self._call(
-            self._ingest.RetryFailures, ingest_pb.RetryFailuresRequest(batch_id=batch_id, ids=list(ids)), timeout
-        )
-        return list(reply.retried), list(reply.expired)
+        return self._invoke(_retry(batch_id, ids), timeout)
 
     def delete(self, ids: Sequence[str], *, timeout: float | None = None) -> tuple[list[str], list[str]]:
         """Deletes images by id. Returns (deleted ids, ids that were not found). Idempotent."""
-        reply = self._call(self._index.DeleteImages, index_pb.DeleteImagesRequest(ids=list(ids)), timeout)
-        return list(reply.deleted), list(reply.not_found)
+        return self._invoke(_delete(ids), timeout)
 
     def stats(self, *, timeout: float | None = None) -> IndexStats:
         """Index size, model and parameters."""
-        s = self._call(self._index.GetIndexStats, index_pb.GetIndexStatsRequest(), timeout)
-        return IndexStats(
-            s.count, s.model.name, s.model.dim, s.index_type, s.hnsw_m, s.ef_construction, s.ef_search, s.stale_entries
-        )
+        return self._invoke(_stats(), timeout)
 
     def wait_until_ready(self, timeout: float = 60.0) -> None:
-        """Blocks until the channel connects (the server is up), or raises UnavailableError."""
+        """Blocks until the channel connects, or raises UnavailableError."""
         try:
             grpc.channel_ready_future(self._channel).result(timeout=timeout)
         except grpc.FutureTimeoutError as exc:
-            raise from_rpc_error(_Unavailable(f"server {self.server} not reachable within {timeout}s")) from exc
+            raise UnavailableError(grpc.StatusCode.UNAVAILABLE, f"{self.server} not reachable in {timeout}s") from exc
 
     def close(self) -> None:
         self._channel.close()
@@ -166,13 +182,57 @@ class Client:
         self.close()
 
 
-class _Unavailable(grpc.RpcError):
-    def __init__(self, details: str) -> None:
-        super().__init__(details)
-        self._details = details
+class AsyncClient(_Base):
+    """The asyncio twin of `Client`: the same methods, awaitable. Create it inside a running event loop."""
 
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.UNAVAILABLE
+    def __init__(self, server: str | None = None, timeout: float = 30.0, *,
+                 connection: Connection | None = None, **settings: Any) -> None:
+        super().__init__(server, timeout, connection, **settings)
+        self._channel = self.connection.aio_channel()
+        self._stubs = _stubs(self._channel)
 
-    def details(self) -> str:
-        return self._details
+    async def _invoke(self, call: _Call[T], timeout: float | None) -> T:
+        method = getattr(self._stubs[call.service], call.method)
+        try:
+            reply = await method(call.request, timeout=self.timeout if timeout is None else timeout,
+                                 metadata=self.connection.metadata())
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+        return call.parse(reply)
+
+    async def text_search(self, text: str, k: int = 10, *, timeout: float | None = None) -> list[SearchResult]:
+        return await self._invoke(_text_search(text, k), timeout)
+
+    async def image_search(self, image: bytes | None = None, *, uri: str | None = None, id: str | None = None,  # noqa: A002
+                           k: int = 10, timeout: float | None = None) -> list[SearchResult]:
+        return await self._invoke(_image_search(image, uri, id, k), timeout)
+
+    async def submit(self, images: Sequence[ImageInput], batch_id: str = "", *,
+                     timeout: float | None = None) -> Submission:
+        return await self._invoke(_submit(images, batch_id), timeout)
+
+    async def progress(self, batch_id: str = "", *, timeout: float | None = None) -> Progress:
+        return await self._invoke(_progress(batch_id), timeout)
+
+    async def failures(self, batch_id: str = "", limit: int = 100, *,
+                       timeout: float | None = None) -> list[Failure]:
+        return await self._invoke(_failures(batch_id, limit), timeout)
+
+    async def retry_failures(self, batch_id: str = "", ids: Sequence[str] = (), *,
+                             timeout: float | None = None) -> tuple[list[str], list[str]]:
+        return await self._invoke(_retry(batch_id, ids), timeout)
+
+    async def delete(self, ids: Sequence[str], *, timeout: float | None = None) -> tuple[list[str], list[str]]:
+        return await self._invoke(_delete(ids), timeout)
+
+    async def stats(self, *, timeout: float | None = None) -> IndexStats:
+        return await self._invoke(_stats(), timeout)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

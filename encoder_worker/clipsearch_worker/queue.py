@@ -8,6 +8,7 @@ Layout (all keys share one hash tag, so they live in one Redis Cluster slot and 
   {prefix}:failures       dead-letter stream: failed jobs with their reason and attempts (capped)
   {prefix}:queued-bytes   inline bytes held by jobs not yet done (for backpressure)
   {prefix}:last-error     hash uid -> last transient error of a job that will be retried
+  {prefix}:workers        hash consumer -> JSON heartbeat of each encoder worker (for status)
 
 Completion is exactly-once for the counters even though delivery is at-least-once: one Lua script
 XACKs the entry and bumps the counters only when the XACK really removed it from the pending list.
@@ -18,6 +19,7 @@ indexed and kept for FAILED_BLOB_TTL_S when it failed, so that it can be retried
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
@@ -44,6 +46,11 @@ __all__ = [
     "retry",
     "submit",
     "usage",
+    "QueueStatus",
+    "WorkerInfo",
+    "remove_worker",
+    "report_worker",
+    "status",
 ]
 
 GROUP = "encoders"
@@ -83,6 +90,10 @@ class Keys:
     @property
     def queued_bytes(self) -> str:
         return f"{self._tag}:queued-bytes"
+
+    @property
+    def workers(self) -> str:
+        return f"{self._tag}:workers"
 
     @property
     def last_error(self) -> str:
@@ -354,6 +365,67 @@ def list_failures(r: redis.Redis, keys: Keys, batch_id: str = "", limit: int = 1
                 break
         last = entries[-1][0]
     return found
+
+
+WORKER_ALIVE_S = 30.0
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What a worker last reported about itself."""
+
+    name: str
+    last_seen_ms: int
+    processed: int = 0
+    device: str = ""
+    model: str = ""
+
+    @property
+    def alive(self) -> bool:
+        return now_ms() - self.last_seen_ms < WORKER_ALIVE_S * 1000
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """jobs: not finished; pending: delivered to a worker, not finished; lag: not yet delivered."""
+
+    jobs: int
+    pending: int
+    lag: int
+    queued_bytes: int
+    workers: list[WorkerInfo]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def report_worker(r: redis.Redis, keys: Keys, info: WorkerInfo) -> None:
+    r.hset(keys.workers, info.name, json.dumps({**info.__dict__, "last_seen_ms": now_ms()}))
+
+
+def remove_worker(r: redis.Redis, keys: Keys, name: str) -> None:
+    r.hdel(keys.workers, name)
+
+
+def status(r: redis.Redis, keys: Keys) -> QueueStatus:
+    """Queue depth, in-flight and undelivered jobs, and the workers (stale entries are pruned)."""
+    pipe = r.pipeline(transaction=False)
+    pipe.xlen(keys.jobs)
+    pipe.xpending(keys.jobs, GROUP)
+    pipe.get(keys.queued_bytes)
+    pipe.hgetall(keys.workers)
+    try:
+        jobs, pending, size, workers = pipe.execute()
+    except redis.ResponseError:  # no stream/group yet
+        return QueueStatus(0, 0, 0, 0, [])
+    infos = [WorkerInfo(**json.loads(v)) for v in workers.values()]
+    dead = [w.name for w in infos if now_ms() - w.last_seen_ms > 10 * WORKER_ALIVE_S * 1000]
+    if dead:
+        r.hdel(keys.workers, *dead)
+    in_flight = int(pending["pending"]) if pending else 0
+    return QueueStatus(int(jobs), in_flight, max(0, int(jobs) - in_flight), int(size or 0),
+                       sorted((w for w in infos if w.name not in dead), key=lambda w: w.name))
 
 
 def retry(r: redis.Redis, keys: Keys, failures: Sequence[Failure]) -> tuple[list[str], list[str]]:

@@ -25,6 +25,9 @@ import grpc
 import numpy as np
 import redis
 
+from prometheus_client import Counter, Histogram
+
+from clipsearch.connection import Connection
 from clipsearch.v1 import index_service_pb2 as index_pb
 from clipsearch.v1 import index_service_pb2_grpc as index_grpc
 from clipsearch.v1 import types_pb2
@@ -38,6 +41,31 @@ __all__ = ["Worker", "WorkerConfig", "WorkerFatal", "default_consumer_name"]
 
 log = logging.getLogger(__name__)
 
+IMAGES = Counter("clipsearch_worker_images_total", "Images brought to an end by this worker", ["outcome"])
+FAILURES = Counter("clipsearch_worker_failures_total", "Images failed, by kind of reason", ["reason"])
+BATCH_SECONDS = Histogram("clipsearch_worker_batch_seconds", "Time to decode, encode and push one batch",
+                          buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+ENCODE_SECONDS = Histogram("clipsearch_worker_encode_seconds", "Model forward time of one batch",
+                           buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+_REASON_KINDS = (
+    ("gave up", "gave_up"),
+    ("outside the allowed roots", "forbidden_path"),
+    ("cannot fetch", "fetch"),
+    ("cannot read", "read"),
+    ("over the limit", "too_large"),
+    ("decompression bomb", "too_large"),
+    ("empty", "empty"),
+    ("cannot decode", "decode"),
+    ("server refused", "refused"),
+)
+
+
+def reason_kind(reason: str) -> str:
+    """A small fixed label for a failure reason (metrics must not have one label per message)."""
+    return next((kind for text, kind in _REASON_KINDS if text in reason), "other")
+
+
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
@@ -50,7 +78,7 @@ def default_consumer_name() -> str:
 class WorkerConfig:
     """Everything an encoder worker needs.
 
-    server: the search server's host:port, where vectors are pushed.
+    connection: how to reach the search server (address, token, TLS), where vectors are pushed.
     batch_size: images per forward pass (and per Redis read).
     decode_threads: threads that read, decode and preprocess images beside the model.
     visibility_timeout_s: a job pending this long with another worker is considered abandoned.
@@ -58,7 +86,7 @@ class WorkerConfig:
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "clipsearch"
-    server: str = "localhost:50051"
+    connection: Connection = field(default_factory=Connection)
     model: ModelSpec = field(default_factory=ModelSpec)
     batch_size: int = 32
     decode_threads: int = 4
@@ -68,7 +96,6 @@ class WorkerConfig:
     block_ms: int = 1000
     push_timeout_s: float = 60.0
     max_deliveries: int = 5
-    max_message_bytes: int = 64 * 1024 * 1024
     heartbeat_file: str = ""  # touched on every loop turn, for container health checks
 
 
@@ -88,13 +115,8 @@ class Worker:
         self.encoder = encoder
         self.keys = Keys(config.redis_prefix)
         self.redis = queue.connect(config.redis_url)
-        self._channel = grpc.insecure_channel(
-            config.server,
-            options=[
-                ("grpc.max_send_message_length", config.max_message_bytes),
-                ("grpc.max_receive_message_length", config.max_message_bytes),
-            ],
-        )
+        self._channel = config.connection.channel()
+        self._metadata = config.connection.metadata()
         self._index = index_grpc.IndexServiceStub(self._channel)
         self._pool = ThreadPoolExecutor(max_workers=max(1, config.decode_threads), thread_name_prefix="decode")
         self._model = types_pb2.ModelInfo(name=encoder.identity, dim=encoder.dim)
@@ -107,15 +129,20 @@ class Worker:
         self._heartbeat.start()
 
     def _beat(self) -> None:
-        """Keeps this worker's in-flight jobs from looking abandoned, however long a batch takes."""
-        interval = max(0.2, self.config.visibility_timeout_s / 3)
-        while not self._closed.wait(interval):
+        """Keeps this worker's in-flight jobs from looking abandoned, however long a batch takes, and
+        reports the worker as alive (for `clipsearch status`)."""
+        interval = max(0.2, min(5.0, self.config.visibility_timeout_s / 3))
+        while True:
             with self._in_flight_lock:
                 ids = list(self._in_flight)
             try:
                 queue.keep_alive(self.redis, self.keys, self.config.consumer, ids)
+                queue.report_worker(self.redis, self.keys, queue.WorkerInfo(
+                    self.config.consumer, 0, self.processed, self.encoder.device, self.encoder.identity))
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
+            if self._closed.wait(interval):
+                return
 
     def run(self, stop: threading.Event) -> None:
         """Processes jobs until `stop` is set. Raises WorkerFatal for unrecoverable configuration errors."""
@@ -160,6 +187,7 @@ class Worker:
                 self._in_flight = []
 
     def _process(self, jobs: Sequence[Job], stop: threading.Event) -> None:
+        started = time.perf_counter()
         outcomes: list[tuple[Job, str | None]] = []
         exhausted = [job for job in jobs if job.attempts > self.config.max_deliveries]
         if exhausted:
@@ -177,15 +205,19 @@ class Worker:
             elif tensor is None:
                 outcomes.append((job, error))
         if good:
-            vectors = self.encoder.encode_images([tensor for _, tensor in good])
+            with ENCODE_SECONDS.time():
+                vectors = self.encoder.encode_images([tensor for _, tensor in good])
             error = self._push([job for job, _ in good], vectors, stop)
             if error == "stopped":
                 return  # not acknowledged: another worker (or our restart) will redo them
             outcomes.extend((job, error) for job, _ in good)
         queue.finish(self.redis, self.keys, outcomes)
         self.processed += len(outcomes)  # jobs this worker brought to an end (indexed or failed)
+        BATCH_SECONDS.observe(time.perf_counter() - started)
         for job, reason in outcomes:
+            IMAGES.labels("failed" if reason else "indexed").inc()
             if reason:
+                FAILURES.labels(reason_kind(reason)).inc()
                 log.info("image %s failed: %s", job.id, reason)
 
     def _prepare(self, job: Job, blob: bytes | None) -> tuple[Any, str | None]:
@@ -217,12 +249,12 @@ class Worker:
         delay = 0.2
         while True:
             try:
-                self._index.UpsertVectors(request, timeout=self.config.push_timeout_s)
+                self._index.UpsertVectors(request, timeout=self.config.push_timeout_s, metadata=self._metadata)
                 return None
             except grpc.RpcError as exc:
                 code = exc.code()
-                if code == grpc.StatusCode.FAILED_PRECONDITION:
-                    raise WorkerFatal(exc.details()) from exc
+                if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAUTHENTICATED):
+                    raise WorkerFatal(f"{code.name}: {exc.details()}") from exc
                 if code not in _RETRYABLE:
                     return f"the server refused the vector: {code.name}: {exc.details()}"
                 log.warning("push failed (%s: %s); retrying in %.1fs", code.name, exc.details(), delay)
@@ -233,6 +265,10 @@ class Worker:
     def close(self) -> None:
         self._closed.set()
         self._heartbeat.join(timeout=5)
+        try:
+            queue.remove_worker(self.redis, self.keys, self.config.consumer)
+        except redis.RedisError:
+            pass
         self._pool.shutdown(wait=True)
         self._channel.close()
         self.redis.close()

@@ -33,6 +33,8 @@ from .collection import Collection
 from .config import ServerConfig
 from .engine import Engine, EngineSlot
 from .ingest import Ingestor
+from .metrics import RPCS, serve_metrics
+from .security import BearerTokenInterceptor, server_credentials
 from .service import IndexServicer, IngestServicer, SearchServicer
 
 __all__ = ["RunningServer", "create_server", "serve"]
@@ -115,8 +117,23 @@ async def create_server(config: ServerConfig) -> RunningServer:
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
+        # Keepalive that survives load balancers: ping idle connections, accept client pings every
+        # 20 s (clients ping every 30 s), and recycle connections every 30 min so that new server
+        # replicas get traffic, letting running calls finish for 30 s.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+        ("grpc.http2.max_ping_strikes", 5),
+        ("grpc.max_connection_age_ms", 30 * 60_000),
+        ("grpc.max_connection_age_grace_ms", 30_000),
     ]
-    server = grpc.aio.server(options=options)
+    interceptors = []
+    if config.auth_token:
+        interceptors.append(
+            BearerTokenInterceptor(config.auth_token, lambda method: RPCS.labels(method.rsplit("/", 1)[-1], "UNAUTHENTICATED").inc())
+        )
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     search_service_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(slot), server)
     ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(
         IngestServicer(ingestor, config.image_limits.max_bytes), server
@@ -128,14 +145,36 @@ async def create_server(config: ServerConfig) -> RunningServer:
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    address = f"{config.host}:{config.port}"
+    if config.tls_cert and config.tls_key:
+        port = server.add_secure_port(address, server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca))
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
-        raise OSError(f"cannot listen on {config.host}:{config.port}")
+        raise OSError(f"cannot listen on {address}")
+    if config.metrics_port:
+        keys = queue.Keys(config.redis_prefix)
+        serve_metrics(config.metrics_port, [lambda: _index_gauges(slot), lambda: _queue_gauges(ingestor.redis, keys)])
     running = RunningServer(server, port, slot, health_servicer, config, [])
     running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     running._tasks.append(asyncio.create_task(running._load()))
     return running
+
+
+def _index_gauges(slot: EngineSlot) -> dict[str, float]:
+    if slot.engine is None:
+        return {}
+    stats = slot.engine.collection.stats()
+    return {"index_images": stats.count, "index_tombstones": stats.stale_entries,
+            "index_entries": slot.engine.collection.index.ntotal}
+
+
+def _queue_gauges(r: object, keys: queue.Keys) -> dict[str, float]:
+    s = queue.status(r, keys)  # type: ignore[arg-type]
+    progress = queue.get_progress(r, keys)  # type: ignore[arg-type]
+    return {"queue_jobs": s.jobs, "queue_pending": s.pending, "queue_lag": s.lag, "queue_bytes": s.queued_bytes,
+            "workers_alive": sum(w.alive for w in s.workers), "ingest_failed": progress.failed if progress else 0}
 
 
 async def serve(config: ServerConfig) -> None:

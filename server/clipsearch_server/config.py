@@ -31,6 +31,9 @@ class ServerConfig:
     compact_ratio: rebuild the graph when this share of its entries are tombstones.
     max_queue_jobs / max_queue_bytes: backpressure; SubmitImages fails with RESOURCE_EXHAUSTED beyond.
     grace_s: how long running calls may finish on shutdown.
+    auth_token: when set, every clipsearch call needs `authorization: Bearer <token>` (health stays open).
+    tls_cert / tls_key: serve TLS with this certificate; tls_client_ca: also require client certificates.
+    metrics_port: Prometheus /metrics port (0: off).
     """
 
     host: str = "[::]"
@@ -49,3 +52,8 @@ class ServerConfig:
     max_queue_jobs: int = 1_000_000
     max_queue_bytes: int = 2 * 1024**3
     grace_s: float = 10.0
+    auth_token: str = ""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    metrics_port: int = 0

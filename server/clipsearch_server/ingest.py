@@ -46,7 +46,7 @@ class Ingestor:
     """Queues submissions in Redis and reads progress back."""
 
     def __init__(self, client: redis.Redis, keys: Keys, max_jobs: int, max_bytes: int) -> None:
-        self._redis = client
+        self.redis = client
         self._keys = keys
         self._max_jobs = max_jobs
         self._max_bytes = max_bytes
@@ -66,16 +66,16 @@ class Ingestor:
 
         def run() -> None:
             if not self._group_ready:
-                queue.ensure_group(self._redis, self._keys)
+                queue.ensure_group(self.redis, self._keys)
                 self._group_ready = True
             self._check_room(len(jobs), sum(len(b) for b in blobs if b))
-            queue.submit(self._redis, self._keys, jobs, blobs, batch_id)
+            queue.submit(self.redis, self._keys, jobs, blobs, batch_id)
 
         self._call(run)
         return batch_id, [job.id for job in jobs]
 
     def _check_room(self, jobs: int, size: int) -> None:
-        queued_jobs, queued_bytes = queue.usage(self._redis, self._keys)
+        queued_jobs, queued_bytes = queue.usage(self.redis, self._keys)
         if queued_jobs + jobs > self._max_jobs or queued_bytes + size > self._max_bytes:
             raise ResourceExhausted(
                 f"the ingestion queue is full ({queued_jobs} jobs, {queued_bytes} bytes queued; limits "
@@ -84,20 +84,20 @@ class Ingestor:
             )
 
     def progress(self, batch_id: str = "") -> Progress:
-        found = self._call(lambda: queue.get_progress(self._redis, self._keys, batch_id))
+        found = self._call(lambda: queue.get_progress(self.redis, self._keys, batch_id))
         if found is None:
             raise NotFound(f"no batch {batch_id!r} (unknown, or expired {queue.BATCH_TTL_S // 86400} days after its last submission)")
         return found
 
     def failures(self, batch_id: str = "", limit: int = 100) -> list[Failure]:
-        return self._call(lambda: queue.list_failures(self._redis, self._keys, batch_id, limit))
+        return self._call(lambda: queue.list_failures(self.redis, self._keys, batch_id, limit))
 
     def retry(self, batch_id: str = "", ids: Sequence[str] = ()) -> tuple[list[str], list[str]]:
         """Queues failed images again; returns (retried ids, ids whose bytes expired)."""
         wanted = set(ids)
 
         def run() -> tuple[list[str], list[str]]:
-            found = queue.list_failures(self._redis, self._keys, batch_id, queue.FAILURES_MAXLEN * 2)
-            return queue.retry(self._redis, self._keys, [f for f in found if not wanted or f.id in wanted])
+            found = queue.list_failures(self.redis, self._keys, batch_id, queue.FAILURES_MAXLEN * 2)
+            return queue.retry(self.redis, self._keys, [f for f in found if not wanted or f.id in wanted])
 
         return self._call(run)

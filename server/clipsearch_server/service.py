@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 import uuid
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -30,6 +31,7 @@ from .collection import Hit
 from .engine import EngineSlot
 from .errors import InvalidArgument, ResourceExhausted, status_for
 from .ingest import Ingestor, Submission
+from .metrics import RPC_LATENCY, RPCS
 from .store import ImageRecord
 
 __all__ = ["IndexServicer", "IngestServicer", "SearchServicer"]
@@ -42,23 +44,34 @@ Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
 
 
 def _rpc(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Maps exceptions raised by a handler to gRPC statuses; unexpected ones become INTERNAL."""
+    """The API boundary of every handler: maps exceptions to gRPC statuses (unexpected ones become
+    INTERNAL with a request id that is logged with the traceback), and records count and latency
+    by method and status."""
+    name = method.__name__
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
         try:
             return await method(self, request, context)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED  # the caller cancelled or its deadline passed
+            raise
         except Exception as exc:  # noqa: BLE001 - this is the boundary
-            if isinstance(exc, grpc.aio.AbortError):
-                raise
-            code = status_for(exc)
-            if code is not None:
+            known = status_for(exc)
+            if known is not None:
+                code = known
                 if isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
                     context.set_trailing_metadata((("retry-after-ms", str(int(exc.retry_after_s * 1000))),))
                 await context.abort(code, str(exc))
+            code = grpc.StatusCode.INTERNAL
             request_id = uuid.uuid4().hex[:16]
-            log.exception("internal error in %s (request id %s)", method.__name__, request_id)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
+            log.exception("internal error in %s (request id %s)", name, request_id)
+            await context.abort(code, f"internal error (request id {request_id})")
+        finally:
+            RPCS.labels(name, code.name).inc()
+            RPC_LATENCY.labels(name, code.name).observe(time.perf_counter() - started)
         raise AssertionError("unreachable")
 
     return wrapper
