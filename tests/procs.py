@@ -97,9 +97,17 @@ def start_redis(log_dir: Path, port: int | None = None, data_dir: Path | None = 
     return proc, f"redis://127.0.0.1:{port}/0"
 
 
-def health_serving(address: str) -> bool:
+def channel_for(address: str, tls_ca: Path | None = None, client: tuple[Path, Path] | None = None) -> grpc.Channel:
+    if tls_ca is None:
+        return grpc.insecure_channel(address)
+    creds = grpc.ssl_channel_credentials(
+        tls_ca.read_bytes(), client[1].read_bytes() if client else None, client[0].read_bytes() if client else None)
+    return grpc.secure_channel(address, creds)
+
+
+def health_serving(address: str, tls_ca: Path | None = None, client: tuple[Path, Path] | None = None) -> bool:
     try:
-        with grpc.insecure_channel(address) as channel:
+        with channel_for(address, tls_ca, client) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
             return reply.status == health_pb2.HealthCheckResponse.SERVING
     except grpc.RpcError:
@@ -121,14 +129,15 @@ class Stack:
                 "--threads", "1", "--device", "cpu"]
 
     def start_server(self, data_dir: Path, port: int | None = None, extra: list[str] | None = None,
-                     timeout: float = 120) -> tuple[Proc, str]:
+                     timeout: float = 120, tls_ca: Path | None = None,
+                     client: tuple[Path, Path] | None = None, host: str = "127.0.0.1") -> tuple[Proc, str]:
         port = port or free_port()
         cmd = [sys.executable, "-m", "clipsearch_server", *self.common(), "--host", "127.0.0.1",
                "--port", str(port), "--data-dir", str(data_dir), *(extra or [])]
         proc = spawn("server", cmd, self.log_dir, self.extra_env)
-        address = f"127.0.0.1:{port}"
+        address = f"{host}:{port}"
         try:
-            wait_for(lambda: health_serving(address), timeout, "server", proc.popen)
+            wait_for(lambda: health_serving(address, tls_ca, client), timeout, "server", proc.popen)
         except Exception:
             proc.kill()
             raise RuntimeError(f"server did not start:\n{proc.output()[-4000:]}")

@@ -1,0 +1,159 @@
+// A Node.js gRPC client of the clipsearch.v1 API, used by tests/test_contract.py to prove that the
+// .proto files in protos/ are all a client in another language needs. It loads protos/ at run time
+// with @grpc/proto-loader (no generated code), connects without TLS and runs, each call with a deadline:
+//   1. IngestService.SubmitImages     the images of the JSON file (--images)
+//   2. IngestService.GetIngestProgress of the returned batch, until nothing is pending (bounded)
+//   3. SearchService.TextSearch       --text, k = 2
+//   4. SearchService.ImageSearch      by the id of the first image, k = 1
+//   5. SearchService.TextSearch       with k = 0, which must fail with INVALID_ARGUMENT
+// It prints one JSON object with every result and exits 0, or prints a message to stderr and exits
+// non-zero on anything unexpected.
+//
+// Usage: node tests/node/client.mjs --address HOST:PORT --images FILE.json
+//                                   [--text "a red circle"] [--protos DIR] [--ingest-timeout SECONDS]
+// FILE.json: {"images": [{"id": "...", "png_base64": "...", "uri": "...", "metadata": {"k": "v"}}, ...]}
+// ("id", "uri" and "metadata" may be left out; an empty id lets the server derive one).
+
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+
+import grpc from "@grpc/grpc-js";
+import protoLoader from "@grpc/proto-loader";
+
+const CALL_DEADLINE_MS = 10_000;
+// The first text query after start may take longer while the model warms up.
+const FIRST_SEARCH_DEADLINE_MS = 30_000;
+
+const { values: args } = parseArgs({
+  options: {
+    address: { type: "string" },
+    images: { type: "string" },
+    text: { type: "string", default: "a red circle" },
+    protos: { type: "string", default: fileURLToPath(new URL("../../protos", import.meta.url)) },
+    "ingest-timeout": { type: "string", default: "60" },
+  },
+});
+
+function fail(message, code = 1) {
+  process.stderr.write(`client.mjs: ${message}\n`);
+  process.exit(code);
+}
+
+if (!args.address || !args.images) {
+  fail("usage: client.mjs --address HOST:PORT --images FILE.json [--text TEXT] [--protos DIR]", 2);
+}
+const ingestTimeoutMs = Number(args["ingest-timeout"]) * 1000;
+// Nothing below may hang: the whole run is bounded, whatever the server does.
+setTimeout(() => fail("gave up: the whole run took too long", 3), ingestTimeoutMs + 90_000).unref();
+
+const packageDefinition = protoLoader.loadSync(
+  ["clipsearch/v1/ingest_service.proto", "clipsearch/v1/search_service.proto"],
+  {
+    includeDirs: [args.protos],
+    keepCase: true, // field names as in the .proto files (batch_id, not batchId)
+    longs: String, // int64 counts as decimal strings: no silent precision loss
+    enums: String,
+    defaults: true, // unset scalars come back as their zero values, as in other languages
+    oneofs: true,
+  },
+);
+const v1 = grpc.loadPackageDefinition(packageDefinition).clipsearch.v1;
+
+const credentials = grpc.credentials.createInsecure();
+const ingest = new v1.IngestService(args.address, credentials);
+const search = new v1.SearchService(args.address, credentials);
+
+const deadline = (ms = CALL_DEADLINE_MS) => new Date(Date.now() + ms);
+
+function call(client, method, request, deadlineMs = CALL_DEADLINE_MS) {
+  return new Promise((resolve, reject) => {
+    client[method](request, { deadline: deadline(deadlineMs) }, (err, response) => {
+      if (err) {
+        err.rpc = method;
+        reject(err);
+      } else {
+        resolve(response);
+      }
+    });
+  });
+}
+
+function waitForReady(client) {
+  return new Promise((resolve, reject) => {
+    client.waitForReady(deadline(), (err) => {
+      if (err) {
+        err.rpc = `connecting to ${args.address}`;
+        reject(err);
+      } else {
+        resolve();
+      }
+    });
+  });
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+const counts = (p) => ({
+  submitted: Number(p.submitted),
+  pending: Number(p.pending),
+  indexed: Number(p.indexed),
+  failed: Number(p.failed),
+});
+
+const results = (response) =>
+  response.results.map((r) => ({ id: r.id, score: r.score, uri: r.uri, metadata: { ...r.metadata } }));
+
+async function main() {
+  const spec = JSON.parse(readFileSync(args.images, "utf8"));
+  const images = spec.images.map((img) => ({
+    id: img.id ?? "",
+    image: Buffer.from(img.png_base64, "base64"),
+    uri: img.uri ?? "",
+    metadata: img.metadata ?? {},
+  }));
+  await waitForReady(ingest);
+  await waitForReady(search);
+
+  const submitted = await call(ingest, "SubmitImages", { images });
+  const out = { submit: { batch_id: submitted.batch_id, ids: [...submitted.ids] } };
+
+  const pollUntil = Date.now() + ingestTimeoutMs;
+  let progress;
+  let polls = 0;
+  for (;;) {
+    const reply = await call(ingest, "GetIngestProgress", { batch_id: submitted.batch_id });
+    progress = counts(reply.progress);
+    polls += 1;
+    if (progress.submitted === images.length && progress.pending === 0) break;
+    if (Date.now() > pollUntil) {
+      fail(`ingestion not done after ${args["ingest-timeout"]} s: ${JSON.stringify(progress)}`);
+    }
+    await sleep(250);
+  }
+  out.progress = { ...progress, polls };
+
+  const text = await call(search, "TextSearch", { text: args.text, k: 2 }, FIRST_SEARCH_DEADLINE_MS);
+  out.text_search = { text: args.text, k: 2, results: results(text) };
+
+  const queryId = submitted.ids[0];
+  const similar = await call(search, "ImageSearch", { id: queryId, k: 1 });
+  out.image_search = { id: queryId, k: 1, results: results(similar) };
+
+  try {
+    const unexpected = await call(search, "TextSearch", { text: args.text, k: 0 });
+    fail(`TextSearch with k = 0 succeeded (${JSON.stringify(unexpected)}); expected INVALID_ARGUMENT`);
+  } catch (err) {
+    if (err.code !== grpc.status.INVALID_ARGUMENT) throw err;
+    out.bad_request = { code: err.code, code_name: grpc.status[err.code], details: err.details };
+  }
+
+  ingest.close();
+  search.close();
+  process.stdout.write(`${JSON.stringify(out)}\n`);
+}
+
+main().catch((err) => {
+  const code = err.code === undefined ? "" : ` (gRPC status ${err.code} ${grpc.status[err.code] ?? ""})`;
+  fail(`${err.rpc ?? "error"}: ${err.details ?? err.message}${code}`);
+});
