@@ -8,10 +8,12 @@ import struct
 import zlib
 from pathlib import Path
 
+import grpc
 import pytest
 from PIL import Image
 
-from clipsearch import Client, ImageInput, InvalidArgumentError
+from clipsearch import Client, ImageInput, InvalidArgumentError, ResourceExhaustedError
+from clipsearch.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from tests.data import wait_until
 from tests.procs import Proc, Stack
 
@@ -122,3 +124,23 @@ def test_bad_and_unusual_images(stack: Stack, procs: list[Proc], tmp_path: Path)
     assert (retried, expired) == (["text"], [])
     wait_until(client, batch, 60)
     assert [f.id for f in client.failures(batch)].count("text") == 1
+
+
+def test_backpressure_when_the_queue_is_full(stack: Stack, procs: list[Proc], tmp_path: Path) -> None:
+    server, address = stack.start_server(tmp_path / "data", extra=["--max-queue-jobs", "5",
+                                                                    "--max-queue-bytes", "1000000"])
+    procs.append(server)
+    client = Client(address)
+    images = [ImageInput(image=JPEG, id=f"q{i}") for i in range(6)]
+    client.submit(images[:5])  # no worker runs: the queue fills up
+    with grpc.insecure_channel(address) as channel:
+        stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.SubmitImages(ingest_service_pb2.SubmitImagesRequest(
+                images=[ingest_service_pb2.ImageSubmission(image=JPEG, id="q5")]), timeout=10)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "queue is full (5 jobs" in info.value.details() and "retry" in info.value.details()
+    assert ("retry-after-ms", "5000") in tuple(info.value.trailing_metadata())
+    with pytest.raises(ResourceExhaustedError, match="bytes"):
+        client.submit([ImageInput(image=b"\xff" * 999_000, id="big")])  # jobs fit, bytes do not
+    assert client.progress().submitted == 5  # the refused submissions left nothing behind

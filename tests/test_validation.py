@@ -82,3 +82,51 @@ def test_status_table() -> None:
     assert status_for(NotFound("x")) == grpc.StatusCode.NOT_FOUND
     assert status_for(Unavailable("x")) == grpc.StatusCode.UNAVAILABLE
     assert status_for(RuntimeError("x")) is None
+
+
+class _Context:
+    """Just enough of grpc.aio.ServicerContext for the error boundary."""
+
+    def __init__(self) -> None:
+        self.code: grpc.StatusCode | None = None
+        self.details = ""
+        self.trailing: tuple = ()
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.code, self.details = code, details
+        raise grpc.aio.AbortError()
+
+    def set_trailing_metadata(self, metadata: tuple) -> None:
+        self.trailing = metadata
+
+
+def _boundary(exc: Exception, caplog: pytest.LogCaptureFixture) -> _Context:
+    import asyncio
+
+    from clipsearch_server.service import _rpc
+
+    class Servicer:
+        @_rpc
+        async def Broken(self, request: object, context: object) -> None:  # noqa: N802
+            raise exc
+
+    context = _Context()
+    with pytest.raises(grpc.aio.AbortError):
+        asyncio.run(Servicer().Broken(None, context))
+    return context
+
+
+def test_unexpected_error_becomes_internal_with_a_logged_request_id(caplog: pytest.LogCaptureFixture) -> None:
+    context = _boundary(RuntimeError("secret internals at /srv/db"), caplog)
+    assert context.code == grpc.StatusCode.INTERNAL
+    assert "secret" not in context.details
+    request_id = context.details.split("request id ")[1].rstrip(")")
+    assert any(request_id in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+def test_resource_exhausted_carries_a_retry_hint(caplog: pytest.LogCaptureFixture) -> None:
+    from clipsearch_server.errors import ResourceExhausted
+
+    context = _boundary(ResourceExhausted("queue is full", retry_after_s=2.5), caplog)
+    assert context.code == grpc.StatusCode.RESOURCE_EXHAUSTED and context.details == "queue is full"
+    assert context.trailing == (("retry-after-ms", "2500"),)
