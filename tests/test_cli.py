@@ -76,6 +76,15 @@ def test_up_index_search_stats(tiny_model: str, tmp_path: Path) -> None:
         assert bad.returncode == 1
         assert "cannot decode image" in bad.stderr
 
+        def status() -> dict:
+            return json.loads(cli("status", "--json", server=address).stdout)
+
+        assert status()["server"]["health"] == "SERVING" and status()["queue"]["jobs"] == 0
+        assert len(status()["workers"]) == 1 and status()["workers"][0]["alive"]
+        # workers report every few seconds
+        wait_for(lambda: status()["workers"][0]["processed"] >= len(expected), 20, "worker report")
+        assert cli("status", server=address).returncode == 0
+
         bad_k = cli("search", "x", "-k", "0", server=address)
         assert bad_k.returncode == 1 and "INVALID_ARGUMENT" in bad_k.stderr
     finally:
@@ -83,3 +92,5 @@ def test_up_index_search_stats(tiny_model: str, tmp_path: Path) -> None:
         code = up.popen.wait(timeout=60)
     assert code == 0, up.output()[-3000:]
     assert not health_serving(address)
+    down = cli("status", server=address, timeout=60)
+    assert down.returncode == 1 and "UNREACHABLE" in down.stdout

@@ -152,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     failures.add_argument("--limit", type=int, default=100)
     failures.add_argument("--json", action="store_true", help="print JSON")
 
+    status = sub.add_parser("status", help="health of the server, the queue and the workers")
+    _client_options(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+
     retry = sub.add_parser("retry", help="queue failed images again")
     _client_options(retry)
     retry.add_argument("ids", nargs="*", help="only these image ids (default: all failures)")
@@ -174,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "stats": cmd_stats,
         "failures": cmd_failures,
         "retry": cmd_retry,
+        "status": cmd_status,
         "delete": cmd_delete,
     }[args.command]
     try:
@@ -525,6 +530,39 @@ def cmd_failures(args: argparse.Namespace) -> int:
     if not found:
         print("no failures")
     return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Exit status 0 when the server is SERVING and at least one worker is alive, else 1."""
+    with Client(timeout=args.timeout, connection=_connection(args)) as client:
+        try:
+            health = client.health()
+        except ClipsearchError as exc:
+            health = f"UNREACHABLE ({exc.code.name}: {exc.details})"
+        queue = client.queue_status() if health == "SERVING" else None
+        stats = client.stats() if health == "SERVING" else None
+    alive = [w for w in queue.workers if w.alive] if queue else []
+    data = {
+        "server": {"address": client.server, "health": health, "images": stats.count if stats else None,
+                   "model": stats.model if stats else None},
+        "queue": None if queue is None else {"jobs": queue.jobs, "in_flight": queue.in_flight, "lag": queue.lag,
+                                             "queued_bytes": queue.queued_bytes},
+        "workers": [] if queue is None else [w.__dict__ for w in queue.workers],
+    }
+    if args.json:
+        print(json.dumps(data))
+    else:
+        print(f"server   {client.server}: {health}" + (f", {stats.count} images, model {stats.model}" if stats else ""))
+        if queue is not None:
+            print(f"queue    {queue.jobs} jobs ({queue.in_flight} being encoded, {queue.lag} waiting), "
+                  f"{queue.queued_bytes} bytes")
+            print(f"workers  {len(alive)} alive")
+            now = time.time() * 1000
+            for w in queue.workers:
+                state = "alive" if w.alive else "silent"
+                print(f"  {w.name}  {state}, seen {(now - w.last_seen_ms) / 1000:.0f}s ago, {w.processed} done, "
+                      f"{w.device}, {w.model}")
+    return 0 if health == "SERVING" and alive else 1
 
 
 def cmd_retry(args: argparse.Namespace) -> int:

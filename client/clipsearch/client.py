@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterable, Sequence, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .connection import DEFAULT_SERVER, Connection
 from .errors import InvalidArgumentError, UnavailableError, from_rpc_error
-from .types import Failure, ImageInput, IndexStats, Progress, SearchResult, Submission
+from .types import Failure, ImageInput, IndexStats, Progress, QueueStatus, SearchResult, Submission, WorkerStatus
 from .v1 import (
     index_service_pb2 as index_pb,
     index_service_pb2_grpc as index_grpc,
@@ -93,6 +94,14 @@ def _delete(ids: Sequence[str]) -> _Call[tuple[list[str], list[str]]]:
     return _Call("index", "DeleteImages", request, lambda r: (list(r.deleted), list(r.not_found)))
 
 
+def _queue_status() -> _Call[QueueStatus]:
+    def parse(r: Any) -> QueueStatus:
+        workers = [WorkerStatus(w.name, w.last_seen_ms, w.alive, w.processed, w.device, w.model) for w in r.workers]
+        return QueueStatus(r.jobs, r.in_flight, r.lag, r.queued_bytes, workers)
+
+    return _Call("ingest", "GetQueueStatus", ingest_pb.GetQueueStatusRequest(), parse)
+
+
 def _stats() -> _Call[IndexStats]:
     def parse(s: Any) -> IndexStats:
         return IndexStats(s.count, s.model.name, s.model.dim, s.index_type, s.hnsw_m, s.ef_construction,
@@ -165,6 +174,20 @@ class Client(_Base):
         """Index size, model and parameters."""
         return self._invoke(_stats(), timeout)
 
+    def queue_status(self, *, timeout: float | None = None) -> QueueStatus:
+        """Queue depth and the encoder workers that reported recently."""
+        return self._invoke(_queue_status(), timeout)
+
+    def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """The standard gRPC health status of the server (or one service): "SERVING", "NOT_SERVING", ..."""
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service),
+                               timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
     def wait_until_ready(self, timeout: float = 60.0) -> None:
         """Blocks until the channel connects, or raises UnavailableError."""
         try:
@@ -227,6 +250,18 @@ class AsyncClient(_Base):
 
     async def stats(self, *, timeout: float | None = None) -> IndexStats:
         return await self._invoke(_stats(), timeout)
+
+    async def queue_status(self, *, timeout: float | None = None) -> QueueStatus:
+        return await self._invoke(_queue_status(), timeout)
+
+    async def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=service),
+                                     timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     async def close(self) -> None:
         await self._channel.close()

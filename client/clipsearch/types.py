@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Failure", "ImageInput", "IndexStats", "Progress", "SearchResult", "Submission"]
+__all__ = ["Failure", "ImageInput", "IndexStats", "Progress", "QueueStatus", "SearchResult", "Submission", "WorkerStatus"]
 
 
 @dataclass(frozen=True)
@@ -71,3 +71,24 @@ class IndexStats:
     ef_construction: int
     ef_search: int
     stale_entries: int
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    name: str
+    last_seen_ms: int
+    alive: bool
+    processed: int
+    device: str
+    model: str
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """jobs: not finished; in_flight: being encoded; lag: not yet delivered to a worker."""
+
+    jobs: int
+    in_flight: int
+    lag: int
+    queued_bytes: int
+    workers: list[WorkerStatus]

@@ -92,6 +92,9 @@ class Ingestor:
     def failures(self, batch_id: str = "", limit: int = 100) -> list[Failure]:
         return self._call(lambda: queue.list_failures(self.redis, self._keys, batch_id, limit))
 
+    def status(self) -> queue.QueueStatus:
+        return self._call(lambda: queue.status(self.redis, self._keys))
+
     def retry(self, batch_id: str = "", ids: Sequence[str] = ()) -> tuple[list[str], list[str]]:
         """Queues failed images again; returns (retried ids, ids whose bytes expired)."""
         wanted = set(ids)

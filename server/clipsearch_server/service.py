@@ -178,6 +178,21 @@ class IngestServicer(ingest_grpc.IngestServiceServicer):
         return ingest_pb.RetryFailuresResponse(retried=retried, expired=expired)
 
 
+    @_rpc
+    async def GetQueueStatus(
+        self, request: ingest_pb.GetQueueStatusRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb.GetQueueStatusResponse:
+        s = await asyncio.to_thread(self._ingestor.status)
+        return ingest_pb.GetQueueStatusResponse(
+            jobs=s.jobs, in_flight=s.pending, lag=s.lag, queued_bytes=s.queued_bytes,
+            workers=[
+                ingest_pb.WorkerStatus(name=w.name, last_seen_ms=w.last_seen_ms, alive=w.alive,
+                                       processed=w.processed, device=w.device, model=w.model)
+                for w in s.workers
+            ],
+        )
+
+
 class IndexServicer(index_grpc.IndexServiceServicer):
     def __init__(self, slot: EngineSlot) -> None:
         self._slot = slot

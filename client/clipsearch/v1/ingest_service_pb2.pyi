@@ -110,3 +110,37 @@ class RetryFailuresResponse(_message.Message):
     retried: _containers.RepeatedScalarFieldContainer[str]
     expired: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, retried: _Optional[_Iterable[str]] = ..., expired: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetQueueStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WorkerStatus(_message.Message):
+    __slots__ = ("name", "last_seen_ms", "alive", "processed", "device", "model")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_MS_FIELD_NUMBER: _ClassVar[int]
+    ALIVE_FIELD_NUMBER: _ClassVar[int]
+    PROCESSED_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    last_seen_ms: int
+    alive: bool
+    processed: int
+    device: str
+    model: str
+    def __init__(self, name: _Optional[str] = ..., last_seen_ms: _Optional[int] = ..., alive: _Optional[bool] = ..., processed: _Optional[int] = ..., device: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+
+class GetQueueStatusResponse(_message.Message):
+    __slots__ = ("jobs", "in_flight", "lag", "queued_bytes", "workers")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    LAG_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    jobs: int
+    in_flight: int
+    lag: int
+    queued_bytes: int
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
+    def __init__(self, jobs: _Optional[int] = ..., in_flight: _Optional[int] = ..., lag: _Optional[int] = ..., queued_bytes: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ...) -> None: ...

@@ -56,6 +56,11 @@ class IngestServiceStub:
                 request_serializer=clipsearch_dot_v1_dot_ingest__service__pb2.RetryFailuresRequest.SerializeToString,
                 response_deserializer=clipsearch_dot_v1_dot_ingest__service__pb2.RetryFailuresResponse.FromString,
                 _registered_method=True)
+        self.GetQueueStatus = channel.unary_unary(
+                '/clipsearch.v1.IngestService/GetQueueStatus',
+                request_serializer=clipsearch_dot_v1_dot_ingest__service__pb2.GetQueueStatusRequest.SerializeToString,
+                response_deserializer=clipsearch_dot_v1_dot_ingest__service__pb2.GetQueueStatusResponse.FromString,
+                _registered_method=True)
 
 
 class IngestServiceServicer:
@@ -102,6 +107,14 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetQueueStatus(self, request, context):
+        """The queue's depth and the encoder workers that reported recently.
+        Errors: UNAVAILABLE when Redis cannot be reached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IngestServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +137,11 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.RetryFailures,
                     request_deserializer=clipsearch_dot_v1_dot_ingest__service__pb2.RetryFailuresRequest.FromString,
                     response_serializer=clipsearch_dot_v1_dot_ingest__service__pb2.RetryFailuresResponse.SerializeToString,
+            ),
+            'GetQueueStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQueueStatus,
+                    request_deserializer=clipsearch_dot_v1_dot_ingest__service__pb2.GetQueueStatusRequest.FromString,
+                    response_serializer=clipsearch_dot_v1_dot_ingest__service__pb2.GetQueueStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -236,6 +254,33 @@ class IngestService:
             '/clipsearch.v1.IngestService/RetryFailures',
             clipsearch_dot_v1_dot_ingest__service__pb2.RetryFailuresRequest.SerializeToString,
             clipsearch_dot_v1_dot_ingest__service__pb2.RetryFailuresResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQueueStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipsearch.v1.IngestService/GetQueueStatus',
+            clipsearch_dot_v1_dot_ingest__service__pb2.GetQueueStatusRequest.SerializeToString,
+            clipsearch_dot_v1_dot_ingest__service__pb2.GetQueueStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
