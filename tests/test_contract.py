@@ -130,10 +130,17 @@ def test_node_client_against_real_stack(stack: Stack, procs: list[Proc], tmp_pat
 
     node = shutil.which("node")
     assert node, "node is not on PATH"
-    client = run([node, NODE_CLIENT, "--address", address, "--images", images_json,
-                  "--text", "a red circle", "--ingest-timeout", "60"], timeout=120)
-    logs = "\n".join(f"--- {p.name}\n{p.output()[-3000:]}" for p in procs)
-    assert client.returncode == 0, shown(client) + "\n" + logs
+
+    def logs() -> str:
+        return "\n".join(f"--- {p.name} log\n{p.output()[-3000:]}" for p in procs)
+
+    try:
+        # The client bounds itself (about 110 s with these arguments); this timeout is a backstop.
+        client = run([node, NODE_CLIENT, "--address", address, "--images", images_json,
+                      "--text", "a red circle", "--ingest-timeout", "60"], timeout=120)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"node client hung:\n{exc.stdout}\n{exc.stderr}\n{logs()}") from None
+    assert client.returncode == 0, shown(client) + "\n" + logs()
     out = json.loads(client.stdout)
 
     ids = out["submit"]["ids"]

@@ -45,7 +45,7 @@ if (!args.address || !args.images) {
 }
 const ingestTimeoutMs = Number(args["ingest-timeout"]) * 1000;
 // Nothing below may hang: the whole run is bounded, whatever the server does.
-setTimeout(() => fail("gave up: the whole run took too long", 3), ingestTimeoutMs + 90_000).unref();
+setTimeout(() => fail("gave up: the whole run took too long", 3), ingestTimeoutMs + 50_000).unref();
 
 const packageDefinition = protoLoader.loadSync(
   ["clipsearch/v1/ingest_service.proto", "clipsearch/v1/search_service.proto"],
