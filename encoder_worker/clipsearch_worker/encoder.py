@@ -17,6 +17,9 @@ from typing import Any, Sequence
 import numpy as np
 import open_clip
 import torch
+from open_clip.model import CLIP
+from open_clip.tokenizer import SimpleTokenizer
+from open_clip.transformer import text_global_pool
 from PIL import Image
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_PRETRAINED", "ClipEncoder", "ModelSpec", "load_encoder"]
@@ -85,6 +88,16 @@ class ClipEncoder:
         self._tokenizer = tokenizer
         self._lock = threading.Lock()
         self._autocast = device.startswith("cuda")
+        # Truncating token sequences after the longest end-of-text token is exact only for a causal
+        # text tower that pools at EOT, with 0-padding (open_clip's CLIP + SimpleTokenizer).
+        self._truncate_text = (
+            isinstance(model, CLIP)
+            and isinstance(tokenizer, SimpleTokenizer)
+            and getattr(model, "attn_mask", None) is not None
+            and model.text_pool_type == "argmax"
+        )
+        size = getattr(model.visual, "image_size", 224)
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         with torch.inference_mode():
             probe = tokenizer(["a"]).to(device)
             self.dim = int(model.encode_text(probe).shape[-1])
@@ -103,11 +116,38 @@ class ClipEncoder:
         return _normalized(features)
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
-        """Encodes texts into an (n, dim) float32 array of unit vectors."""
+        """Encodes texts into an (n, dim) float32 array of unit vectors.
+
+        With a causal text tower, positions after the end-of-text token never influence the pooled
+        vector, so the batch is cut after its longest real sequence: the same vectors (up to float
+        rounding) at a fraction of the full-context cost.
+        """
         tokens = self._tokenizer(list(texts)).to(self.device)
         with self._lock, torch.inference_mode(), torch.autocast("cuda", enabled=self._autocast):
-            features = self._model.encode_text(tokens)
+            if self._truncate_text:
+                features = self._encode_text_truncated(tokens)
+            else:
+                features = self._model.encode_text(tokens)
         return _normalized(features)
+
+    def encode_text_reference(self, texts: Sequence[str]) -> np.ndarray:
+        """open_clip's own full-context encode_text, for comparisons."""
+        tokens = self._tokenizer(list(texts)).to(self.device)
+        with self._lock, torch.inference_mode(), torch.autocast("cuda", enabled=self._autocast):
+            return _normalized(self._model.encode_text(tokens))
+
+    def _encode_text_truncated(self, tokens: torch.Tensor) -> torch.Tensor:
+        model = self._model
+        length = int(tokens.argmax(dim=-1).max()) + 1  # EOT has the highest id: last real position
+        text = tokens[:, :length]
+        cast_dtype = model.transformer.get_cast_dtype()
+        x = model.token_embedding(text).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+        x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+        x = model.ln_final(x)
+        x = text_global_pool(x, text, model.text_pool_type)
+        if model.text_projection is not None:
+            x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
+        return x
 
 
 def _normalized(features: Any) -> np.ndarray:

@@ -99,8 +99,12 @@ def _read_http(url: str, limits: LoadLimits) -> bytes:
     return data
 
 
-def decode_image(data: bytes, limits: LoadLimits) -> Image.Image:
-    """Decodes encoded image bytes to an RGB image: first frame, EXIF orientation applied."""
+def decode_image(data: bytes, limits: LoadLimits, draft_size: int | None = None) -> Image.Image:
+    """Decodes encoded image bytes to an RGB image: first frame, EXIF orientation applied.
+
+    draft_size: for JPEGs, let the decoder scale by 1/2, 1/4 or 1/8 in the DCT domain while both
+    sides stay >= draft_size (much less work for large photos; the model's resize does the rest).
+    """
     if not data:
         raise ImageLoadError("image is empty (0 bytes)")
     if len(data) > limits.max_bytes:
@@ -115,6 +119,8 @@ def decode_image(data: bytes, limits: LoadLimits) -> Image.Image:
                     f"image is {width}x{height} pixels, over the limit of {limits.max_pixels} (decompression bomb?)"
                 )
             image.seek(0)
+            if draft_size and image.format == "JPEG":
+                image.draft("RGB", (draft_size, draft_size))
             image.load()
             image = ImageOps.exif_transpose(image)
             return _to_rgb(image)

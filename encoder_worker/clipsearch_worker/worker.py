@@ -16,7 +16,8 @@ import socket
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+import queue as stdqueue
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -99,6 +100,18 @@ class WorkerConfig:
     heartbeat_file: str = ""  # touched on every loop turn, for container health checks
 
 
+_PREFETCH = 1  # batches read and decoding while the model works on the current one
+
+
+@dataclass
+class _Batch:
+    """Jobs taken from the queue, with their decoding under way (none for exhausted jobs)."""
+
+    jobs: list[Job]
+    futures: dict[str, Future]
+    started: float
+
+
 class _Transient(str):
     """A failure reason after which the job is retried rather than failed."""
 
@@ -122,7 +135,7 @@ class Worker:
         self._model = types_pb2.ModelInfo(name=encoder.identity, dim=encoder.dim)
         self._last_reclaim = 0.0
         self.processed = 0
-        self._in_flight: list[str] = []  # entry ids of the batch being processed
+        self._in_flight: set[str] = set()  # entry ids of the jobs taken and not yet finished
         self._in_flight_lock = threading.Lock()
         self._closed = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
@@ -145,23 +158,72 @@ class Worker:
                 return
 
     def run(self, stop: threading.Event) -> None:
-        """Processes jobs until `stop` is set. Raises WorkerFatal for unrecoverable configuration errors."""
+        """Processes jobs until `stop` is set, then finishes what it has already taken.
+        Raises WorkerFatal for unrecoverable configuration errors.
+
+        A feeder thread reads the next batch from Redis and starts decoding it in the pool while
+        this thread runs the model on the current one (at most `_PREFETCH + 1` batches in hand).
+        """
         log.info("worker %s consuming %s", self.config.consumer, self.keys.jobs)
-        ready = False
-        while not stop.is_set():
-            if self.config.heartbeat_file:
-                Path(self.config.heartbeat_file).touch()
+        batches: "stdqueue.Queue[_Batch | None]" = stdqueue.Queue()
+        slots = threading.Semaphore(_PREFETCH + 1)
+        feeder = threading.Thread(target=self._feed, args=(stop, batches, slots), name="feeder", daemon=True)
+        feeder.start()
+        while (batch := batches.get()) is not None:
             try:
-                if not ready:
-                    queue.ensure_group(self.redis, self.keys)
-                    ready = True
-                jobs = self._next_jobs()
-                if jobs:
-                    self.process(jobs, stop)
+                self._finish_batch(batch, stop)
             except redis.RedisError as exc:
-                ready = False
-                log.warning("Redis unavailable (%s); retrying in 1s", exc)
+                log.warning("Redis unavailable while finishing a batch (%s); its jobs stay pending", exc)
                 stop.wait(1.0)
+            finally:
+                self._forget(batch.jobs)
+                slots.release()
+        feeder.join(timeout=10)
+
+    def _feed(self, stop: threading.Event, batches: "stdqueue.Queue[_Batch | None]",
+              slots: threading.Semaphore) -> None:
+        ready = False
+        try:
+            while not stop.is_set():
+                if self.config.heartbeat_file:
+                    Path(self.config.heartbeat_file).touch()
+                if not slots.acquire(timeout=0.5):
+                    continue
+                try:
+                    if not ready:
+                        queue.ensure_group(self.redis, self.keys)
+                        ready = True
+                    batch = self._start_batch()
+                except redis.RedisError as exc:
+                    batch, ready = None, False
+                    log.warning("Redis unavailable (%s); retrying in 1s", exc)
+                    stop.wait(1.0)
+                if batch is None:
+                    slots.release()
+                else:
+                    batches.put(batch)
+        finally:
+            batches.put(None)
+
+    def _start_batch(self) -> "_Batch | None":
+        """Takes the next jobs and starts reading and decoding them in the pool."""
+        jobs = self._next_jobs()
+        if not jobs:
+            return None
+        with self._in_flight_lock:
+            self._in_flight.update(job.entry_id for job in jobs)
+        fresh = [job for job in jobs if job.attempts <= self.config.max_deliveries]
+        try:
+            blobs = queue.load_blobs(self.redis, self.keys, fresh)
+        except redis.RedisError:
+            self._forget(jobs)  # not ours to keep alive any more: let them be reclaimed
+            raise
+        futures = {job.entry_id: self._pool.submit(self._prepare, job, blob) for job, blob in zip(fresh, blobs)}
+        return _Batch(jobs, futures, time.perf_counter())
+
+    def _forget(self, jobs: Sequence[Job]) -> None:
+        with self._in_flight_lock:
+            self._in_flight.difference_update(job.entry_id for job in jobs)
 
     def _next_jobs(self) -> list[Job]:
         now = time.monotonic()
@@ -176,33 +238,23 @@ class Worker:
                 return stale
         return queue.read_jobs(self.redis, self.keys, self.config.consumer, self.config.batch_size, self.config.block_ms)
 
-    def process(self, jobs: Sequence[Job], stop: threading.Event) -> None:
-        """Encodes and pushes one batch of jobs, then acknowledges them."""
-        with self._in_flight_lock:
-            self._in_flight = [job.entry_id for job in jobs]
-        try:
-            self._process(jobs, stop)
-        finally:
-            with self._in_flight_lock:
-                self._in_flight = []
-
-    def _process(self, jobs: Sequence[Job], stop: threading.Event) -> None:
-        started = time.perf_counter()
+    def _finish_batch(self, batch: "_Batch", stop: threading.Event) -> None:
         outcomes: list[tuple[Job, str | None]] = []
-        exhausted = [job for job in jobs if job.attempts > self.config.max_deliveries]
-        if exhausted:
-            for job, last in zip(exhausted, queue.last_errors(self.redis, self.keys, exhausted)):
-                outcomes.append((job, f"gave up after {job.attempts - 1} attempts: "
-                                      f"{last or 'a worker crashed or stalled on this image each time'}"))
-            jobs = [job for job in jobs if job.attempts <= self.config.max_deliveries]
-        blobs = queue.load_blobs(self.redis, self.keys, jobs)
-        prepared = list(self._pool.map(self._prepare, jobs, blobs))
-        good = [(job, tensor) for job, (tensor, _) in zip(jobs, prepared) if tensor is not None]
-        for job, (tensor, error) in zip(jobs, prepared):
-            if tensor is None and isinstance(error, _Transient):
+        exhausted = [job for job in batch.jobs if job.entry_id not in batch.futures]
+        for job, last in zip(exhausted, queue.last_errors(self.redis, self.keys, exhausted)):
+            outcomes.append((job, f"gave up after {job.attempts - 1} attempts: "
+                                  f"{last or 'a worker crashed or stalled on this image each time'}"))
+        good: list[tuple[Job, Any]] = []
+        for job in batch.jobs:
+            if job.entry_id not in batch.futures:
+                continue
+            tensor, error = batch.futures[job.entry_id].result()
+            if tensor is not None:
+                good.append((job, tensor))
+            elif isinstance(error, _Transient):
                 queue.record_transient_error(self.redis, self.keys, job, str(error))
                 log.info("image %s will be retried (attempt %d): %s", job.id, job.attempts, error)
-            elif tensor is None:
+            else:
                 outcomes.append((job, error))
         if good:
             with ENCODE_SECONDS.time():
@@ -213,7 +265,7 @@ class Worker:
             outcomes.extend((job, error) for job, _ in good)
         queue.finish(self.redis, self.keys, outcomes)
         self.processed += len(outcomes)  # jobs this worker brought to an end (indexed or failed)
-        BATCH_SECONDS.observe(time.perf_counter() - started)
+        BATCH_SECONDS.observe(time.perf_counter() - batch.started)
         for job, reason in outcomes:
             IMAGES.labels("failed" if reason else "indexed").inc()
             if reason:
@@ -230,7 +282,8 @@ class Worker:
                 data = blob
             else:
                 data = read_uri(job.uri, self.config.image_limits)
-            return self.encoder.preprocess(decode_image(data, self.config.image_limits)), None
+            image = decode_image(data, self.config.image_limits, draft_size=self.encoder.image_size)
+            return self.encoder.preprocess(image), None
         except ImageLoadError as exc:
             return None, _Transient(str(exc)) if exc.transient else str(exc)
         except Exception as exc:  # noqa: BLE001 - a bad image must never kill the worker
