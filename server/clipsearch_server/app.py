@@ -80,7 +80,7 @@ class RunningServer:
         engine = self.slot.engine
         if engine is not None:
             await asyncio.to_thread(engine.collection.snapshot)
-            engine.close()
+            await engine.aclose()
 
     async def _load(self) -> None:
         config = self.config

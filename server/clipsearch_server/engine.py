@@ -15,6 +15,7 @@ import numpy as np
 from clipsearch_worker.encoder import ClipEncoder
 from clipsearch_worker.images import LoadLimits, decode_image, read_uri
 
+from .batching import TextBatcher
 from .collection import Collection, CollectionStats, Hit
 from .errors import Unavailable
 from .store import ImageRecord
@@ -27,20 +28,21 @@ T = TypeVar("T")
 class Engine:
     """Encodes queries and searches the collection."""
 
-    def __init__(self, encoder: ClipEncoder, collection: Collection, limits: LoadLimits, workers: int = 4) -> None:
+    def __init__(self, encoder: ClipEncoder, collection: Collection, limits: LoadLimits, workers: int = 4,
+                 text_batch: int = 32, text_wait_s: float = 0.002, cache_size: int = 4096) -> None:
         self.encoder = encoder
         self.collection = collection
         self.limits = limits
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engine")
+        self.texts = TextBatcher(lambda texts: self._run(lambda: encoder.encode_text(texts)),
+                                 text_batch, text_wait_s, cache_size)
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
     async def text_search(self, text: str, k: int) -> list[Hit]:
-        def work() -> list[Hit]:
-            return self.collection.search(self.encoder.encode_text([text])[0], k)
-
-        return await self._run(work)
+        vector = await self.texts.vector(text)
+        return await self._run(lambda: self.collection.search(vector, k))
 
     async def image_search_bytes(self, data: bytes, k: int) -> list[Hit]:
         return await self._run(lambda: self.collection.search(self._encode_image(data), k))
@@ -66,6 +68,10 @@ class Engine:
 
     async def stats(self) -> CollectionStats:
         return await self._run(self.collection.stats)
+
+    async def aclose(self) -> None:
+        await self.texts.close()
+        self.close()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

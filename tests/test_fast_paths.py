@@ -1,0 +1,72 @@
+"""The fast paths stay faithful: truncated text encoding equals open_clip's encode_text, draft-mode
+JPEG decoding keeps image embeddings, and micro-batching returns each caller its own vector."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from typing import Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipsearch_server.batching import TextBatcher
+from clipsearch_worker.encoder import ClipEncoder, ModelSpec, load_encoder
+from clipsearch_worker.images import LoadLimits, decode_image
+from tests.photos import photo_jpeg
+
+TEXTS = ["a red circle", "a photo of a blue star on a plain background", "x",
+         "a very long description " * 20, "ünïcödé 🚗 sports car"]
+
+
+@pytest.fixture(scope="module", params=["tiny", "ViT-B-32"])
+def encoder(request: pytest.FixtureRequest, tiny_model: str) -> Iterator[ClipEncoder]:
+    spec = ModelSpec(tiny_model, device="cpu") if request.param == "tiny" else ModelSpec("ViT-B-32", "none", "cpu")
+    yield load_encoder(spec, threads=2)
+
+
+def test_truncated_text_encoding_equals_open_clip(encoder: ClipEncoder) -> None:
+    assert encoder._truncate_text  # the fast path is really taken for these models
+    fast = encoder.encode_text(TEXTS)
+    reference = encoder.encode_text_reference(TEXTS)
+    assert np.abs(fast - reference).max() < 1e-4
+    assert np.all((fast * reference).sum(axis=1) > 0.99999)
+    for text, row in zip(TEXTS, fast):  # batching with other texts changes nothing
+        assert np.abs(encoder.encode_text([text])[0] - row).max() < 1e-4
+
+
+def test_draft_decoding_keeps_embeddings_faithful(encoder: ClipEncoder) -> None:
+    photos = [photo_jpeg(seed) for seed in range(8)]  # 1024x768 JPEGs
+    reference = encoder.encode_images([encoder.preprocess(Image.open(io.BytesIO(p)).convert("RGB")) for p in photos])
+    decoded = [decode_image(p, LoadLimits(), draft_size=encoder.image_size) for p in photos]
+    assert all(d.size[0] < 1024 for d in decoded)  # the decoder really scaled in the DCT domain
+    fast = encoder.encode_images([encoder.preprocess(d) for d in decoded])
+    cosine = (reference * fast).sum(axis=1)
+    assert cosine.mean() >= 0.99 and cosine.min() >= 0.98, cosine
+
+
+def test_micro_batching_and_cache() -> None:
+    calls: list[list[str]] = []
+
+    async def encode(texts: list[str]) -> np.ndarray:
+        calls.append(list(texts))
+        await asyncio.sleep(0.01)
+        return np.array([[float(len(t)), float(ord(t[0]))] for t in texts], dtype=np.float32)
+
+    async def run() -> list[np.ndarray]:
+        batcher = TextBatcher(encode, max_batch=8, max_wait_s=0.005, cache_size=2)
+        texts = [f"query {i % 5}" for i in range(20)]
+        vectors = await asyncio.gather(*(batcher.vector(t) for t in texts))
+        again = await batcher.vector("query 4")  # cached
+        await batcher.close()
+        assert batcher.cache.hits >= 1
+        return [*vectors, again]
+
+    vectors = asyncio.run(run())
+    for i, vector in enumerate(vectors[:20]):
+        text = f"query {i % 5}"
+        assert vector.tolist() == [float(len(text)), float(ord(text[0]))]
+    assert len(calls) < 20  # concurrent callers shared forward passes
+    assert all(len(batch) == len(set(batch)) for batch in calls)  # duplicates encoded once per batch
+    assert sum(len(batch) for batch in calls) <= 20
