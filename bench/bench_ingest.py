@@ -1,0 +1,113 @@
+"""Ingest efficiency: images/s from submission until searchable through the real queue, worker and
+server, divided by the images/s of a plain batched forward pass of the same model on the same
+machine in the same run; and the seed script's one-image-at-a-time loop for reference.
+
+    python bench/bench_ingest.py [--model ViT-B-32 --pretrained none] [--images 256] [--batch 32]
+
+Two image sets: 1024x768 photo-like JPEGs (~280 KB) and small 256x256 JPEGs. The plain forward pass
+gets preprocessed tensors for free; the pipeline must read, decode, resize and normalize as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.common import save, table  # noqa: E402
+from clipsearch import Client, ImageInput  # noqa: E402
+from clipsearch_worker.encoder import ModelSpec, load_encoder  # noqa: E402
+from tests.photos import photo_jpeg  # noqa: E402
+from tests.procs import Stack, start_redis, wait_for  # noqa: E402
+
+
+def forward_rate(encoder, tensors: list, batch: int) -> float:  # type: ignore[no-untyped-def]
+    encoder.encode_images(tensors[:batch])  # warm-up
+    t = time.perf_counter()
+    for start in range(0, len(tensors), batch):
+        encoder.encode_images(tensors[start:start + batch])
+    return len(tensors) / (time.perf_counter() - t)
+
+
+def seed_loop_rate(encoder, photos: list[bytes]) -> float:  # type: ignore[no-untyped-def]
+    """The seed script: open, convert, preprocess and encode one image at a time."""
+    t = time.perf_counter()
+    for data in photos:
+        image = Image.open(io.BytesIO(data)).convert("RGB")
+        encoder.encode_images([encoder.preprocess(image)])
+    return len(photos) / (time.perf_counter() - t)
+
+
+def pipeline_rate(args: argparse.Namespace, photos: list[bytes], tmp: Path, label: str) -> float:
+    redis, url = start_redis(tmp / "logs")
+    stack = Stack(model=args.model, redis_url=url, log_dir=tmp / "logs", prefix=f"bench-{label}")
+    stack.common = lambda: ["--model", args.model, "--pretrained", args.pretrained, "--redis-url", url,  # type: ignore[method-assign]
+                            "--redis-prefix", stack.prefix, "--device", args.device]
+    server, address = stack.start_server(tmp / f"data-{label}", timeout=600)
+    worker = stack.start_worker(address, ["--batch-size", str(args.batch), "--decode-threads", str(args.decode_threads),
+                                          "--threads", str(args.threads)])
+    try:
+        wait_for(lambda: "ready" in worker.output(), 600, "worker", worker.popen)
+        client = Client(address, timeout=120)
+        t = time.perf_counter()
+        batch = ""
+        for start in range(0, len(photos), 64):
+            batch = client.submit([ImageInput(image=p, id=f"{label}-{start + i}")
+                                   for i, p in enumerate(photos[start:start + 64])], batch).batch_id
+        while not client.progress(batch).done:
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - t
+        assert client.stats().count == len(photos), client.stats()
+        client.close()
+        return len(photos) / elapsed
+    finally:
+        worker.stop()
+        server.stop()
+        redis.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--pretrained", default="none")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--decode-threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads in the worker (0: default)")
+    parser.add_argument("--name", default="ingest")
+    args = parser.parse_args()
+
+    encoder = load_encoder(ModelSpec(args.model, args.pretrained, args.device))
+    sets = {
+        "photos 1024x768": [photo_jpeg(i) for i in range(args.images)],
+        "small 256x256": [photo_jpeg(i, 256, 256) for i in range(args.images)],
+    }
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, photos in sets.items():
+            tensors = [encoder.preprocess(Image.open(io.BytesIO(p)).convert("RGB")) for p in photos]
+            forward = forward_rate(encoder, tensors, args.batch)
+            seed = seed_loop_rate(encoder, photos[: max(32, len(photos) // 4)])
+            pipeline = pipeline_rate(args, photos, Path(tmp), label.split()[0])
+            forward_after = forward_rate(encoder, tensors, args.batch)  # bracket the pipeline run
+            reference = (forward + forward_after) / 2
+            rows.append({"images": label, "kb/image": sum(map(len, photos)) / len(photos) / 1024,
+                         "forward img/s": reference, "pipeline img/s": pipeline, "efficiency": pipeline / reference,
+                         "seed loop img/s": seed, "seed ratio": seed / reference})
+    print(f"\n== ingest, {args.model} ({args.pretrained}), device {encoder.device}, batch {args.batch} ==")
+    table(rows, ["images", "kb/image", "forward img/s", "pipeline img/s", "efficiency", "seed loop img/s", "seed ratio"])
+    save(args.name, {"model": args.model, "pretrained": args.pretrained, "device": encoder.device,
+                     "torch_threads": torch.get_num_threads(), "batch": args.batch, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

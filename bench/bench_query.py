@@ -1,0 +1,151 @@
+"""Query latency and throughput: TextSearch and ImageSearch over gRPC at 1, 8 and 32 concurrent
+clients, against the same encode + search done in-process, and against encoding one full-length
+query at a time (no truncation, no batching) as the baseline for throughput.
+
+    python bench/bench_query.py [--model ViT-B-32 --pretrained none] [--vectors 100000]
+
+Every query text is distinct (no cache hits). The index holds random unit vectors of the model's
+dimension, written through the real UpsertVectors API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.common import percentiles, save, table  # noqa: E402
+from clipsearch import Client  # noqa: E402
+from clipsearch.v1 import index_service_pb2, index_service_pb2_grpc, types_pb2  # noqa: E402
+from clipsearch_server.collection import Collection  # noqa: E402
+from clipsearch_server.index import HnswParams  # noqa: E402
+from clipsearch_server.store import ImageRecord  # noqa: E402
+from clipsearch_worker.encoder import ModelSpec, load_encoder  # noqa: E402
+from tests.photos import photo_jpeg  # noqa: E402
+from tests.procs import Stack, start_redis  # noqa: E402
+
+COLORS = ["red", "blue", "green", "yellow", "black", "white", "silver", "orange"]
+THINGS = ["sports car", "dog on a beach", "mountain lake at sunset", "bowl of ramen", "city street at night",
+          "cat asleep on a sofa", "wedding photo", "old wooden boat"]
+
+
+def texts(n: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [f"a photo of a {COLORS[rng.integers(8)]} {THINGS[rng.integers(8)]}, picture {i}" for i in range(n)]
+
+
+def load(address: str, call, queries: list, clients: int) -> dict:  # type: ignore[no-untyped-def]
+    latencies: list[float] = []
+    lock = threading.Lock()
+    chunks = [queries[i::clients] for i in range(clients)]
+
+    def run(chunk: list) -> None:
+        with Client(address, timeout=60) as client:
+            for q in chunk:
+                t = time.perf_counter()
+                call(client, q)
+                with lock:
+                    latencies.append(time.perf_counter() - t)
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in chunks]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return {"clients": clients, "qps": len(queries) / (time.perf_counter() - t), **percentiles(latencies)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--pretrained", default="none")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--vectors", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=96)
+    parser.add_argument("--name", default="query")
+    args = parser.parse_args()
+
+    encoder = load_encoder(ModelSpec(args.model, args.pretrained, args.device))
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((args.vectors, encoder.dim)).astype("<f4")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        # In-process reference: the same encode + search, no RPC.
+        col = Collection(tmp / "inproc", encoder.identity, encoder.dim, HnswParams())
+        for start in range(0, args.vectors, 10_000):
+            col.upsert([ImageRecord(f"v{i}", vectors[i]) for i in range(start, min(args.vectors, start + 10_000))])
+        inproc_text = []
+        for q in texts(args.queries, 1):
+            t = time.perf_counter()
+            col.search(encoder.encode_text([q])[0], 10)
+            inproc_text.append(time.perf_counter() - t)
+        full = []
+        for q in texts(args.queries // 2, 2):
+            t = time.perf_counter()
+            encoder.encode_text_reference([q])
+            full.append(time.perf_counter() - t)
+        photos = [photo_jpeg(i, 640, 480) for i in range(args.queries // 2)]
+        inproc_image = []
+        from clipsearch_worker.images import LoadLimits, decode_image
+        for p in photos:
+            t = time.perf_counter()
+            col.search(encoder.encode_images([encoder.preprocess(decode_image(p, LoadLimits(), encoder.image_size))])[0], 10)
+            inproc_image.append(time.perf_counter() - t)
+        col.close()
+        baseline_qps = len(full) / sum(full)
+        rows.append({"what": "one full-length text at a time (baseline)", "clients": 1, "qps": baseline_qps, **percentiles(full)})
+        rows.append({"what": "TextSearch in-process (encode+search)", "clients": 1, "qps": len(inproc_text) / sum(inproc_text),
+                     **percentiles(inproc_text)})
+        rows.append({"what": "ImageSearch in-process (640x480 JPEG)", "clients": 1,
+                     "qps": len(inproc_image) / sum(inproc_image), **percentiles(inproc_image)})
+        del encoder
+
+        redis, url = start_redis(tmp / "logs")
+        stack = Stack(model=args.model, redis_url=url, log_dir=tmp / "logs", prefix="bench-query")
+        stack.common = lambda: ["--model", args.model, "--pretrained", args.pretrained, "--redis-url", url,  # type: ignore[method-assign]
+                                "--redis-prefix", stack.prefix, "--device", args.device]
+        server, address = stack.start_server(tmp / "data", timeout=600)
+        try:
+            with Client(address) as client, grpc.insecure_channel(address) as channel:
+                stats = client.stats()
+                stub = index_service_pb2_grpc.IndexServiceStub(channel)
+                for start in range(0, args.vectors, 4000):
+                    stub.UpsertVectors(index_service_pb2.UpsertVectorsRequest(
+                        model=types_pb2.ModelInfo(name=stats.model, dim=stats.dim),
+                        records=[index_service_pb2.VectorRecord(id=f"v{i}", vector=vectors[i].tobytes())
+                                 for i in range(start, min(args.vectors, start + 4000))]), timeout=600)
+                client.text_search("warm up", k=10)
+                client.image_search(photos[0], k=10)
+            for n, clients in enumerate((1, 8, 32)):
+                r = load(address, lambda c, q: c.text_search(q, k=10), texts(args.queries * (1 + clients // 8), 10 + n), clients)
+                rows.append({"what": "TextSearch over gRPC", **r})
+            for clients in (1, 8, 32):
+                r = load(address, lambda c, p: c.image_search(p, k=10), photos, clients)
+                rows.append({"what": "ImageSearch over gRPC (640x480 JPEG)", **r})
+        finally:
+            server.stop()
+            redis.stop()
+    inproc_p50 = rows[1]["p50_ms"]
+    grpc1 = next(r for r in rows if r["what"] == "TextSearch over gRPC" and r["clients"] == 1)
+    grpc32 = next(r for r in rows if r["what"] == "TextSearch over gRPC" and r["clients"] == 32)
+    ratios = {"textsearch_p50_grpc_vs_inprocess": grpc1["p50_ms"] / inproc_p50,
+              "textsearch_qps_32_clients_vs_one_full_query_at_a_time": grpc32["qps"] / baseline_qps}
+    print(f"\n== queries, {args.model} ({args.pretrained}), {args.vectors} vectors ==")
+    table(rows, ["what", "clients", "qps", "p50_ms", "p99_ms", "n"])
+    for k, v in ratios.items():
+        print(f"{k}: {v:.2f}")
+    save(args.name, {"model": args.model, "vectors": args.vectors, "rows": rows, "ratios": ratios})
+
+
+if __name__ == "__main__":
+    main()
