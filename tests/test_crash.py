@@ -4,6 +4,7 @@ and nothing is duplicated. Every process is bounded in time and stopped at the e
 from __future__ import annotations
 
 import random
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,10 +13,14 @@ import grpc
 import numpy as np
 import pytest
 
-from clipsearch import Client
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from clipsearch import Client, UnavailableError
+from clipsearch_server.store import ImageRecord, Store
+from clipsearch_worker.encoder import ModelSpec, load_encoder
 from clipsearch.v1 import index_service_pb2, index_service_pb2_grpc, types_pb2
 from tests.data import submit_all, synthetic_inputs, wait_until
-from tests.procs import Proc, Stack, free_port, start_redis, wait_for
+from tests.procs import Proc, Stack, free_port, spawn, start_redis, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -176,3 +181,43 @@ def test_search_load_during_compaction(stack: Stack, procs: list[Proc], tmp_path
     for i in range(0, 400, 4):  # a deleted vector's own query no longer finds it
         hits = client.image_search(id=f"v{i + 1}", k=10)
         assert not deleted & {h.id for h in hits}
+
+
+def test_not_serving_while_loading_then_serving(stack: Stack, procs: list[Proc], tmp_path: Path) -> None:
+    """A server with many stored vectors and no snapshot rebuilds its graph on start: meanwhile
+    health says NOT_SERVING and the API says UNAVAILABLE; then SERVING."""
+    encoder = load_encoder(ModelSpec(stack.model, device="cpu"))
+    store = Store(tmp_path / "data" / "images.sqlite3")
+    store.set_meta("model", encoder.identity)
+    store.set_meta("dim", str(encoder.dim))
+    rng = np.random.default_rng(1)
+    for start in range(0, 40_000, 10_000):
+        v = rng.standard_normal((10_000, encoder.dim)).astype(np.float32)
+        store.upsert([ImageRecord(f"v{start + i}", v[i]) for i in range(10_000)])
+    store.close()
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    procs.append(spawn("server", [sys.executable, "-m", "clipsearch_server", *stack.common(), "--host", "127.0.0.1",
+                                  "--port", str(port), "--data-dir", str(tmp_path / "data")], stack.log_dir))
+    seen: list[str] = []
+    unavailable = False
+    deadline = time.monotonic() + 120
+    with grpc.insecure_channel(address) as channel, Client(address, timeout=5) as client:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline and seen[-1:] != ["SERVING"]:
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.RpcError:
+                status = "DOWN"  # not listening yet
+            if seen[-1:] != [status]:
+                seen.append(status)
+            if status == "NOT_SERVING" and not unavailable:
+                try:
+                    client.stats()
+                except UnavailableError as exc:
+                    unavailable = "loading" in exc.details
+            time.sleep(0.02)
+        assert [s for s in seen if s != "DOWN"] == ["NOT_SERVING", "SERVING"], seen
+        assert unavailable
+        assert client.stats().count == 40_000
