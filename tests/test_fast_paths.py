@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import io
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from clipsearch import Client, ImageInput
 from clipsearch_server.batching import TextBatcher
 from clipsearch_worker.encoder import ClipEncoder, ModelSpec, load_encoder
 from clipsearch_worker.images import LoadLimits, decode_image
+from tests.data import wait_until
 from tests.photos import photo_jpeg
+from tests.procs import Proc, Stack
 
 TEXTS = ["a red circle", "a photo of a blue star on a plain background", "x",
          "a very long description " * 20, "ünïcödé 🚗 sports car"]
@@ -70,3 +74,31 @@ def test_micro_batching_and_cache() -> None:
     assert len(calls) < 20  # concurrent callers shared forward passes
     assert all(len(batch) == len(set(batch)) for batch in calls)  # duplicates encoded once per batch
     assert sum(len(batch) for batch in calls) <= 20
+
+
+def test_device_jpeg_decoding_is_faithful(encoder: ClipEncoder) -> None:
+    """The torchvision decode + tensor preprocessing path (nvJPEG on a GPU) runs here on the CPU."""
+    photos = [photo_jpeg(seed, 800, 600) for seed in range(6)]
+    reference = encoder.encode_images([encoder.preprocess(Image.open(io.BytesIO(p)).convert("RGB")) for p in photos])
+    fast = encoder.encode_images(encoder.decode_jpegs(photos))
+    cosine = (reference * fast).sum(axis=1)
+    assert cosine.mean() >= 0.99 and cosine.min() >= 0.98, cosine
+
+
+def test_worker_with_device_decoding(stack: Stack, procs: list[Proc], tmp_path: Path) -> None:
+    server, address = stack.start_server(tmp_path / "data")
+    procs.append(server)
+    procs.append(stack.start_worker(address, ["--device-decode", "--batch-size", "8"]))
+    photos = [photo_jpeg(seed, 640, 480) for seed in range(12)]
+    truncated = photos[0][: len(photos[0]) // 3]
+    png = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 0, 0)).save(png, format="PNG")
+    with Client(address) as client:
+        inputs = [ImageInput(image=p, id=f"jpeg-{i}") for i, p in enumerate(photos)]
+        inputs += [ImageInput(image=truncated, id="truncated"), ImageInput(image=png.getvalue(), id="png")]
+        batch = client.submit(inputs).batch_id
+        progress = wait_until(client, batch, 120)
+        assert (progress.indexed, progress.failed) == (13, 1)
+        assert [f.id for f in client.failures(batch)] == ["truncated"]
+        hit = client.image_search(photos[5], k=1)[0]  # the server decodes with PIL: same vector
+        assert hit.id == "jpeg-5" and hit.score > 0.99

@@ -100,6 +100,8 @@ def _worker_options(p: argparse.ArgumentParser, with_server: bool = True) -> Non
     _add(p, "--consumer", None, help="consumer name in the Redis group (default host-pid-random)")
     _add(p, "--heartbeat-file", "", help="file touched on every loop turn (for container health checks)")
     _add(p, "--max-deliveries", "5", type=int, help="deliveries of a job before it is dead-lettered as failed")
+    p.add_argument("--device-decode", action="store_true", default=_env("device_decode", "") in ("1", "true"),
+                   help="decode JPEGs with torchvision on the model's device (nvJPEG on CUDA) instead of PIL")
 
 
 def _client_options(p: argparse.ArgumentParser) -> None:
@@ -288,6 +290,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         visibility_timeout_s=args.visibility_timeout,
         heartbeat_file=args.heartbeat_file,
         max_deliveries=args.max_deliveries,
+        device_decode=args.device_decode,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -362,7 +365,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         worker_cmd = [sys.executable, "-m", "clipsearch_worker", *common, "--server", f"127.0.0.1:{args.port}",
                       "--batch-size", str(args.batch_size), "--decode-threads", str(args.decode_threads),
                       "--visibility-timeout", str(args.visibility_timeout),
-                      "--max-deliveries", str(args.max_deliveries)]
+                      "--max-deliveries", str(args.max_deliveries), *(["--device-decode"] if args.device_decode else [])]
         procs.append(("worker", subprocess.Popen(worker_cmd)))
         print(f"clipsearch is up: server localhost:{args.port}, Redis {redis_url}. Ctrl-C stops.", flush=True)
         while all(p.poll() is None for _, p in procs):

@@ -17,6 +17,8 @@ from typing import Any, Sequence
 import numpy as np
 import open_clip
 import torch
+import torchvision.io
+import torchvision.transforms.v2.functional as tvf
 from open_clip.model import CLIP
 from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import text_global_pool
@@ -106,10 +108,29 @@ class ClipEncoder:
         """Turns a decoded RGB image into the model's input tensor (CPU). Safe to call from many threads."""
         return self._preprocess(image)
 
+    def decode_jpegs(self, datas: Sequence[bytes]) -> list[Any]:
+        """Decodes JPEG bytes on the model's device (nvJPEG on CUDA, libjpeg on CPU), EXIF orientation
+        applied, and preprocesses them there: resize (bicubic, antialiased), center crop, normalize —
+        the same steps as `preprocess`, without a round trip through PIL. Raises ValueError
+        (RuntimeError from torchvision) for data the decoder rejects."""
+        cfg = getattr(self._model.visual, "preprocess_cfg", {}) or {}
+        size = self.image_size
+        mean = torch.tensor(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)), device=self.device).view(3, 1, 1)
+        std = torch.tensor(cfg.get("std", (0.26862954, 0.26130258, 0.27577711)), device=self.device).view(3, 1, 1)
+        raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+        decoded = torchvision.io.decode_jpeg(raw, mode=torchvision.io.ImageReadMode.RGB, device=self.device,
+                                             apply_exif_orientation=True)
+        out = []
+        for image in decoded:
+            image = tvf.resize(image, [size], interpolation=tvf.InterpolationMode.BICUBIC, antialias=True)
+            image = tvf.center_crop(image, [size, size])
+            out.append(((image.float() / 255.0).clamp_(0, 1) - mean) / std)
+        return out
+
     def encode_images(self, tensors: Sequence[Any]) -> np.ndarray:
         """Encodes preprocessed images (from `preprocess`) into an (n, dim) float32 array of unit vectors."""
         batch = torch.stack(list(tensors))
-        if self.device.startswith("cuda"):
+        if self.device.startswith("cuda") and batch.device.type == "cpu":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         with self._lock, torch.inference_mode(), torch.autocast("cuda", enabled=self._autocast):
             features = self._model.encode_image(batch)

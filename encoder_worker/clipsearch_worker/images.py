@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageLoadError", "LoadLimits", "decode_image", "is_supported_uri", "read_uri"]
+__all__ = ["ImageLoadError", "LoadLimits", "check_header", "decode_image", "is_jpeg", "is_supported_uri", "read_uri"]
 
 _HTTP_SCHEMES = ("http://", "https://")
 _FILE_SCHEME = "file://"
@@ -97,6 +97,26 @@ def _read_http(url: str, limits: LoadLimits) -> bytes:
     if len(data) > limits.max_bytes:
         raise ImageLoadError(f"image at {url} is over the limit of {limits.max_bytes} bytes")
     return data
+
+
+def is_jpeg(data: bytes) -> bool:
+    return data[:3] == b"\xff\xd8\xff"
+
+
+def check_header(data: bytes, limits: LoadLimits) -> None:
+    """Reads only the header: refuses empty, oversized, unreadable or too many pixels, without decoding."""
+    if not data:
+        raise ImageLoadError("image is empty (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise ImageLoadError(f"image is {len(data)} bytes, over the limit of {limits.max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            width, height = Image.open(io.BytesIO(data)).size
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageLoadError(f"cannot decode image: {exc}") from exc
+    if width * height > limits.max_pixels:
+        raise ImageLoadError(f"image is {width}x{height} pixels, over the limit of {limits.max_pixels} (decompression bomb?)")
 
 
 def decode_image(data: bytes, limits: LoadLimits, draft_size: int | None = None) -> Image.Image:

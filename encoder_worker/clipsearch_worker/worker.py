@@ -35,7 +35,7 @@ from clipsearch.v1 import types_pb2
 
 from . import queue
 from .encoder import ClipEncoder, ModelSpec
-from .images import ImageLoadError, LoadLimits, decode_image, read_uri
+from .images import ImageLoadError, LoadLimits, check_header, decode_image, is_jpeg, read_uri
 from .queue import Job, Keys
 
 __all__ = ["Worker", "WorkerConfig", "WorkerFatal", "default_consumer_name"]
@@ -98,6 +98,7 @@ class WorkerConfig:
     push_timeout_s: float = 60.0
     max_deliveries: int = 5
     heartbeat_file: str = ""  # touched on every loop turn, for container health checks
+    device_decode: bool = False  # decode JPEGs with torchvision on the model's device (nvJPEG on CUDA)
 
 
 _PREFETCH = 1  # batches read and decoding while the model works on the current one
@@ -110,6 +111,10 @@ class _Batch:
     jobs: list[Job]
     futures: dict[str, Future]
     started: float
+
+
+class _DeviceJpeg(bytes):
+    """JPEG bytes whose header passed the checks, to be decoded in a batch on the model's device."""
 
 
 class _Transient(str):
@@ -245,10 +250,12 @@ class Worker:
             outcomes.append((job, f"gave up after {job.attempts - 1} attempts: "
                                   f"{last or 'a worker crashed or stalled on this image each time'}"))
         good: list[tuple[Job, Any]] = []
+        prepared = {job.entry_id: batch.futures[job.entry_id].result() for job in batch.jobs if job.entry_id in batch.futures}
+        self._decode_on_device(prepared)
         for job in batch.jobs:
-            if job.entry_id not in batch.futures:
+            if job.entry_id not in prepared:
                 continue
-            tensor, error = batch.futures[job.entry_id].result()
+            tensor, error = prepared[job.entry_id]
             if tensor is not None:
                 good.append((job, tensor))
             elif isinstance(error, _Transient):
@@ -272,6 +279,27 @@ class Worker:
                 FAILURES.labels(reason_kind(reason)).inc()
                 log.info("image %s failed: %s", job.id, reason)
 
+    def _decode_on_device(self, prepared: dict[str, tuple[Any, str | None]]) -> None:
+        """Replaces _DeviceJpeg entries by tensors decoded together on the device (one by one with
+        PIL if the batch decode fails, so one odd JPEG cannot fail its neighbours)."""
+        pending = {key: value[0] for key, value in prepared.items() if isinstance(value[0], _DeviceJpeg)}
+        if not pending:
+            return
+        try:
+            tensors = self.encoder.decode_jpegs(list(pending.values()))
+            prepared.update({key: (tensor, None) for key, tensor in zip(pending, tensors)})
+        except (RuntimeError, ValueError) as exc:
+            log.info("batch JPEG decode on %s failed (%s); decoding one by one", self.encoder.device, exc)
+            for key, data in pending.items():
+                prepared[key] = self._decode_with_pil(bytes(data))
+
+    def _decode_with_pil(self, data: bytes) -> tuple[Any, str | None]:
+        try:
+            image = decode_image(data, self.config.image_limits, draft_size=self.encoder.image_size)
+            return self.encoder.preprocess(image), None
+        except ImageLoadError as exc:
+            return None, str(exc)
+
     def _prepare(self, job: Job, blob: bytes | None) -> tuple[Any, str | None]:
         """Reads, decodes and preprocesses one image; returns (tensor, None) or (None, reason).
         A reason of type _Transient means: leave the job pending and retry it later."""
@@ -282,6 +310,9 @@ class Worker:
                 data = blob
             else:
                 data = read_uri(job.uri, self.config.image_limits)
+            if self.config.device_decode and is_jpeg(data):
+                check_header(data, self.config.image_limits)
+                return _DeviceJpeg(data), None
             image = decode_image(data, self.config.image_limits, draft_size=self.encoder.image_size)
             return self.encoder.preprocess(image), None
         except ImageLoadError as exc:
