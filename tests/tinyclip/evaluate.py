@@ -40,7 +40,6 @@ def evaluate(model_dir: str | Path = DEFAULT_MODEL_DIR, seed: int = EVAL_SEED, p
     """
     import open_clip
 
-    torch.set_num_threads(2)
     model_path = Path(model_dir).resolve()
     name = f"local-dir:{model_path}"
     model, _, preprocess = open_clip.create_model_and_transforms(name)
@@ -95,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-class", type=int, default=10)
     parser.add_argument("-k", type=int, default=5)
     args = parser.parse_args(argv)
+    torch.set_num_threads(1)
     print(json.dumps(evaluate(args.model_dir, seed=args.seed, per_class=args.per_class, k=args.k), indent=2))
     return 0
 

@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python -m tests.tinyclip.train --out tests/tinyclip/model [--seed 0] [--steps 400]
+    python -m tests.tinyclip.train --out tests/tinyclip/model [--seed 0] [--steps 700]
 
 The output folder gets ``open_clip_config.json`` (``model_cfg`` + ``preprocess_cfg``) and
 ``open_clip_model.safetensors``, so it loads fully offline with::
@@ -10,7 +10,7 @@ The output folder gets ``open_clip_config.json`` (``model_cfg`` + ``preprocess_c
     model, _, preprocess = open_clip.create_model_and_transforms("local-dir:/abs/path/to/model")
     tokenizer = open_clip.get_tokenizer("local-dir:/abs/path/to/model")
 
-Everything runs on CPU with two threads and is seeded; a run takes about a minute.
+Everything runs on CPU (one torch thread by default) and is seeded; a run takes 1-2 minutes.
 """
 
 from __future__ import annotations
@@ -35,17 +35,19 @@ from .synthetic import CAPTION_TEMPLATES, CLASSES, make_image
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
 
-# Tiny ViT image tower + tiny causal text transformer.  vocab_size stays at the standard
-# 49408 so open_clip's bundled SimpleTokenizer works offline; the token embedding
-# (49408 x text width) dominates the file size, hence the narrow text tower.
+# Image tower: open_clip's ModifiedResNet (the architecture of OpenAI's RN50 CLIP) shrunk to one
+# bottleneck block per stage, stem width 8 and a 256-wide attention pool.  A tiny ViT (patch 8,
+# width 64-96, 3 layers) was tried first: within the same CPU budget it only reached ~0.6-0.9 mean
+# text->image precision@5, while this CNN reaches 1.0.  Text tower: tiny causal transformer;
+# vocab_size stays at the standard 49408 so open_clip's bundled SimpleTokenizer works offline.
+# The token embedding (49408 x text width) dominates the file, hence the narrow text width of 32.
 MODEL_CFG: dict[str, Any] = {
     "embed_dim": 64,
     "vision_cfg": {
         "image_size": 64,
-        "patch_size": 8,
-        "width": 96,
+        "layers": [1, 1, 1, 1],
+        "width": 8,
         "head_width": 32,
-        "layers": 3,
     },
     "text_cfg": {
         "context_length": 32,
@@ -78,12 +80,13 @@ def write_config(out_dir: Path) -> Path:
     return path
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch, and pin torch to two CPU threads."""
+def seed_everything(seed: int, threads: int = 1) -> None:
+    """Seed Python, NumPy and torch, and fix torch's intra-op thread count."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)  # avoid slow denormal arithmetic on CPU
 
 
 def build_pool(per_class: int, seed: int, preprocess) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,6 +151,7 @@ def save_weights(model: torch.nn.Module, path: Path, dtype: torch.dtype) -> None
     }
     tmp = path.with_suffix(".safetensors.tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
+    os.chmod(tmp, 0o644)  # safetensors creates the file owner-only; the artifact must be world-readable
     os.replace(tmp, path)
 
 
@@ -173,19 +177,26 @@ def check_roundtrip(model: torch.nn.Module, out_dir: Path, tokenizer, images: to
 def train(
     out_dir: Path,
     seed: int = 0,
-    steps: int = 400,
-    batch_size: int = 128,
+    steps: int = 700,
+    batch_size: int = 64,
     lr: float = 2e-3,
     weight_decay: float = 0.05,
     per_class: int = 150,
     fp16: bool = True,
+    threads: int = 1,
     log_every: int = 50,
 ) -> dict[str, Any]:
-    """Train the tiny CLIP and write it to ``out_dir``; returns a small summary dict."""
+    """Train the tiny CLIP and write it to ``out_dir``; returns a small summary dict.
+
+    ``threads`` defaults to 1: this model is too small to gain much from a second thread
+    (~0.09 vs ~0.11 s/step on an idle 2-core machine), and with two threads a busy machine
+    (e.g. tests running alongside) slows training down 5-9x through OpenMP spin-waiting.
+    """
     import open_clip
 
     t_start = time.perf_counter()
-    seed_everything(seed)
+    cpu_start = time.process_time()
+    seed_everything(seed, threads)
     out_dir = Path(out_dir)
 
     # Build the model exactly the way users load it: from a local-dir config.
@@ -227,8 +238,8 @@ def train(
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         if log_every and (step % log_every == 0 or step == steps - 1):
-            print(f"step {step:4d}  loss {loss.item():.4f}  scale {scale.item():6.2f}  lr {lr_at(step):.2e}",
-                  flush=True)
+            print(f"step {step:4d}  loss {loss.item():.4f}  scale {scale.item():6.2f}  lr {lr_at(step):.2e}"
+                  f"  t {time.perf_counter() - t_start:6.1f}s", flush=True)
     t_train = time.perf_counter() - t_start - t_data
 
     model.eval()
@@ -242,6 +253,7 @@ def train(
         "out_dir": str(out_dir),
         "seed": seed,
         "steps": steps,
+        "threads": threads,
         "final_loss": round(loss.item(), 4),
         "weights_dtype": "float16" if fp16 else "float32",
         "weights_bytes": (out_dir / WEIGHTS_NAME).stat().st_size,
@@ -249,6 +261,7 @@ def train(
         "data_seconds": round(t_data, 1),
         "train_seconds": round(t_train, 1),
         "total_seconds": round(time.perf_counter() - t_start, 1),
+        "total_cpu_seconds": round(time.process_time() - cpu_start, 1),
     }
     return summary
 
@@ -257,10 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=700)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--per-class", type=int, default=150, help="training pictures rendered per class")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (weights depend on it)")
     parser.add_argument("--fp32", action="store_true", help="store float32 weights instead of float16")
     args = parser.parse_args(argv)
     summary = train(
@@ -271,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         lr=args.lr,
         per_class=args.per_class,
         fp16=not args.fp32,
+        threads=args.threads,
     )
     print(json.dumps(summary, indent=2))
     return 0

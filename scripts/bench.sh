@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs every benchmark (results: bench/results/*.json, plot: docs/index-recall-qps.png; figures go
+# into docs/BENCHMARKS.md by hand). Takes about an hour on a 2-core CPU, mostly the 1M-vector index.
+#   ./scripts/bench.sh               # everything
+#   ./scripts/bench.sh ingest query  # a subset: index, ingest, query, coldstart
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+.venv/bin/python -m pip install --quiet matplotlib
+PY=.venv/bin/python
+parts=("$@")
+has() { [ ${#parts[@]} -eq 0 ] || [[ " ${parts[*]} " == *" $1 "* ]]; }
+has index && $PY bench/bench_index.py --n 100000 --n 1000000 --queries 300
+has ingest && $PY bench/bench_ingest.py --images 192
+has query && $PY bench/bench_query.py --vectors 100000
+has coldstart && $PY bench/bench_coldstart.py --n 1000000
