@@ -157,7 +157,7 @@ def save_weights(model: torch.nn.Module, path: Path, dtype: torch.dtype) -> None
 
 @torch.no_grad()
 def check_roundtrip(model: torch.nn.Module, out_dir: Path, tokenizer, images: torch.Tensor) -> float:
-    """Reload ``out_dir`` through open_clip's local-dir loader; return the lowest feature cosine vs ``model``."""
+    """Reload ``out_dir`` via open_clip's local-dir loader; return the lowest feature cosine vs ``model``."""
     import open_clip
 
     loaded, _, _ = open_clip.create_model_and_transforms(f"local-dir:{out_dir.resolve()}")
@@ -188,9 +188,10 @@ def train(
 ) -> dict[str, Any]:
     """Train the tiny CLIP and write it to ``out_dir``; returns a small summary dict.
 
-    ``threads`` defaults to 1: this model is too small to gain much from a second thread
-    (~0.09 vs ~0.11 s/step on an idle 2-core machine), and with two threads a busy machine
-    (e.g. tests running alongside) slows training down 5-9x through OpenMP spin-waiting.
+    ``threads`` defaults to 1: the model is too small to gain much from a second thread (on a
+    2-core machine ~0.09 s/step with two threads when idle, ~0.12 s/step with one), while two
+    threads on a busy machine (tests running alongside) were 5-9x slower (OpenMP spin-waiting).
+    The weights are reproducible bit for bit for a given seed, thread count and machine.
     """
     import open_clip
 
