@@ -53,7 +53,8 @@ def pipeline_rate(args: argparse.Namespace, photos: list[bytes], tmp: Path, labe
                             "--redis-prefix", stack.prefix, "--device", args.device]
     server, address = stack.start_server(tmp / f"data-{label}", timeout=600)
     worker = stack.start_worker(address, ["--batch-size", str(args.batch), "--decode-threads", str(args.decode_threads),
-                                          "--threads", str(args.threads)])
+                                          "--threads", str(args.threads),
+                                          *(["--device-decode"] if args.device_decode else [])])
     try:
         wait_for(lambda: "ready" in worker.output(), 600, "worker", worker.popen)
         client = Client(address, timeout=120)
@@ -83,14 +84,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--decode-threads", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads in the worker (0: default)")
+    parser.add_argument("--device-decode", action="store_true", help="worker decodes JPEGs on the model's device")
+    parser.add_argument("--sets", default="photos,small", help="image sets to run: photos, small")
     parser.add_argument("--name", default="ingest")
     args = parser.parse_args()
 
     encoder = load_encoder(ModelSpec(args.model, args.pretrained, args.device))
-    sets = {
-        "photos 1024x768": [photo_jpeg(i) for i in range(args.images)],
-        "small 256x256": [photo_jpeg(i, 256, 256) for i in range(args.images)],
-    }
+    wanted = args.sets.split(",")
+    sets = {}
+    if "photos" in wanted:
+        sets["photos 1024x768"] = [photo_jpeg(i) for i in range(args.images)]
+    if "small" in wanted:
+        sets["small 256x256"] = [photo_jpeg(i, 256, 256) for i in range(args.images)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, photos in sets.items():
@@ -106,6 +111,7 @@ def main() -> None:
     print(f"\n== ingest, {args.model} ({args.pretrained}), device {encoder.device}, batch {args.batch} ==")
     table(rows, ["images", "kb/image", "forward img/s", "pipeline img/s", "efficiency", "seed loop img/s", "seed ratio"])
     save(args.name, {"model": args.model, "pretrained": args.pretrained, "device": encoder.device,
+                     "device_decode": args.device_decode,
                      "torch_threads": torch.get_num_threads(), "batch": args.batch, "rows": rows})
 
 
