@@ -103,20 +103,27 @@ def is_jpeg(data: bytes) -> bool:
     return data[:3] == b"\xff\xd8\xff"
 
 
-def check_header(data: bytes, limits: LoadLimits) -> None:
-    """Reads only the header: refuses empty, oversized, unreadable or too many pixels, without decoding."""
+def _open(data: bytes, limits: LoadLimits) -> Image.Image:
+    """Opens the image lazily (header only) after checking its encoded and declared decoded size."""
     if not data:
         raise ImageLoadError("image is empty (0 bytes)")
     if len(data) > limits.max_bytes:
         raise ImageLoadError(f"image is {len(data)} bytes, over the limit of {limits.max_bytes}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            width, height = Image.open(io.BytesIO(data)).size
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
-        raise ImageLoadError(f"cannot decode image: {exc}") from exc
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
+        image = Image.open(io.BytesIO(data))
+    width, height = image.size
     if width * height > limits.max_pixels:
         raise ImageLoadError(f"image is {width}x{height} pixels, over the limit of {limits.max_pixels} (decompression bomb?)")
+    return image
+
+
+def check_header(data: bytes, limits: LoadLimits) -> None:
+    """Reads only the header: refuses empty, oversized, unreadable or too many pixels, without decoding."""
+    try:
+        _open(data, limits)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageLoadError(f"cannot decode image: {exc}") from exc
 
 
 def decode_image(data: bytes, limits: LoadLimits, draft_size: int | None = None) -> Image.Image:
@@ -125,28 +132,16 @@ def decode_image(data: bytes, limits: LoadLimits, draft_size: int | None = None)
     draft_size: for JPEGs, let the decoder scale by 1/2, 1/4 or 1/8 in the DCT domain while both
     sides stay >= draft_size (much less work for large photos; the model's resize does the rest).
     """
-    if not data:
-        raise ImageLoadError("image is empty (0 bytes)")
-    if len(data) > limits.max_bytes:
-        raise ImageLoadError(f"image is {len(data)} bytes, over the limit of {limits.max_bytes}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > limits.max_pixels:
-                raise ImageLoadError(
-                    f"image is {width}x{height} pixels, over the limit of {limits.max_pixels} (decompression bomb?)"
-                )
-            image.seek(0)
-            if draft_size and image.format == "JPEG":
-                image.draft("RGB", (draft_size, draft_size))
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return _to_rgb(image)
+        image = _open(data, limits)
+        image.seek(0)
+        if draft_size and image.format == "JPEG":
+            image.draft("RGB", (draft_size, draft_size))
+        image.load()
+        return _to_rgb(ImageOps.exif_transpose(image))
     except ImageLoadError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise ImageLoadError(f"cannot decode image: {exc}") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageLoadError(f"cannot decode image (truncated or corrupt?): {exc}") from exc
