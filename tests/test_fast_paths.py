@@ -59,7 +59,7 @@ def test_micro_batching_and_cache() -> None:
         return np.array([[float(len(t)), float(ord(t[0]))] for t in texts], dtype=np.float32)
 
     async def run() -> list[np.ndarray]:
-        batcher = TextBatcher(encode, max_batch=8, max_wait_s=0.005, cache_size=2)
+        batcher = TextBatcher(encode, max_batch=8, max_wait_s=0.0, cache_size=2)  # the server's default
         texts = [f"query {i % 5}" for i in range(20)]
         vectors = await asyncio.gather(*(batcher.vector(t) for t in texts))
         again = await batcher.vector("query 4")  # cached

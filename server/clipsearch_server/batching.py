@@ -1,8 +1,10 @@
 """Micro-batching of text queries and a cache of their vectors.
 
-Concurrent TextSearch calls put their text on a queue; one task gathers whatever arrived within
-`max_wait_s` of the first (up to `max_batch`), encodes them in one forward pass off the event loop,
-and hands each caller its vector. Repeated texts are answered from a bounded LRU cache.
+Concurrent TextSearch calls put their text on a queue; one task takes whatever is queued (up to
+`max_batch`, waiting at most `max_wait_s` for more after the first), encodes it in one forward pass
+off the event loop, and hands each caller its vector. With the default max_wait_s=0 a lone query is
+encoded at once, and queries that arrive while a forward pass runs form the next batch.
+Repeated texts are answered from a bounded LRU cache.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class TextBatcher:
         self,
         encode: Callable[[Sequence[str]], Awaitable[np.ndarray]],
         max_batch: int = 32,
-        max_wait_s: float = 0.002,
+        max_wait_s: float = 0.0,
         cache_size: int = 4096,
     ) -> None:
         self._encode = encode
@@ -80,11 +82,14 @@ class TextBatcher:
             batch = [await self._queue.get()]
             deadline = loop.time() + self.max_wait_s
             while len(batch) < self.max_batch:
+                if not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                    continue
                 timeout = deadline - loop.time()
-                if timeout <= 0 and self._queue.empty():
+                if timeout <= 0:
                     break
                 try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), max(timeout, 0)))
+                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
                 except asyncio.TimeoutError:
                     break
             live = [(text, fut) for text, fut in batch if not fut.done()]  # skip cancelled callers

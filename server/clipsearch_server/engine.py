@@ -29,7 +29,7 @@ class Engine:
     """Encodes queries and searches the collection."""
 
     def __init__(self, encoder: ClipEncoder, collection: Collection, limits: LoadLimits, workers: int = 4,
-                 text_batch: int = 32, text_wait_s: float = 0.002, cache_size: int = 4096) -> None:
+                 text_batch: int = 32, text_wait_s: float = 0.0, cache_size: int = 4096) -> None:
         self.encoder = encoder
         self.collection = collection
         self.limits = limits
