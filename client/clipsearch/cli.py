@@ -436,7 +436,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     empty = [p for p in found if p.stat().st_size == 0]
     for path in empty:
         print(f"  failed: {path}: the file is empty (0 bytes); not submitted", file=sys.stderr)
-    files = [p for p in found if p not in set(empty)]
+    skipped = set(empty)
+    files = [p for p in found if p not in skipped]
     if not files:
         print("no image files to submit", file=sys.stderr)
         return 1
