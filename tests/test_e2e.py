@@ -122,13 +122,10 @@ def test_image_search_by_bytes_and_by_id_returns_same_class(deployment: Deployme
         results = d.client.image_search(png(make_image(color, shape, rng)), k=5)
         same.append(np.mean([d.files[r.uri] == (color, shape) for r in results]))
     assert np.mean(same) >= 0.8, same
-    some_path = next(iter(d.files))
-    some_id = next(r.id for r in d.client.text_search("a red circle", k=1))
-    by_id = d.client.image_search(id=some_id, k=5)
-    assert len(by_id) == 5 and some_id not in {r.id for r in by_id}
-    target = d.files[d.client.text_search("a red circle", k=1)[0].uri]
-    assert np.mean([d.files[r.uri] == target for r in by_id]) >= 0.8
-    assert some_path in d.files
+    query = d.client.text_search("a red circle", k=1)[0]
+    by_id = d.client.image_search(id=query.id, k=5)
+    assert len(by_id) == 5 and query.id not in {r.id for r in by_id}
+    assert np.mean([d.files[r.uri] == d.files[query.uri] for r in by_id]) >= 0.8
 
 
 def test_bad_requests_get_clear_statuses_and_server_keeps_serving(deployment: Deployment) -> None:

@@ -227,12 +227,8 @@ class Collection:
             self._compactor = threading.Thread(target=self._compact, name="compaction", daemon=True)
             self._compactor.start()
 
-    def compact(self) -> None:
-        """Rebuilds the graph without tombstones (blocking); searches and writes go on meanwhile."""
-        with self._compacting:
-            self._compact(locked=True)
-
-    def _compact(self, locked: bool = False) -> None:
+    def _compact(self) -> None:
+        """Rebuilds the graph without tombstones; searches and writes go on meanwhile."""
         try:
             started = time.monotonic()
             fresh = HnswIndex(self.dim, self.params)
@@ -248,8 +244,7 @@ class Collection:
         except Exception:
             log.exception("compaction failed; the current index stays in use")
         finally:
-            if not locked:
-                self._compacting.release()
+            self._compacting.release()
 
     def wait_for_compaction(self, timeout: float | None = None) -> None:
         thread = self._compactor
