@@ -1,0 +1,169 @@
+"""Per-stage rates of the ingest pipeline, each measured alone on the same images in one run: CPU
+decode + preprocess in 1..N processes (PIL draft mode, what the worker does), device decode +
+preprocess (torchvision's nvJPEG path and TorchCodec's, when installed), the host-to-device copy of
+a preprocessed batch, and the model's batched forward pass. The slowest stage bounds what one
+worker can reach; `docs/BENCHMARKS.md` compares these with the end-to-end figure of bench_ingest.
+
+    python bench/bench_stages.py [--model ViT-B-32 --pretrained none] [--device cuda] [--images 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.common import save, table  # noqa: E402
+from clipsearch_worker.encoder import ModelSpec, load_encoder  # noqa: E402
+from clipsearch_worker.images import LoadLimits, decode_image  # noqa: E402
+from tests.photos import photo_jpeg  # noqa: E402
+
+_WORKER_ENCODER: Any = None
+
+
+def _init_decoder(model: str, pretrained: str) -> None:
+    global _WORKER_ENCODER
+    torch.set_num_threads(1)
+    _WORKER_ENCODER = load_encoder(ModelSpec(model, pretrained, "cpu"), threads=1)
+
+
+def _decode_chunk(datas: list[bytes]) -> int:
+    enc = _WORKER_ENCODER
+    for d in datas:
+        enc.preprocess(decode_image(d, LoadLimits(), enc.image_size))
+    return len(datas)
+
+
+def cpu_decode_rate(args: argparse.Namespace, photos: list[bytes], processes: int) -> float:
+    photos = photos[:256 * processes]
+    chunks = [photos[i:i + 16] for i in range(0, len(photos), 16)]
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"), initializer=_init_decoder,
+                             initargs=(args.model, args.pretrained)) as pool:
+        list(pool.map(_decode_chunk, chunks[:processes]))  # warm every process
+        t = time.perf_counter()
+        done = sum(pool.map(_decode_chunk, chunks))
+    return done / (time.perf_counter() - t)
+
+
+def timed_rate(step: Callable[[list[bytes]], Any], photos: list[bytes], batch: int, sync: bool) -> float:
+    step(photos[:batch])  # warm-up
+    if sync:
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for start in range(0, len(photos), batch):
+        step(photos[start:start + batch])
+    if sync:
+        torch.cuda.synchronize()
+    return len(photos) / (time.perf_counter() - t)
+
+
+def torchcodec_decode(encoder: Any) -> Callable[[list[bytes]], Any] | None:
+    """TorchCodec's JPEG decoder (the successor of torchvision.io's) with the same preprocessing."""
+    try:
+        from torchcodec.decoders import decode_jpeg  # type: ignore[import-not-found]
+    except Exception as exc:  # noqa: BLE001 - not installed or broken: report and skip
+        print(f"torchcodec unavailable: {exc}")
+        return None
+    import torchvision.transforms.v2.functional as tvf
+
+    size = encoder.image_size
+    mean = torch.tensor((0.48145466, 0.4578275, 0.40821073), device=encoder.device).view(3, 1, 1)
+    std = torch.tensor((0.26862954, 0.26130258, 0.27577711), device=encoder.device).view(3, 1, 1)
+
+    def step(datas: list[bytes]) -> list[Any]:
+        raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+        decoded = decode_jpeg(raw, mode="RGB", device=encoder.device)
+        out = []
+        for image in decoded:
+            image = tvf.resize(image, [size], interpolation=tvf.InterpolationMode.BICUBIC, antialias=True)
+            image = tvf.center_crop(image, [size, size])
+            out.append(((image.float() / 255.0).clamp_(0, 1) - mean) / std)
+        return out
+
+    return step
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.min(np.sum(a * b, axis=1)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--pretrained", default="none")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--unique", type=int, default=64, help="distinct photos generated (repeated to --images)")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--processes", default="1,2", help="CPU decode process counts to try")
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--height", type=int, default=768)
+    parser.add_argument("--name", default="stages")
+    args = parser.parse_args()
+
+    encoder = load_encoder(ModelSpec(args.model, args.pretrained, args.device))
+    cuda = encoder.device.startswith("cuda")
+    unique = [photo_jpeg(i, args.width, args.height) for i in range(args.unique)]
+    photos = [unique[i % len(unique)] for i in range(args.images)]
+    rows: list[dict[str, Any]] = []
+
+    def row(stage: str, rate: float, note: str = "") -> None:
+        rows.append({"stage": stage, "img/s": rate, "ms/img": 1000 / rate, "note": note})
+        print(f"{stage}: {rate:.1f} img/s {note}", flush=True)
+
+    # The model alone, on preprocessed tensors already on the device.
+    tensors = [encoder.preprocess(decode_image(p, LoadLimits(), encoder.image_size)) for p in unique]
+    on_device = torch.stack([tensors[i % len(tensors)] for i in range(args.batch)]).to(encoder.device)
+    encoder.encode_images(on_device)
+    if cuda:
+        torch.cuda.synchronize()
+    reps = max(1, args.images // args.batch)
+    t = time.perf_counter()
+    for _ in range(reps):
+        encoder.encode_images(on_device)
+    row("model forward (tensors on device)", reps * args.batch / (time.perf_counter() - t), f"batch {args.batch}")
+
+    if cuda:  # host-to-device copy of one preprocessed float32 batch from pinned memory
+        host = torch.stack([tensors[i % len(tensors)] for i in range(args.batch)]).pin_memory()
+        host.to(encoder.device, non_blocking=True)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(10):
+            host.to(encoder.device, non_blocking=True)
+        torch.cuda.synchronize()
+        rate = 10 * args.batch / (time.perf_counter() - t)
+        row("host-to-device copy (float32, pinned)", rate, f"{host.nbytes / 1e6:.0f} MB/batch")
+
+    cores = os.cpu_count() or 1
+    for n in [int(x) for x in args.processes.split(",") if int(x) <= cores]:
+        row(f"CPU decode+preprocess, {n} process(es)", cpu_decode_rate(args, photos, n), "PIL draft mode")
+
+    reference = encoder.encode_images(tensors)
+    row("device decode+preprocess (torchvision.io)", timed_rate(encoder.decode_jpegs, photos, args.batch, cuda),
+        f"on {encoder.device}, cosine {cosine(encoder.encode_images(encoder.decode_jpegs(unique)), reference):.4f}")
+    codec = torchcodec_decode(encoder)
+    if codec is not None:
+        try:
+            row("device decode+preprocess (TorchCodec)", timed_rate(codec, photos, args.batch, cuda),
+                f"on {encoder.device}, cosine {cosine(encoder.encode_images(codec(unique)), reference):.4f}")
+        except Exception as exc:  # noqa: BLE001 - report a broken decoder, keep the other figures
+            print(f"torchcodec failed: {exc!r}")
+
+    print(f"\n== pipeline stages, {args.model} ({args.pretrained}), device {encoder.device}, "
+          f"{args.width}x{args.height} JPEGs ~{sum(map(len, unique)) / len(unique) / 1024:.0f} KB ==")
+    table(rows, ["stage", "img/s", "ms/img", "note"])
+    save(args.name, {"model": args.model, "device": encoder.device, "torch": torch.__version__, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
