@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.common import cpu_seconds, save, table  # noqa: E402
 from clipsearch import Client, ImageInput  # noqa: E402
-from clipsearch_worker.encoder import ModelSpec, load_encoder  # noqa: E402
+from clipsearch_core.model import ModelSpec, load_encoder  # noqa: E402
 from tests.photos import photo_jpeg  # noqa: E402
 from tests.procs import Stack, free_port, start_redis, wait_for  # noqa: E402
 

@@ -28,7 +28,7 @@ from clipsearch.v1 import index_service_pb2, index_service_pb2_grpc, types_pb2  
 from clipsearch_server.collection import Collection  # noqa: E402
 from clipsearch_server.index import HnswParams  # noqa: E402
 from clipsearch_server.store import ImageRecord  # noqa: E402
-from clipsearch_worker.encoder import ModelSpec, load_encoder  # noqa: E402
+from clipsearch_core.model import ModelSpec, load_encoder  # noqa: E402
 from tests.photos import photo_jpeg  # noqa: E402
 from tests.procs import Stack, start_redis  # noqa: E402
 
@@ -96,7 +96,7 @@ def main() -> None:
             full.append(time.perf_counter() - t)
         photos = [photo_jpeg(i, 640, 480) for i in range(args.queries // 2)]
         inproc_image = []
-        from clipsearch_worker.images import LoadLimits, decode_image
+        from clipsearch_core.images import LoadLimits, decode_image
         for p in photos:
             t = time.perf_counter()
             col.search(encoder.encode_images([encoder.preprocess(decode_image(p, LoadLimits(), encoder.image_size))])[0], 10)

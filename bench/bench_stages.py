@@ -24,8 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.common import save, table  # noqa: E402
-from clipsearch_worker.encoder import ModelSpec, load_encoder  # noqa: E402
-from clipsearch_worker.images import LoadLimits, decode_image  # noqa: E402
+from clipsearch_core.model import ModelSpec, load_encoder  # noqa: E402
+from clipsearch_core.images import LoadLimits, decode_image  # noqa: E402
 from tests.photos import photo_jpeg  # noqa: E402
 
 _WORKER_ENCODER: Any = None

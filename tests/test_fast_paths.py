@@ -14,8 +14,8 @@ from PIL import Image
 
 from clipsearch import Client, ImageInput
 from clipsearch_server.batching import TextBatcher
-from clipsearch_worker.encoder import ClipEncoder, ModelSpec, load_encoder
-from clipsearch_worker.images import LoadLimits, decode_image
+from clipsearch_core.model import ClipEncoder, ModelSpec, load_encoder
+from clipsearch_core.images import LoadLimits, decode_image
 from tests.data import wait_until
 from tests.photos import photo_jpeg
 from tests.procs import Proc, Stack

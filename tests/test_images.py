@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from clipsearch_worker.images import ImageLoadError, LoadLimits, decode_image, read_uri
+from clipsearch_core.images import ImageLoadError, LoadLimits, decode_image, read_uri
 
 
 def encoded(image: Image.Image, fmt: str, **kw: object) -> bytes:

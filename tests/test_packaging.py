@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import filecmp
 import json
 import os
@@ -35,13 +36,55 @@ def test_generated_code_matches_protos(tmp_path: Path) -> None:
     assert not mismatch and not errors, f"run `python protos/generate.py`: {mismatch + errors} differ"
 
 
-def test_only_one_module_imports_faiss_and_only_the_encoder_imports_torch() -> None:
-    sources = [p for folder in ("client", "server", "encoder_worker") for p in (REPO / folder).rglob("*.py")]
-    faiss = sorted(str(p.relative_to(REPO)) for p in sources if "import faiss" in p.read_text())
-    torch = sorted(str(p.relative_to(REPO)) for p in sources
-                   if any(s in p.read_text() for s in ("import torch", "import open_clip")))
-    assert faiss == ["server/clipsearch_server/index.py"]
-    assert torch == ["encoder_worker/clipsearch_worker/encoder.py"]
+def _imports(folder: str) -> dict[str, set[str]]:
+    """Top-level modules each source file of `folder` imports (import x / from x import y)."""
+    found = {}
+    for path in (REPO / folder).rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+        found[str(path.relative_to(REPO))] = names
+    return found
+
+
+def test_only_one_module_imports_faiss_and_only_the_model_imports_torch() -> None:
+    every = {f: names for folder in ("client", "core", "server", "encoder_worker") for f, names in _imports(folder).items()}
+    assert sorted(f for f, names in every.items() if "faiss" in names) == ["server/clipsearch_server/index.py"]
+    heavy = {"torch", "torchvision", "open_clip"}
+    assert sorted(f for f, names in every.items() if names & heavy) == ["core/clipsearch_core/model.py"]
+
+
+def test_layers_run_one_way() -> None:
+    """client <- worker, server -> core; the server and the worker never import each other."""
+    rules = {
+        "client": {"clipsearch_core", "clipsearch_server", "clipsearch_worker"},
+        "core": {"clipsearch", "clipsearch_server", "clipsearch_worker"},
+        "server": {"clipsearch_worker"},
+        "encoder_worker": {"clipsearch_server"},
+    }
+    broken = [f"{f} imports {sorted(names & forbidden)}" for folder, forbidden in rules.items()
+              for f, names in _imports(folder).items() if names & forbidden]
+    assert not broken, broken
+    # grep, as a person would check it: no mention of the worker package in the server's code
+    text = " ".join(p.read_text() for p in (REPO / "server").rglob("*.py"))
+    assert "clipsearch_worker" not in text
+
+
+def test_every_option_is_declared_once() -> None:
+    from clipsearch_core import settings
+
+    flags = [o.flag for o in settings.OPTIONS]
+    assert len(flags) == len(set(flags))
+    # the options that had no flag before the settings module got one
+    assert {"--grace", "--max-message-bytes", "--max-pixels", "--http-timeout"} <= set(flags)
+    for role in ("server", "worker"):
+        args = settings.parse(role, [], "t", "t")
+        argv, env = settings.child_args(args, role)
+        assert settings.parse(role, argv, "t", "t") == args  # a child given child_args() sees the same values
 
 
 def test_docker_compose_file_is_valid() -> None:

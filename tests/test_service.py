@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from clipsearch import AsyncClient, Client, UnauthenticatedError, UnavailableError
 from clipsearch.errors import DeadlineExceededError
-from clipsearch_worker import queue
+from clipsearch_core import jobqueue
 from clipsearch.v1 import ingest_service_pb2, ingest_service_pb2_grpc, search_service_pb2, search_service_pb2_grpc
 from tests.certs import Certs, make_certs
 from tests.data import synthetic_inputs, wait_until
@@ -110,9 +110,9 @@ def test_worker_with_wrong_token_exits_clearly(secured: Secured) -> None:
                   extra_env={"CLIPSEARCH_AUTH_TOKEN": "wrong"})
     # Queue one job on the worker's own prefix: its push is what gets refused.
     r = redis_lib.Redis.from_url(stack.redis_url)
-    job = queue.Job(id="bad-token-job", has_blob=True, batch_id="b")
-    queue.ensure_group(r, queue.Keys("secured-bad"))
-    queue.submit(r, queue.Keys("secured-bad"), [job], [synthetic_inputs(1, 9)[0].image], "b")
+    job = jobqueue.Job(id="bad-token-job", has_blob=True, batch_id="b")
+    jobqueue.ensure_group(r, jobqueue.Keys("secured-bad"))
+    jobqueue.submit(r, jobqueue.Keys("secured-bad"), [job], [synthetic_inputs(1, 9)[0].image], "b")
     worker = stack.start_worker(secured.address, ["--tls-ca", str(secured.certs.ca)])
     try:
         assert worker.popen.wait(timeout=90) == 2

@@ -8,7 +8,7 @@ import pytest
 
 from clipsearch_server import validation as check
 from clipsearch_server.errors import InvalidArgument, NotFound, Unavailable, status_for
-from clipsearch_worker.images import ImageLoadError
+from clipsearch_core.images import ImageLoadError
 
 
 @pytest.mark.parametrize("k", [0, -1, check.MAX_K + 1])

@@ -1,5 +1,5 @@
 """clipsearch encoder worker: consumes image jobs from Redis, encodes them with OpenCLIP, pushes vectors.
 
-Also home of the pieces the server shares with it: the model (`encoder`), image loading (`images`)
-and the queue layout (`queue`). Import those modules directly; this package imports nothing heavy.
+It shares the model, image loading and the queue protocol with the server through `clipsearch_core`
+and never imports the server package.
 """

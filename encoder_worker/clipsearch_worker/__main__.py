@@ -1,8 +1,42 @@
-"""`python -m clipsearch_worker`: the same as `clipsearch worker`."""
+"""`python -m clipsearch_worker` (also `clipsearch worker`): runs one encoder worker until SIGTERM/SIGINT."""
 
+from __future__ import annotations
+
+import signal
 import sys
+import threading
+from typing import Sequence
 
-from clipsearch.cli import main
+from clipsearch_core import settings
+from clipsearch_core.logs import setup_logging
+from clipsearch_core.model import load_encoder
+
+from .worker import Worker, WorkerConfig, WorkerFatal
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = settings.parse("worker", argv, "clipsearch worker", "Run a clipsearch encoder worker.")
+    setup_logging(args.log_level, args.log_format)
+    config = WorkerConfig.from_args(args)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port)
+    worker = Worker(config, load_encoder(config.model, args.threads or None))
+    print(f"clipsearch worker {config.consumer} ready", flush=True)
+    try:
+        worker.run(stop)
+    except WorkerFatal as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        worker.close()
+        print(f"clipsearch worker {config.consumer} stopped after {worker.processed} jobs", flush=True)
+    return 0
+
 
 if __name__ == "__main__":
-    sys.exit(main(["worker", *sys.argv[1:]]))
+    sys.exit(main())

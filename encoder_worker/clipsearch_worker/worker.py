@@ -18,7 +18,7 @@ import time
 import uuid
 import queue as stdqueue
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,10 +33,10 @@ from clipsearch.v1 import index_service_pb2 as index_pb
 from clipsearch.v1 import index_service_pb2_grpc as index_grpc
 from clipsearch.v1 import types_pb2
 
-from . import queue
-from .encoder import ClipEncoder, ModelSpec
-from .images import ImageLoadError, LoadLimits, check_header, decode_image, is_jpeg, read_uri
-from .queue import Job, Keys
+from clipsearch_core import jobqueue
+from clipsearch_core.model import ClipEncoder, ModelSpec
+from clipsearch_core.images import ImageLoadError, LoadLimits, NetworkPolicy, check_header, decode_image, is_jpeg, read_uri
+from clipsearch_core.jobqueue import Job, Keys
 
 __all__ = ["Worker", "WorkerConfig", "WorkerFatal", "default_consumer_name"]
 
@@ -77,28 +77,53 @@ def default_consumer_name() -> str:
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """Everything an encoder worker needs.
+    """Everything an encoder worker needs (each field is the option of the same name, see
+    `clipsearch_core.settings`).
 
     connection: how to reach the search server (address, token, TLS), where vectors are pushed.
     batch_size: images per forward pass (and per Redis read).
     decode_threads: threads that read, decode and preprocess images beside the model.
-    visibility_timeout_s: a job pending this long with another worker is considered abandoned.
+    visibility_timeout_s: a job pending this long with a worker that stopped heartbeating is taken over.
+    worker_ttl_s: a worker whose heartbeat is older than this is dead: its jobs are taken over at once.
     """
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_prefix: str = "clipsearch"
-    connection: Connection = field(default_factory=Connection)
-    model: ModelSpec = field(default_factory=ModelSpec)
-    batch_size: int = 32
-    decode_threads: int = 4
-    image_limits: LoadLimits = field(default_factory=LoadLimits)
-    consumer: str = field(default_factory=default_consumer_name)
-    visibility_timeout_s: float = 300.0
+    redis_url: str
+    redis_prefix: str
+    connection: Connection
+    model: ModelSpec
+    batch_size: int
+    decode_threads: int
+    image_limits: LoadLimits
+    consumer: str
+    visibility_timeout_s: float
+    worker_ttl_s: float
+    max_deliveries: int
+    heartbeat_file: str  # touched on every loop turn, for container health checks
+    device_decode: bool  # decode JPEGs on the model's device (nvJPEG on CUDA)
     block_ms: int = 1000
     push_timeout_s: float = 60.0
-    max_deliveries: int = 5
-    heartbeat_file: str = ""  # touched on every loop turn, for container health checks
-    device_decode: bool = False  # decode JPEGs with torchvision on the model's device (nvJPEG on CUDA)
+
+    @classmethod
+    def from_args(cls, args: Any) -> "WorkerConfig":
+        """From a command line parsed by `settings.parse("worker", ...)`."""
+        roots = tuple(Path(r).expanduser().resolve() for r in args.allowed_root if r)
+        return cls(
+            redis_url=args.redis_url,
+            redis_prefix=args.redis_prefix,
+            connection=Connection.from_env(args.server, token=args.auth_token or None, tls_ca=args.tls_ca or None,
+                                           tls_cert=args.tls_client_cert or None, tls_key=args.tls_client_key or None),
+            model=ModelSpec(name=args.model, pretrained=args.pretrained or "none", device=args.device),
+            batch_size=args.batch_size,
+            decode_threads=args.decode_threads,
+            image_limits=LoadLimits(max_bytes=args.max_image_bytes, max_pixels=args.max_pixels, allowed_roots=roots,
+                                    http_timeout_s=args.http_timeout, network=NetworkPolicy.parse(args.allow_network)),
+            consumer=args.consumer or default_consumer_name(),
+            visibility_timeout_s=args.visibility_timeout,
+            worker_ttl_s=args.worker_ttl,
+            max_deliveries=args.max_deliveries,
+            heartbeat_file=args.heartbeat_file,
+            device_decode=args.device_decode,
+        )
 
 
 _PREFETCH = 1  # batches read and decoding while the model works on the current one
@@ -132,7 +157,7 @@ class Worker:
         self.config = config
         self.encoder = encoder
         self.keys = Keys(config.redis_prefix)
-        self.redis = queue.connect(config.redis_url)
+        self.redis = jobqueue.connect(config.redis_url)
         self._channel = config.connection.channel()
         self._metadata = config.connection.metadata()
         self._index = index_grpc.IndexServiceStub(self._channel)
@@ -154,8 +179,8 @@ class Worker:
             with self._in_flight_lock:
                 ids = list(self._in_flight)
             try:
-                queue.keep_alive(self.redis, self.keys, self.config.consumer, ids)
-                queue.report_worker(self.redis, self.keys, queue.WorkerInfo(
+                jobqueue.keep_alive(self.redis, self.keys, self.config.consumer, ids)
+                jobqueue.report_worker(self.redis, self.keys, jobqueue.WorkerInfo(
                     self.config.consumer, 0, self.processed, self.encoder.device, self.encoder.identity))
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
@@ -196,7 +221,7 @@ class Worker:
                     continue
                 try:
                     if not ready:
-                        queue.ensure_group(self.redis, self.keys)
+                        jobqueue.ensure_group(self.redis, self.keys)
                         ready = True
                     batch = self._start_batch()
                 except redis.RedisError as exc:
@@ -219,7 +244,7 @@ class Worker:
             self._in_flight.update(job.entry_id for job in jobs)
         fresh = [job for job in jobs if job.attempts <= self.config.max_deliveries]
         try:
-            blobs = queue.load_blobs(self.redis, self.keys, fresh)
+            blobs = jobqueue.load_blobs(self.redis, self.keys, fresh)
         except redis.RedisError:
             self._forget(jobs)  # not ours to keep alive any more: let them be reclaimed
             raise
@@ -234,19 +259,19 @@ class Worker:
         now = time.monotonic()
         if now - self._last_reclaim >= min(30.0, self.config.visibility_timeout_s / 2):
             self._last_reclaim = now
-            stale = queue.reclaim_stale(
+            stale = jobqueue.reclaim_stale(
                 self.redis, self.keys, self.config.consumer,
                 int(self.config.visibility_timeout_s * 1000), self.config.batch_size,
             )
             if stale:
                 log.info("reclaimed %d jobs abandoned by other workers", len(stale))
                 return stale
-        return queue.read_jobs(self.redis, self.keys, self.config.consumer, self.config.batch_size, self.config.block_ms)
+        return jobqueue.read_jobs(self.redis, self.keys, self.config.consumer, self.config.batch_size, self.config.block_ms)
 
     def _finish_batch(self, batch: "_Batch", stop: threading.Event) -> None:
         outcomes: list[tuple[Job, str | None]] = []
         exhausted = [job for job in batch.jobs if job.entry_id not in batch.futures]
-        for job, last in zip(exhausted, queue.last_errors(self.redis, self.keys, exhausted)):
+        for job, last in zip(exhausted, jobqueue.last_errors(self.redis, self.keys, exhausted)):
             outcomes.append((job, f"gave up after {job.attempts - 1} attempts: "
                                   f"{last or 'a worker crashed or stalled on this image each time'}"))
         good: list[tuple[Job, Any]] = []
@@ -259,7 +284,7 @@ class Worker:
             if tensor is not None:
                 good.append((job, tensor))
             elif isinstance(error, _Transient):
-                queue.record_transient_error(self.redis, self.keys, job, str(error))
+                jobqueue.record_transient_error(self.redis, self.keys, job, str(error))
                 log.info("image %s will be retried (attempt %d): %s", job.id, job.attempts, error)
             else:
                 outcomes.append((job, error))
@@ -270,7 +295,7 @@ class Worker:
             if error == "stopped":
                 return  # not acknowledged: another worker (or our restart) will redo them
             outcomes.extend((job, error) for job, _ in good)
-        queue.finish(self.redis, self.keys, outcomes)
+        jobqueue.finish(self.redis, self.keys, outcomes)
         self.processed += len(outcomes)  # jobs this worker brought to an end (indexed or failed)
         BATCH_SECONDS.observe(time.perf_counter() - batch.started)
         for job, reason in outcomes:
@@ -350,7 +375,7 @@ class Worker:
         self._closed.set()
         self._heartbeat.join(timeout=5)
         try:
-            queue.remove_worker(self.redis, self.keys, self.config.consumer)
+            jobqueue.remove_worker(self.redis, self.keys, self.config.consumer)
         except redis.RedisError:
             pass
         self._pool.shutdown(wait=True)

@@ -25,8 +25,8 @@ from clipsearch.v1 import (
     search_service_pb2,
     search_service_pb2_grpc,
 )
-from clipsearch_worker import queue
-from clipsearch_worker.encoder import load_encoder
+from clipsearch_core import jobqueue
+from clipsearch_core.model import load_encoder
 
 from . import index as index_module
 from .collection import Collection
@@ -111,7 +111,7 @@ async def create_server(config: ServerConfig) -> RunningServer:
         index_module.set_threads(config.threads)
     slot = EngineSlot()
     ingestor = Ingestor(
-        queue.connect(config.redis_url), queue.Keys(config.redis_prefix), config.max_queue_jobs, config.max_queue_bytes
+        jobqueue.connect(config.redis_url), jobqueue.Keys(config.redis_prefix), config.max_queue_jobs, config.max_queue_bytes
     )
 
     options = [
@@ -153,7 +153,7 @@ async def create_server(config: ServerConfig) -> RunningServer:
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     if config.metrics_port:
-        keys = queue.Keys(config.redis_prefix)
+        keys = jobqueue.Keys(config.redis_prefix)
         serve_metrics(config.metrics_port, [lambda: _index_gauges(slot), lambda: _queue_gauges(ingestor.redis, keys)])
     running = RunningServer(server, port, slot, health_servicer, config, [])
     running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -170,9 +170,9 @@ def _index_gauges(slot: EngineSlot) -> dict[str, float]:
             "index_entries": slot.engine.collection.index.ntotal}
 
 
-def _queue_gauges(r: object, keys: queue.Keys) -> dict[str, float]:
-    s = queue.status(r, keys)  # type: ignore[arg-type]
-    progress = queue.get_progress(r, keys)  # type: ignore[arg-type]
+def _queue_gauges(r: object, keys: jobqueue.Keys) -> dict[str, float]:
+    s = jobqueue.status(r, keys)  # type: ignore[arg-type]
+    progress = jobqueue.get_progress(r, keys)  # type: ignore[arg-type]
     return {"queue_jobs": s.jobs, "queue_pending": s.pending, "queue_lag": s.lag, "queue_bytes": s.queued_bytes,
             "workers_alive": sum(w.alive for w in s.workers), "ingest_failed": progress.failed if progress else 0}
 

@@ -1,59 +1,100 @@
-"""Server configuration as one small value object."""
+"""Server configuration as one small value object, built from the declared options (`clipsearch_core.settings`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
-from clipsearch_worker.encoder import ModelSpec
-from clipsearch_worker.images import LoadLimits
+from clipsearch_core.images import LoadLimits, NetworkPolicy
+from clipsearch_core.model import ModelSpec
+from clipsearch_core.settings import default
 
 from .index import HnswParams
 
-__all__ = ["DEFAULT_PORT", "ServerConfig"]
+__all__ = ["DEFAULT_PORT", "ServerConfig", "image_limits", "model_spec"]
 
-DEFAULT_PORT = 50051
+DEFAULT_PORT: int = default("--port")
+
+
+def model_spec(args: argparse.Namespace) -> ModelSpec:
+    return ModelSpec(name=args.model, pretrained=args.pretrained or "none", device=args.device)
+
+
+def image_limits(args: argparse.Namespace) -> LoadLimits:
+    roots = tuple(Path(r).expanduser().resolve() for r in args.allowed_root if r)
+    return LoadLimits(max_bytes=args.max_image_bytes, max_pixels=args.max_pixels, allowed_roots=roots,
+                      http_timeout_s=args.http_timeout, network=NetworkPolicy.parse(args.allow_network))
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Everything the search server needs to start.
+    """Everything the search server needs to start (each field is the option of the same name).
 
     host/port: where gRPC listens (port 0 picks a free one).
     data_dir: where the image store lives.
     redis_url / redis_prefix: the ingestion queue.
     model: the OpenCLIP model (must match the workers').
     hnsw: index parameters.
-    image_limits: limits and allowed roots for query images given by uri or bytes.
+    image_limits: limits, allowed roots and networks for query images given by uri or bytes.
     max_message_bytes: largest gRPC message accepted or sent.
     threads: torch/FAISS threads for query encoding and search (0: library default).
     snapshot_interval_s: how often the index is snapshotted when it changed (also on shutdown).
-    compact_ratio: rebuild the graph when this share of its entries are tombstones.
+    compact_ratio / compact_min: rebuild the graph when this share (and count) of its entries are tombstones.
     max_queue_jobs / max_queue_bytes: backpressure; SubmitImages fails with RESOURCE_EXHAUSTED beyond.
     grace_s: how long running calls may finish on shutdown.
-    auth_token: when set, every clipsearch call needs `authorization: Bearer <token>` (health stays open).
+    auth_token: a write token; tokens_file: scoped tokens (see `security.py`). Neither: no authentication.
     tls_cert / tls_key: serve TLS with this certificate; tls_client_ca: also require client certificates.
     metrics_port: Prometheus /metrics port (0: off).
     """
 
-    host: str = "[::]"
-    port: int = DEFAULT_PORT
-    data_dir: Path = Path("clipsearch-data")
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_prefix: str = "clipsearch"
-    model: ModelSpec = field(default_factory=ModelSpec)
-    hnsw: HnswParams = field(default_factory=HnswParams)
-    image_limits: LoadLimits = field(default_factory=LoadLimits)
-    max_message_bytes: int = 64 * 1024 * 1024
-    threads: int = 0
-    snapshot_interval_s: float = 60.0
-    compact_ratio: float = 0.2
-    compact_min: int = 1000
-    max_queue_jobs: int = 1_000_000
-    max_queue_bytes: int = 2 * 1024**3
-    grace_s: float = 10.0
-    auth_token: str = ""
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None
-    metrics_port: int = 0
+    host: str
+    port: int
+    data_dir: Path
+    redis_url: str
+    redis_prefix: str
+    model: ModelSpec
+    hnsw: HnswParams
+    image_limits: LoadLimits
+    max_message_bytes: int
+    threads: int
+    snapshot_interval_s: float
+    compact_ratio: float
+    compact_min: int
+    max_queue_jobs: int
+    max_queue_bytes: int
+    grace_s: float
+    auth_token: str
+    tokens_file: Path | None
+    tls_cert: Path | None
+    tls_key: Path | None
+    tls_client_ca: Path | None
+    metrics_port: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "ServerConfig":
+        """From a command line parsed by `settings.parse("server", ...)`."""
+        return cls(
+            host=args.host,
+            port=args.port,
+            data_dir=Path(args.data_dir),
+            redis_url=args.redis_url,
+            redis_prefix=args.redis_prefix,
+            model=model_spec(args),
+            hnsw=HnswParams(args.hnsw_m, args.ef_construction, args.ef_search),
+            image_limits=image_limits(args),
+            max_message_bytes=args.max_message_bytes,
+            threads=args.threads,
+            snapshot_interval_s=args.snapshot_interval,
+            compact_ratio=args.compact_ratio,
+            compact_min=args.compact_min,
+            max_queue_jobs=args.max_queue_jobs,
+            max_queue_bytes=args.max_queue_bytes,
+            grace_s=args.grace,
+            auth_token=args.auth_token,
+            tokens_file=Path(args.tokens_file) if args.tokens_file else None,
+            tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+            tls_key=Path(args.tls_key) if args.tls_key else None,
+            tls_client_ca=Path(args.tls_client_ca) if args.tls_client_ca else None,
+            metrics_port=args.metrics_port,
+        )

@@ -12,8 +12,8 @@ from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 
-from clipsearch_worker.encoder import ClipEncoder
-from clipsearch_worker.images import LoadLimits, decode_image, read_uri
+from clipsearch_core.model import ClipEncoder
+from clipsearch_core.images import LoadLimits, decode_image, read_uri
 
 from .batching import TextBatcher
 from .collection import Collection, CollectionStats, Hit

@@ -19,6 +19,8 @@ from typing import Iterable, Iterator
 import faiss
 import numpy as np
 
+from clipsearch_core.settings import default
+
 from .files import replace_durably
 
 __all__ = ["HnswIndex", "HnswParams", "normalize"]
@@ -29,9 +31,9 @@ class HnswParams:
     """HNSW parameters. m: graph degree; ef_construction: build beam width; ef_search: query beam
     width (raised to k when k is larger). Defaults chosen for recall@10 >= 0.95 on CLIP vectors."""
 
-    m: int = 32
-    ef_construction: int = 100
-    ef_search: int = 64
+    m: int = default("--hnsw-m")
+    ef_construction: int = default("--ef-construction")
+    ef_search: int = default("--ef-search")
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:

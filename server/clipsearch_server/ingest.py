@@ -1,6 +1,6 @@
 """Ingestion on the server side: turning client submissions into queued jobs, and reporting progress.
 
-The queue itself (key names, job format, Lua) lives in clipsearch_worker.queue; this module adds
+The queue itself (key names, job format, Lua) lives in clipsearch_core.jobqueue; this module adds
 what only the API needs: id derivation for images without one, batch ids, and Redis errors
 translated into Unavailable.
 """
@@ -14,8 +14,8 @@ from typing import Callable, Sequence, TypeVar
 
 import redis
 
-from clipsearch_worker import queue
-from clipsearch_worker.queue import Failure, Job, Keys, Progress
+from clipsearch_core import jobqueue
+from clipsearch_core.jobqueue import Failure, Job, Keys, Progress
 
 from .errors import NotFound, ResourceExhausted, Unavailable
 
@@ -66,16 +66,16 @@ class Ingestor:
 
         def run() -> None:
             if not self._group_ready:
-                queue.ensure_group(self.redis, self._keys)
+                jobqueue.ensure_group(self.redis, self._keys)
                 self._group_ready = True
             self._check_room(len(jobs), sum(len(b) for b in blobs if b))
-            queue.submit(self.redis, self._keys, jobs, blobs, batch_id)
+            jobqueue.submit(self.redis, self._keys, jobs, blobs, batch_id)
 
         self._call(run)
         return batch_id, [job.id for job in jobs]
 
     def _check_room(self, jobs: int, size: int) -> None:
-        queued_jobs, queued_bytes = queue.usage(self.redis, self._keys)
+        queued_jobs, queued_bytes = jobqueue.usage(self.redis, self._keys)
         if queued_jobs + jobs > self._max_jobs or queued_bytes + size > self._max_bytes:
             raise ResourceExhausted(
                 f"the ingestion queue is full ({queued_jobs} jobs, {queued_bytes} bytes queued; limits "
@@ -84,23 +84,23 @@ class Ingestor:
             )
 
     def progress(self, batch_id: str = "") -> Progress:
-        found = self._call(lambda: queue.get_progress(self.redis, self._keys, batch_id))
+        found = self._call(lambda: jobqueue.get_progress(self.redis, self._keys, batch_id))
         if found is None:
-            raise NotFound(f"no batch {batch_id!r} (unknown, or expired {queue.BATCH_TTL_S // 86400} days after its last submission)")
+            raise NotFound(f"no batch {batch_id!r} (unknown, or expired {jobqueue.BATCH_TTL_S // 86400} days after its last submission)")
         return found
 
     def failures(self, batch_id: str = "", limit: int = 100) -> list[Failure]:
-        return self._call(lambda: queue.list_failures(self.redis, self._keys, batch_id, limit))
+        return self._call(lambda: jobqueue.list_failures(self.redis, self._keys, batch_id, limit))
 
-    def status(self) -> queue.QueueStatus:
-        return self._call(lambda: queue.status(self.redis, self._keys))
+    def status(self) -> jobqueue.QueueStatus:
+        return self._call(lambda: jobqueue.status(self.redis, self._keys))
 
     def retry(self, batch_id: str = "", ids: Sequence[str] = ()) -> tuple[list[str], list[str]]:
         """Queues failed images again; returns (retried ids, ids whose bytes expired)."""
         wanted = set(ids)
 
         def run() -> tuple[list[str], list[str]]:
-            found = queue.list_failures(self.redis, self._keys, batch_id, queue.FAILURES_MAXLEN * 2)
-            return queue.retry(self.redis, self._keys, [f for f in found if not wanted or f.id in wanted])
+            found = jobqueue.list_failures(self.redis, self._keys, batch_id, jobqueue.FAILURES_MAXLEN * 2)
+            return jobqueue.retry(self.redis, self._keys, [f for f in found if not wanted or f.id in wanted])
 
         return self._call(run)

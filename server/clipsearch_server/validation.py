@@ -11,7 +11,7 @@ from typing import Mapping
 
 import numpy as np
 
-from clipsearch_worker.images import is_supported_uri
+from clipsearch_core.images import is_supported_uri
 
 from .errors import InvalidArgument
 

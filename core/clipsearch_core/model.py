@@ -1,6 +1,6 @@
 """The OpenCLIP model: loading, image preprocessing, and image/text encoding to L2-normalized vectors.
 
-This is the only module of clipsearch that imports torch or open_clip. The server (text queries,
+This is the only module of clipsearch that imports torch, torchvision or open_clip. The server (text queries,
 image queries) and the encoder worker (ingestion) both go through it, so both always agree on the
 model identity, the preprocessing and the normalization.
 """
@@ -24,12 +24,14 @@ from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import text_global_pool
 from PIL import Image
 
+from .settings import default
+
 __all__ = ["DEFAULT_MODEL", "DEFAULT_PRETRAINED", "ClipEncoder", "ModelSpec", "load_encoder"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "ViT-B-32"
-DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+DEFAULT_MODEL: str = default("--model")
+DEFAULT_PRETRAINED: str = default("--pretrained")
 _LOCAL_DIR = "local-dir:"
 _HF_HUB = "hf-hub:"
 _WEIGHTS_FILE = "open_clip_model.safetensors"

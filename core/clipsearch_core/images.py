@@ -7,30 +7,44 @@ callers (the worker, the server's ImageSearch) turn that into a failed job or IN
 from __future__ import annotations
 
 import io
+import ipaddress
 import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageLoadError", "LoadLimits", "check_header", "decode_image", "is_jpeg", "is_supported_uri", "read_uri"]
+from .errors import ImageLoadError
+from .settings import default
+
+__all__ = ["ImageLoadError", "LoadLimits", "NetworkPolicy", "check_header", "decode_image", "is_jpeg", "is_supported_uri", "read_uri"]
 
 _HTTP_SCHEMES = ("http://", "https://")
 _FILE_SCHEME = "file://"
 
 
-class ImageLoadError(Exception):
-    """An image could not be read or decoded; the message says why.
+@dataclass(frozen=True)
+class NetworkPolicy:
+    """Where image URLs may point. By default loopback, link-local and private addresses are refused
+    (checked after DNS resolution and on every redirect); `allowed` names networks (CIDR) and host
+    names that are reachable anyway (an in-cluster object store)."""
 
-    `transient` is True when trying again later may succeed (a network error, an HTTP 5xx or 429).
-    """
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    hosts: tuple[str, ...] = ()
 
-    def __init__(self, message: str, transient: bool = False) -> None:
-        super().__init__(message)
-        self.transient = transient
+    @classmethod
+    def parse(cls, items: Sequence[str]) -> "NetworkPolicy":
+        networks, hosts = [], []
+        for item in items:
+            try:
+                networks.append(ipaddress.ip_network(item.strip(), strict=False))
+            except ValueError:
+                hosts.append(item.strip().lower().rstrip("."))
+        return cls(tuple(networks), tuple(hosts))
 
 
 @dataclass(frozen=True)
@@ -41,12 +55,14 @@ class LoadLimits:
     max_pixels: largest decoded size (width * height); bigger ones are refused as decompression bombs.
     allowed_roots: folders from which file paths may be read; empty refuses all file paths.
     http_timeout_s: connect/read timeout for http(s) URLs (seconds).
+    network: which addresses http(s) URLs may reach.
     """
 
-    max_bytes: int = 32 * 1024 * 1024
-    max_pixels: int = 64_000_000
+    max_bytes: int = default("--max-image-bytes")
+    max_pixels: int = default("--max-pixels")
     allowed_roots: tuple[Path, ...] = field(default_factory=tuple)
-    http_timeout_s: float = 10.0
+    http_timeout_s: float = default("--http-timeout")
+    network: NetworkPolicy = field(default_factory=NetworkPolicy)
 
 
 def is_supported_uri(uri: str) -> bool:

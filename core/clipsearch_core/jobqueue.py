@@ -32,7 +32,6 @@ __all__ = [
     "Job",
     "Keys",
     "Progress",
-    "QueueError",
     "connect",
     "ensure_group",
     "finish",
@@ -59,10 +58,6 @@ FAILED_BLOB_TTL_S = 7 * 24 * 3600
 FAILURES_MAXLEN = 100_000
 INDEXED = "indexed"
 FAILED = "failed"
-
-
-class QueueError(Exception):
-    """Redis could not be reached or answered with an error."""
 
 
 @dataclass(frozen=True)
