@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import sys
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -65,32 +66,6 @@ def timed_rate(step: Callable[[list[bytes]], Any], photos: list[bytes], batch: i
     if sync:
         torch.cuda.synchronize()
     return len(photos) / (time.perf_counter() - t)
-
-
-def torchcodec_decode(encoder: Any) -> Callable[[list[bytes]], Any] | None:
-    """TorchCodec's JPEG decoder (the successor of torchvision.io's) with the same preprocessing."""
-    try:
-        from torchcodec.decoders import decode_jpeg  # type: ignore[import-not-found]
-    except Exception as exc:  # noqa: BLE001 - not installed or broken: report and skip
-        print(f"torchcodec unavailable: {exc}")
-        return None
-    import torchvision.transforms.v2.functional as tvf
-
-    size = encoder.image_size
-    mean = torch.tensor((0.48145466, 0.4578275, 0.40821073), device=encoder.device).view(3, 1, 1)
-    std = torch.tensor((0.26862954, 0.26130258, 0.27577711), device=encoder.device).view(3, 1, 1)
-
-    def step(datas: list[bytes]) -> list[Any]:
-        raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
-        decoded = decode_jpeg(raw, mode="RGB", device=encoder.device)
-        out = []
-        for image in decoded:
-            image = tvf.resize(image, [size], interpolation=tvf.InterpolationMode.BICUBIC, antialias=True)
-            image = tvf.center_crop(image, [size, size])
-            out.append(((image.float() / 255.0).clamp_(0, 1) - mean) / std)
-        return out
-
-    return step
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -149,15 +124,18 @@ def main() -> None:
         row(f"CPU decode+preprocess, {n} process(es)", cpu_decode_rate(args, photos, n), "PIL draft mode")
 
     reference = encoder.encode_images(tensors)
-    row("device decode+preprocess (torchvision.io)", timed_rate(encoder.decode_jpegs, photos, args.batch, cuda),
-        f"on {encoder.device}, cosine {cosine(encoder.encode_images(encoder.decode_jpegs(unique)), reference):.4f}")
-    codec = torchcodec_decode(encoder)
-    if codec is not None:
+    for backend in ("torchvision", "torchcodec"):
+        def step(datas: list[bytes], backend: str = backend) -> Any:
+            return encoder.decode_jpegs(datas, backend=backend)
+
         try:
-            row("device decode+preprocess (TorchCodec)", timed_rate(codec, photos, args.batch, cuda),
-                f"on {encoder.device}, cosine {cosine(encoder.encode_images(codec(unique)), reference):.4f}")
-        except Exception as exc:  # noqa: BLE001 - report a broken decoder, keep the other figures
-            print(f"torchcodec failed: {exc!r}")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # torchvision.io's, measured on purpose
+                rate = timed_rate(step, photos, args.batch, cuda)
+                faithful = cosine(encoder.encode_images(step(unique)), reference)
+            row(f"device decode+preprocess ({backend})", rate, f"on {encoder.device}, cosine {faithful:.4f}")
+        except Exception as exc:  # noqa: BLE001 - report a missing/broken decoder, keep the other figures
+            print(f"{backend} failed: {exc}")
 
     print(f"\n== pipeline stages, {args.model} ({args.pretrained}), device {encoder.device}, "
           f"{args.width}x{args.height} JPEGs ~{sum(map(len, unique)) / len(unique) / 1024:.0f} KB ==")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -76,13 +77,36 @@ def test_micro_batching_and_cache() -> None:
     assert sum(len(batch) for batch in calls) <= 20
 
 
-def test_device_jpeg_decoding_is_faithful(encoder: ClipEncoder) -> None:
-    """The torchvision decode + tensor preprocessing path (nvJPEG on a GPU) runs here on the CPU."""
+@pytest.mark.parametrize("backend", ["torchcodec", "torchvision"])
+def test_device_jpeg_decoding_is_faithful(encoder: ClipEncoder, backend: str) -> None:
+    """The device decode + tensor preprocessing paths (nvJPEG on a GPU) run here on the CPU."""
     photos = [photo_jpeg(seed, 800, 600) for seed in range(6)]
     reference = encoder.encode_images([encoder.preprocess(Image.open(io.BytesIO(p)).convert("RGB")) for p in photos])
-    fast = encoder.encode_images(encoder.decode_jpegs(photos))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torchvision.io, the fallback path
+        fast = encoder.encode_images(encoder.decode_jpegs(photos, backend=backend))
     cosine = (reference * fast).sum(axis=1)
     assert cosine.mean() >= 0.99 and cosine.min() >= 0.98, cosine
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_device_decoding_applies_exif_orientation_like_pil(encoder: ClipEncoder, orientation: int) -> None:
+    """TorchCodec applies the EXIF orientation as PIL and torchvision.io (apply_exif_orientation) do:
+    same decoder output, same resize, so equal tensors for all eight orientations."""
+    rng = np.random.default_rng(orientation)
+    pixels = rng.integers(0, 256, (48, 80, 3), dtype=np.uint8).repeat(4, axis=0).repeat(4, axis=1)  # 192x320, blocky
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=95, exif=exif)
+    upright = np.asarray(decode_image(buf.getvalue(), LoadLimits()))  # PIL decode + ImageOps.exif_transpose
+    assert upright.shape[:2] == ((320, 192) if orientation >= 5 else (192, 320))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        reference = encoder.decode_jpegs([buf.getvalue()], backend="torchvision")[0]
+    fast = encoder.decode_jpegs([buf.getvalue()], backend="torchcodec")[0]
+    assert fast.shape == reference.shape
+    assert float((fast - reference).abs().max()) < 1e-4
 
 
 def test_worker_with_device_decoding(stack: Stack, procs: list[Proc], tmp_path: Path) -> None:

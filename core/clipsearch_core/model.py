@@ -17,7 +17,6 @@ from typing import Any, Sequence
 import numpy as np
 import open_clip
 import torch
-import torchvision.io
 import torchvision.transforms.v2.functional as tvf
 from open_clip.model import CLIP
 from open_clip.tokenizer import SimpleTokenizer
@@ -110,18 +109,33 @@ class ClipEncoder:
         """Turns a decoded RGB image into the model's input tensor (CPU). Safe to call from many threads."""
         return self._preprocess(image)
 
-    def decode_jpegs(self, datas: Sequence[bytes]) -> list[Any]:
+    def decode_jpegs(self, datas: Sequence[bytes], backend: str = "auto") -> list[Any]:
         """Decodes JPEG bytes on the model's device (nvJPEG on CUDA, libjpeg on CPU), EXIF orientation
         applied, and preprocesses them there: resize (bicubic, antialiased), center crop, normalize —
         the same steps as `preprocess`, without a round trip through PIL. Raises ValueError
-        (RuntimeError from torchvision) for data the decoder rejects."""
+        (RuntimeError from the decoder) for data the decoder rejects.
+
+        backend: "torchcodec" (TorchCodec >= 0.16, the successor of torchvision.io's image decoders),
+        "torchvision" (torchvision.io, deprecated since torchvision 0.29), or "auto": TorchCodec when it
+        is installed, else torchvision.
+        """
         cfg = getattr(self._model.visual, "preprocess_cfg", {}) or {}
         size = self.image_size
         mean = torch.tensor(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)), device=self.device).view(3, 1, 1)
         std = torch.tensor(cfg.get("std", (0.26862954, 0.26130258, 0.27577711)), device=self.device).view(3, 1, 1)
         raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
-        decoded = torchvision.io.decode_jpeg(raw, mode=torchvision.io.ImageReadMode.RGB, device=self.device,
-                                             apply_exif_orientation=True)
+        if backend == "auto":
+            backend = "torchcodec" if _torchcodec_jpeg() is not None else "torchvision"
+        if backend == "torchcodec":
+            decoder = _torchcodec_jpeg()
+            if decoder is None:
+                raise ValueError("TorchCodec is not installed (pip install torchcodec)")
+            decoded = decoder(raw, mode="RGB", device=self.device)  # applies EXIF orientation (tested)
+        else:
+            import torchvision.io
+
+            decoded = torchvision.io.decode_jpeg(raw, mode=torchvision.io.ImageReadMode.RGB, device=self.device,
+                                                 apply_exif_orientation=True)
         out = []
         for image in decoded:
             image = tvf.resize(image, [size], interpolation=tvf.InterpolationMode.BICUBIC, antialias=True)
@@ -171,6 +185,23 @@ class ClipEncoder:
         if model.text_projection is not None:
             x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
         return x
+
+
+def _torchcodec_jpeg() -> Any:
+    """TorchCodec's batched JPEG decoder, or None when TorchCodec is missing or cannot load."""
+    global _TORCHCODEC
+    if _TORCHCODEC is False:
+        try:
+            from torchcodec.decoders import decode_jpeg
+
+            _TORCHCODEC = decode_jpeg
+        except Exception as exc:  # noqa: BLE001 - ImportError, or its native libraries failing to load
+            log.info("TorchCodec unavailable (%s); device JPEG decoding uses torchvision.io", exc)
+            _TORCHCODEC = None
+    return _TORCHCODEC
+
+
+_TORCHCODEC: Any = False  # not looked up yet
 
 
 def _normalized(features: Any) -> np.ndarray:
