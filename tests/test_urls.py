@@ -198,8 +198,8 @@ def test_http_errors_transient_or_permanent(images: Images) -> None:
     with pytest.raises(ImageLoadError, match="cannot fetch http://127.0.0.1:9/none.jpg") as info:
         read_uri("http://127.0.0.1:9/none.jpg", allowed)  # nothing listens: connection refused
     assert info.value.transient is True
-    with pytest.raises(ImageLoadError, match="over the limit of 100 bytes"):
-        read_uri(f"{images.base}/x.png", LoadLimits(max_bytes=100, network=allowed.network))
+    with pytest.raises(ImageLoadError, match="over the limit of 10 bytes"):
+        read_uri(f"{images.base}/x.png", LoadLimits(max_bytes=10, network=allowed.network))
 
 
 # --- through a real server and worker ---------------------------------------------------------
