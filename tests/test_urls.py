@@ -18,7 +18,6 @@ from PIL import Image
 
 from clipsearch import Client, ImageInput
 from clipsearch.v1 import search_service_pb2, search_service_pb2_grpc
-from clipsearch_core import fetch
 from clipsearch_core.images import ImageLoadError, LoadLimits, NetworkPolicy, read_uri
 from tests.data import wait_until
 from tests.procs import Proc, Stack
@@ -177,7 +176,7 @@ def test_resolved_once_and_connected_to_the_checked_address(images: Images, monk
         calls.append(host)
         return answers[min(len(calls) - 1, 1)]
 
-    monkeypatch.setattr(fetch.socket, "getaddrinfo", rebinding_dns)
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding_dns)
     url = f"http://images.example:{images.server_port}/x.png"
     assert read_uri(url, limits("127.0.0.0/8")) == PNG
     assert calls == ["images.example"]
