@@ -103,6 +103,7 @@ def test_undecodable_message_names_the_problem(data: bytes, message: str) -> Non
 
 
 @pytest.mark.parametrize("data", [
+    b"this is a text file named .jpg\n",
     encoded(Image.new("RGB", (256, 256), (200, 10, 10)), "JPEG")[:600],
     encoded(Image.new("RGB", (256, 256), (200, 10, 10)), "PNG")[:60],
     b"\x89PNG\r\n\x1a\n" + b"x" * 30,
