@@ -189,7 +189,7 @@ def _get_once(original: str, url: str, policy: NetworkPolicy, timeout_s: float,
     connection = kind(host, port, infos, timeout_s)
     target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
     try:
-        connection.request("GET", target, headers={"User-Agent": "clipsearch", "Accept": "image/*"})
+        connection.request("GET", target, headers={"User-Agent": "clipsearch"})
         response = connection.getresponse()
         if response.status in _REDIRECTS:
             return response.status, response.getheader("Location"), b""
