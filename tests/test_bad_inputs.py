@@ -76,7 +76,7 @@ def test_bad_and_unusual_images(stack: Stack, procs: list[Proc], tmp_path: Path)
     server, address = stack.start_server(tmp_path / "data", extra=limit)
     procs.append(server)
     worker = stack.start_worker(address, ["--allowed-root", str(root), "--visibility-timeout", "1",
-                                          "--max-deliveries", "2", *limit])
+                                          "--max-deliveries", "2", "--allow-network", "127.0.0.0/8", *limit])
     procs.append(worker)
     client = Client(address)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from clipsearch_core.images import ImageLoadError, LoadLimits, decode_image, read_uri
+from clipsearch_core.images import ImageLoadError, LoadLimits, NetworkPolicy, check_header, decode_image, read_uri
 
 
 def encoded(image: Image.Image, fmt: str, **kw: object) -> bytes:
@@ -85,4 +85,38 @@ def test_oversized_file_and_unreachable_url(tmp_path: Path) -> None:
     with pytest.raises(ImageLoadError, match="over the limit of 1000"):
         read_uri(str(tmp_path / "big.png"), LoadLimits(max_bytes=1000, allowed_roots=(tmp_path,)))
     with pytest.raises(ImageLoadError, match="cannot fetch"):
-        read_uri("http://127.0.0.1:9/none.jpg", LoadLimits(http_timeout_s=2))
+        read_uri("http://127.0.0.1:9/none.jpg", LoadLimits(http_timeout_s=2, network=NetworkPolicy.parse(["127.0.0.0/8"])))
+
+
+@pytest.mark.parametrize("data,message", [
+    (b"hello world, I am text", "cannot decode image: not a recognised image format (first bytes 'hello wo...')"),
+    (b"\x00\x01\x02\x03\xfe\xff\x10\x11\x12", "cannot decode image: not a recognised image format "
+                                              "(first bytes 00 01 02 03 fe ff 10 11...)"),
+    (b"GIF8", "cannot decode image: not a recognised image format (first bytes 'GIF8')"),
+])
+def test_undecodable_message_names_the_problem(data: bytes, message: str) -> None:
+    """PIL says "cannot identify image file <_io.BytesIO object at 0x...>": users get what is wrong instead."""
+    for check in (lambda: decode_image(data, LIMITS), lambda: check_header(data, LIMITS)):
+        with pytest.raises(ImageLoadError) as info:
+            check()
+        assert str(info.value) == message
+
+
+@pytest.mark.parametrize("data", [
+    b"this is a text file named .jpg\n",
+    encoded(Image.new("RGB", (256, 256), (200, 10, 10)), "JPEG")[:600],
+    encoded(Image.new("RGB", (256, 256), (200, 10, 10)), "PNG")[:60],
+    b"\x89PNG\r\n\x1a\n" + b"x" * 30,
+    b"",
+])
+def test_no_reprs_or_addresses_in_messages(data: bytes) -> None:
+    with pytest.raises(ImageLoadError) as info:
+        decode_image(data, LIMITS)
+    message = str(info.value)
+    assert "<_io." not in message and "0x" not in message and " object at " not in message, message
+
+
+def test_truncated_image_names_its_format() -> None:
+    data = encoded(Image.new("RGB", (256, 256), (200, 10, 10)), "JPEG")
+    with pytest.raises(ImageLoadError, match="^cannot decode image: truncated or corrupt JPEG"):
+        decode_image(data[: len(data) // 2], LIMITS)

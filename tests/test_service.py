@@ -63,7 +63,7 @@ def secured(tiny_model: str, redis_url: str, tmp_path_factory: pytest.TempPathFa
     server, address = stack.start_server(
         tmp / "data", host="localhost", tls_ca=certs.ca,
         extra=["--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key),
-               "--metrics-port", str(metrics)])
+               "--metrics-port", str(metrics), "--allow-network", "127.0.0.0/8"])
     started = [server]
     try:
         worker = stack.start_worker(address, ["--tls-ca", str(certs.ca)])

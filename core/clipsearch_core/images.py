@@ -1,50 +1,30 @@
 """Reading image bytes from their source (inline, allowed file roots, http) and decoding them to RGB.
 
-Everything that can go wrong with an image raises ImageLoadError with a reason a user can act on;
-callers (the worker, the server's ImageSearch) turn that into a failed job or INVALID_ARGUMENT.
+Everything that can go wrong with an image raises ImageLoadError with a reason a user can act on
+(never a Python repr); callers (the worker, the server's ImageSearch) turn that into a failed job or
+INVALID_ARGUMENT (UNAVAILABLE when transient). URLs are fetched by `fetch.fetch_http`, which refuses
+loopback, link-local and private addresses unless `LoadLimits.network` allows them.
 """
 
 from __future__ import annotations
 
 import io
-import ipaddress
-import urllib.error
+import re
 import urllib.parse
-import urllib.request
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageLoadError
+from .fetch import NetworkPolicy, fetch_http
 from .settings import default
 
 __all__ = ["ImageLoadError", "LoadLimits", "NetworkPolicy", "check_header", "decode_image", "is_jpeg", "is_supported_uri", "read_uri"]
 
 _HTTP_SCHEMES = ("http://", "https://")
 _FILE_SCHEME = "file://"
-
-
-@dataclass(frozen=True)
-class NetworkPolicy:
-    """Where image URLs may point. By default loopback, link-local and private addresses are refused
-    (checked after DNS resolution and on every redirect); `allowed` names networks (CIDR) and host
-    names that are reachable anyway (an in-cluster object store)."""
-
-    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    hosts: tuple[str, ...] = ()
-
-    @classmethod
-    def parse(cls, items: Sequence[str]) -> "NetworkPolicy":
-        networks, hosts = [], []
-        for item in items:
-            try:
-                networks.append(ipaddress.ip_network(item.strip(), strict=False))
-            except ValueError:
-                hosts.append(item.strip().lower().rstrip("."))
-        return cls(tuple(networks), tuple(hosts))
 
 
 @dataclass(frozen=True)
@@ -98,18 +78,7 @@ def _roots(limits: LoadLimits) -> str:
 
 
 def _read_http(url: str, limits: LoadLimits) -> bytes:
-    request = urllib.request.Request(url, headers={"User-Agent": "clipsearch"})
-    try:
-        with urllib.request.urlopen(request, timeout=limits.http_timeout_s) as response:
-            data = response.read(limits.max_bytes + 1)
-    except urllib.error.HTTPError as exc:
-        transient = exc.code >= 500 or exc.code in (408, 429)
-        raise ImageLoadError(f"cannot fetch {url}: HTTP {exc.code}", transient=transient) from exc
-    except ValueError as exc:
-        raise ImageLoadError(f"cannot fetch {url}: {exc}") from exc
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ImageLoadError(f"cannot fetch {url}: {reason}", transient=True) from exc
+    data = fetch_http(url, limits.network, limits.http_timeout_s, limits.max_bytes)
     if len(data) > limits.max_bytes:
         raise ImageLoadError(f"image at {url} is over the limit of {limits.max_bytes} bytes")
     return data
@@ -125,9 +94,17 @@ def _open(data: bytes, limits: LoadLimits) -> Image.Image:
         raise ImageLoadError("image is empty (0 bytes)")
     if len(data) > limits.max_bytes:
         raise ImageLoadError(f"image is {len(data)} bytes, over the limit of {limits.max_bytes}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
-        image = Image.open(io.BytesIO(data))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:  # its message is PIL's "cannot identify image file <_io.BytesIO ...>"
+        raise ImageLoadError(f"cannot decode image: not a recognised image format (first bytes {_preview(data)})") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(f"cannot decode image: too many pixels, over the limit of {limits.max_pixels} "
+                             "(decompression bomb?)") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageLoadError(f"cannot decode image: unreadable header{_detail(exc)}") from exc
     width, height = image.size
     if width * height > limits.max_pixels:
         raise ImageLoadError(f"image is {width}x{height} pixels, over the limit of {limits.max_pixels} (decompression bomb?)")
@@ -136,10 +113,7 @@ def _open(data: bytes, limits: LoadLimits) -> Image.Image:
 
 def check_header(data: bytes, limits: LoadLimits) -> None:
     """Reads only the header: refuses empty, oversized, unreadable or too many pixels, without decoding."""
-    try:
-        _open(data, limits)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
-        raise ImageLoadError(f"cannot decode image: {exc}") from exc
+    _open(data, limits)
 
 
 def decode_image(data: bytes, limits: LoadLimits, draft_size: int | None = None) -> Image.Image:
@@ -148,19 +122,36 @@ def decode_image(data: bytes, limits: LoadLimits, draft_size: int | None = None)
     draft_size: for JPEGs, let the decoder scale by 1/2, 1/4 or 1/8 in the DCT domain while both
     sides stay >= draft_size (much less work for large photos; the model's resize does the rest).
     """
+    image = _open(data, limits)
     try:
-        image = _open(data, limits)
         image.seek(0)
         if draft_size and image.format == "JPEG":
             image.draft("RGB", (draft_size, draft_size))
         image.load()
         return _to_rgb(ImageOps.exif_transpose(image))
-    except ImageLoadError:
-        raise
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        raise ImageLoadError(f"cannot decode image: {exc}") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(f"cannot decode image: too many pixels, over the limit of {limits.max_pixels} "
+                             "(decompression bomb?)") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageLoadError(f"cannot decode image (truncated or corrupt?): {exc}") from exc
+        raise ImageLoadError(f"cannot decode image: truncated or corrupt {image.format or 'image'}{_detail(exc)}") from exc
+
+
+_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>|0x[0-9a-fA-F]{6,}")
+
+
+def _detail(exc: BaseException) -> str:
+    """PIL's own words about a broken file (" (image file is truncated)"), without object reprs or addresses."""
+    text = " ".join(_REPR.sub("", str(exc)).split()).strip(" :,")
+    return f" ({text[:200]})" if text else ""
+
+
+def _preview(data: bytes) -> str:
+    """The first bytes of a file, as text when they are printable ('hello wo...'), else in hex."""
+    head = data[:8]
+    more = "..." if len(data) > len(head) else ""
+    if all(32 <= b < 127 for b in head):
+        return f"'{head.decode('ascii')}{more}'"
+    return head.hex(" ") + more
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

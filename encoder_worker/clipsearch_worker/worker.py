@@ -52,6 +52,7 @@ ENCODE_SECONDS = Histogram("clipsearch_worker_encode_seconds", "Model forward ti
 _REASON_KINDS = (
     ("gave up", "gave_up"),
     ("outside the allowed roots", "forbidden_path"),
+    ("refused to fetch", "forbidden_address"),
     ("cannot fetch", "fetch"),
     ("cannot read", "read"),
     ("over the limit", "too_large"),
