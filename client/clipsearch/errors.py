@@ -11,6 +11,7 @@ __all__ = [
     "InternalError",
     "InvalidArgumentError",
     "NotFoundError",
+    "PermissionDeniedError",
     "ResourceExhaustedError",
     "UnauthenticatedError",
     "UnavailableError",
@@ -55,6 +56,11 @@ class UnauthenticatedError(ClipsearchError):
     """The call carried no valid credentials."""
 
 
+class PermissionDeniedError(ClipsearchError):
+    """The token is valid but its scope does not allow this call (e.g. a read token on DeleteImages);
+    the message names the scope needed. Retrying with the same token fails again."""
+
+
 class InternalError(ClipsearchError):
     """The server hit an unexpected error; its message carries a request id for the logs."""
 
@@ -67,6 +73,7 @@ _BY_CODE: dict[grpc.StatusCode, type[ClipsearchError]] = {
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
     grpc.StatusCode.INTERNAL: InternalError,
 }
 

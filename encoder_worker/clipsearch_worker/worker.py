@@ -363,7 +363,8 @@ class Worker:
                 return None
             except grpc.RpcError as exc:
                 code = exc.code()
-                if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAUTHENTICATED):
+                if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAUTHENTICATED,
+                            grpc.StatusCode.PERMISSION_DENIED):  # misconfigured: stop, do not fail every job
                     raise WorkerFatal(f"{code.name}: {exc.details()}") from exc
                 if code not in _RETRYABLE:
                     return f"the server refused the vector: {code.name}: {exc.details()}"

@@ -1,4 +1,5 @@
-"""Server assembly and lifecycle: `create_server()` wires the parts, `serve()` runs until SIGTERM/SIGINT.
+"""Server assembly and lifecycle: `create_server()` wires the parts, `serve()` runs until SIGTERM/SIGINT
+(SIGHUP reloads the tokens file).
 
 The port opens at once, with the standard health service reporting NOT_SERVING (and the clipsearch
 services answering UNAVAILABLE) while the model and the index load; then SERVING. A background
@@ -35,6 +36,7 @@ from .engine import Engine, EngineSlot
 from .ingest import Ingestor
 from .metrics import RPCS, serve_metrics
 from .security import BearerTokenInterceptor, server_credentials
+from .tokens import TokenStore
 from .service import IndexServicer, IngestServicer, SearchServicer
 
 __all__ = ["RunningServer", "create_server", "serve"]
@@ -60,6 +62,7 @@ class RunningServer:
     slot: EngineSlot
     health: health.HealthServicer
     config: ServerConfig
+    tokens: TokenStore | None
     _tasks: list[asyncio.Task]
 
     async def ready(self) -> Engine:
@@ -129,10 +132,11 @@ async def create_server(config: ServerConfig) -> RunningServer:
         ("grpc.max_connection_age_grace_ms", 30_000),
     ]
     interceptors = []
-    if config.auth_token:
-        interceptors.append(
-            BearerTokenInterceptor(config.auth_token, lambda method: RPCS.labels(method.rsplit("/", 1)[-1], "UNAUTHENTICATED").inc())
-        )
+    tokens = None
+    if config.auth_token or config.tokens_file:
+        tokens = TokenStore(config.tokens_file, config.auth_token)  # a bad tokens file fails start-up here
+        interceptors.append(BearerTokenInterceptor(
+            tokens, lambda method, code: RPCS.labels(method.rsplit("/", 1)[-1], code.name).inc()))
     server = grpc.aio.server(options=options, interceptors=interceptors)
     search_service_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(slot), server)
     ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(
@@ -155,7 +159,7 @@ async def create_server(config: ServerConfig) -> RunningServer:
     if config.metrics_port:
         keys = jobqueue.Keys(config.redis_prefix)
         serve_metrics(config.metrics_port, [lambda: _index_gauges(slot), lambda: _queue_gauges(ingestor.redis, keys)])
-    running = RunningServer(server, port, slot, health_servicer, config, [])
+    running = RunningServer(server, port, slot, health_servicer, config, tokens, [])
     running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     running._tasks.append(asyncio.create_task(running._load()))
@@ -185,6 +189,8 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if running.tokens is not None:
+        loop.add_signal_handler(signal.SIGHUP, running.tokens.reload)
     loader = running._tasks[0]
     await asyncio.wait([loader, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     if loader.done() and loader.exception() is not None:

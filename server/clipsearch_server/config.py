@@ -43,7 +43,7 @@ class ServerConfig:
     compact_ratio / compact_min: rebuild the graph when this share (and count) of its entries are tombstones.
     max_queue_jobs / max_queue_bytes: backpressure; SubmitImages fails with RESOURCE_EXHAUSTED beyond.
     grace_s: how long running calls may finish on shutdown.
-    auth_token: a write token; tokens_file: scoped tokens (see `security.py`). Neither: no authentication.
+    auth_token: a write token; tokens_file: scoped read/write tokens (see `tokens.py`). Neither: no authentication.
     tls_cert / tls_key: serve TLS with this certificate; tls_client_ca: also require client certificates.
     metrics_port: Prometheus /metrics port (0: off).
     """

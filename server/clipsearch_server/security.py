@@ -1,31 +1,79 @@
-"""Authentication and transport security: the bearer-token interceptor and TLS server credentials.
+"""Authentication, authorization and transport security: the scoped bearer-token interceptor, the
+method-to-scope table, and TLS server credentials.
 
-With a token configured, every call to the clipsearch services must carry
-`authorization: Bearer <token>`, or it ends with UNAUTHENTICATED before any handler runs. The
-health service (for load balancer and orchestrator probes) and server reflection (the schema is the
-public proto) stay open.
+With tokens configured (see `tokens.py`), every call to the clipsearch services must carry
+`authorization: Bearer <token>`, or it ends with UNAUTHENTICATED before any handler runs; a token whose
+scope does not cover the method ends with PERMISSION_DENIED. The health service (for load balancer and
+orchestrator probes) and server reflection (the schema is the public proto) stay open.
+
+Scopes: every method of the three services is listed in READ_METHODS or WRITE_METHODS; a method in
+neither (a new RPC nobody classified) needs the write scope, so authorization fails closed.
 """
 
 from __future__ import annotations
 
-import hmac
+import logging
 from pathlib import Path
 from typing import Awaitable, Callable
 
 import grpc
 
-__all__ = ["OPEN_METHOD_PREFIXES", "BearerTokenInterceptor", "server_credentials"]
+from clipsearch.v1 import index_service_pb2, ingest_service_pb2, search_service_pb2
+
+from .tokens import READ, WRITE, TokenStore, scope_allows
+
+__all__ = [
+    "OPEN_METHOD_PREFIXES",
+    "READ_METHODS",
+    "WRITE_METHODS",
+    "BearerTokenInterceptor",
+    "method_scopes",
+    "required_scope",
+    "server_credentials",
+]
+
+log = logging.getLogger(__name__)
 
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
+# Methods a read token may call (searches, statistics, progress), and methods that change state.
+READ_METHODS = frozenset({
+    "TextSearch", "ImageSearch", "GetIndexStats", "GetIngestProgress", "ListFailures", "GetQueueStatus",
+})
+WRITE_METHODS = frozenset({"SubmitImages", "UpsertVectors", "DeleteImages", "RetryFailures"})
+
+SERVICES = (
+    search_service_pb2.DESCRIPTOR.services_by_name["SearchService"],
+    ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"],
+    index_service_pb2.DESCRIPTOR.services_by_name["IndexService"],
+)
+
+
+def method_scopes() -> dict[str, str]:
+    """Full method path ("/clipsearch.v1.SearchService/TextSearch") -> the scope it needs, for every
+    method of the services; a method not in READ_METHODS needs write."""
+    return {
+        f"/{service.full_name}/{method.name}": READ if method.name in READ_METHODS else WRITE
+        for service in SERVICES
+        for method in service.methods
+    }
+
+
+_SCOPES = method_scopes()
+
+
+def required_scope(method: str) -> str:
+    """The scope a call to `method` (a full method path) needs; write for anything unknown."""
+    return _SCOPES.get(method, WRITE)
+
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    """Rejects calls without the right bearer token (constant-time comparison)."""
+    """Rejects calls without a known bearer token (UNAUTHENTICATED) or whose token's scope does not
+    cover the method (PERMISSION_DENIED). `on_reject(method, code)` counts rejections."""
 
-    def __init__(self, token: str, on_reject: Callable[[str], None] | None = None) -> None:
-        if not token:
-            raise ValueError("empty auth token")
-        self._expected = f"Bearer {token}".encode()
+    def __init__(self, tokens: TokenStore,
+                 on_reject: Callable[[str, grpc.StatusCode], None] | None = None) -> None:
+        self._tokens = tokens
         self._on_reject = on_reject
 
     async def intercept_service(
@@ -36,19 +84,31 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         method = details.method
         if method.startswith(OPEN_METHOD_PREFIXES):
             return await continuation(details)
+        self._tokens.maybe_reload()
         given = next((v for k, v in details.invocation_metadata or () if k == "authorization"), "")
         given_bytes = given.encode() if isinstance(given, str) else given
-        if hmac.compare_digest(given_bytes, self._expected):
-            return await continuation(details)
-        message = "missing bearer token" if not given else "invalid bearer token"
+        token = None
+        if given_bytes.startswith(b"Bearer "):
+            token = self._tokens.lookup(given_bytes[len(b"Bearer "):])
+        name = method.rsplit("/", 1)[-1]
+        if token is None:
+            problem = "missing bearer token" if not given_bytes else "invalid bearer token"
+            return self._reject(method, grpc.StatusCode.UNAUTHENTICATED,
+                                f"{problem}: send metadata 'authorization: Bearer <token>' (CLIPSEARCH_AUTH_TOKEN)")
+        needed = required_scope(method)
+        if not scope_allows(token.scope, needed):
+            log.info("permission denied: %s needs %s, token %r has %s", name, needed, token.name, token.scope)
+            return self._reject(method, grpc.StatusCode.PERMISSION_DENIED,
+                                f"this call ({name}) needs a token with the {needed} scope; "
+                                f"the token presented has {token.scope}")
+        return await continuation(details)
+
+    def _reject(self, method: str, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
         if self._on_reject:
-            self._on_reject(method)
+            self._on_reject(method, code)
 
         async def reject(request: object, context: grpc.aio.ServicerContext) -> None:
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                f"{message}: send metadata 'authorization: Bearer <token>' (CLIPSEARCH_AUTH_TOKEN)",
-            )
+            await context.abort(code, message)
 
         return grpc.unary_unary_rpc_method_handler(reject)
 

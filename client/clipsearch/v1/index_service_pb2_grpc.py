@@ -27,6 +27,8 @@ if _version_not_supported:
 
 class IndexServiceStub:
     """IndexService is the write path used by encoder workers, plus index statistics.
+    With authentication on, every call needs "authorization: Bearer <token>" (UNAUTHENTICATED without a
+    valid one); UpsertVectors and DeleteImages need a write token, GetIndexStats a read or write token.
     """
 
     def __init__(self, channel):
@@ -54,6 +56,8 @@ class IndexServiceStub:
 
 class IndexServiceServicer:
     """IndexService is the write path used by encoder workers, plus index statistics.
+    With authentication on, every call needs "authorization: Bearer <token>" (UNAUTHENTICATED without a
+    valid one); UpsertVectors and DeleteImages need a write token, GetIndexStats a read or write token.
     """
 
     def UpsertVectors(self, request, context):
@@ -63,6 +67,7 @@ class IndexServiceServicer:
         FAILED_PRECONDITION when model.name or model.dim differs from the index's model;
         INVALID_ARGUMENT for an empty request, more than 4096 records, an invalid id, or a vector
         whose length is not 4 * dim bytes or that holds a non-finite or all-zero value.
+        PERMISSION_DENIED when the token has only the read scope (this call needs write).
         Deadline: about 10 s per 1000 records.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -80,7 +85,8 @@ class IndexServiceServicer:
     def DeleteImages(self, request, context):
         """Deletes images by id. Idempotent: ids that do not exist are reported, not an error; retry freely.
         Durable when it returns. An image still queued for encoding is indexed again when its job completes.
-        Errors: INVALID_ARGUMENT for no ids, more than 1000 ids, or an invalid id.
+        Errors: INVALID_ARGUMENT for no ids, more than 1000 ids, or an invalid id;
+        PERMISSION_DENIED when the token has only the read scope (this call needs write).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,6 +120,8 @@ def add_IndexServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class IndexService:
     """IndexService is the write path used by encoder workers, plus index statistics.
+    With authentication on, every call needs "authorization: Bearer <token>" (UNAUTHENTICATED without a
+    valid one); UpsertVectors and DeleteImages need a write token, GetIndexStats a read or write token.
     """
 
     @staticmethod

@@ -28,6 +28,8 @@ if _version_not_supported:
 class IngestServiceStub:
     """IngestService accepts images to index and reports on their progress.
     Submissions are queued in Redis and encoded by encoder workers; indexing is asynchronous.
+    With authentication on, every call needs "authorization: Bearer <token>" (UNAUTHENTICATED without a
+    valid one); SubmitImages and RetryFailures need a write token, the others a read or write token.
     """
 
     def __init__(self, channel):
@@ -66,6 +68,8 @@ class IngestServiceStub:
 class IngestServiceServicer:
     """IngestService accepts images to index and reports on their progress.
     Submissions are queued in Redis and encoded by encoder workers; indexing is asynchronous.
+    With authentication on, every call needs "authorization: Bearer <token>" (UNAUTHENTICATED without a
+    valid one); SubmitImages and RetryFailures need a write token, the others a read or write token.
     """
 
     def SubmitImages(self, request, context):
@@ -75,7 +79,8 @@ class IngestServiceServicer:
         with neither bytes nor uri, an oversized image, or a uri with an unsupported scheme;
         RESOURCE_EXHAUSTED when the queue holds more jobs or bytes than the server's limits allow (the
         message and the "retry-after-ms" trailing metadata say when to retry);
-        UNAVAILABLE when the queue (Redis) cannot be reached.
+        UNAVAILABLE when the queue (Redis) cannot be reached;
+        PERMISSION_DENIED when the token has only the read scope (this call needs write).
         Deadline: a few seconds plus the upload time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -101,7 +106,8 @@ class IngestServiceServicer:
     def RetryFailures(self, request, context):
         """Queues failed images again (all failures, one batch's, or the given ids) and removes them from the
         failure list. Inline image bytes of failed jobs are kept 7 days for this; older ones cannot be retried.
-        Errors: INVALID_ARGUMENT for more than 10000 ids; UNAVAILABLE when Redis cannot be reached.
+        Errors: INVALID_ARGUMENT for more than 10000 ids; UNAVAILABLE when Redis cannot be reached;
+        PERMISSION_DENIED when the token has only the read scope (this call needs write).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -154,6 +160,8 @@ def add_IngestServiceServicer_to_server(servicer, server):
 class IngestService:
     """IngestService accepts images to index and reports on their progress.
     Submissions are queued in Redis and encoded by encoder workers; indexing is asynchronous.
+    With authentication on, every call needs "authorization: Bearer <token>" (UNAUTHENTICATED without a
+    valid one); SubmitImages and RetryFailures need a write token, the others a read or write token.
     """
 
     @staticmethod

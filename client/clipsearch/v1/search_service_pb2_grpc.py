@@ -29,6 +29,8 @@ class SearchServiceStub:
     """SearchService answers queries against the image index.
     Both RPCs are read-only and idempotent: safe to retry on UNAVAILABLE. Set a deadline
     (a few seconds is ample; the first text query after start may take longer while the model warms up).
+    With authentication on, every call needs "authorization: Bearer <token>" of the read or write scope
+    (UNAUTHENTICATED without a valid one).
     """
 
     def __init__(self, channel):
@@ -53,6 +55,8 @@ class SearchServiceServicer:
     """SearchService answers queries against the image index.
     Both RPCs are read-only and idempotent: safe to retry on UNAVAILABLE. Set a deadline
     (a few seconds is ample; the first text query after start may take longer while the model warms up).
+    With authentication on, every call needs "authorization: Bearer <token>" of the read or write scope
+    (UNAUTHENTICATED without a valid one).
     """
 
     def TextSearch(self, request, context):
@@ -98,6 +102,8 @@ class SearchService:
     """SearchService answers queries against the image index.
     Both RPCs are read-only and idempotent: safe to retry on UNAVAILABLE. Set a deadline
     (a few seconds is ample; the first text query after start may take longer while the model warms up).
+    With authentication on, every call needs "authorization: Bearer <token>" of the read or write scope
+    (UNAUTHENTICATED without a valid one).
     """
 
     @staticmethod
