@@ -34,6 +34,7 @@ class Option:
     choices: tuple[str, ...] = ()
     up: bool = True
     secret: bool = False
+    separator: str = os.pathsep  # between the items of a list option in its environment variable
 
     @property
     def dest(self) -> str:
@@ -54,7 +55,7 @@ OPTIONS: tuple[Option, ...] = (
     # Images, wherever they come from.
     Option("--allowed-root", [], "folder the worker/server may read image paths from (repeatable)", BOTH, type=list),
     Option("--allow-network", [], "network (CIDR) or host name that image URLs may reach although it is loopback, "
-           "link-local or private (repeatable)", BOTH, type=list),
+           "link-local or private (repeatable; comma-separated in the variable)", BOTH, type=list, separator=","),
     Option("--max-image-bytes", 32 * 1024 * 1024, "largest encoded image accepted, bytes", BOTH, type=int),
     Option("--max-pixels", 64_000_000, "largest decoded image accepted, width x height (decompression bombs)", BOTH, type=int),
     Option("--http-timeout", 10.0, "connect/read timeout for image URLs, seconds", BOTH, type=float),
@@ -119,7 +120,7 @@ def _from_env(option: Option) -> Any:
     if option.type is bool:
         return raw.strip().lower() in ("1", "true", "yes", "on")
     if option.type is list:
-        return [part for part in raw.split(os.pathsep) if part]
+        return [part.strip() for part in raw.split(option.separator) if part.strip()]
     return option.type(raw)
 
 
