@@ -132,13 +132,23 @@ def main() -> None:
             for clients in (1, 8, 32):
                 r = load(address, lambda c, p: c.image_search(p, k=10), photos, clients)
                 rows.append({"what": "ImageSearch over gRPC (640x480 JPEG)", **r})
+            # The same image queries against the same index, served without micro-batching.
+            server.stop()
+            server, address = stack.start_server(tmp / "data", extra=["--image-batch", "1"], timeout=600)
+            Client(address).image_search(photos[0], k=10)
+            for clients in (1, 8, 32):
+                r = load(address, lambda c, p: c.image_search(p, k=10), photos, clients)
+                rows.append({"what": "ImageSearch over gRPC, no batching (--image-batch 1)", **r})
         finally:
             server.stop()
             redis.stop()
     inproc_p50 = rows[1]["p50_ms"]
     grpc1 = next(r for r in rows if r["what"] == "TextSearch over gRPC" and r["clients"] == 1)
     grpc32 = next(r for r in rows if r["what"] == "TextSearch over gRPC" and r["clients"] == 32)
+    image32 = next(r for r in rows if r["what"].startswith("ImageSearch over gRPC (") and r["clients"] == 32)
+    image32_off = next(r for r in rows if r["what"].startswith("ImageSearch over gRPC, no") and r["clients"] == 32)
     ratios = {"textsearch_p50_grpc_vs_inprocess": grpc1["p50_ms"] / inproc_p50,
+              "imagesearch_qps_32_clients_batched_vs_not": image32["qps"] / image32_off["qps"],
               "textsearch_qps_32_clients_vs_one_full_query_at_a_time": grpc32["qps"] / baseline_qps}
     print(f"\n== queries, {args.model} ({args.pretrained}), {args.vectors} vectors ==")
     table(rows, ["what", "clients", "qps", "p50_ms", "p99_ms", "n"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -14,7 +15,7 @@ import pytest
 from PIL import Image
 
 from clipsearch import Client, ImageInput
-from clipsearch_server.batching import TextBatcher
+from clipsearch_server.batching import MicroBatcher, TextBatcher
 from clipsearch_core.model import ClipEncoder, ModelSpec, load_encoder
 from clipsearch_core.images import LoadLimits, decode_image
 from tests.data import wait_until
@@ -77,6 +78,26 @@ def test_micro_batching_and_cache() -> None:
     assert sum(len(batch) for batch in calls) <= 20
 
 
+def test_image_micro_batching_keeps_each_callers_vector() -> None:
+    """Image queries have no key: equal items are not merged, every caller gets the vector of its own item."""
+    calls: list[int] = []
+
+    async def encode(items: list[int]) -> np.ndarray:
+        calls.append(len(items))
+        await asyncio.sleep(0.01)
+        return np.array([[float(i), 1.0] for i in items], dtype=np.float32)
+
+    async def run() -> list[np.ndarray]:
+        batcher: MicroBatcher[int] = MicroBatcher(encode, max_batch=4)
+        vectors = await asyncio.gather(*(batcher.vector(i % 3) for i in range(10)))
+        await batcher.close()
+        return vectors
+
+    vectors = asyncio.run(run())
+    assert [v[0] for v in vectors] == [float(i % 3) for i in range(10)]
+    assert sum(calls) == 10 and max(calls) <= 4 and len(calls) < 10
+
+
 @pytest.mark.parametrize("backend", ["torchcodec", "torchvision"])
 def test_device_jpeg_decoding_is_faithful(encoder: ClipEncoder, backend: str) -> None:
     """The device decode + tensor preprocessing paths (nvJPEG on a GPU) run here on the CPU."""
@@ -126,3 +147,8 @@ def test_worker_with_device_decoding(stack: Stack, procs: list[Proc], tmp_path: 
         assert [f.id for f in client.failures(batch)] == ["truncated"]
         hit = client.image_search(photos[5], k=1)[0]  # the server decodes with PIL: same vector
         assert hit.id == "jpeg-5" and hit.score > 0.99
+        # Concurrent image queries share forward passes (micro-batching) and each gets its own answer.
+        with ThreadPoolExecutor(12) as pool:
+            tops = list(pool.map(lambda p: client.image_search(p, k=1)[0], photos))
+        assert [t.id for t in tops] == [f"jpeg-{i}" for i in range(12)]
+        assert all(t.score > 0.99 for t in tops)

@@ -79,6 +79,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--max-queue-jobs", 1_000_000, "SubmitImages fails with RESOURCE_EXHAUSTED beyond this many queued jobs",
            (SERVER,), type=int),
     Option("--max-queue-bytes", 2 * 1024**3, "same, for inline image bytes waiting in Redis", (SERVER,), type=int),
+    Option("--text-batch", 32, "most TextSearch queries encoded in one forward pass", (SERVER,), type=int),
+    Option("--image-batch", 16, "most ImageSearch queries encoded in one forward pass (1: no batching)", (SERVER,),
+           type=int),
     Option("--max-message-bytes", 64 * 1024 * 1024, "largest gRPC message received or sent, bytes", (SERVER,), type=int),
     Option("--grace", 10.0, "seconds running calls may take to finish on shutdown", (SERVER,), type=float),
     Option("--tokens-file", "", "file of scoped tokens, one 'TOKEN read|write [name]' per line; reloaded on change "

@@ -92,7 +92,8 @@ class RunningServer:
             Collection, config.data_dir, encoder.identity, encoder.dim, config.hnsw,
             config.compact_ratio, config.compact_min,
         )
-        self.slot.engine = Engine(encoder, collection, config.image_limits)
+        self.slot.engine = Engine(encoder, collection, config.image_limits, text_batch=config.text_batch,
+                                  image_batch=config.image_batch)
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("serving on port %d (model %s, %d images)", self.port, encoder.identity, collection.stats().count)
         self._tasks.append(asyncio.create_task(self._snapshots()))

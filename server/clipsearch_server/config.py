@@ -38,6 +38,7 @@ class ServerConfig:
     hnsw: index parameters.
     image_limits: limits, allowed roots and networks for query images given by uri or bytes.
     max_message_bytes: largest gRPC message accepted or sent.
+    text_batch / image_batch: most queries of each kind encoded together in one forward pass.
     threads: torch/FAISS threads for query encoding and search (0: library default).
     snapshot_interval_s: how often the index is snapshotted when it changed (also on shutdown).
     compact_ratio / compact_min: rebuild the graph when this share (and count) of its entries are tombstones.
@@ -57,6 +58,8 @@ class ServerConfig:
     hnsw: HnswParams
     image_limits: LoadLimits
     max_message_bytes: int
+    text_batch: int
+    image_batch: int
     threads: int
     snapshot_interval_s: float
     compact_ratio: float
@@ -84,6 +87,8 @@ class ServerConfig:
             hnsw=HnswParams(args.hnsw_m, args.ef_construction, args.ef_search),
             image_limits=image_limits(args),
             max_message_bytes=args.max_message_bytes,
+            text_batch=args.text_batch,
+            image_batch=args.image_batch,
             threads=args.threads,
             snapshot_interval_s=args.snapshot_interval,
             compact_ratio=args.compact_ratio,

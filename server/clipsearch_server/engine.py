@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence, TypeVar
-
-import numpy as np
+from typing import Any, Callable, Sequence, TypeVar
 
 from clipsearch_core.model import ClipEncoder
+from clipsearch_core.settings import default
 from clipsearch_core.images import LoadLimits, decode_image, read_uri
 
-from .batching import TextBatcher
+from .batching import MicroBatcher, TextBatcher
 from .collection import Collection, CollectionStats, Hit
 from .errors import Unavailable
 from .store import ImageRecord
@@ -29,13 +28,16 @@ class Engine:
     """Encodes queries and searches the collection."""
 
     def __init__(self, encoder: ClipEncoder, collection: Collection, limits: LoadLimits, workers: int = 4,
-                 text_batch: int = 32, text_wait_s: float = 0.0, cache_size: int = 4096) -> None:
+                 text_batch: int = default("--text-batch"), image_batch: int = default("--image-batch"),
+                 cache_size: int = 4096) -> None:
         self.encoder = encoder
         self.collection = collection
         self.limits = limits
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engine")
-        self.texts = TextBatcher(lambda texts: self._run(lambda: encoder.encode_text(texts)),
-                                 text_batch, text_wait_s, cache_size)
+        self.texts = TextBatcher(lambda texts: self._run(lambda: encoder.encode_text(texts)), text_batch,
+                                 cache_size=cache_size)
+        self.images: MicroBatcher[Any] = MicroBatcher(
+            lambda tensors: self._run(lambda: encoder.encode_images(tensors)), image_batch)
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
@@ -45,20 +47,22 @@ class Engine:
         return await self._run(lambda: self.collection.search(vector, k))
 
     async def image_search_bytes(self, data: bytes, k: int) -> list[Hit]:
-        return await self._run(lambda: self.collection.search(self._encode_image(data), k))
+        return await self._image_search(lambda: data, k)
 
     async def image_search_uri(self, uri: str, k: int) -> list[Hit]:
-        return await self._run(lambda: self.collection.search(self._encode_image(read_uri(uri, self.limits)), k))
+        return await self._image_search(lambda: read_uri(uri, self.limits), k)
+
+    async def _image_search(self, read: Callable[[], bytes], k: int) -> list[Hit]:
+        """Reads and decodes in the pool (concurrently with other queries), encodes in a micro-batch."""
+        tensor = await self._run(lambda: self.encoder.preprocess(decode_image(read(), self.limits)))
+        vector = await self.images.vector(tensor)
+        return await self._run(lambda: self.collection.search(vector, k))
 
     async def image_search_id(self, image_id: str, k: int) -> list[Hit]:
         def work() -> list[Hit]:
             return self.collection.search(self.collection.vector_of(image_id), k, exclude_id=image_id)
 
         return await self._run(work)
-
-    def _encode_image(self, data: bytes) -> np.ndarray:
-        image = decode_image(data, self.limits)
-        return self.encoder.encode_images([self.encoder.preprocess(image)])[0]
 
     async def upsert(self, records: Sequence[ImageRecord]) -> int:
         return await self._run(lambda: self.collection.upsert(records))
@@ -71,6 +75,7 @@ class Engine:
 
     async def aclose(self) -> None:
         await self.texts.close()
+        await self.images.close()
         self.close()
 
     def close(self) -> None:
