@@ -55,7 +55,7 @@ def test_killed_worker_jobs_are_redone_within_30s(stack: Stack, procs: list[Proc
     assert (progress.submitted, progress.failed) == (8, 0)
     assert client.stats().count == 8
     assert "doomed" not in consumers(r, keys)  # the dead consumer left the group
-    assert "took over 8 jobs" in survivor.output() or "took over" in survivor.output()
+    assert "took over" in survivor.output()
 
 
 def test_slow_live_worker_keeps_its_jobs(stack: Stack, procs: list[Proc], tmp_path: Path) -> None:
@@ -82,8 +82,11 @@ def test_slow_live_worker_keeps_its_jobs(stack: Stack, procs: list[Proc], tmp_pa
     procs.append(server)
     progress = wait_until(client, batch, 30, lambda p: p.done)
     assert (progress.submitted, progress.indexed, progress.failed) == (6, 6, 0)
-    processed = {w.name: w.processed for w in client.queue_status().workers}
-    assert processed == {"slow": 6, "other": 0}
+    def processed() -> dict[str, int]:
+        return {w.name: w.processed for w in client.queue_status().workers}
+
+    wait_for(lambda: processed().get("slow") == 6, 10, "the slow worker's heartbeat")  # reported every 1/3 s
+    assert processed() == {"slow": 6, "other": 0}
 
 
 def other_model(tiny_model: str, tmp_path: Path) -> str:
