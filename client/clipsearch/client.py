@@ -7,6 +7,7 @@ token; gRPC errors become `ClipsearchError` subclasses.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterable, Sequence, TypeVar
 
@@ -61,9 +62,12 @@ def _image_search(image: bytes | None, uri: str | None, image_id: str | None, k:
     return _Call("search", "ImageSearch", search_pb.ImageSearchRequest(k=k, **given), _results)
 
 
-def _submit(images: Iterable[ImageInput], batch_id: str) -> _Call[Submission]:
+def _submit(images: Iterable[ImageInput], batch_id: str, request_id: str | None) -> _Call[Submission]:
+    # One request id per call, fresh unless given: gRPC's own retries resend this same request, so a
+    # call whose first reply was lost lands once.
     request = ingest_pb.SubmitImagesRequest(
         batch_id=batch_id,
+        request_id=uuid.uuid4().hex if request_id is None else request_id,
         images=[ingest_pb.ImageSubmission(id=i.id, image=i.image, uri=i.uri, metadata=i.metadata) for i in images],
     )
     return _Call("ingest", "SubmitImages", request, lambda r: Submission(r.batch_id, list(r.ids)))
@@ -149,9 +153,13 @@ class Client(_Base):
         """The k images most similar to a query image given as bytes, a uri, or an indexed image's id."""
         return self._invoke(_image_search(image, uri, id, k), timeout)
 
-    def submit(self, images: Sequence[ImageInput], batch_id: str = "", *, timeout: float | None = None) -> Submission:
-        """Queues images for indexing (at most 1000 per call). Pass `batch_id` to add to an earlier batch."""
-        return self._invoke(_submit(images, batch_id), timeout)
+    def submit(self, images: Sequence[ImageInput], batch_id: str = "", *, timeout: float | None = None,
+               request_id: str | None = None) -> Submission:
+        """Queues images for indexing (at most 1000 per call). Pass `batch_id` to add to an earlier batch.
+        `request_id` (default: a fresh UUID per call) makes retries land once: a call with a request id the
+        server saw in the last 24 hours queues nothing and returns the first call's result; pass your own
+        to retry a whole call safely yourself, "" to turn deduplication off."""
+        return self._invoke(_submit(images, batch_id, request_id), timeout)
 
     def progress(self, batch_id: str = "", *, timeout: float | None = None) -> Progress:
         """Ingestion counts of one batch, or of the whole service."""
@@ -231,8 +239,8 @@ class AsyncClient(_Base):
         return await self._invoke(_image_search(image, uri, id, k), timeout)
 
     async def submit(self, images: Sequence[ImageInput], batch_id: str = "", *,
-                     timeout: float | None = None) -> Submission:
-        return await self._invoke(_submit(images, batch_id), timeout)
+                     timeout: float | None = None, request_id: str | None = None) -> Submission:
+        return await self._invoke(_submit(images, batch_id, request_id), timeout)
 
     async def progress(self, batch_id: str = "", *, timeout: float | None = None) -> Progress:
         return await self._invoke(_progress(batch_id), timeout)

@@ -19,7 +19,8 @@ __all__ = ["DEFAULT_SERVER", "MAX_MESSAGE_BYTES", "Connection"]
 DEFAULT_SERVER = "localhost:50051"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
-# Read-only calls, deletes and submissions are idempotent, so gRPC itself retries them on UNAVAILABLE.
+# Read-only calls, deletes and submissions are idempotent (a submission carries a request id that the
+# server deduplicates), so gRPC itself retries them on UNAVAILABLE.
 # UpsertVectors (the workers' call) is retried by the worker's own loop instead.
 _SERVICE_CONFIG = json.dumps(
     {

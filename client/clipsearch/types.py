@@ -40,6 +40,8 @@ class Submission:
 
 @dataclass(frozen=True)
 class Progress:
+    """Ingestion counts; pending: submitted and not yet finished (queued or being encoded)."""
+
     submitted: int
     pending: int
     indexed: int
@@ -85,7 +87,7 @@ class WorkerStatus:
 
 @dataclass(frozen=True)
 class QueueStatus:
-    """jobs: not finished; in_flight: being encoded; lag: not yet delivered to a worker."""
+    """jobs: not finished; in_flight: delivered to a worker, not finished; lag: not yet delivered to a worker."""
 
     jobs: int
     in_flight: int

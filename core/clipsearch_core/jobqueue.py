@@ -8,12 +8,22 @@ Layout (all keys share one hash tag, so they live in one Redis Cluster slot and 
   {prefix}:failures       dead-letter stream: failed jobs with their reason and attempts (capped)
   {prefix}:queued-bytes   inline bytes held by jobs not yet done (for backpressure)
   {prefix}:last-error     hash uid -> last transient error of a job that will be retried
-  {prefix}:workers        hash consumer -> JSON heartbeat of each encoder worker (for status)
+  {prefix}:workers        hash consumer -> JSON heartbeat of each encoder worker (liveness and status)
+  {prefix}:request:<id>   the reply of one SubmitImages call, by the caller's request id (expires)
 
 Completion is exactly-once for the counters even though delivery is at-least-once: one Lua script
 XACKs the entry and bumps the counters only when the XACK really removed it from the pending list.
 Finished entries are XDELed (the stream stays bounded); inline bytes are deleted when a job is
 indexed and kept for FAILED_BLOB_TTL_S when it failed, so that it can be retried.
+
+Recovery of jobs held by a worker that is gone (all without waiting for the visibility timeout, except
+the last):
+  - a worker whose heartbeat (report_worker, every few seconds from its own thread) is older than the
+    worker TTL is dead: live workers move its pending jobs to themselves and remove it from the group
+    (take_over_dead, one Lua script, so two live workers never take the same job);
+  - a worker that stops (SIGTERM, or a fatal error) gives its unfinished jobs back to the parking
+    consumer PARKING and leaves the group (release); live workers take them over at once;
+  - consumers that never reported a heartbeat: XAUTOCLAIM after the visibility timeout (reclaim_stale).
 """
 
 from __future__ import annotations
@@ -43,10 +53,15 @@ __all__ = [
     "reclaim_stale",
     "record_transient_error",
     "retry",
+    "find_request",
     "submit",
+    "Submitted",
     "usage",
+    "PARKING",
     "QueueStatus",
     "WorkerInfo",
+    "release",
+    "take_over_dead",
     "remove_worker",
     "report_worker",
     "status",
@@ -54,6 +69,7 @@ __all__ = [
 
 GROUP = "encoders"
 BATCH_TTL_S = 7 * 24 * 3600
+REQUEST_TTL_S = 24 * 3600  # how long a SubmitImages request id is remembered (retries within it land once)
 FAILED_BLOB_TTL_S = 7 * 24 * 3600
 FAILURES_MAXLEN = 100_000
 INDEXED = "indexed"
@@ -99,6 +115,9 @@ class Keys:
 
     def batch(self, batch_id: str) -> str:
         return f"{self._tag}:batch:{batch_id}"
+
+    def request(self, request_id: str) -> str:
+        return f"{self._tag}:request:{request_id}"
 
 
 @dataclass(frozen=True)
@@ -165,45 +184,137 @@ class Failure:
     job: Job
 
 
-# KEYS: jobs, progress, batch, failures, blob, queued-bytes, last-error
-# ARGV: group, entry id, outcome, failures maxlen, blob ttl, uid, reason, attempts, job fields (k, v, ...)
+# Every script first names its KEYS and ARGV slots and uses only those names; each has one Python
+# helper below (`_run_finish`, `_run_retry`, ...) taking named arguments, the only place that orders them.
+
 _FINISH = """
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
-  return 0
+local stream = KEYS[1]
+local progress = KEYS[2]
+local batch = KEYS[3]
+local failures = KEYS[4]
+local blob = KEYS[5]
+local queued_bytes = KEYS[6]
+local last_error = KEYS[7]
+local group = ARGV[1]
+local entry_id = ARGV[2]
+local outcome = ARGV[3]
+local failures_maxlen = ARGV[4]
+local blob_ttl_s = ARGV[5]
+local uid = ARGV[6]
+local reason = ARGV[7]
+local attempts = ARGV[8]
+local first_field = 9  -- ARGV[9..]: the job's fields (k, v, ...), copied into the dead-letter entry
+
+if redis.call('XACK', stream, group, entry_id) == 0 then
+  return 0  -- someone finished it already: count nothing
 end
-redis.call('XDEL', KEYS[1], ARGV[2])
-redis.call('DECRBY', KEYS[6], redis.call('STRLEN', KEYS[5]))
-redis.call('HDEL', KEYS[7], ARGV[6])
-redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+redis.call('XDEL', stream, entry_id)
+redis.call('DECRBY', queued_bytes, redis.call('STRLEN', blob))
+redis.call('HDEL', last_error, uid)
+redis.call('HINCRBY', progress, outcome, 1)
+if redis.call('EXISTS', batch) == 1 then
+  redis.call('HINCRBY', batch, outcome, 1)
 end
-if ARGV[3] == 'failed' then
-  redis.call('EXPIRE', KEYS[5], ARGV[5])
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'reason', ARGV[7], 'attempts', ARGV[8], unpack(ARGV, 9))
+if outcome == 'failed' then
+  redis.call('EXPIRE', blob, blob_ttl_s)
+  redis.call('XADD', failures, 'MAXLEN', '~', failures_maxlen, '*', 'reason', reason, 'attempts', attempts,
+             unpack(ARGV, first_field))
 else
-  redis.call('DEL', KEYS[5])
+  redis.call('DEL', blob)
 end
 return 1
 """
 
-# KEYS: failures, jobs, progress, batch, blob, queued-bytes
-# ARGV: failure entry id, has blob ("1"/"0"), job fields (k, v, ...)
 _RETRY = """
-if ARGV[2] == '1' and redis.call('EXISTS', KEYS[5]) == 0 then
+local failures = KEYS[1]
+local stream = KEYS[2]
+local progress = KEYS[3]
+local batch = KEYS[4]
+local blob = KEYS[5]
+local queued_bytes = KEYS[6]
+local failure_id = ARGV[1]
+local has_blob = ARGV[2]
+local first_field = 3  -- ARGV[3..]: the job's fields (k, v, ...)
+
+if has_blob == '1' and redis.call('EXISTS', blob) == 0 then
   return -1
 end
-if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then
+if redis.call('XDEL', failures, failure_id) == 0 then
   return 0
 end
-redis.call('PERSIST', KEYS[5])
-redis.call('INCRBY', KEYS[6], redis.call('STRLEN', KEYS[5]))
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
-redis.call('HINCRBY', KEYS[3], 'failed', -1)
-if redis.call('EXISTS', KEYS[4]) == 1 then
-  redis.call('HINCRBY', KEYS[4], 'failed', -1)
+redis.call('PERSIST', blob)
+redis.call('INCRBY', queued_bytes, redis.call('STRLEN', blob))
+redis.call('XADD', stream, '*', unpack(ARGV, first_field))
+redis.call('HINCRBY', progress, 'failed', -1)
+if redis.call('EXISTS', batch) == 1 then
+  redis.call('HINCRBY', batch, 'failed', -1)
 end
 return 1
+"""
+
+# Moves a dead consumer's pending jobs to `taker`, then (when none are left) removes the dead consumer
+# from the group and its heartbeat record. Does nothing if the record changed since the caller judged
+# it dead (the worker beat again). Returns {entry id, fields, delivery count} per job taken.
+_TAKE_OVER = """
+local stream = KEYS[1]
+local workers = KEYS[2]
+local group = ARGV[1]
+local dead = ARGV[2]
+local taker = ARGV[3]
+local seen_record = ARGV[4]
+local count = tonumber(ARGV[5])
+local is_delivery = ARGV[6] == '1'
+
+local record = redis.call('HGET', workers, dead)
+if (record or '') ~= seen_record then
+  return {}
+end
+local rows = redis.call('XPENDING', stream, group, '-', '+', count, dead)
+local taken = {}
+for _, row in ipairs(rows) do
+  local entry_id = row[1]
+  local deliveries = tonumber(row[4])
+  if is_delivery then
+    deliveries = deliveries + 1
+  end
+  local got = redis.call('XCLAIM', stream, group, taker, 0, entry_id, 'RETRYCOUNT', deliveries)
+  if #got == 1 and got[1][2] then
+    taken[#taken + 1] = {entry_id, got[1][2], deliveries}
+  end
+end
+if #rows < count then
+  redis.call('XGROUP', 'DELCONSUMER', stream, group, dead)
+  redis.call('HDEL', workers, dead)
+end
+return taken
+"""
+
+# Hands every pending job of `consumer` to the parking consumer (delivery counts unchanged, idle time
+# set high so that any reclaim takes them), then removes `consumer` from the group. Returns how many.
+_RELEASE = """
+local stream = KEYS[1]
+local group = ARGV[1]
+local consumer = ARGV[2]
+local parking = ARGV[3]
+local idle_ms = ARGV[4]
+
+local released = 0
+for _ = 1, 1000 do
+  local rows = redis.call('XPENDING', stream, group, '-', '+', 100, consumer)
+  if #rows == 0 then
+    break
+  end
+  local claim = {'XCLAIM', stream, group, parking, '0'}
+  for _, row in ipairs(rows) do
+    claim[#claim + 1] = row[1]
+  end
+  claim[#claim + 1] = 'IDLE'
+  claim[#claim + 1] = idle_ms
+  claim[#claim + 1] = 'JUSTID'
+  released = released + #redis.call(unpack(claim))
+end
+redis.call('XGROUP', 'DELCONSUMER', stream, group, consumer)
+return released
 """
 
 
@@ -233,20 +344,55 @@ def usage(r: redis.Redis, keys: Keys) -> tuple[int, int]:
     return int(jobs), int(size or 0)
 
 
+@dataclass(frozen=True)
+class Submitted:
+    """What one submission queued: its batch id and image ids (remembered per request id)."""
+
+    batch_id: str
+    ids: list[str]
+
+
+def find_request(r: redis.Redis, keys: Keys, request_id: str) -> Submitted | None:
+    """The result of an earlier submission with this request id, if it is still remembered."""
+    raw = r.get(keys.request(request_id)) if request_id else None
+    if raw is None:
+        return None
+    data = json.loads(raw)
+    return Submitted(data["batch_id"], list(data["ids"]))
+
+
 def submit(
-    r: redis.Redis, keys: Keys, jobs: Sequence[Job], blobs: Sequence[bytes | None], batch_id: str
-) -> None:
-    """Queues jobs atomically (all or none), storing inline bytes under their own keys."""
-    pipe = r.pipeline(transaction=True)
-    for job, blob in zip(jobs, blobs, strict=True):
-        if blob is not None:
-            pipe.set(keys.blob(job.uid), blob)
-        pipe.xadd(keys.jobs, job.to_fields())
-    pipe.incrby(keys.queued_bytes, sum(len(b) for b in blobs if b))
-    pipe.hincrby(keys.progress, "submitted", len(jobs))
-    pipe.hincrby(keys.batch(batch_id), "submitted", len(jobs))
-    pipe.expire(keys.batch(batch_id), BATCH_TTL_S)
-    pipe.execute()
+    r: redis.Redis, keys: Keys, jobs: Sequence[Job], blobs: Sequence[bytes | None], batch_id: str,
+    request_id: str = "",
+) -> Submitted:
+    """Queues jobs atomically (all or none), storing inline bytes under their own keys.
+
+    With a request id, the result is recorded in the same transaction (for REQUEST_TTL_S), and a
+    request id already recorded queues nothing and returns the first call's result: a retried call
+    lands once. WATCH makes two concurrent calls with one request id queue once."""
+    result = Submitted(batch_id, [job.id for job in jobs])
+    with r.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                if request_id:
+                    pipe.watch(keys.request(request_id))
+                    earlier = find_request(pipe, keys, request_id)
+                    if earlier is not None:
+                        return earlier
+                    pipe.multi()
+                    pipe.set(keys.request(request_id), json.dumps(result.__dict__), ex=REQUEST_TTL_S)
+                for job, blob in zip(jobs, blobs, strict=True):
+                    if blob is not None:
+                        pipe.set(keys.blob(job.uid), blob)
+                    pipe.xadd(keys.jobs, job.to_fields())
+                pipe.incrby(keys.queued_bytes, sum(len(b) for b in blobs if b))
+                pipe.hincrby(keys.progress, "submitted", len(jobs))
+                pipe.hincrby(keys.batch(batch_id), "submitted", len(jobs))
+                pipe.expire(keys.batch(batch_id), BATCH_TTL_S)
+                pipe.execute()
+                return result
+            except redis.WatchError:
+                continue  # the same request id was recorded meanwhile: return that result
 
 
 def read_jobs(r: redis.Redis, keys: Keys, consumer: str, count: int, block_ms: int) -> list[Job]:
@@ -306,19 +452,51 @@ def _decoded(raw: dict[bytes, bytes]) -> dict[str, str]:
 def finish(r: redis.Redis, keys: Keys, outcomes: Iterable[tuple[Job, str | None]]) -> int:
     """Marks jobs done: (job, None) as indexed, (job, reason) as failed (dead-lettered).
     Returns how many were still pending (the others were already finished by someone)."""
-    script = r.register_script(_FINISH)
     pipe = r.pipeline(transaction=False)
     for job, reason in outcomes:
-        outcome = INDEXED if reason is None else FAILED
-        fields = [item for pair in job.to_fields().items() for item in pair]
-        script(
-            keys=[keys.jobs, keys.progress, keys.batch(job.batch_id), keys.failures, keys.blob(job.uid),
-                  keys.queued_bytes, keys.last_error],
-            args=[GROUP, job.entry_id, outcome, FAILURES_MAXLEN, FAILED_BLOB_TTL_S, job.uid, reason or "",
-                  job.attempts, *fields],
-            client=pipe,
-        )
+        _run_finish(pipe, keys, job, outcome=INDEXED if reason is None else FAILED, reason=reason or "")
     return sum(int(x) for x in pipe.execute())
+
+
+def _flat_fields(job: Job) -> list[str]:
+    return [item for pair in job.to_fields().items() for item in pair]
+
+
+def _run_finish(client: "redis.Redis | redis.client.Pipeline", keys: Keys, job: Job, *, outcome: str,
+                reason: str) -> object:
+    """Runs _FINISH for one job (the one place that orders its KEYS and ARGV)."""
+    return client.register_script(_FINISH)(
+        keys=[keys.jobs, keys.progress, keys.batch(job.batch_id), keys.failures, keys.blob(job.uid),
+              keys.queued_bytes, keys.last_error],
+        args=[GROUP, job.entry_id, outcome, FAILURES_MAXLEN, FAILED_BLOB_TTL_S, job.uid, reason,
+              job.attempts, *_flat_fields(job)],
+        client=client,
+    )
+
+
+def _run_retry(client: "redis.Redis | redis.client.Pipeline", keys: Keys, failure: "Failure") -> object:
+    """Runs _RETRY for one dead-lettered job."""
+    job = failure.job
+    return client.register_script(_RETRY)(
+        keys=[keys.failures, keys.jobs, keys.progress, keys.batch(failure.batch_id), keys.blob(job.uid),
+              keys.queued_bytes],
+        args=[failure.entry_id, "1" if job.has_blob else "0", *_flat_fields(job)],
+        client=client,
+    )
+
+
+def _run_take_over(r: redis.Redis, keys: Keys, *, dead: str, taker: str, seen_record: bytes, count: int,
+                   is_delivery: bool) -> list:
+    """Runs _TAKE_OVER: up to `count` pending jobs of consumer `dead` become `taker`'s."""
+    return r.register_script(_TAKE_OVER)(
+        keys=[keys.jobs, keys.workers],
+        args=[GROUP, dead, taker, seen_record, count, "1" if is_delivery else "0"],
+    )
+
+
+def _run_release(r: redis.Redis, keys: Keys, *, consumer: str, idle_ms: int) -> int:
+    """Runs _RELEASE: every pending job of `consumer` goes to the parking consumer."""
+    return int(r.register_script(_RELEASE)(keys=[keys.jobs], args=[GROUP, consumer, PARKING, idle_ms]))
 
 
 def get_progress(r: redis.Redis, keys: Keys, batch_id: str = "") -> Progress | None:
@@ -363,6 +541,8 @@ def list_failures(r: redis.Redis, keys: Keys, batch_id: str = "", limit: int = 1
 
 
 WORKER_ALIVE_S = 30.0
+PARKING = "(released)"  # consumer holding jobs that a stopping worker gave back; taken over at once
+RELEASED_IDLE_MS = 10 * 365 * 24 * 3600 * 1000  # idle time given to released jobs: any XAUTOCLAIM takes them
 
 
 @dataclass(frozen=True)
@@ -379,13 +559,33 @@ class WorkerInfo:
     def alive(self) -> bool:
         return now_ms() - self.last_seen_ms < WORKER_ALIVE_S * 1000
 
+    @classmethod
+    def from_json(cls, name: str, raw: bytes | str) -> "WorkerInfo":
+        """Parses a heartbeat record tolerantly: unknown fields (from newer workers) are ignored, missing
+        or malformed ones get defaults, so one odd record never breaks status or metrics."""
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = {}
+        if not isinstance(data, dict):
+            data = {}
+
+        def number(key: str) -> int:
+            try:
+                return int(data.get(key, 0))
+            except (TypeError, ValueError):
+                return 0
+
+        return cls(name=name, last_seen_ms=number("last_seen_ms"), processed=number("processed"),
+                   device=str(data.get("device", "")), model=str(data.get("model", "")))
+
 
 @dataclass(frozen=True)
 class QueueStatus:
-    """jobs: not finished; pending: delivered to a worker, not finished; lag: not yet delivered."""
+    """jobs: not finished; in_flight: delivered to a worker, not finished; lag: not yet delivered."""
 
     jobs: int
-    pending: int
+    in_flight: int
     lag: int
     queued_bytes: int
     workers: list[WorkerInfo]
@@ -395,8 +595,14 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def redis_now_ms(r: redis.Redis) -> int:
+    """Redis's clock in ms: heartbeats are written and judged with one clock, whatever the hosts' clocks say."""
+    seconds, micros = r.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 def report_worker(r: redis.Redis, keys: Keys, info: WorkerInfo) -> None:
-    r.hset(keys.workers, info.name, json.dumps({**info.__dict__, "last_seen_ms": now_ms()}))
+    r.hset(keys.workers, info.name, json.dumps({**info.__dict__, "last_seen_ms": redis_now_ms(r)}))
 
 
 def remove_worker(r: redis.Redis, keys: Keys, name: str) -> None:
@@ -414,7 +620,7 @@ def status(r: redis.Redis, keys: Keys) -> QueueStatus:
         jobs, pending, size, workers = pipe.execute()
     except redis.ResponseError:  # no stream/group yet
         return QueueStatus(0, 0, 0, 0, [])
-    infos = [WorkerInfo(**json.loads(v)) for v in workers.values()]
+    infos = [WorkerInfo.from_json(_text(k), v) for k, v in workers.items()]
     dead = [w.name for w in infos if now_ms() - w.last_seen_ms > 10 * WORKER_ALIVE_S * 1000]
     if dead:
         r.hdel(keys.workers, *dead)
@@ -423,18 +629,49 @@ def status(r: redis.Redis, keys: Keys) -> QueueStatus:
                        sorted((w for w in infos if w.name not in dead), key=lambda w: w.name))
 
 
+def take_over_dead(r: redis.Redis, keys: Keys, consumer: str, ttl_ms: int, count: int) -> list[Job]:
+    """Takes over (for `consumer`) the pending jobs of consumers whose heartbeat is older than `ttl_ms`,
+    and of the parking consumer (jobs released by stopping workers); a dead consumer is removed from the
+    group once it holds nothing. Consumers that never reported a heartbeat are left to `reclaim_stale`.
+    A job taken from a dead worker counts as a new delivery; a released one does not."""
+    pipe = r.pipeline(transaction=False)
+    pipe.xinfo_consumers(keys.jobs, GROUP)
+    pipe.hgetall(keys.workers)
+    consumers, records = pipe.execute()
+    records = {_text(k): v for k, v in records.items()}
+    now = redis_now_ms(r)
+    taken: list[Job] = []
+    for info in consumers:
+        name = _text(info["name"])
+        if name == consumer or len(taken) >= count:
+            continue
+        if name == PARKING:
+            seen, is_delivery = b"", False
+        elif name in records and now - WorkerInfo.from_json(name, records[name]).last_seen_ms > ttl_ms:
+            seen, is_delivery = records[name], True
+        else:
+            continue  # alive, or never reported (the visibility timeout covers those)
+        rows = _run_take_over(r, keys, dead=name, taker=consumer, seen_record=seen, count=count - len(taken),
+                              is_delivery=is_delivery)
+        taken.extend(
+            replace(Job.from_entry(entry_id, dict(zip(fields[::2], fields[1::2]))), attempts=int(deliveries))
+            for entry_id, fields, deliveries in rows
+        )
+    return taken
+
+
+def release(r: redis.Redis, keys: Keys, consumer: str) -> int:
+    """Gives back every job `consumer` holds (to the parking consumer, delivery counts unchanged) and
+    removes `consumer` from the group, so that live workers take the jobs at once. For a worker that
+    stops without finishing what it took. Returns how many jobs were released."""
+    return _run_release(r, keys, consumer=consumer, idle_ms=RELEASED_IDLE_MS)
+
+
 def retry(r: redis.Redis, keys: Keys, failures: Sequence[Failure]) -> tuple[list[str], list[str]]:
     """Queues failed jobs again; returns (retried ids, ids whose inline bytes have expired)."""
-    script = r.register_script(_RETRY)
     pipe = r.pipeline(transaction=False)
     for f in failures:
-        fields = [item for pair in f.job.to_fields().items() for item in pair]
-        script(
-            keys=[keys.failures, keys.jobs, keys.progress, keys.batch(f.batch_id), keys.blob(f.job.uid),
-                  keys.queued_bytes],
-            args=[f.entry_id, "1" if f.job.has_blob else "0", *fields],
-            client=pipe,
-        )
+        _run_retry(pipe, keys, f)
     results = pipe.execute()
     retried = [f.id for f, res in zip(failures, results) if int(res) == 1]
     expired = [f.id for f, res in zip(failures, results) if int(res) == -1]

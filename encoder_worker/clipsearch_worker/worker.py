@@ -1,9 +1,17 @@
 """The encoder worker loop: take image jobs from Redis, decode, encode in batches, push, acknowledge.
 
 A job is acknowledged (and counted indexed or failed) only after the server has accepted its
-vector, or after it failed for a reason that retrying cannot fix (an undecodable image). Jobs of a
-crashed worker stay pending and are reclaimed by live workers after the visibility timeout; a live
-worker's jobs are never reclaimed, because a heartbeat thread keeps resetting their idle time.
+vector, or after it failed for a reason that retrying cannot fix (an undecodable image).
+
+Jobs of a worker that is gone are redone without waiting for the visibility timeout:
+  - a heartbeat thread reports the worker every few seconds (at most worker_ttl / 3 apart), whatever
+    the main loop does, and keeps its jobs' idle time low;
+  - every few seconds each worker takes over the jobs of workers whose heartbeat is older than
+    worker_ttl (killed, host gone), and of workers that released them (jobqueue.take_over_dead);
+  - a worker that stops, on SIGTERM or on WorkerFatal, first stops taking jobs, then releases the
+    ones it took and did not finish (jobqueue.release) and leaves the consumer group;
+  - jobs of consumers that never reported a heartbeat are reclaimed after the visibility timeout.
+A live worker's jobs are never taken, however long a batch takes: its heartbeat keeps it alive.
 A job with a transient error (an unreachable URL) stays pending and is retried; a job delivered
 more than `max_deliveries` times (it failed, or crashed workers, every time) is dead-lettered.
 """
@@ -165,6 +173,7 @@ class Worker:
         self._pool = ThreadPoolExecutor(max_workers=max(1, config.decode_threads), thread_name_prefix="decode")
         self._model = types_pb2.ModelInfo(name=encoder.identity, dim=encoder.dim)
         self._last_reclaim = 0.0
+        self._last_take_over = 0.0
         self.processed = 0
         self._in_flight: set[str] = set()  # entry ids of the jobs taken and not yet finished
         self._in_flight_lock = threading.Lock()
@@ -175,12 +184,11 @@ class Worker:
     def _beat(self) -> None:
         """Keeps this worker's in-flight jobs from looking abandoned, however long a batch takes, and
         reports the worker as alive (for `clipsearch status`)."""
-        interval = max(0.2, min(5.0, self.config.visibility_timeout_s / 3))
+        interval = max(0.2, min(5.0, self.config.visibility_timeout_s / 3, self.config.worker_ttl_s / 3))
         while True:
-            with self._in_flight_lock:
-                ids = list(self._in_flight)
             try:
-                jobqueue.keep_alive(self.redis, self.keys, self.config.consumer, ids)
+                with self._in_flight_lock:  # held, so that no job is claimed back after its release
+                    jobqueue.keep_alive(self.redis, self.keys, self.config.consumer, list(self._in_flight))
                 jobqueue.report_worker(self.redis, self.keys, jobqueue.WorkerInfo(
                     self.config.consumer, 0, self.processed, self.encoder.device, self.encoder.identity))
             except redis.RedisError as exc:
@@ -198,24 +206,44 @@ class Worker:
         log.info("worker %s consuming %s", self.config.consumer, self.keys.jobs)
         batches: "stdqueue.Queue[_Batch | None]" = stdqueue.Queue()
         slots = threading.Semaphore(_PREFETCH + 1)
-        feeder = threading.Thread(target=self._feed, args=(stop, batches, slots), name="feeder", daemon=True)
+        halt = threading.Event()  # stops the feeder: set on `stop` or on a fatal error
+        feeder = threading.Thread(target=self._feed, args=(stop, halt, batches, slots), name="feeder", daemon=True)
         feeder.start()
-        while (batch := batches.get()) is not None:
-            try:
-                self._finish_batch(batch, stop)
-            except redis.RedisError as exc:
-                log.warning("Redis unavailable while finishing a batch (%s); its jobs stay pending", exc)
-                stop.wait(1.0)
-            finally:
-                self._forget(batch.jobs)
-                slots.release()
-        feeder.join(timeout=10)
+        try:
+            while (batch := batches.get()) is not None:
+                try:
+                    self._finish_batch(batch, stop)
+                except redis.RedisError as exc:
+                    log.warning("Redis unavailable while finishing a batch (%s); its jobs stay pending", exc)
+                    stop.wait(1.0)
+                finally:
+                    self._forget(batch.jobs)
+                    slots.release()
+        finally:
+            halt.set()
+            feeder.join(timeout=10)
+            self._release()
 
-    def _feed(self, stop: threading.Event, batches: "stdqueue.Queue[_Batch | None]",
+    def _release(self) -> None:
+        """Gives back the jobs this worker took and did not finish (prefetched, interrupted, or left by a
+        fatal error) so that live workers take them at once, and leaves the consumer group. The
+        heartbeat no longer touches them: `_in_flight` is cleared under its lock first."""
+        with self._in_flight_lock:
+            self._in_flight.clear()
+            try:
+                released = jobqueue.release(self.redis, self.keys, self.config.consumer)
+            except redis.RedisError as exc:
+                log.warning("could not release this worker's jobs (%s); others take them when its heartbeat "
+                            "is older than %.0fs", exc, self.config.worker_ttl_s)
+                return
+        if released:
+            log.info("released %d unfinished jobs to other workers", released)
+
+    def _feed(self, stop: threading.Event, halt: threading.Event, batches: "stdqueue.Queue[_Batch | None]",
               slots: threading.Semaphore) -> None:
         ready = False
         try:
-            while not stop.is_set():
+            while not stop.is_set() and not halt.is_set():
                 if self.config.heartbeat_file:
                     Path(self.config.heartbeat_file).touch()
                 if not slots.acquire(timeout=0.5):
@@ -231,6 +259,10 @@ class Worker:
                     stop.wait(1.0)
                 if batch is None:
                     slots.release()
+                elif halt.is_set():
+                    self._forget(batch.jobs)  # taken while the main loop stopped: released by run()
+                    for future in batch.futures.values():
+                        future.cancel()
                 else:
                     batches.put(batch)
         finally:
@@ -258,6 +290,15 @@ class Worker:
 
     def _next_jobs(self) -> list[Job]:
         now = time.monotonic()
+        if now - self._last_take_over >= min(5.0, self.config.worker_ttl_s / 3):
+            self._last_take_over = now
+            taken = jobqueue.take_over_dead(
+                self.redis, self.keys, self.config.consumer, int(self.config.worker_ttl_s * 1000),
+                self.config.batch_size,
+            )
+            if taken:
+                log.info("took over %d jobs of stopped or dead workers", len(taken))
+                return taken
         if now - self._last_reclaim >= min(30.0, self.config.visibility_timeout_s / 2):
             self._last_reclaim = now
             stale = jobqueue.reclaim_stale(

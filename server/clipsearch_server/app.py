@@ -178,7 +178,7 @@ def _index_gauges(slot: EngineSlot) -> dict[str, float]:
 def _queue_gauges(r: object, keys: jobqueue.Keys) -> dict[str, float]:
     s = jobqueue.status(r, keys)  # type: ignore[arg-type]
     progress = jobqueue.get_progress(r, keys)  # type: ignore[arg-type]
-    return {"queue_jobs": s.jobs, "queue_pending": s.pending, "queue_lag": s.lag, "queue_bytes": s.queued_bytes,
+    return {"queue_jobs": s.jobs, "queue_pending": s.in_flight, "queue_lag": s.lag, "queue_bytes": s.queued_bytes,
             "workers_alive": sum(w.alive for w in s.workers), "ingest_failed": progress.failed if progress else 0}
 
 

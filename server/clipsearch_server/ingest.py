@@ -19,14 +19,15 @@ from clipsearch_core.jobqueue import Failure, Job, Keys, Progress
 
 from .errors import NotFound, ResourceExhausted, Unavailable
 
-__all__ = ["Ingestor", "Submission", "derive_id"]
+__all__ = ["Ingestor", "QueuedImage", "derive_id"]
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Submission:
-    """One validated image submission: bytes or uri (or both), optional id, metadata."""
+class QueuedImage:
+    """One validated image of a SubmitImages request, to be queued: bytes or uri (or both), optional id,
+    metadata. (The client's `clipsearch.Submission` is the reply, a different thing.)"""
 
     id: str = ""
     image: bytes = b""
@@ -34,7 +35,7 @@ class Submission:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def derive_id(sub: Submission) -> str:
+def derive_id(sub: QueuedImage) -> str:
     """The caller's id, else 32 hex digits of SHA-256 over the uri (or the bytes when there is no uri)."""
     if sub.id:
         return sub.id
@@ -58,21 +59,26 @@ class Ingestor:
         except redis.RedisError as exc:
             raise Unavailable(f"the ingestion queue (Redis) is unavailable: {exc}") from exc
 
-    def submit(self, subs: Sequence[Submission], batch_id: str = "") -> tuple[str, list[str]]:
-        """Queues all submissions atomically; returns (batch id, image ids)."""
+    def submit(self, images: Sequence[QueuedImage], batch_id: str = "", request_id: str = "") -> tuple[str, list[str]]:
+        """Queues all images atomically; returns (batch id, image ids). A request id seen before (within
+        jobqueue.REQUEST_TTL_S) queues nothing and returns the first call's result."""
         batch_id = batch_id or uuid.uuid4().hex
-        jobs = [Job(id=derive_id(s), uri=s.uri, metadata=s.metadata, batch_id=batch_id, has_blob=bool(s.image)) for s in subs]
-        blobs = [s.image or None for s in subs]
+        jobs = [Job(id=derive_id(s), uri=s.uri, metadata=s.metadata, batch_id=batch_id, has_blob=bool(s.image))
+                for s in images]
+        blobs = [s.image or None for s in images]
 
-        def run() -> None:
+        def run() -> jobqueue.Submitted:
             if not self._group_ready:
                 jobqueue.ensure_group(self.redis, self._keys)
                 self._group_ready = True
+            earlier = jobqueue.find_request(self.redis, self._keys, request_id)
+            if earlier is not None:
+                return earlier  # a retry of a call that succeeded: not refused for a full queue either
             self._check_room(len(jobs), sum(len(b) for b in blobs if b))
-            jobqueue.submit(self.redis, self._keys, jobs, blobs, batch_id)
+            return jobqueue.submit(self.redis, self._keys, jobs, blobs, batch_id, request_id)
 
-        self._call(run)
-        return batch_id, [job.id for job in jobs]
+        done = self._call(run)
+        return done.batch_id, done.ids
 
     def _check_room(self, jobs: int, size: int) -> None:
         queued_jobs, queued_bytes = jobqueue.usage(self.redis, self._keys)

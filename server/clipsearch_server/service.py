@@ -30,7 +30,7 @@ from . import validation as check
 from .collection import Hit
 from .engine import EngineSlot
 from .errors import InvalidArgument, ResourceExhausted, status_for
-from .ingest import Ingestor, Submission
+from .ingest import Ingestor, QueuedImage
 from .metrics import RPC_LATENCY, RPCS
 from .store import ImageRecord
 
@@ -117,7 +117,7 @@ class IngestServicer(ingest_grpc.IngestServiceServicer):
         self._ingestor = ingestor
         self._max_image_bytes = max_image_bytes
 
-    def _submission(self, i: int, img: ingest_pb.ImageSubmission) -> Submission:
+    def _queued_image(self, i: int, img: ingest_pb.ImageSubmission) -> QueuedImage:
         where = f"images[{i}]"
         if img.id:
             check.image_id(img.id, f"{where}.id")
@@ -129,7 +129,7 @@ class IngestServicer(ingest_grpc.IngestServiceServicer):
             check.uri(img.uri, f"{where}.uri")
         elif len(img.uri) > check.MAX_URI_CHARS:
             raise InvalidArgument(f"{where}.uri is {len(img.uri)} characters, the limit is {check.MAX_URI_CHARS}")
-        return Submission(img.id, img.image, img.uri, check.metadata(img.metadata, f"{where}.metadata"))
+        return QueuedImage(img.id, img.image, img.uri, check.metadata(img.metadata, f"{where}.metadata"))
 
     @_rpc
     async def SubmitImages(
@@ -138,8 +138,9 @@ class IngestServicer(ingest_grpc.IngestServiceServicer):
         check.count(len(request.images), check.MAX_SUBMIT_IMAGES, "images")
         if request.batch_id:
             check.image_id(request.batch_id, "batch_id")
-        subs = [self._submission(i, img) for i, img in enumerate(request.images)]
-        batch_id, ids = await asyncio.to_thread(self._ingestor.submit, subs, request.batch_id)
+        check.request_id(request.request_id)
+        images = [self._queued_image(i, img) for i, img in enumerate(request.images)]
+        batch_id, ids = await asyncio.to_thread(self._ingestor.submit, images, request.batch_id, request.request_id)
         return ingest_pb.SubmitImagesResponse(batch_id=batch_id, ids=ids)
 
     @_rpc
@@ -184,7 +185,7 @@ class IngestServicer(ingest_grpc.IngestServiceServicer):
     ) -> ingest_pb.GetQueueStatusResponse:
         s = await asyncio.to_thread(self._ingestor.status)
         return ingest_pb.GetQueueStatusResponse(
-            jobs=s.jobs, in_flight=s.pending, lag=s.lag, queued_bytes=s.queued_bytes,
+            jobs=s.jobs, in_flight=s.in_flight, lag=s.lag, queued_bytes=s.queued_bytes,
             workers=[
                 ingest_pb.WorkerStatus(name=w.name, last_seen_ms=w.last_seen_ms, alive=w.alive,
                                        processed=w.processed, device=w.device, model=w.model)

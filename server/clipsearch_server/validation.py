@@ -23,6 +23,7 @@ __all__ = [
     "MAX_TEXT_CHARS",
     "MAX_UPSERT_RECORDS",
     "image_id",
+    "request_id",
     "k",
     "metadata",
     "text",
@@ -38,6 +39,7 @@ MAX_METADATA_ENTRIES = 64
 MAX_METADATA_KEY_CHARS = 256
 MAX_METADATA_VALUE_CHARS = 4096
 MAX_SUBMIT_IMAGES = 1000
+MAX_REQUEST_ID_CHARS = 128
 MAX_UPSERT_RECORDS = 4096
 MAX_DELETE_IDS = 1000
 MAX_FAILURES_LIMIT = 10_000
@@ -64,6 +66,15 @@ def image_id(value: str, field: str = "id") -> str:
         raise InvalidArgument(f"{field} is {len(value)} characters, the limit is {MAX_ID_CHARS}")
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
         raise InvalidArgument(f"{field} {value!r} contains control characters")
+    return value
+
+
+def request_id(value: str, field: str = "request_id") -> str:
+    """Empty (no deduplication) or 1 to 128 characters without control characters."""
+    if len(value) > MAX_REQUEST_ID_CHARS:
+        raise InvalidArgument(f"{field} is {len(value)} characters, the limit is {MAX_REQUEST_ID_CHARS}")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise InvalidArgument(f"{field} contains control characters")
     return value
 
 

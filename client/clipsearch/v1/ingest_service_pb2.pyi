@@ -26,12 +26,14 @@ class ImageSubmission(_message.Message):
     def __init__(self, id: _Optional[str] = ..., image: _Optional[bytes] = ..., uri: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class SubmitImagesRequest(_message.Message):
-    __slots__ = ("images", "batch_id")
+    __slots__ = ("images", "batch_id", "request_id")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedCompositeFieldContainer[ImageSubmission]
     batch_id: str
-    def __init__(self, images: _Optional[_Iterable[_Union[ImageSubmission, _Mapping]]] = ..., batch_id: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, images: _Optional[_Iterable[_Union[ImageSubmission, _Mapping]]] = ..., batch_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class SubmitImagesResponse(_message.Message):
     __slots__ = ("batch_id", "ids")

@@ -74,9 +74,11 @@ class IngestServiceServicer:
 
     def SubmitImages(self, request, context):
         """Queues images for encoding and indexing. Idempotent per image id: submitting the same id again
-        replaces that image (upsert), never duplicates it. Retry on UNAVAILABLE with the same ids.
+        replaces that image (upsert), never duplicates it. Retry on UNAVAILABLE with the same ids and
+        the same request_id: a retried request then queues nothing again and returns the first reply.
         Errors: INVALID_ARGUMENT for an empty request, more than 1000 images, an invalid id, an image
-        with neither bytes nor uri, an oversized image, or a uri with an unsupported scheme;
+        with neither bytes nor uri, an oversized image, a uri with an unsupported scheme, or a
+        request_id over 128 characters or with control characters;
         RESOURCE_EXHAUSTED when the queue holds more jobs or bytes than the server's limits allow (the
         message and the "retry-after-ms" trailing metadata say when to retry);
         UNAVAILABLE when the queue (Redis) cannot be reached;
@@ -88,7 +90,8 @@ class IngestServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetIngestProgress(self, request, context):
-        """Counts of submitted, pending, indexed and failed images, for one batch or for the whole service.
+        """Counts of submitted, pending (not yet finished: queued or being encoded), indexed and failed
+        images, for one batch or for the whole service.
         Errors: NOT_FOUND for an unknown batch id; UNAVAILABLE when Redis cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
