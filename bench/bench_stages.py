@@ -108,6 +108,17 @@ def main() -> None:
         encoder.encode_images(on_device)
     row("model forward (tensors on device)", reps * args.batch / (time.perf_counter() - t), f"batch {args.batch}")
 
+    # The worker's call: a list of CPU tensors stacked, pinned, copied and (uint8) normalized on the device.
+    images = [decode_image(p, LoadLimits(), encoder.image_size) for p in unique]
+    for kind, prep in (("float32", encoder.preprocess), ("uint8", encoder.preprocess_uint8)):
+        batch = [prep(images[i % len(images)]) for i in range(args.batch)]
+        encoder.encode_images(batch)
+        t = time.perf_counter()
+        for _ in range(reps):
+            encoder.encode_images(batch)
+        row(f"encode_images from CPU {kind} crops", reps * args.batch / (time.perf_counter() - t),
+            f"batch {args.batch}, stack + copy + forward")
+
     if cuda:  # host-to-device copy of one preprocessed float32 batch from pinned memory
         host = torch.stack([tensors[i % len(tensors)] for i in range(args.batch)]).pin_memory()
         host.to(encoder.device, non_blocking=True)

@@ -12,6 +12,7 @@ from typing import Iterator
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from clipsearch import Client, ImageInput
@@ -50,6 +51,16 @@ def test_draft_decoding_keeps_embeddings_faithful(encoder: ClipEncoder) -> None:
     fast = encoder.encode_images([encoder.preprocess(d) for d in decoded])
     cosine = (reference * fast).sum(axis=1)
     assert cosine.mean() >= 0.99 and cosine.min() >= 0.98, cosine
+
+
+def test_uint8_preprocessing_gives_the_same_vectors(encoder: ClipEncoder) -> None:
+    """The worker hands the model uint8 crops (a quarter of the bytes); scaling and normalizing on the
+    device must give the vectors of open_clip's float preprocessing."""
+    images = [Image.open(io.BytesIO(photo_jpeg(seed, 640, 480))).convert("RGB") for seed in range(4)]
+    small = [encoder.preprocess_uint8(image) for image in images]
+    assert all(t.dtype == torch.uint8 and t.shape == (3, encoder.image_size, encoder.image_size) for t in small)
+    reference = encoder.encode_images([encoder.preprocess(image) for image in images])
+    assert np.abs(encoder.encode_images(small) - reference).max() < 1e-5
 
 
 def test_micro_batching_and_cache() -> None:

@@ -99,6 +99,7 @@ class ClipEncoder:
             and getattr(model, "attn_mask", None) is not None
             and model.text_pool_type == "argmax"
         )
+        self._geometry, self._mean, self._std = _split_preprocess(preprocess, device)
         size = getattr(model.visual, "image_size", 224)
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         with torch.inference_mode():
@@ -108,6 +109,17 @@ class ClipEncoder:
     def preprocess(self, image: Image.Image) -> Any:
         """Turns a decoded RGB image into the model's input tensor (CPU). Safe to call from many threads."""
         return self._preprocess(image)
+
+    def preprocess_uint8(self, image: Image.Image) -> Any:
+        """The same resize and crop as `preprocess`, kept as a (3, S, S) uint8 tensor: a quarter of the
+        bytes to stack, pin and copy to the device; `encode_images` scales and normalizes it there
+        (the same arithmetic, so the same vectors). Falls back to `preprocess` for a pipeline that
+        does not end in to-tensor + normalize."""
+        if self._geometry is None:
+            return self._preprocess(image)
+        for step in self._geometry:
+            image = step(image)
+        return torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
 
     def decode_jpegs(self, datas: Sequence[bytes], backend: str = "auto") -> list[Any]:
         """Decodes JPEG bytes on the model's device (nvJPEG on CUDA, libjpeg on CPU), EXIF orientation
@@ -144,10 +156,13 @@ class ClipEncoder:
         return out
 
     def encode_images(self, tensors: Sequence[Any]) -> np.ndarray:
-        """Encodes preprocessed images (from `preprocess`) into an (n, dim) float32 array of unit vectors."""
+        """Encodes preprocessed images (from `preprocess`, `preprocess_uint8` or `decode_jpegs`) into an
+        (n, dim) float32 array of unit vectors."""
         batch = torch.stack(list(tensors))
         if self.device.startswith("cuda") and batch.device.type == "cpu":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
+        if batch.dtype == torch.uint8:
+            batch = (batch.float() / 255.0 - self._mean) / self._std
         with self._lock, torch.inference_mode(), torch.autocast("cuda", enabled=self._autocast):
             features = self._model.encode_image(batch)
         return _normalized(features)
@@ -185,6 +200,17 @@ class ClipEncoder:
         if model.text_projection is not None:
             x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
         return x
+
+
+def _split_preprocess(preprocess: Any, device: str) -> tuple[list[Any] | None, Any, Any]:
+    """Splits open_clip's Compose(geometry..., to-tensor, Normalize) into the geometric steps and the
+    normalization constants (as (1, 3, 1, 1) tensors on `device`); (None, None, None) for other pipelines."""
+    steps = list(getattr(preprocess, "transforms", []))
+    if len(steps) < 2 or type(steps[-1]).__name__ != "Normalize" or "ToTensor" not in type(steps[-2]).__name__:
+        return None, None, None
+    mean = torch.tensor(steps[-1].mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(steps[-1].std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return steps[:-2], mean, std
 
 
 def _torchcodec_jpeg() -> Any:

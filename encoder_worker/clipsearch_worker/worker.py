@@ -363,7 +363,7 @@ class Worker:
     def _decode_with_pil(self, data: bytes) -> tuple[Any, str | None]:
         try:
             image = decode_image(data, self.config.image_limits, draft_size=self.encoder.image_size)
-            return self.encoder.preprocess(image), None
+            return self.encoder.preprocess_uint8(image), None
         except ImageLoadError as exc:
             return None, str(exc)
 
@@ -381,7 +381,7 @@ class Worker:
                 check_header(data, self.config.image_limits)
                 return _DeviceJpeg(data), None
             image = decode_image(data, self.config.image_limits, draft_size=self.encoder.image_size)
-            return self.encoder.preprocess(image), None
+            return self.encoder.preprocess_uint8(image), None
         except ImageLoadError as exc:
             return None, _Transient(str(exc)) if exc.transient else str(exc)
         except Exception as exc:  # noqa: BLE001 - a bad image must never kill the worker
