@@ -79,6 +79,7 @@ class Collection:
         self.store = Store(self.data_dir / "images.sqlite3")
         self.snapshots = Snapshots(self.data_dir, self.spec, params)
         self.loaded_from_snapshot = False
+        self._snapshot_seq = 0
         self._bind_model()
         self._write_lock = threading.RLock()  # one writer at a time: store, then index
         self._compacting = threading.Lock()
@@ -224,13 +225,21 @@ class Collection:
     # --- snapshots and compaction --------------------------------------------------------------
 
     def snapshot(self, force: bool = False) -> bool:
-        """Writes the index atomically with the label it covers, if anything changed. Searches go on."""
-        with self._write_lock:  # no writes while the index is serialized
+        """Writes the index atomically with the label it covers, if anything changed. Searches go on;
+        writes wait only while the index is copied in memory, not while the copy goes to disk."""
+        with self._write_lock:  # the copy and its label bound must match
             state = (self.store.next_label(), self.index.tombstones)
             if state == self._saved_at and not force:
                 return False
-            self.snapshots.write(self.index, state[0])  # serialized; never deletes the current file
+            frozen = self.index.freeze()
+            self._snapshot_seq += 1
+            sequence = self._snapshot_seq
             self._saved_at = state
+        try:
+            self.snapshots.write(frozen, state[0], sequence)  # serialized; never deletes the current file
+        except BaseException:
+            self._saved_at = (-1, -1)  # not saved: the next periodic snapshot tries again
+            raise
         return True
 
     def _maybe_compact(self) -> None:

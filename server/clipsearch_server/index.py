@@ -165,6 +165,11 @@ class VectorIndex(abc.ABC):
         """Writes the index (without tombstones: the owner records those) atomically to `path`."""
 
     @abc.abstractmethod
+    def freeze(self) -> np.ndarray:
+        """The index serialized in memory (uint8 array; what `save` writes): a consistent copy that
+        can be written to disk later while the index goes on changing."""
+
+    @abc.abstractmethod
     def memory_bytes(self) -> int:
         """Approximate memory the index uses, in bytes."""
 
@@ -203,6 +208,10 @@ class HnswIndex(VectorIndex):
         with self._lock.read():
             faiss.write_index(self._index, str(tmp))
         replace_durably(tmp, path)
+
+    def freeze(self) -> np.ndarray:
+        with self._lock.read():
+            return faiss.serialize_index(self._index)
 
     @property
     def ntotal(self) -> int:
