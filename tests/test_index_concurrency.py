@@ -197,3 +197,37 @@ def test_store_lookup_of_more_labels_than_sqlite_parameters(tmp_path: Path) -> N
     found = store.by_labels(list(range(300_000)))  # one IN (...) would pass SQLite's limit (32,766 or 250,000)
     assert sorted(found) == list(range(10)) and found[3].id == "3"
     store.close()
+
+
+def test_writes_go_on_while_a_snapshot_goes_to_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The snapshot used to hold the write lock while the index was written and fsynced."""
+    import clipsearch_server.files as files
+    import clipsearch_server.index as index_module
+    import clipsearch_server.snapshots as snapshots_module
+
+    durable = files.replace_durably
+
+    def slow_disk(tmp: Path, path: Path) -> None:
+        if path.suffix == ".faiss":
+            time.sleep(1.5)  # a large index on a slow disk
+        durable(tmp, path)
+
+    for module in (index_module, snapshots_module):
+        monkeypatch.setattr(module, "replace_durably", slow_disk, raising=False)
+    rng = np.random.default_rng(5)
+    vectors = unit(rng, 100, 16)
+    col = Collection(tmp_path, "m@1", 16, HnswParams(m=8, ef_construction=40, ef_search=32))
+    col.upsert([ImageRecord(str(i), vectors[i]) for i in range(50)])
+    snap = threading.Thread(target=col.snapshot)
+    snap.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    col.upsert([ImageRecord(str(i), vectors[i]) for i in range(50, 60)])
+    waited = time.monotonic() - started
+    snap.join(10)
+    assert waited < 0.5, f"an upsert waited {waited:.2f}s for the snapshot"
+    assert json.loads((tmp_path / "snapshot.json").read_text())["covers_labels_below"] == 50
+    col.close()
+    reopened = Collection(tmp_path, "m@1", 16, HnswParams(m=8, ef_construction=40, ef_search=32))
+    assert reopened.loaded_from_snapshot and reopened.stats().count == 60
+    reopened.close()
