@@ -8,7 +8,8 @@ Owns the rules that span both layers:
   bounded number of rounds, then scans the live vectors exactly (never more than EXACT_SCAN_MAX);
 - an upsert of an image submitted before that id's deletion is skipped (the delete wins);
 - the index is snapshotted (snapshots.py) with the label it covers; on start the latest snapshot is
-  loaded and only rows written after it are added (no re-embedding, no full rebuild);
+  loaded and only rows written after it are added (no re-embedding, no full rebuild); writes wait
+  only while the index is copied in memory, not while the copy goes to disk;
 - when tombstones pass `compact_ratio` of the index, a background rebuild makes a fresh graph from
   the store while searches go on against the old one, then swaps it in.
 """
@@ -58,7 +59,7 @@ class CollectionStats:
 
 
 class Collection:
-    """Images of one model: durable store + HNSW index (+ snapshots and compaction)."""
+    """Images of one model: durable store + vector index (+ snapshots and compaction)."""
 
     def __init__(
         self,
