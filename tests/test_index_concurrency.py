@@ -212,7 +212,7 @@ def test_writes_go_on_while_a_snapshot_goes_to_disk(tmp_path: Path, monkeypatch:
             time.sleep(1.5)  # a large index on a slow disk
         durable(tmp, path)
 
-    for module in (index_module, snapshots_module):
+    for module in (index_module, snapshots_module):  # the index saves; older code imported it here too
         monkeypatch.setattr(module, "replace_durably", slow_disk, raising=False)
     rng = np.random.default_rng(5)
     vectors = unit(rng, 100, 16)

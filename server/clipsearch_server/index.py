@@ -165,9 +165,9 @@ class VectorIndex(abc.ABC):
         """Writes the index (without tombstones: the owner records those) atomically to `path`."""
 
     @abc.abstractmethod
-    def freeze(self) -> np.ndarray:
-        """The index serialized in memory (uint8 array; what `save` writes): a consistent copy that
-        can be written to disk later while the index goes on changing."""
+    def freeze(self) -> "VectorIndex":
+        """A consistent in-memory copy (a memcpy, much faster than `save`) to save later while this
+        index goes on changing. Tombstones are not copied (snapshots do not keep them)."""
 
     @abc.abstractmethod
     def memory_bytes(self) -> int:
@@ -209,9 +209,9 @@ class HnswIndex(VectorIndex):
             faiss.write_index(self._index, str(tmp))
         replace_durably(tmp, path)
 
-    def freeze(self) -> np.ndarray:
+    def freeze(self) -> "HnswIndex":
         with self._lock.read():
-            return faiss.serialize_index(self._index)
+            return HnswIndex(self.dim, self.params, _loaded=faiss.clone_index(self._index))
 
     @property
     def ntotal(self) -> int:

@@ -2,7 +2,7 @@
 
 A snapshot is `index-<L>.faiss` (the index covering every label below L) plus `snapshot.json`, the
 pointer naming the current file. The caller freezes the index in memory (a short copy, writes wait
-only for that) and hands the frozen bytes here with a sequence number taken when it froze them.
+only for that) and hands the frozen copy here with a sequence number taken when it froze them.
 Writing the file, moving the pointer and deleting old files happen under one lock, so overlapping
 callers (periodic snapshot, compaction, shutdown) are serialized; a write older than the last one
 written is dropped, and cleanup never deletes the file the pointer names.
@@ -15,9 +15,7 @@ import logging
 import threading
 from pathlib import Path
 
-import numpy as np
-
-from .files import replace_durably, write_text_durably
+from .files import write_text_durably
 from .index import HnswParams, VectorIndex, load_index
 
 __all__ = ["SNAPSHOT_POINTER", "Snapshots"]
@@ -62,21 +60,19 @@ class Snapshots:
             log.warning("ignoring snapshot (%s); rebuilding the index from the store", exc)
             return None, 0
 
-    def write(self, frozen: np.ndarray, covered: int, sequence: int) -> str | None:
-        """Writes frozen index bytes as the snapshot covering labels below `covered`, points at it and
+    def write(self, frozen: VectorIndex, covered: int, sequence: int) -> str | None:
+        """Saves a frozen index copy as the snapshot covering labels below `covered`, points at it and
         deletes older files. Returns the file name, or None if a snapshot frozen later was already written."""
         name = f"index-{covered}.faiss"
         with self._lock:
             if sequence <= self._written:
                 return None
-            tmp = self.data_dir / (name + ".tmp")
-            np.asarray(frozen, dtype=np.uint8).tofile(tmp)
-            replace_durably(tmp, self.data_dir / name)
+            frozen.save(self.data_dir / name)  # atomic: temp file, fsync, rename
             write_text_durably(self.pointer, json.dumps({"file": name, "covers_labels_below": covered}))
             self._written = sequence
             keep = self.current_file() or name
             for old in self.data_dir.glob("index-*.faiss"):
                 if old.name != keep:
                     old.unlink(missing_ok=True)
-        log.info("snapshot written: %s (%d bytes)", name, len(frozen))
+        log.info("snapshot written: %s (%d vectors)", name, frozen.ntotal)
         return name
