@@ -2,7 +2,7 @@
 # Runs every benchmark (results: bench/results/*.json, plot: docs/index-recall-qps.png; figures go
 # into docs/BENCHMARKS.md by hand). Takes about an hour on a 2-core CPU, mostly the 1M-vector index.
 #   ./scripts/bench.sh               # everything
-#   ./scripts/bench.sh ingest query  # a subset: index, ingest, query, coldstart
+#   ./scripts/bench.sh ingest query  # a subset: index, ingest, query, coldstart, writes, snapshots
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -14,3 +14,5 @@ has index && $PY bench/bench_index.py --n 100000 --n 1000000 --queries 300
 has ingest && $PY bench/bench_ingest.py --images 192
 has query && $PY bench/bench_query.py --vectors 100000
 has coldstart && $PY bench/bench_coldstart.py --n 1000000
+has writes && $PY bench/bench_write_under_load.py --vectors 20000
+has snapshots && $PY bench/bench_snapshot_stall.py --vectors 100000

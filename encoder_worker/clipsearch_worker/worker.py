@@ -393,7 +393,8 @@ class Worker:
         request = index_pb.UpsertVectorsRequest(
             model=self._model,
             records=[
-                index_pb.VectorRecord(id=job.id, vector=vec.astype("<f4").tobytes(), uri=job.uri, metadata=job.metadata)
+                index_pb.VectorRecord(id=job.id, vector=vec.astype("<f4").tobytes(), uri=job.uri, metadata=job.metadata,
+                                      submitted_at_ms=int(job.entry_id.split("-")[0] or 0))  # stream id ms = submission time
                 for job, vec in zip(jobs, vectors)
             ],
         )

@@ -1,18 +1,21 @@
-"""A collection: the durable store plus the derived HNSW index, for one model.
+"""A collection: the durable store plus the derived vector index, for one model.
 
 Owns the rules that span both layers:
 - the collection is bound to one model (identity and dimension, recorded in the store on first use);
 - writes go to the store first (durable on return), then to the index;
 - replaced and deleted images are tombstoned in the index and filtered out of every search;
-- the index is snapshotted atomically with the label it covers; on start the latest snapshot is
-  loaded and only rows written after it are added (no re-embedding, no full rebuild);
+- a search joins index hits with the store; when tombstone filtering comes back short it widens a
+  bounded number of rounds, then scans the live vectors exactly (never more than EXACT_SCAN_MAX);
+- an upsert of an image submitted before that id's deletion is skipped (the delete wins);
+- the index is snapshotted (snapshots.py) with the label it covers; on start the latest snapshot is
+  loaded and only rows written after it are added (no re-embedding, no full rebuild); writes wait
+  only while the index is copied in memory, not while the copy goes to disk;
 - when tombstones pass `compact_ratio` of the index, a background rebuild makes a fresh graph from
   the store while searches go on against the old one, then swaps it in.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -23,15 +26,16 @@ from typing import Sequence
 import numpy as np
 
 from .errors import FailedPrecondition, NotFound
-from .files import write_text_durably
-from .index import HnswIndex, HnswParams, normalize
-from .store import ImageRecord, Store
+from .index import HnswParams, VectorIndex, make_index, normalize
+from .snapshots import Snapshots
+from .store import ImageRecord, StoredImage, Store
 
 __all__ = ["Collection", "CollectionStats", "Hit"]
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_POINTER = "snapshot.json"
+WIDEN_ROUNDS = 3  # index searches per query before falling back to an exact scan (fetch doubles each round)
+EXACT_SCAN_MAX = 200_000  # live images up to which a short search is completed by an exact scan
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ class CollectionStats:
 
 
 class Collection:
-    """Images of one model: durable store + HNSW index (+ snapshots and compaction)."""
+    """Images of one model: durable store + vector index (+ snapshots and compaction)."""
 
     def __init__(
         self,
@@ -72,7 +76,11 @@ class Collection:
         self.data_dir = Path(data_dir)
         self.compact_ratio = compact_ratio
         self.compact_min = compact_min
+        self.spec = f"HNSW{params.m},Flat"
         self.store = Store(self.data_dir / "images.sqlite3")
+        self.snapshots = Snapshots(self.data_dir, self.spec, params)
+        self.loaded_from_snapshot = False
+        self._snapshot_seq = 0
         self._bind_model()
         self._write_lock = threading.RLock()  # one writer at a time: store, then index
         self._compacting = threading.Lock()
@@ -96,12 +104,13 @@ class Collection:
                 f"this server runs {self.model} (dim {self.dim}). Use that model, or another --data-dir."
             )
 
-    def _load(self) -> HnswIndex:
+    def _load(self) -> VectorIndex:
         """The latest snapshot brought up to date from the store, or a fresh build from the store."""
         started = time.monotonic()
-        index, covered = self._read_snapshot()
+        index, covered = self.snapshots.read(self.dim)
+        self.loaded_from_snapshot = index is not None
         if index is None:
-            index, covered = HnswIndex(self.dim, self.params), 0
+            index, covered = make_index(self.spec, self.dim, self.params), 0
         added = self._add_from_store(index, covered, None)
         stale = np.setdiff1d(index.labels(), self.store.live_labels(), assume_unique=True)
         index.remove(stale.tolist())
@@ -111,21 +120,7 @@ class Collection:
         )
         return index
 
-    def _read_snapshot(self) -> tuple[HnswIndex | None, int]:
-        pointer = self.data_dir / SNAPSHOT_POINTER
-        if not pointer.exists():
-            return None, 0
-        try:
-            info = json.loads(pointer.read_text())
-            index = HnswIndex.load(self.data_dir / info["file"], self.params)
-            if index.dim != self.dim:
-                raise ValueError(f"snapshot has dim {index.dim}")
-            return index, int(info["covers_labels_below"])
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            log.warning("ignoring snapshot (%s); rebuilding the index from the store", exc)
-            return None, 0
-
-    def _add_from_store(self, index: HnswIndex, start: int, stop: int | None) -> int:
+    def _add_from_store(self, index: VectorIndex, start: int, stop: int | None) -> int:
         added = 0
         for labels, vectors in self.store.iter_vectors(self.dim, start, stop):
             index.add(labels, vectors)
@@ -143,17 +138,23 @@ class Collection:
             )
 
     def upsert(self, records: Sequence[ImageRecord]) -> int:
-        """Inserts or replaces images by id; durable when it returns. Returns the number of records written."""
-        unit = [ImageRecord(r.id, normalize(r.vector[None, :])[0], r.uri, r.metadata) for r in records]
+        """Inserts or replaces images by id; durable when it returns. Returns the number of records
+        written: records of images deleted after their submission are skipped, not counted."""
+        unit = [ImageRecord(r.id, normalize(r.vector[None, :])[0], r.uri, r.metadata, r.submitted_at_ms)
+                for r in records]
         with self._write_lock:
-            added, stale = self.store.upsert(unit)
+            result = self.store.upsert(unit)
+            added, stale = result.added, result.stale
             if added:
                 labels = np.fromiter((label for label, _ in added), dtype=np.int64, count=len(added))
                 self.index.add(labels, np.stack([vector for _, vector in added]))
             self.index.remove(stale)
             self._live += len(added) - len(stale)
+        if result.skipped:
+            log.info("skipped %d upserts of images deleted after submission: %s",
+                     len(result.skipped), ", ".join(result.skipped[:5]))
         self._maybe_compact()
-        return len(records)
+        return len(records) - len(result.skipped)
 
     def delete(self, ids: Sequence[str]) -> list[str]:
         """Deletes images by id; returns the ids that existed. Durable when it returns."""
@@ -169,20 +170,42 @@ class Collection:
     def search(self, query: np.ndarray, k: int, exclude_id: str | None = None) -> list[Hit]:
         """The k best live images for a query vector, best first."""
         index = self.index  # a compaction may swap it; this search keeps the one it started with
-        fetch = k + (1 if exclude_id else 0)
-        while True:
+        want = k + (1 if exclude_id else 0)
+        reachable = min(k, max(self._live - (1 if exclude_id else 0), 0))
+        fetch = want
+        hits: list[Hit] = []
+        for _ in range(WIDEN_ROUNDS):  # filtered HNSW search can come back short: widen, bounded
             scores, labels = index.search(query[None, :], fetch)
-            found = [int(x) for x in labels[0] if x >= 0]
-            live = self.store.by_labels(found)  # a label replaced since the search is absent here
-            hits = [
-                Hit(live[label].id, float(score), live[label].uri, live[label].metadata)
-                for score, label in zip(scores[0].tolist(), labels[0].tolist())
-                if label in live and live[label].id != exclude_id
-            ]
-            # Filtered HNSW search can come back short; widen until k or the whole index.
-            if len(hits) >= k or fetch >= index.ntotal:
+            hits = self._join(scores[0].tolist(), labels[0].tolist(), exclude_id)
+            if len(hits) >= reachable or fetch >= index.ntotal:
                 return hits[:k]
             fetch = min(fetch * 2, index.ntotal)
+        if self._live > EXACT_SCAN_MAX:
+            log.warning("search came back short (%d of %d) on %d images; no exact scan", len(hits), k, self._live)
+            return hits[:k]
+        return self._exact(query, want, exclude_id)[:k]
+
+    def _join(self, scores: list[float], labels: list[int], exclude_id: str | None) -> list[Hit]:
+        live: dict[int, StoredImage] = self.store.by_labels([x for x in labels if x >= 0])  # stale labels are absent
+        return [
+            Hit(live[label].id, float(score), live[label].uri, live[label].metadata)
+            for score, label in zip(scores, labels)
+            if label in live and live[label].id != exclude_id
+        ]
+
+    def _exact(self, query: np.ndarray, want: int, exclude_id: str | None) -> list[Hit]:
+        """The `want` best live images by a scan over every live vector in the store."""
+        unit = normalize(query[None, :])[0]
+        best_scores = np.empty(0, dtype=np.float32)
+        best_labels = np.empty(0, dtype=np.int64)
+        for labels, vectors in self.store.iter_vectors(self.dim):
+            best_scores = np.concatenate([best_scores, vectors @ unit])
+            best_labels = np.concatenate([best_labels, labels])
+            if len(best_scores) > want:
+                keep = np.argpartition(-best_scores, want)[:want]
+                best_scores, best_labels = best_scores[keep], best_labels[keep]
+        order = np.argsort(-best_scores, kind="stable")
+        return self._join(best_scores[order].tolist(), best_labels[order].tolist(), exclude_id)
 
     def vector_of(self, image_id: str) -> np.ndarray:
         vector = self.store.vector_of(image_id)
@@ -203,20 +226,21 @@ class Collection:
     # --- snapshots and compaction --------------------------------------------------------------
 
     def snapshot(self, force: bool = False) -> bool:
-        """Writes the index atomically with the label it covers, if anything changed. Searches go on."""
-        with self._write_lock:  # no writes while the index is serialized
+        """Writes the index atomically with the label it covers, if anything changed. Searches go on;
+        writes wait only while the index is copied in memory, not while the copy goes to disk."""
+        with self._write_lock:  # the copy and its label bound must match
             state = (self.store.next_label(), self.index.tombstones)
             if state == self._saved_at and not force:
                 return False
-            covered = state[0]
-            name = f"index-{covered}.faiss"
-            self.index.save(self.data_dir / name)
-            write_text_durably(self.data_dir / SNAPSHOT_POINTER, json.dumps({"file": name, "covers_labels_below": covered}))
+            frozen = self.index.freeze()
+            self._snapshot_seq += 1
+            sequence = self._snapshot_seq
             self._saved_at = state
-        for old in self.data_dir.glob("index-*.faiss"):
-            if old.name != name:
-                old.unlink(missing_ok=True)
-        log.info("snapshot written: %s (%d vectors)", name, self.index.ntotal)
+        try:
+            self.snapshots.write(frozen, state[0], sequence)  # serialized; never deletes the current file
+        except BaseException:
+            self._saved_at = (-1, -1)  # not saved: the next periodic snapshot tries again
+            raise
         return True
 
     def _maybe_compact(self) -> None:
@@ -231,7 +255,7 @@ class Collection:
         """Rebuilds the graph without tombstones; searches and writes go on meanwhile."""
         try:
             started = time.monotonic()
-            fresh = HnswIndex(self.dim, self.params)
+            fresh = make_index(self.spec, self.dim, self.params)
             upto = self.store.next_label()
             self._add_from_store(fresh, 0, upto)  # the long part: no lock held
             with self._write_lock:  # catch up with writes made meanwhile, then swap

@@ -34,6 +34,9 @@ class Engine:
         self.collection = collection
         self.limits = limits
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engine")
+        # Writes are serialized by the collection anyway; their own thread keeps them from queueing
+        # behind searches in the shared pool.
+        self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-write")
         self.texts = TextBatcher(lambda texts: self._run(lambda: encoder.encode_text(texts)), text_batch,
                                  cache_size=cache_size)
         self.images: MicroBatcher[Any] = MicroBatcher(
@@ -41,6 +44,9 @@ class Engine:
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    async def _write(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._writes, fn)
 
     async def text_search(self, text: str, k: int) -> list[Hit]:
         vector = await self.texts.vector(text)
@@ -65,10 +71,10 @@ class Engine:
         return await self._run(work)
 
     async def upsert(self, records: Sequence[ImageRecord]) -> int:
-        return await self._run(lambda: self.collection.upsert(records))
+        return await self._write(lambda: self.collection.upsert(records))
 
     async def delete(self, ids: Sequence[str]) -> list[str]:
-        return await self._run(lambda: self.collection.delete(ids))
+        return await self._write(lambda: self.collection.delete(ids))
 
     async def stats(self) -> CollectionStats:
         return await self._run(self.collection.stats)
@@ -80,6 +86,7 @@ class Engine:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._writes.shutdown(wait=True)
         self.collection.close()
 
 

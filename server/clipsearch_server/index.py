@@ -1,20 +1,28 @@
-"""The FAISS HNSW vector index: the only module of clipsearch that imports faiss.
+"""The vector index seam: the abstract `VectorIndex`, its kinds, and the only faiss import of clipsearch.
 
 Vectors are L2-normalized and compared by inner product, so scores are cosine similarities.
-Labels are the caller's int64 labels (IndexIDMap2 over IndexHNSWFlat). HNSW cannot remove
-vectors, so `remove` records tombstones that every search filters out with an IDSelector (the
-graph still routes through them); the owner rebuilds the index once they pile up.
-FAISS forbids `add` concurrently with `add` or `search`, so a readers-writer lock lets searches
-run in parallel and gives each add exclusive access. `save` is atomic: temp file, fsync, rename.
+Labels are the caller's int64 labels. A kind is built from an index spec string by `make_index`
+("HNSW32,Flat" today; IVF-PQ and HNSW-SQ8 plug into `_KINDS` later without touching the collection).
+
+HNSW cannot remove vectors, so `remove` records tombstones that every search filters out with an
+IDSelector (the graph still routes through them); the owner rebuilds the index once they pile up.
+The selector is built under the write lock whenever the tombstones change and handed to each search
+as an immutable `_Exclusion` the search holds for the whole faiss call (faiss keeps no reference to
+`params.sel`), so a selector can never be freed while a search uses it.
+FAISS forbids `add` concurrently with `add` or `search`: a writer-preferring readers-writer lock lets
+searches run in parallel, gives each write exclusive access, and stops new searches from starving a
+waiting write. `save` is atomic: temp file, fsync, rename.
 """
 
 from __future__ import annotations
 
+import abc
+import re
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import faiss
 import numpy as np
@@ -23,7 +31,7 @@ from clipsearch_core.settings import default
 
 from .files import replace_durably
 
-__all__ = ["HnswIndex", "HnswParams", "normalize"]
+__all__ = ["HnswIndex", "HnswParams", "SearchParams", "VectorIndex", "load_index", "make_index", "normalize"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,13 @@ class HnswParams:
     ef_search: int = default("--ef-search")
 
 
+@dataclass(frozen=True)
+class SearchParams:
+    """Per-search options. ef_search: beam width for this call (None: the index's own, raised to k)."""
+
+    ef_search: int | None = None
+
+
 def normalize(vectors: np.ndarray) -> np.ndarray:
     """Returns float32 rows scaled to unit L2 norm (zero rows stay zero)."""
     array = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -44,17 +59,18 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
 
 
 class _RWLock:
-    """Many readers or one writer."""
+    """Many readers or one writer; a waiting writer goes first (new readers wait behind it)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._readers = 0
         self._writer = False
+        self._writers_waiting = 0
 
     @contextmanager
     def read(self) -> Iterator[None]:
         with self._cond:
-            while self._writer:
+            while self._writer or self._writers_waiting:
                 self._cond.wait()
             self._readers += 1
         try:
@@ -62,13 +78,18 @@ class _RWLock:
         finally:
             with self._cond:
                 self._readers -= 1
-                self._cond.notify_all()
+                if not self._readers:
+                    self._cond.notify_all()
 
     @contextmanager
     def write(self) -> Iterator[None]:
         with self._cond:
-            while self._writer or self._readers:
-                self._cond.wait()
+            self._writers_waiting += 1
+            try:
+                while self._writer or self._readers:
+                    self._cond.wait()
+            finally:
+                self._writers_waiting -= 1
             self._writer = True
         try:
             yield
@@ -78,8 +99,83 @@ class _RWLock:
                 self._cond.notify_all()
 
 
-class HnswIndex:
-    """An inner-product HNSW index over unit vectors, addressed by int64 labels."""
+@dataclass(frozen=True)
+class _Exclusion:
+    """Tombstoned labels and the faiss selector over them; immutable, replaced as a whole.
+    `ids` and `batch` are kept referenced because IDSelectorNot does not own them."""
+
+    ids: np.ndarray
+    batch: object
+    selector: object
+
+    @classmethod
+    def of(cls, labels: Iterable[int]) -> "_Exclusion | None":
+        ids = np.fromiter(labels, dtype=np.int64)
+        if not len(ids):
+            return None
+        batch = faiss.IDSelectorBatch(ids)
+        return cls(ids, batch, faiss.IDSelectorNot(batch))
+
+
+class VectorIndex(abc.ABC):
+    """An inner-product index over unit vectors addressed by int64 labels, with tombstones.
+    Thread-safe: searches run in parallel; add/remove/train are exclusive."""
+
+    dim: int
+
+    @property
+    @abc.abstractmethod
+    def description(self) -> str: ...
+
+    @property
+    @abc.abstractmethod
+    def ntotal(self) -> int:
+        """Entries in the index, tombstoned ones included."""
+
+    @property
+    @abc.abstractmethod
+    def tombstones(self) -> int: ...
+
+    @property
+    def is_trained(self) -> bool:
+        """False for kinds that need `train` before `add` (IVF); HNSW-Flat is always trained."""
+        return True
+
+    def train(self, vectors: np.ndarray) -> None:
+        """Trains the kind on sample vectors (a no-op for kinds that need no training)."""
+
+    @abc.abstractmethod
+    def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+        """Adds vectors (n, dim) under new int64 labels (n,)."""
+
+    @abc.abstractmethod
+    def remove(self, labels: Iterable[int]) -> None:
+        """Tombstones labels: searches never return them again."""
+
+    @abc.abstractmethod
+    def search(self, queries: np.ndarray, k: int, params: SearchParams = SearchParams()) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (scores, labels), each (n, k), best first, tombstones excluded; missing results are -1."""
+
+    @abc.abstractmethod
+    def labels(self) -> np.ndarray:
+        """Every label in the index, tombstoned or not."""
+
+    @abc.abstractmethod
+    def save(self, path: Path) -> None:
+        """Writes the index (without tombstones: the owner records those) atomically to `path`."""
+
+    @abc.abstractmethod
+    def freeze(self) -> "VectorIndex":
+        """A consistent in-memory copy (a memcpy, much faster than `save`) to save later while this
+        index goes on changing. Tombstones are not copied (snapshots do not keep them)."""
+
+    @abc.abstractmethod
+    def memory_bytes(self) -> int:
+        """Approximate memory the index uses, in bytes."""
+
+
+class HnswIndex(VectorIndex):
+    """HNSW-Flat: an inner-product HNSW graph over unit vectors (IndexIDMap2 over IndexHNSWFlat)."""
 
     def __init__(self, dim: int, params: HnswParams = HnswParams(), _loaded: object = None) -> None:
         self.dim = dim
@@ -92,7 +188,7 @@ class HnswIndex:
             self._index = _loaded
         self._lock = _RWLock()
         self._tombstones: set[int] = set()
-        self._selector: tuple[object, object] | None = None  # (IDSelectorBatch, IDSelectorNot), kept alive
+        self._exclusion: _Exclusion | None = None  # rebuilt under the write lock when tombstones change
 
     @classmethod
     def load(cls, path: Path, params: HnswParams) -> "HnswIndex":
@@ -108,11 +204,14 @@ class HnswIndex:
         return cls(int(loaded.d), params, _loaded=loaded)
 
     def save(self, path: Path) -> None:
-        """Writes the index (without tombstones: the owner records those) atomically to `path`."""
         tmp = path.with_name(path.name + ".tmp")
         with self._lock.read():
             faiss.write_index(self._index, str(tmp))
         replace_durably(tmp, path)
+
+    def freeze(self) -> "HnswIndex":
+        with self._lock.read():
+            return HnswIndex(self.dim, self.params, _loaded=faiss.clone_index(self._index))
 
     @property
     def ntotal(self) -> int:
@@ -122,45 +221,71 @@ class HnswIndex:
     def tombstones(self) -> int:
         return len(self._tombstones)
 
-    def labels(self) -> np.ndarray:
-        """Every label in the index, tombstoned or not."""
-        with self._lock.read():
-            return faiss.vector_to_array(self._index.id_map).astype(np.int64)
-
-    def remove(self, labels: Iterable[int]) -> None:
-        """Tombstones labels: searches never return them again."""
-        with self._lock.write():
-            self._tombstones.update(int(x) for x in labels)
-            self._selector = None
-
     @property
     def description(self) -> str:
         return f"HNSW{self.params.m},Flat (inner product)"
 
+    def memory_bytes(self) -> int:
+        # vectors + graph links (about 2*M neighbours at level 0, int32) + id map (int64)
+        return self.ntotal * (4 * self.dim + 4 * 2 * self.params.m + 8) + 8 * len(self._tombstones)
+
+    def labels(self) -> np.ndarray:
+        with self._lock.read():
+            return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+
+    def remove(self, labels: Iterable[int]) -> None:
+        new = {int(x) for x in labels} - self._tombstones
+        if not new:
+            return
+        with self._lock.write():
+            self._tombstones.update(new)
+            self._exclusion = _Exclusion.of(self._tombstones)
+
     def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
-        """Adds unit vectors (n, dim) under int64 labels (n,). Labels must be new."""
         vectors = normalize(vectors)
         if vectors.shape[1] != self.dim:
             raise ValueError(f"vectors have dimension {vectors.shape[1]}, index has {self.dim}")
         with self._lock.write():
             self._index.add_with_ids(vectors, np.ascontiguousarray(labels, dtype=np.int64))
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (scores, labels), each (n, k), best first; missing results have label -1."""
+    def search(self, queries: np.ndarray, k: int, params: SearchParams = SearchParams()) -> tuple[np.ndarray, np.ndarray]:
         queries = normalize(queries)
         with self._lock.read():
-            params = faiss.SearchParametersHNSW(efSearch=max(self.params.ef_search, k))
-            if self._tombstones:
-                params.sel = self._exclusion()[1]
-            scores, labels = self._index.search(queries, k, params=params)
+            exclusion = self._exclusion  # held by this frame until faiss returns
+            search_params = faiss.SearchParametersHNSW(efSearch=max(params.ef_search or self.params.ef_search, k))
+            if exclusion is not None:
+                search_params.sel = exclusion.selector
+            scores, labels = self._index.search(queries, k, params=search_params)
+            del search_params, exclusion
         return scores, labels
 
-    def _exclusion(self) -> tuple[object, object]:
-        selector = self._selector
-        if selector is None:
-            batch = faiss.IDSelectorBatch(np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones)))
-            selector = self._selector = (batch, faiss.IDSelectorNot(batch))
-        return selector
+
+_SPEC = re.compile(r"^HNSW(\d+),Flat$")
+_KINDS: dict[str, tuple[re.Pattern[str], Callable[[re.Match[str], int, HnswParams], VectorIndex],
+                        Callable[[Path, HnswParams], VectorIndex]]] = {
+    "HNSW-Flat": (_SPEC, lambda m, dim, p: HnswIndex(dim, HnswParams(int(m.group(1)), p.ef_construction, p.ef_search)),
+                  HnswIndex.load),
+}
+
+
+def _kind(spec: str) -> tuple[re.Match[str], Callable, Callable]:
+    for pattern, build, load in _KINDS.values():
+        match = pattern.match(spec)
+        if match:
+            return match, build, load
+    raise ValueError(f"unknown index spec {spec!r}; known kinds: {', '.join(_KINDS)} (e.g. 'HNSW32,Flat')")
+
+
+def make_index(spec: str, dim: int, params: HnswParams = HnswParams()) -> VectorIndex:
+    """A new empty index of the kind `spec` names, e.g. make_index("HNSW32,Flat", 512, params)."""
+    match, build, _ = _kind(spec)
+    return build(match, dim, params)
+
+
+def load_index(spec: str, path: Path, params: HnswParams = HnswParams()) -> VectorIndex:
+    """Reads an index of the kind `spec` names, written by its `save`."""
+    _, _, load = _kind(spec)
+    return load(path, params)
 
 
 def set_threads(n: int) -> None:

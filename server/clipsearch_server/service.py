@@ -215,6 +215,7 @@ class IndexServicer(index_grpc.IndexServiceServicer):
                     vector=check.vector(rec.vector, collection.dim, f"{where}.vector"),
                     uri=rec.uri,
                     metadata=check.metadata(rec.metadata, f"{where}.metadata"),
+                    submitted_at_ms=rec.submitted_at_ms,
                 )
             )
         return index_pb.UpsertVectorsResponse(upserted=await engine.upsert(records))

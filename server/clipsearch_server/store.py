@@ -6,6 +6,8 @@ label and reports the old one as stale (the index keeps it until compaction, sea
 Labels only grow, so a label doubles as a sequence number: an index snapshot that covers every
 label below L is brought up to date by adding the live rows with label >= L.
 Commits use synchronous=FULL: an upsert that returned survives kill -9 and power loss.
+Deletes win over earlier submissions: `deletions` keeps each deleted id's deletion time (for
+DELETION_MEMORY_MS), and an upsert whose image was submitted at or before that time is skipped.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["ImageRecord", "Store", "StoredImage"]
+__all__ = ["DELETION_MEMORY_MS", "ImageRecord", "Store", "StoredImage", "UpsertResult"]
+
+DELETION_MEMORY_MS = 30 * 24 * 3600 * 1000  # deletions are remembered this long (30 days)
+SQL_CHUNK = 500  # parameters per IN (...) lookup, well under SQLite's limit
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -32,17 +37,29 @@ CREATE TABLE IF NOT EXISTS images (
     vector BLOB NOT NULL,
     updated_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS deletions (id TEXT PRIMARY KEY, deleted_at_ms INTEGER NOT NULL);
 """
 
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """An image to write: id, unit vector (float32, dim), uri and metadata."""
+    """An image to write: id, unit vector (float32, dim), uri, metadata, and when the image was
+    submitted for encoding (ms since the Unix epoch; 0 = unknown, never skipped)."""
 
     id: str
     vector: np.ndarray
     uri: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    submitted_at_ms: int = 0
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    """What an upsert did: new (label, vector) pairs to index, stale labels, ids skipped (deleted after submission)."""
+
+    added: list[tuple[int, np.ndarray]]
+    stale: list[int]
+    skipped: list[str]
 
 
 @dataclass(frozen=True)
@@ -83,13 +100,15 @@ class Store:
         with self._write_lock:
             self._conn().execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
-    def upsert(self, records: Sequence[ImageRecord]) -> tuple[list[tuple[int, np.ndarray]], list[int]]:
-        """Writes records in one transaction. Returns (new (label, vector) pairs to index, stale labels).
+    def upsert(self, records: Sequence[ImageRecord]) -> UpsertResult:
+        """Writes records in one transaction.
 
         A record whose vector equals the stored one only updates uri and metadata (no new label).
+        A record submitted at or before its id's last deletion is skipped (the delete wins).
         """
         added: list[tuple[int, np.ndarray]] = []
         stale: list[int] = []
+        skipped: list[str] = []
         now = int(time.time() * 1000)
         with self._write_lock:
             conn = self._conn()
@@ -97,6 +116,11 @@ class Store:
             try:
                 next_label = int(self._meta_in_txn(conn, "next_label") or 0)
                 for rec in records:
+                    if rec.submitted_at_ms > 0:
+                        gone = conn.execute("SELECT deleted_at_ms FROM deletions WHERE id = ?", (rec.id,)).fetchone()
+                        if gone is not None and int(gone[0]) >= rec.submitted_at_ms:
+                            skipped.append(rec.id)
+                            continue
                     blob = np.ascontiguousarray(rec.vector, dtype="<f4").tobytes()
                     meta = json.dumps(rec.metadata, sort_keys=True, separators=(",", ":"))
                     row = conn.execute("SELECT label, vector FROM images WHERE id = ?", (rec.id,)).fetchone()
@@ -123,7 +147,7 @@ class Store:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        return added, stale
+        return UpsertResult(added, stale, skipped)
 
     @staticmethod
     def _meta_in_txn(conn: sqlite3.Connection, key: str) -> str | None:
@@ -132,13 +156,14 @@ class Store:
 
     def by_labels(self, labels: Sequence[int]) -> dict[int, StoredImage]:
         """The live images among `labels` (stale labels are absent from the result)."""
-        if not labels:
-            return {}
-        marks = ",".join("?" * len(labels))
-        rows = self._conn().execute(
-            f"SELECT id, label, uri, metadata FROM images WHERE label IN ({marks})", [int(x) for x in labels]
-        )
-        return {int(r[1]): StoredImage(r[0], int(r[1]), r[2], json.loads(r[3])) for r in rows}
+        found: dict[int, StoredImage] = {}
+        conn = self._conn()
+        for start in range(0, len(labels), SQL_CHUNK):
+            chunk = [int(x) for x in labels[start:start + SQL_CHUNK]]
+            marks = ",".join("?" * len(chunk))
+            rows = conn.execute(f"SELECT id, label, uri, metadata FROM images WHERE label IN ({marks})", chunk)
+            found.update((int(r[1]), StoredImage(r[0], int(r[1]), r[2], json.loads(r[3]))) for r in rows)
+        return found
 
     def vector_of(self, image_id: str) -> np.ndarray | None:
         row = self._conn().execute("SELECT vector FROM images WHERE id = ?", (image_id,)).fetchone()
@@ -148,14 +173,18 @@ class Store:
         row = self._conn().execute("SELECT label FROM images WHERE id = ?", (image_id,)).fetchone()
         return None if row is None else int(row[0])
 
-    def delete(self, ids: Sequence[str]) -> list[tuple[str, int]]:
-        """Deletes images by id in one transaction; returns (id, label) of those that existed."""
+    def delete(self, ids: Sequence[str], now_ms: int | None = None) -> list[tuple[str, int]]:
+        """Deletes images by id in one transaction; returns (id, label) of those that existed.
+        Every id's deletion time is recorded (existing or not: its job may still be queued)."""
         removed: list[tuple[str, int]] = []
+        now = int(time.time() * 1000) if now_ms is None else now_ms
         with self._write_lock:
             conn = self._conn()
             conn.execute("BEGIN IMMEDIATE")
             try:
+                conn.execute("DELETE FROM deletions WHERE deleted_at_ms < ?", (now - DELETION_MEMORY_MS,))
                 for image_id in ids:
+                    conn.execute("INSERT OR REPLACE INTO deletions(id, deleted_at_ms) VALUES (?, ?)", (image_id, now))
                     row = conn.execute("DELETE FROM images WHERE id = ? RETURNING label", (image_id,)).fetchone()
                     if row is not None:
                         removed.append((image_id, int(row[0])))

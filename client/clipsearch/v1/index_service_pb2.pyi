@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class VectorRecord(_message.Message):
-    __slots__ = ("id", "vector", "uri", "metadata")
+    __slots__ = ("id", "vector", "uri", "metadata", "submitted_at_ms")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -20,11 +20,13 @@ class VectorRecord(_message.Message):
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     id: str
     vector: bytes
     uri: str
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, id: _Optional[str] = ..., vector: _Optional[bytes] = ..., uri: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    submitted_at_ms: int
+    def __init__(self, id: _Optional[str] = ..., vector: _Optional[bytes] = ..., uri: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., submitted_at_ms: _Optional[int] = ...) -> None: ...
 
 class UpsertVectorsRequest(_message.Message):
     __slots__ = ("model", "records")

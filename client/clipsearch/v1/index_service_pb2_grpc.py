@@ -84,7 +84,8 @@ class IndexServiceServicer:
 
     def DeleteImages(self, request, context):
         """Deletes images by id. Idempotent: ids that do not exist are reported, not an error; retry freely.
-        Durable when it returns. An image still queued for encoding is indexed again when its job completes.
+        Durable when it returns. A delete wins over every job submitted before it: an image still queued
+        for encoding stays deleted when its job completes (its worker sends submitted_at_ms).
         Errors: INVALID_ARGUMENT for no ids, more than 1000 ids, or an invalid id;
         PERMISSION_DENIED when the token has only the read scope (this call needs write).
         """

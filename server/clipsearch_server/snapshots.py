@@ -1,0 +1,78 @@
+"""Index snapshot files and their pointer, in a collection's data directory.
+
+A snapshot is `index-<L>.faiss` (the index covering every label below L) plus `snapshot.json`, the
+pointer naming the current file. The caller freezes the index in memory (a short copy, writes wait
+only for that) and hands the frozen copy here with a sequence number taken when it froze them.
+Writing the file, moving the pointer and deleting old files happen under one lock, so overlapping
+callers (periodic snapshot, compaction, shutdown) are serialized; a write older than the last one
+written is dropped, and cleanup never deletes the file the pointer names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+
+from .files import write_text_durably
+from .index import HnswParams, VectorIndex, load_index
+
+__all__ = ["SNAPSHOT_POINTER", "Snapshots"]
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_POINTER = "snapshot.json"
+
+
+class Snapshots:
+    """Reads and writes the snapshots of one data directory."""
+
+    def __init__(self, data_dir: Path, spec: str, params: HnswParams) -> None:
+        self.data_dir = Path(data_dir)
+        self.spec = spec
+        self.params = params
+        self._lock = threading.Lock()
+        self._written = -1  # sequence number of the last snapshot written
+
+    @property
+    def pointer(self) -> Path:
+        return self.data_dir / SNAPSHOT_POINTER
+
+    def current_file(self) -> str | None:
+        """The file name the pointer names, or None without a (readable) pointer."""
+        try:
+            return str(json.loads(self.pointer.read_text())["file"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def read(self, dim: int) -> tuple[VectorIndex | None, int]:
+        """(index, covered label bound) of the current snapshot, or (None, 0) if absent or unreadable."""
+        if not self.pointer.exists():
+            return None, 0
+        try:
+            info = json.loads(self.pointer.read_text())
+            index = load_index(self.spec, self.data_dir / info["file"], self.params)
+            if index.dim != dim:
+                raise ValueError(f"snapshot has dim {index.dim}")
+            return index, int(info["covers_labels_below"])
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            log.warning("ignoring snapshot (%s); rebuilding the index from the store", exc)
+            return None, 0
+
+    def write(self, frozen: VectorIndex, covered: int, sequence: int) -> str | None:
+        """Saves a frozen index copy as the snapshot covering labels below `covered`, points at it and
+        deletes older files. Returns the file name, or None if a snapshot frozen later was already written."""
+        name = f"index-{covered}.faiss"
+        with self._lock:
+            if sequence <= self._written:
+                return None
+            frozen.save(self.data_dir / name)  # atomic: temp file, fsync, rename
+            write_text_durably(self.pointer, json.dumps({"file": name, "covers_labels_below": covered}))
+            self._written = sequence
+            keep = self.current_file() or name
+            for old in self.data_dir.glob("index-*.faiss"):
+                if old.name != keep:
+                    old.unlink(missing_ok=True)
+        log.info("snapshot written: %s (%d vectors)", name, frozen.ntotal)
+        return name
