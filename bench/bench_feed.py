@@ -36,7 +36,7 @@ TINY = f"local-dir:{ROOT / 'tests' / 'tinyclip' / 'model'}"
 def children(pid: int) -> list[int]:
     """Direct child processes of `pid` (the worker's decode processes)."""
     try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        return [int(p) for task in Path(f"/proc/{pid}/task").iterdir() for p in (task / "children").read_text().split()]
     except OSError:
         return []
 
