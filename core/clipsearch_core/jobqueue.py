@@ -52,6 +52,7 @@ __all__ = [
     "last_errors",
     "reclaim_stale",
     "record_transient_error",
+    "record_transient_errors",
     "retry",
     "find_request",
     "submit",
@@ -187,42 +188,55 @@ class Failure:
 # Every script first names its KEYS and ARGV slots and uses only those names; each has one Python
 # helper below (`_run_finish`, `_run_retry`, ...) taking named arguments, the only place that orders them.
 
+# Finishes a batch of jobs in one call: per job, XACK; only if that removed it from the pending list
+# (exactly-once counts): XDEL, counters, and delete its bytes (indexed) or dead-letter it (failed).
+# KEYS: 5 shared keys, then 2 per job (its batch hash, its blob). ARGV: 3 shared values, then per job
+# a record of JOB_SLOTS values followed by its dead-letter fields (field_count values, k, v, ...).
 _FINISH = """
 local stream = KEYS[1]
 local progress = KEYS[2]
-local batch = KEYS[3]
-local failures = KEYS[4]
-local blob = KEYS[5]
-local queued_bytes = KEYS[6]
-local last_error = KEYS[7]
+local failures = KEYS[3]
+local queued_bytes = KEYS[4]
+local last_error = KEYS[5]
+local first_job_key = 6  -- KEYS[6..]: per job, its batch hash then its blob
 local group = ARGV[1]
-local entry_id = ARGV[2]
-local outcome = ARGV[3]
-local failures_maxlen = ARGV[4]
-local blob_ttl_s = ARGV[5]
-local uid = ARGV[6]
-local reason = ARGV[7]
-local attempts = ARGV[8]
-local first_field = 9  -- ARGV[9..]: the job's fields (k, v, ...), copied into the dead-letter entry
+local failures_maxlen = ARGV[2]
+local blob_ttl_s = ARGV[3]
+local arg = 4  -- ARGV[4..]: per job, entry_id, outcome, uid, reason, attempts, field_count, fields...
 
-if redis.call('XACK', stream, group, entry_id) == 0 then
-  return 0  -- someone finished it already: count nothing
+local finished = 0
+local key = first_job_key
+while arg <= #ARGV do
+  local batch = KEYS[key]
+  local blob = KEYS[key + 1]
+  local entry_id = ARGV[arg]
+  local outcome = ARGV[arg + 1]
+  local uid = ARGV[arg + 2]
+  local reason = ARGV[arg + 3]
+  local attempts = ARGV[arg + 4]
+  local field_count = tonumber(ARGV[arg + 5])
+  local first_field = arg + 6
+  key = key + 2
+  arg = first_field + field_count
+  if redis.call('XACK', stream, group, entry_id) == 1 then  -- 0: someone finished it already: count nothing
+    redis.call('XDEL', stream, entry_id)
+    redis.call('DECRBY', queued_bytes, redis.call('STRLEN', blob))
+    redis.call('HDEL', last_error, uid)
+    redis.call('HINCRBY', progress, outcome, 1)
+    if redis.call('EXISTS', batch) == 1 then
+      redis.call('HINCRBY', batch, outcome, 1)
+    end
+    if outcome == 'failed' then
+      redis.call('EXPIRE', blob, blob_ttl_s)
+      redis.call('XADD', failures, 'MAXLEN', '~', failures_maxlen, '*', 'reason', reason, 'attempts', attempts,
+                 unpack(ARGV, first_field, arg - 1))
+    else
+      redis.call('DEL', blob)
+    end
+    finished = finished + 1
+  end
 end
-redis.call('XDEL', stream, entry_id)
-redis.call('DECRBY', queued_bytes, redis.call('STRLEN', blob))
-redis.call('HDEL', last_error, uid)
-redis.call('HINCRBY', progress, outcome, 1)
-if redis.call('EXISTS', batch) == 1 then
-  redis.call('HINCRBY', batch, outcome, 1)
-end
-if outcome == 'failed' then
-  redis.call('EXPIRE', blob, blob_ttl_s)
-  redis.call('XADD', failures, 'MAXLEN', '~', failures_maxlen, '*', 'reason', reason, 'attempts', attempts,
-             unpack(ARGV, first_field))
-else
-  redis.call('DEL', blob)
-end
-return 1
+return finished
 """
 
 _RETRY = """
@@ -427,6 +441,12 @@ def record_transient_error(r: redis.Redis, keys: Keys, job: Job, reason: str) ->
     r.hset(keys.last_error, job.uid, reason)
 
 
+def record_transient_errors(r: redis.Redis, keys: Keys, errors: Sequence[tuple[Job, str]]) -> None:
+    """`record_transient_error` for many jobs in one command."""
+    if errors:
+        r.hset(keys.last_error, mapping={job.uid: reason for job, reason in errors})
+
+
 def last_errors(r: redis.Redis, keys: Keys, jobs: Sequence[Job]) -> list[str | None]:
     if not jobs:
         return []
@@ -451,27 +471,35 @@ def _decoded(raw: dict[bytes, bytes]) -> dict[str, str]:
 
 def finish(r: redis.Redis, keys: Keys, outcomes: Iterable[tuple[Job, str | None]]) -> int:
     """Marks jobs done: (job, None) as indexed, (job, reason) as failed (dead-lettered).
-    Returns how many were still pending (the others were already finished by someone)."""
+    Returns how many were still pending (the others were already finished by someone).
+    One script call per FINISH_CHUNK jobs."""
+    outcomes = list(outcomes)
+    if not outcomes:
+        return 0
     pipe = r.pipeline(transaction=False)
-    for job, reason in outcomes:
-        _run_finish(pipe, keys, job, outcome=INDEXED if reason is None else FAILED, reason=reason or "")
+    for start in range(0, len(outcomes), FINISH_CHUNK):
+        _run_finish(pipe, keys, outcomes[start:start + FINISH_CHUNK])
     return sum(int(x) for x in pipe.execute())
+
+
+FINISH_CHUNK = 256  # jobs per _FINISH call (bounds the time one script blocks Redis)
+
+
+def _run_finish(pipe: "redis.client.Pipeline", keys: Keys, outcomes: Sequence[tuple[Job, str | None]]) -> None:
+    """Queues _FINISH for these jobs on `pipe` (the one place that orders its KEYS and ARGV)."""
+    job_keys: list[str] = []
+    args: list[object] = [GROUP, FAILURES_MAXLEN, FAILED_BLOB_TTL_S]
+    for job, reason in outcomes:
+        job_keys += [keys.batch(job.batch_id), keys.blob(job.uid)]
+        fields = _flat_fields(job) if reason is not None else []  # only failures are copied to the dead letters
+        args += [job.entry_id, INDEXED if reason is None else FAILED, job.uid, reason or "", job.attempts,
+                 len(fields), *fields]
+    shared = [keys.jobs, keys.progress, keys.failures, keys.queued_bytes, keys.last_error]
+    pipe.register_script(_FINISH)(keys=[*shared, *job_keys], args=args, client=pipe)
 
 
 def _flat_fields(job: Job) -> list[str]:
     return [item for pair in job.to_fields().items() for item in pair]
-
-
-def _run_finish(client: "redis.Redis | redis.client.Pipeline", keys: Keys, job: Job, *, outcome: str,
-                reason: str) -> object:
-    """Runs _FINISH for one job (the one place that orders its KEYS and ARGV)."""
-    return client.register_script(_FINISH)(
-        keys=[keys.jobs, keys.progress, keys.batch(job.batch_id), keys.failures, keys.blob(job.uid),
-              keys.queued_bytes, keys.last_error],
-        args=[GROUP, job.entry_id, outcome, FAILURES_MAXLEN, FAILED_BLOB_TTL_S, job.uid, reason,
-              job.attempts, *_flat_fields(job)],
-        client=client,
-    )
 
 
 def _run_retry(client: "redis.Redis | redis.client.Pipeline", keys: Keys, failure: "Failure") -> object:

@@ -121,6 +121,12 @@ class ClipEncoder:
             image = step(image)
         return torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
 
+    def cpu_transform(self) -> Any:
+        """A picklable callable for decode threads or processes: decoded RGB image -> model input, as an
+        (S, S, 3) uint8 numpy array (the resize and crop of `preprocess_uint8`; `encode_images` takes it),
+        or the full `preprocess` tensor for a pipeline that does not end in to-tensor + normalize."""
+        return _Uint8Geometry(self._geometry) if self._geometry is not None else self._preprocess
+
     def decode_jpegs(self, datas: Sequence[bytes], backend: str = "auto") -> list[Any]:
         """Decodes JPEG bytes on the model's device (nvJPEG on CUDA, libjpeg on CPU), EXIF orientation
         applied, and preprocesses them there: resize (bicubic, antialiased), center crop, normalize —
@@ -157,8 +163,8 @@ class ClipEncoder:
 
     def encode_images(self, tensors: Sequence[Any]) -> np.ndarray:
         """Encodes preprocessed images (from `preprocess`, `preprocess_uint8` or `decode_jpegs`) into an
-        (n, dim) float32 array of unit vectors."""
-        batch = torch.stack(list(tensors))
+        (n, dim) float32 array of unit vectors. Also takes (S, S, 3) uint8 arrays from `cpu_transform`."""
+        batch = torch.stack([torch.from_numpy(t).permute(2, 0, 1) if isinstance(t, np.ndarray) else t for t in tensors])
         if self.device.startswith("cuda") and batch.device.type == "cpu":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         if batch.dtype == torch.uint8:
@@ -200,6 +206,18 @@ class ClipEncoder:
         if model.text_projection is not None:
             x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
         return x
+
+
+class _Uint8Geometry:
+    """The geometric steps of open_clip's preprocess (resize, crop, to RGB), ending in a uint8 array."""
+
+    def __init__(self, steps: list[Any]) -> None:
+        self.steps = steps
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        for step in self.steps:
+            image = step(image)
+        return np.array(image.convert("RGB"), dtype=np.uint8)
 
 
 def _split_preprocess(preprocess: Any, device: str) -> tuple[list[Any] | None, Any, Any]:

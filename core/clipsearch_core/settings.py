@@ -95,7 +95,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("--tls-client-cert", "", "client certificate (PEM), for mutual TLS", (WORKER,), up=False),
     Option("--tls-client-key", "", "client key (PEM), for mutual TLS", (WORKER,), up=False),
     Option("--batch-size", 32, "images per forward pass", (WORKER,), type=int),
-    Option("--decode-threads", 4, "threads decoding images beside the model", (WORKER,), type=int),
+    Option("--decode-threads", 4, "threads decoding images beside the model (with --decode-processes 0)", (WORKER,),
+           type=int),
+    Option("--decode-processes", 0, "processes reading, decoding and preprocessing images, so that decoding uses "
+           "more cores (0: the decode threads, in the worker process)", (WORKER,), type=int),
     Option("--visibility-timeout", 300.0, "seconds a job of a worker that stopped heartbeating waits before another "
            "worker takes it; a live worker's jobs are never taken", (WORKER,), type=float),
     Option("--worker-ttl", 15.0, "seconds without a heartbeat after which a worker counts as dead and its jobs are "

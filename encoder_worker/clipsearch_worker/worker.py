@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 import queue as stdqueue
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,8 +43,10 @@ from clipsearch.v1 import types_pb2
 
 from clipsearch_core import jobqueue
 from clipsearch_core.model import ClipEncoder, ModelSpec
-from clipsearch_core.images import ImageLoadError, LoadLimits, NetworkPolicy, check_header, decode_image, is_jpeg, read_uri
+from clipsearch_core.images import ImageLoadError, LoadLimits, NetworkPolicy, decode_image
 from clipsearch_core.jobqueue import Job, Keys
+
+from .decode import DecodeContext, Item, Prepared, make_pool, prepare_chunk
 
 __all__ = ["Worker", "WorkerConfig", "WorkerFatal", "default_consumer_name"]
 
@@ -91,7 +93,8 @@ class WorkerConfig:
 
     connection: how to reach the search server (address, token, TLS), where vectors are pushed.
     batch_size: images per forward pass (and per Redis read).
-    decode_threads: threads that read, decode and preprocess images beside the model.
+    decode_threads: threads that read, decode and preprocess images beside the model (decode_processes 0).
+    decode_processes: processes that do so instead (0: the threads), so that decoding uses more cores.
     visibility_timeout_s: a job pending this long with a worker that stopped heartbeating is taken over.
     worker_ttl_s: a worker whose heartbeat is older than this is dead: its jobs are taken over at once.
     """
@@ -109,6 +112,7 @@ class WorkerConfig:
     max_deliveries: int
     heartbeat_file: str  # touched on every loop turn, for container health checks
     device_decode: bool  # decode JPEGs on the model's device (nvJPEG on CUDA)
+    decode_processes: int = 0
     block_ms: int = 1000
     push_timeout_s: float = 60.0
 
@@ -132,6 +136,7 @@ class WorkerConfig:
             max_deliveries=args.max_deliveries,
             heartbeat_file=args.heartbeat_file,
             device_decode=args.device_decode,
+            decode_processes=args.decode_processes,
         )
 
 
@@ -140,19 +145,11 @@ _PREFETCH = 1  # batches read and decoding while the model works on the current 
 
 @dataclass
 class _Batch:
-    """Jobs taken from the queue, with their decoding under way (none for exhausted jobs)."""
+    """Jobs taken from the queue, with their decoding under way in chunks (exhausted jobs in none)."""
 
     jobs: list[Job]
-    futures: dict[str, Future]
+    chunks: list[tuple[list[Job], Future]]
     started: float
-
-
-class _DeviceJpeg(bytes):
-    """JPEG bytes whose header passed the checks, to be decoded in a batch on the model's device."""
-
-
-class _Transient(str):
-    """A failure reason after which the job is retried rather than failed."""
 
 
 class WorkerFatal(Exception):
@@ -170,7 +167,10 @@ class Worker:
         self._channel = config.connection.channel()
         self._metadata = config.connection.metadata()
         self._index = index_grpc.IndexServiceStub(self._channel)
-        self._pool = ThreadPoolExecutor(max_workers=max(1, config.decode_threads), thread_name_prefix="decode")
+        self._decode = DecodeContext(config.image_limits, encoder.image_size, encoder.cpu_transform(),
+                                     config.device_decode)
+        self._pool = make_pool(self._decode, config.decode_threads, config.decode_processes)
+        self._lanes = max(1, config.decode_processes or config.decode_threads)  # chunks decoded at once
         self._model = types_pb2.ModelInfo(name=encoder.identity, dim=encoder.dim)
         self._last_reclaim = 0.0
         self._last_take_over = 0.0
@@ -261,7 +261,7 @@ class Worker:
                     slots.release()
                 elif halt.is_set():
                     self._forget(batch.jobs)  # taken while the main loop stopped: released by run()
-                    for future in batch.futures.values():
+                    for _, future in batch.chunks:
                         future.cancel()
                 else:
                     batches.put(batch)
@@ -281,8 +281,12 @@ class Worker:
         except redis.RedisError:
             self._forget(jobs)  # not ours to keep alive any more: let them be reclaimed
             raise
-        futures = {job.entry_id: self._pool.submit(self._prepare, job, blob) for job, blob in zip(fresh, blobs)}
-        return _Batch(jobs, futures, time.perf_counter())
+        items = [Item(job.id, job.uri, job.has_blob, blob) for job, blob in zip(fresh, blobs)]
+        size = max(1, -(-len(items) // (2 * self._lanes)))  # two chunks per lane: the lanes finish together
+        context = None if self.config.decode_processes else self._decode  # processes have it already
+        chunks = [(fresh[start:start + size], self._pool.submit(prepare_chunk, items[start:start + size], context))
+                  for start in range(0, len(items), size)]
+        return _Batch(jobs, chunks, time.perf_counter())
 
     def _forget(self, jobs: Sequence[Job]) -> None:
         with self._in_flight_lock:
@@ -312,24 +316,24 @@ class Worker:
 
     def _finish_batch(self, batch: "_Batch", stop: threading.Event) -> None:
         outcomes: list[tuple[Job, str | None]] = []
-        exhausted = [job for job in batch.jobs if job.entry_id not in batch.futures]
+        chunked = {job.entry_id for jobs, _ in batch.chunks for job in jobs}
+        exhausted = [job for job in batch.jobs if job.entry_id not in chunked]
         for job, last in zip(exhausted, jobqueue.last_errors(self.redis, self.keys, exhausted)):
             outcomes.append((job, f"gave up after {job.attempts - 1} attempts: "
                                   f"{last or 'a worker crashed or stalled on this image each time'}"))
-        good: list[tuple[Job, Any]] = []
-        prepared = {job.entry_id: batch.futures[job.entry_id].result() for job in batch.jobs if job.entry_id in batch.futures}
+        prepared = self._collect(batch)
         self._decode_on_device(prepared)
-        for job in batch.jobs:
-            if job.entry_id not in prepared:
-                continue
-            tensor, error = prepared[job.entry_id]
-            if tensor is not None:
-                good.append((job, tensor))
-            elif isinstance(error, _Transient):
-                jobqueue.record_transient_error(self.redis, self.keys, job, str(error))
-                log.info("image %s will be retried (attempt %d): %s", job.id, job.attempts, error)
+        good: list[tuple[Job, Any]] = []
+        retried: list[tuple[Job, str]] = []
+        for job, (kind, value, reason) in prepared:
+            if kind == "input":
+                good.append((job, value))
+            elif kind == "transient":
+                retried.append((job, reason))
+                log.info("image %s will be retried (attempt %d): %s", job.id, job.attempts, reason)
             else:
-                outcomes.append((job, error))
+                outcomes.append((job, reason))
+        jobqueue.record_transient_errors(self.redis, self.keys, retried)
         if good:
             with ENCODE_SECONDS.time():
                 vectors = self.encoder.encode_images([tensor for _, tensor in good])
@@ -346,47 +350,49 @@ class Worker:
                 FAILURES.labels(reason_kind(reason)).inc()
                 log.info("image %s failed: %s", job.id, reason)
 
-    def _decode_on_device(self, prepared: dict[str, tuple[Any, str | None]]) -> None:
-        """Replaces _DeviceJpeg entries by tensors decoded together on the device (one by one with
-        PIL if the batch decode fails, so one odd JPEG cannot fail its neighbours)."""
-        pending = {key: value[0] for key, value in prepared.items() if isinstance(value[0], _DeviceJpeg)}
+    def _collect(self, batch: "_Batch") -> list[tuple[Job, Prepared]]:
+        """Each chunk's results, in order. A chunk whose decode process died (a crash in a decoder)
+        is retried later like a transient error (dead-lettered after max_deliveries), and the pool is
+        started again."""
+        prepared: list[tuple[Job, Prepared]] = []
+        for jobs, future in batch.chunks:
+            try:
+                prepared.extend(zip(jobs, future.result()))
+            except Exception as exc:  # noqa: BLE001 - BrokenProcessPool, or a result that cannot be unpickled
+                log.warning("a decode process failed (%s: %s); its %d images will be retried",
+                            type(exc).__name__, exc, len(jobs))
+                reason = f"the decode process stopped while preparing this image or its chunk ({type(exc).__name__})"
+                prepared.extend((job, ("transient", None, reason)) for job in jobs)
+                self._restart_pool()
+        return prepared
+
+    def _restart_pool(self) -> None:
+        broken = self._pool
+        if getattr(broken, "_broken", False):
+            self._pool = make_pool(self._decode, self.config.decode_threads, self.config.decode_processes)
+            broken.shutdown(wait=False, cancel_futures=True)
+
+    def _decode_on_device(self, prepared: list[tuple[Job, Prepared]]) -> None:
+        """Replaces "jpeg" entries by tensors decoded together on the device (one by one with PIL if
+        the batch decode fails, so one odd JPEG cannot fail its neighbours)."""
+        pending = [i for i, (_, (kind, _, _)) in enumerate(prepared) if kind == "jpeg"]
         if not pending:
             return
         try:
-            tensors = self.encoder.decode_jpegs(list(pending.values()))
-            prepared.update({key: (tensor, None) for key, tensor in zip(pending, tensors)})
+            tensors = self.encoder.decode_jpegs([prepared[i][1][1] for i in pending])
+            for i, tensor in zip(pending, tensors):
+                prepared[i] = (prepared[i][0], ("input", tensor, ""))
         except (RuntimeError, ValueError) as exc:
             log.info("batch JPEG decode on %s failed (%s); decoding one by one", self.encoder.device, exc)
-            for key, data in pending.items():
-                prepared[key] = self._decode_with_pil(bytes(data))
+            for i in pending:
+                prepared[i] = (prepared[i][0], self._decode_with_pil(bytes(prepared[i][1][1])))
 
-    def _decode_with_pil(self, data: bytes) -> tuple[Any, str | None]:
+    def _decode_with_pil(self, data: bytes) -> Prepared:
         try:
             image = decode_image(data, self.config.image_limits, draft_size=self.encoder.image_size)
-            return self.encoder.preprocess_uint8(image), None
+            return "input", self.encoder.preprocess_uint8(image), ""
         except ImageLoadError as exc:
-            return None, str(exc)
-
-    def _prepare(self, job: Job, blob: bytes | None) -> tuple[Any, str | None]:
-        """Reads, decodes and preprocesses one image; returns (tensor, None) or (None, reason).
-        A reason of type _Transient means: leave the job pending and retry it later."""
-        try:
-            if job.has_blob:
-                if blob is None:
-                    return None, "the image bytes are no longer in the queue (expired or deleted)"
-                data = blob
-            else:
-                data = read_uri(job.uri, self.config.image_limits)
-            if self.config.device_decode and is_jpeg(data):
-                check_header(data, self.config.image_limits)
-                return _DeviceJpeg(data), None
-            image = decode_image(data, self.config.image_limits, draft_size=self.encoder.image_size)
-            return self.encoder.preprocess_uint8(image), None
-        except ImageLoadError as exc:
-            return None, _Transient(str(exc)) if exc.transient else str(exc)
-        except Exception as exc:  # noqa: BLE001 - a bad image must never kill the worker
-            log.exception("unexpected error preparing image %s", job.id)
-            return None, f"unexpected error: {type(exc).__name__}: {exc}"
+            return "failed", None, str(exc)
 
     def _push(self, jobs: Sequence[Job], vectors: np.ndarray, stop: threading.Event) -> str | None:
         """Upserts vectors on the server. Returns None on success, "stopped" if interrupted, or a failure reason."""

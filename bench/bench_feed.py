@@ -1,0 +1,146 @@
+"""Feeding a GPU: the ingest pipeline's own cost per image, with a model whose forward pass costs
+almost nothing (the tiny test model), so that what is measured is everything around the model.
+
+    python bench/bench_feed.py [--images 3000] [--runs path:0,path:1,path:2,upload:2] [--decode-threads 1]
+
+Images: `--unique` distinct 640x480 photo-like JPEGs (~165 KB), written `--images` times in all under
+a temp dir with different names. Each run starts its own Redis, server and one worker (1 torch thread),
+submits every image in chunks of 64 through the Python client, either by path (worker --allowed-root)
+or by upload, waits until all are indexed, and reports images/s and CPU ms per image of the worker
+(with its decode processes), server, Redis and the submitting process. A run is `mode:N`, N the
+worker's --decode-processes (0: decode threads in the worker process). The same run also measures,
+in this process, one thread's PIL draft decode + preprocess per image and the forward pass alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.common import cpu_seconds, save, table  # noqa: E402
+from clipsearch import Client, ImageInput  # noqa: E402
+from clipsearch_core.images import LoadLimits, decode_image  # noqa: E402
+from clipsearch_core.model import ModelSpec, load_encoder  # noqa: E402
+from tests.photos import photo_jpeg  # noqa: E402
+from tests.procs import Stack, start_redis, wait_for  # noqa: E402
+
+TINY = f"local-dir:{ROOT / 'tests' / 'tinyclip' / 'model'}"
+
+
+def children(pid: int) -> list[int]:
+    """Direct child processes of `pid` (the worker's decode processes)."""
+    try:
+        return [int(p) for task in Path(f"/proc/{pid}/task").iterdir() for p in (task / "children").read_text().split()]
+    except OSError:
+        return []
+
+
+def tree_cpu(pid: int, seen: dict[int, float]) -> float:
+    """CPU seconds of a process and its children; children that exited keep their last reading."""
+    for p in [pid, *children(pid)]:
+        try:
+            seen[p] = cpu_seconds(p)
+        except (OSError, IndexError):
+            pass
+    return sum(seen.values())
+
+
+def stage_costs(model: str, photos: list[bytes], batch: int) -> dict[str, float]:
+    """ms per image of one thread's decode + preprocess, and of the forward pass alone (1 torch thread)."""
+    encoder = load_encoder(ModelSpec(model, "none", "cpu"), threads=1)
+    limits = LoadLimits()
+    t = time.perf_counter()
+    tensors = [encoder.preprocess_uint8(decode_image(p, limits, draft_size=encoder.image_size)) for p in photos]
+    decode = (time.perf_counter() - t) * 1000 / len(photos)
+    encoder.encode_images(tensors[:batch])
+    t = time.perf_counter()
+    for start in range(0, len(tensors), batch):
+        encoder.encode_images(tensors[start:start + batch])
+    forward = (time.perf_counter() - t) * 1000 / len(tensors)
+    return {"decode+preprocess ms/img (1 thread)": decode, "forward ms/img": forward}
+
+
+def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, processes: int) -> dict[str, float]:
+    label = f"{mode}-{processes}"
+    redis, url = start_redis(tmp / "logs")
+    stack = Stack(model=args.model, redis_url=url, log_dir=tmp / "logs", prefix=f"feed-{label}")
+    server, address = stack.start_server(tmp / f"data-{label}", timeout=300)
+    extra = ["--batch-size", str(args.batch), "--decode-threads", str(args.decode_threads),
+             "--allowed-root", str(files[0].parent)]
+    if processes:
+        extra += ["--decode-processes", str(processes)]
+    worker = stack.start_worker(address, extra)
+    try:
+        wait_for(lambda: "ready" in worker.output(), 300, "worker", worker.popen)
+        time.sleep(1.0)  # decode processes started
+        client = Client(address, timeout=120)
+        procs = {"worker": worker.popen.pid, "server": server.popen.pid, "redis": redis.popen.pid,
+                 "submitter": os.getpid()}
+        seen: dict[str, dict[int, float]] = {k: {} for k in procs}
+        before = {k: tree_cpu(pid, seen[k]) for k, pid in procs.items()}
+        t = time.perf_counter()
+        batch = ""
+        for start in range(0, len(files), 64):
+            chunk = files[start:start + 64]
+            images = [ImageInput(uri=str(f), id=f"{label}-{start + i}") if mode == "path" else
+                      ImageInput(image=f.read_bytes(), id=f"{label}-{start + i}") for i, f in enumerate(chunk)]
+            batch = client.submit(images, batch).batch_id
+        submitted = time.perf_counter() - t
+        while not (progress := client.progress(batch)).done:
+            tree_cpu(procs["worker"], seen["worker"])
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - t
+        cpu = {f"{k} cpu ms/img": (tree_cpu(pid, seen[k]) - before[k]) * 1000 / len(files) for k, pid in procs.items()}
+        assert progress.indexed == len(files), progress
+        client.close()
+        return {"run": label, "img/s": len(files) / elapsed, "submit s": submitted, **cpu}
+    finally:
+        worker.stop()
+        server.stop()
+        redis.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=TINY)
+    parser.add_argument("--images", type=int, default=3000)
+    parser.add_argument("--unique", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--decode-threads", type=int, default=1, help="worker --decode-threads (with 0 processes)")
+    parser.add_argument("--runs", default="path:0,path:1,path:2,upload:0,upload:2",
+                        help="comma-separated mode:decode_processes, mode path or upload")
+    parser.add_argument("--name", default="feed")
+    args = parser.parse_args()
+
+    photos = [photo_jpeg(i, 640, 480) for i in range(args.unique)]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "images"
+        folder.mkdir()
+        files = []
+        for i in range(args.images):
+            path = folder / f"photo-{i:05d}.jpg"
+            path.write_bytes(photos[i % len(photos)])
+            files.append(path)
+        stages = stage_costs(args.model, photos, args.batch)
+        for spec in args.runs.split(","):
+            mode, _, processes = spec.partition(":")
+            rows.append(run(args, files, Path(tmp), mode, int(processes or 0)))
+            print(rows[-1], flush=True)
+    kb = sum(map(len, photos)) / len(photos) / 1024
+    print(f"\n== feed, {args.images} JPEGs 640x480 of {kb:.0f} KB, batch {args.batch}, {os.cpu_count()} cores ==")
+    print({k: round(v, 3) for k, v in stages.items()})
+    table(rows, ["run", "img/s", "submit s", "worker cpu ms/img", "server cpu ms/img", "redis cpu ms/img",
+                 "submitter cpu ms/img"])
+    save(args.name, {"model": args.model, "images": args.images, "kb_per_image": kb, "batch": args.batch,
+                     "decode_threads": args.decode_threads, **stages, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

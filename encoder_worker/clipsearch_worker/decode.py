@@ -1,0 +1,91 @@
+"""Reading, decoding and preprocessing a worker's images, in its threads or in decode processes.
+
+`prepare_chunk` turns a chunk of jobs (with their inline bytes) into model inputs or failure reasons.
+It runs in a thread pool (`--decode-processes 0`) or in a pool of decode processes, so that decoding
+spreads over cores instead of contending for one GIL; a chunk (not an image) is one task, so the
+main thread's cost of handing work out and collecting it is paid per chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from clipsearch_core.images import ImageLoadError, LoadLimits, check_header, decode_image, is_jpeg, read_uri
+
+__all__ = ["DecodeContext", "Prepared", "make_pool", "prepare_chunk"]
+
+log = logging.getLogger(__name__)
+
+# What one image became: ("input", model input, "") | ("jpeg", bytes, "") to decode on the device |
+# ("transient", None, reason): retry later | ("failed", None, reason).
+Prepared = tuple[str, Any, str]
+
+
+@dataclass(frozen=True)
+class DecodeContext:
+    """What decoding needs, picklable (sent once to each decode process)."""
+
+    limits: LoadLimits
+    draft_size: int
+    transform: Callable[[Any], Any]  # decoded RGB image -> model input (ClipEncoder.cpu_transform)
+    device_decode: bool
+
+
+@dataclass(frozen=True)
+class Item:
+    """One job to prepare: its id (for logs), where its bytes are, and the inline bytes if any."""
+
+    job_id: str
+    uri: str
+    has_blob: bool
+    blob: bytes | None
+
+
+_CONTEXT: DecodeContext | None = None  # set in each decode process by _init
+
+
+def _init(context: DecodeContext) -> None:
+    global _CONTEXT
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker process handles Ctrl-C and stops the pool
+    _CONTEXT = context
+
+
+def make_pool(context: DecodeContext, threads: int, processes: int) -> Executor:
+    """`processes` decode processes (spawned: no state inherited from the model's threads), or
+    `threads` threads in this process when processes is 0."""
+    if processes > 0:
+        return ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init, initargs=(context,))
+    return ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="decode")
+
+
+def prepare_chunk(items: Sequence[Item], context: DecodeContext | None = None) -> list[Prepared]:
+    """Prepares each item; never raises for a bad image (its reason is returned instead)."""
+    context = context or _CONTEXT
+    assert context is not None, "prepare_chunk called in a process without a DecodeContext"
+    return [_prepare(item, context) for item in items]
+
+
+def _prepare(item: Item, context: DecodeContext) -> Prepared:
+    try:
+        if item.has_blob:
+            if item.blob is None:
+                return "failed", None, "the image bytes are no longer in the queue (expired or deleted)"
+            data = item.blob
+        else:
+            data = read_uri(item.uri, context.limits)
+        if context.device_decode and is_jpeg(data):
+            check_header(data, context.limits)
+            return "jpeg", data, ""
+        image = decode_image(data, context.limits, draft_size=context.draft_size)
+        return "input", context.transform(image), ""
+    except ImageLoadError as exc:
+        return ("transient" if exc.transient else "failed"), None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - a bad image must never kill the worker
+        log.exception("unexpected error preparing image %s", item.job_id)
+        return "failed", None, f"unexpected error: {type(exc).__name__}: {exc}"

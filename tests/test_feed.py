@@ -1,0 +1,77 @@
+"""The batched ingest path: decode processes (`--decode-processes`) and one finish script per batch keep
+every behaviour of the per-image path (failures with reasons, exactly-once counts, same vectors)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import redis as redislib
+
+from clipsearch import Client, ImageInput
+from clipsearch_core import jobqueue
+from clipsearch_core.jobqueue import Job, Keys
+from tests.data import wait_until
+from tests.photos import photo_jpeg
+from tests.procs import Proc, Stack
+
+
+def children(pid: int) -> list[int]:
+    """Child processes of `pid`, whichever of its threads started them."""
+    return [int(p) for task in Path(f"/proc/{pid}/task").iterdir() for p in (task / "children").read_text().split()]
+
+
+def test_worker_with_decode_processes(stack: Stack, procs: list[Proc], tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    root.mkdir()
+    photos = [photo_jpeg(seed, 640, 480) for seed in range(10)]
+    for i, data in enumerate(photos[:5]):
+        (root / f"p{i}.jpg").write_bytes(data)
+    (root / "broken.jpg").write_bytes(photos[0][: len(photos[0]) // 3])
+    server, address = stack.start_server(tmp_path / "data")
+    procs.append(server)
+    worker = stack.start_worker(address, ["--decode-processes", "2", "--batch-size", "4", "--allowed-root", str(root)])
+    procs.append(worker)
+    with Client(address) as client:
+        inputs = [ImageInput(uri=str(root / f"p{i}.jpg"), id=f"path-{i}") for i in range(5)]
+        inputs += [ImageInput(image=p, id=f"up-{i}") for i, p in enumerate(photos[5:], start=5)]
+        inputs += [ImageInput(uri=str(root / "broken.jpg"), id="broken"),
+                   ImageInput(uri=str(root / "missing.jpg"), id="missing"),
+                   ImageInput(uri=str(tmp_path / "outside.jpg"), id="outside"),
+                   ImageInput(image=b"not an image at all", id="junk")]
+        batch = client.submit(inputs).batch_id
+        progress = wait_until(client, batch, 120)
+        assert (progress.indexed, progress.failed) == (10, 4), progress
+        reasons = {f.id: f.reason for f in client.failures(batch)}
+        assert set(reasons) == {"broken", "missing", "outside", "junk"}
+        assert "cannot decode" in reasons["broken"] and "outside the allowed roots" in reasons["outside"]
+        assert all("Traceback" not in r and " at 0x" not in r for r in reasons.values())
+        for i, data in enumerate(photos):  # the server decodes queries in its own process: same vectors
+            hit = client.image_search(data, k=1)[0]
+            assert hit.id in (f"path-{i}", f"up-{i}") and hit.score > 0.99, (i, hit)
+    decoders = [p for p in children(worker.popen.pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert decoders  # the decoding really ran in (spawned, on demand: up to 2) processes
+    assert worker.stop() == 0
+    assert "stopped after 14 jobs" in worker.output()
+
+
+def test_batched_finish_counts_each_job_once(redis_url: str) -> None:
+    r = jobqueue.connect(redis_url)
+    keys = Keys(f"t-finish-{time.time_ns()}")
+    jobqueue.ensure_group(r, keys)
+    jobs = [Job(id=f"img-{i}", has_blob=True, batch_id="b1", metadata={"n": str(i)}) for i in range(300)]
+    jobqueue.submit(r, keys, jobs, [b"x" * 10] * len(jobs), "b1")
+    taken = jobqueue.read_jobs(r, keys, "w1", 300, 100)
+    outcomes = [(job, "cannot decode image: test" if i % 100 == 0 else None) for i, job in enumerate(taken)]
+    assert jobqueue.finish(r, keys, outcomes) == 300  # two script calls (FINISH_CHUNK 256)
+    assert jobqueue.finish(r, keys, outcomes) == 0  # already finished: nothing counts twice
+    assert jobqueue.get_progress(r, keys, "b1") == jobqueue.Progress(300, 297, 3)
+    assert jobqueue.get_progress(r, keys) == jobqueue.Progress(300, 297, 3)
+    failures = jobqueue.list_failures(r, keys)
+    assert sorted(f.id for f in failures) == ["img-0", "img-100", "img-200"]
+    assert all(f.reason == "cannot decode image: test" and f.job.metadata == {"n": f.id[4:]} for f in failures)
+    assert r.exists(keys.blob(taken[0].uid)) and r.ttl(keys.blob(taken[0].uid)) > 0  # kept for a retry
+    assert not r.exists(keys.blob(taken[1].uid))
+    assert int(r.get(keys.queued_bytes)) == 0 and r.xlen(keys.jobs) == 0
+    assert r.xpending(keys.jobs, jobqueue.GROUP)["pending"] == 0
+    assert isinstance(r, redislib.Redis)
