@@ -117,9 +117,7 @@ class ClipEncoder:
         does not end in to-tensor + normalize."""
         if self._geometry is None:
             return self._preprocess(image)
-        for step in self._geometry:
-            image = step(image)
-        return torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
+        return torch.from_numpy(_Uint8Geometry(self._geometry)(image)).permute(2, 0, 1)
 
     def cpu_transform(self) -> Any:
         """A picklable callable for decode threads or processes: decoded RGB image -> model input, as an
