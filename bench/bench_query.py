@@ -11,6 +11,7 @@ dimension, written through the real UpsertVectors API.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import threading
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -72,7 +74,14 @@ def main() -> None:
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=96)
     parser.add_argument("--name", default="query")
+    parser.add_argument("--pin", action="store_true",
+                        help="server and in-process reference on core 0 with 1 torch thread, clients on core 1: "
+                             "per-call overhead without CPU contention")
     args = parser.parse_args()
+    server_cores, client_cores = ({0}, {1}) if args.pin else (None, None)
+    if server_cores:
+        os.sched_setaffinity(0, server_cores)  # the in-process reference and the server run here
+        torch.set_num_threads(1)
 
     encoder = load_encoder(ModelSpec(args.model, args.pretrained, args.device))
     rng = np.random.default_rng(0)
@@ -113,8 +122,11 @@ def main() -> None:
         redis, url = start_redis(tmp / "logs")
         stack = Stack(model=args.model, redis_url=url, log_dir=tmp / "logs", prefix="bench-query")
         stack.common = lambda: ["--model", args.model, "--pretrained", args.pretrained, "--redis-url", url,  # type: ignore[method-assign]
-                                "--redis-prefix", stack.prefix, "--device", args.device]
+                                "--redis-prefix", stack.prefix, "--device", args.device,
+                                *(["--threads", "1"] if args.pin else [])]
         server, address = stack.start_server(tmp / "data", timeout=600)
+        if client_cores:
+            os.sched_setaffinity(0, client_cores)  # the server (a child) stays on its core
         try:
             with Client(address) as client, grpc.insecure_channel(address) as channel:
                 stats = client.stats()
@@ -134,7 +146,11 @@ def main() -> None:
                 rows.append({"what": "ImageSearch over gRPC (640x480 JPEG)", **r})
             # The same image queries against the same index, served without micro-batching.
             server.stop()
+            if server_cores:
+                os.sched_setaffinity(0, server_cores)
             server, address = stack.start_server(tmp / "data", extra=["--image-batch", "1"], timeout=600)
+            if client_cores:
+                os.sched_setaffinity(0, client_cores)
             Client(address).image_search(photos[0], k=10)
             for clients in (1, 8, 32):
                 r = load(address, lambda c, p: c.image_search(p, k=10), photos, clients)
@@ -154,7 +170,7 @@ def main() -> None:
     table(rows, ["what", "clients", "qps", "p50_ms", "p99_ms", "n"])
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}")
-    save(args.name, {"model": args.model, "vectors": args.vectors, "rows": rows, "ratios": ratios})
+    save(args.name, {"model": args.model, "vectors": args.vectors, "pinned": args.pin, "rows": rows, "ratios": ratios})
 
 
 if __name__ == "__main__":
