@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .connection import DEFAULT_SERVER, Connection
 from .errors import InvalidArgumentError, UnavailableError, from_rpc_error
+from .fields import from_values, to_values
 from .types import Failure, ImageInput, IndexStats, Progress, QueueStatus, SearchResult, Submission, WorkerStatus
 from .v1 import (
     index_service_pb2 as index_pb,
@@ -48,7 +49,7 @@ def _stubs(channel: Any) -> dict[str, Any]:
 
 
 def _results(reply: Any) -> list[SearchResult]:
-    return [SearchResult(r.id, float(r.score), r.uri, dict(r.metadata)) for r in reply.results]
+    return [SearchResult(r.id, float(r.score), r.uri, dict(r.metadata), from_values(r.fields)) for r in reply.results]
 
 
 def _text_search(text: str, k: int) -> _Call[list[SearchResult]]:
@@ -68,7 +69,8 @@ def _submit(images: Iterable[ImageInput], batch_id: str, request_id: str | None)
     request = ingest_pb.SubmitImagesRequest(
         batch_id=batch_id,
         request_id=uuid.uuid4().hex if request_id is None else request_id,
-        images=[ingest_pb.ImageSubmission(id=i.id, image=i.image, uri=i.uri, metadata=i.metadata) for i in images],
+        images=[ingest_pb.ImageSubmission(id=i.id, image=i.image, uri=i.uri, metadata=i.metadata,
+                                            fields=to_values(i.fields)) for i in images],
     )
     return _Call("ingest", "SubmitImages", request, lambda r: Submission(r.batch_id, list(r.ids)))
 

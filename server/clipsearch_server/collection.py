@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -46,6 +46,7 @@ class Hit:
     score: float
     uri: str
     metadata: dict[str, str]
+    fields: dict = field(default_factory=dict)  # typed fields (fields.Fields), metadata included as strings
 
 
 @dataclass(frozen=True)
@@ -140,8 +141,7 @@ class Collection:
     def upsert(self, records: Sequence[ImageRecord]) -> int:
         """Inserts or replaces images by id; durable when it returns. Returns the number of records
         written: records of images deleted after their submission are skipped, not counted."""
-        unit = [ImageRecord(r.id, normalize(r.vector[None, :])[0], r.uri, r.metadata, r.submitted_at_ms)
-                for r in records]
+        unit = [replace(r, vector=normalize(r.vector[None, :])[0]) for r in records]
         with self._write_lock:
             result = self.store.upsert(unit)
             added, stale = result.added, result.stale
@@ -188,7 +188,7 @@ class Collection:
     def _join(self, scores: list[float], labels: list[int], exclude_id: str | None) -> list[Hit]:
         live: dict[int, StoredImage] = self.store.by_labels([x for x in labels if x >= 0])  # stale labels are absent
         return [
-            Hit(live[label].id, float(score), live[label].uri, live[label].metadata)
+            Hit(live[label].id, float(score), live[label].uri, live[label].metadata, live[label].fields)
             for score, label in zip(scores, labels)
             if label in live and live[label].id != exclude_id
         ]

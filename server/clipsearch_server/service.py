@@ -26,6 +26,7 @@ from clipsearch.v1 import (
     types_pb2,
 )
 
+from . import fields as typed
 from . import validation as check
 from .collection import Hit
 from .engine import EngineSlot
@@ -78,7 +79,8 @@ def _rpc(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
 
 
 def _results(hits: list[Hit]) -> list[types_pb2.SearchResult]:
-    return [types_pb2.SearchResult(id=h.id, score=h.score, uri=h.uri, metadata=h.metadata) for h in hits]
+    return [types_pb2.SearchResult(id=h.id, score=h.score, uri=h.uri, metadata=h.metadata, fields=h.fields)
+            for h in hits]
 
 
 class SearchServicer(search_grpc.SearchServiceServicer):
@@ -129,7 +131,8 @@ class IngestServicer(ingest_grpc.IngestServiceServicer):
             check.uri(img.uri, f"{where}.uri")
         elif len(img.uri) > check.MAX_URI_CHARS:
             raise InvalidArgument(f"{where}.uri is {len(img.uri)} characters, the limit is {check.MAX_URI_CHARS}")
-        return QueuedImage(img.id, img.image, img.uri, check.metadata(img.metadata, f"{where}.metadata"))
+        metadata = check.metadata(img.metadata, f"{where}.metadata")
+        return QueuedImage(img.id, img.image, img.uri, metadata, typed.validate(img.fields, metadata, where))
 
     @_rpc
     async def SubmitImages(
@@ -216,6 +219,7 @@ class IndexServicer(index_grpc.IndexServiceServicer):
                     uri=rec.uri,
                     metadata=check.metadata(rec.metadata, f"{where}.metadata"),
                     submitted_at_ms=rec.submitted_at_ms,
+                    fields=typed.validate(rec.fields, rec.metadata, where),
                 )
             )
         return index_pb.UpsertVectorsResponse(upserted=await engine.upsert(records))
