@@ -111,3 +111,28 @@ def test_store_replaces_and_deletes_field_rows(tmp_path: Path) -> None:
     assert rows == [(1, "tags", 6, "p"), (1, "tags", 6, "q")]
     store.delete(["a"])
     assert store._conn().execute("SELECT COUNT(*) FROM fields").fetchone()[0] == 0
+
+
+def test_filtered_search_through_the_server(deployed: Deployed) -> None:
+    from clipsearch.v1.types_pb2 import Filter, FilterList, Match, Range, StringList, TimeRange
+
+    client = deployed.client
+    few = Filter(range=Range(field="n", lt=5))
+    for k in (3, 10):
+        hits = client.text_search("a red circle", k=k, where=few)
+        assert len(hits) == min(k, 5) and all(h.fields["n"] < 5 for h in hits)
+    circles = Filter(match=Match(field="shape", any_of=StringList(values=["circle"])))
+    hits = client.text_search("a blue square", k=48, where=circles)
+    assert len(hits) == sum(1 for i in synthetic_inputs(2, seed=5) if i.metadata["shape"] == "circle")
+    assert all(h.metadata["shape"] == "circle" for h in hits)
+    week = Filter(all=FilterList(filters=[
+        Filter(time_range=TimeRange(field="taken", gte_ms=int(TAKEN.timestamp() * 1000),
+                                    lt_ms=int((TAKEN + dt.timedelta(days=7)).timestamp() * 1000))),
+        Filter(match=Match(field="even", boolean=True)),
+    ]))
+    hits = client.image_search(id="img-2", k=10, where=week)
+    assert sorted(h.id for h in hits) == ["img-0", "img-4", "img-6"]  # n in {0, 2, 4, 6}, the query image left out
+    with pytest.raises(InvalidArgumentError) as err:
+        client.text_search("a red circle", k=5, where=Filter(range=Range(field="n")))
+    assert "filter.range sets no bound" in err.value.details
+    assert len(client.text_search("a red circle", k=5)) == 5  # the server keeps running

@@ -27,6 +27,7 @@ from clipsearch.v1 import (
 )
 
 from . import fields as typed
+from . import filters
 from . import validation as check
 from .collection import Hit
 from .engine import EngineSlot
@@ -92,23 +93,25 @@ class SearchServicer(search_grpc.SearchServiceServicer):
         self, request: search_pb.TextSearchRequest, context: grpc.aio.ServicerContext
     ) -> search_pb.TextSearchResponse:
         text, k = check.text(request.text), check.k(request.k)
-        return search_pb.TextSearchResponse(results=_results(await self._slot.get().text_search(text, k)))
+        flt = filters.check(request.filter) if request.HasField("filter") else None
+        return search_pb.TextSearchResponse(results=_results(await self._slot.get().text_search(text, k, flt)))
 
     @_rpc
     async def ImageSearch(
         self, request: search_pb.ImageSearchRequest, context: grpc.aio.ServicerContext
     ) -> search_pb.ImageSearchResponse:
         k = check.k(request.k)
+        flt = filters.check(request.filter) if request.HasField("filter") else None
         which = request.WhichOneof("query")
         engine = self._slot.get()
         if which == "image":
             if not request.image:
                 raise InvalidArgument("image is empty (0 bytes)")
-            hits = await engine.image_search_bytes(request.image, k)
+            hits = await engine.image_search_bytes(request.image, k, flt)
         elif which == "uri":
-            hits = await engine.image_search_uri(check.uri(request.uri), k)
+            hits = await engine.image_search_uri(check.uri(request.uri), k, flt)
         elif which == "id":
-            hits = await engine.image_search_id(check.image_id(request.id), k)
+            hits = await engine.image_search_id(check.image_id(request.id), k, flt)
         else:
             raise InvalidArgument("set exactly one of image, uri or id")
         return search_pb.ImageSearchResponse(results=_results(hits))

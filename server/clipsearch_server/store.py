@@ -212,6 +212,13 @@ class Store:
                                                typed.merged(typed.from_json(r[4]), metadata))
         return found
 
+    def labels_where(self, condition: str, params: Sequence[object]) -> np.ndarray:
+        """Sorted distinct labels of the field rows meeting an SQL condition over (key, type, value)
+        (filters.py builds it; values are always bound as parameters)."""
+        rows = self._conn().execute(f"SELECT DISTINCT label FROM fields WHERE {condition} ORDER BY label",
+                                    list(params)).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
     def vector_of(self, image_id: str) -> np.ndarray | None:
         row = self._conn().execute("SELECT vector FROM images WHERE id = ?", (image_id,)).fetchone()
         return None if row is None else np.frombuffer(row[0], dtype="<f4").astype(np.float32)
