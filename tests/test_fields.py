@@ -4,6 +4,10 @@ their limits (INVALID_ARGUMENT naming the field and the limit), and the store's 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -136,3 +140,47 @@ def test_filtered_search_through_the_server(deployed: Deployed) -> None:
         client.text_search("a red circle", k=5, where=Filter(range=Range(field="n")))
     assert "filter.range sets no bound" in err.value.details
     assert len(client.text_search("a red circle", k=5)) == 5  # the server keeps running
+
+
+def cli(*args: str, server: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CLIPSEARCH_SERVER": server}
+    return subprocess.run([sys.executable, "-m", "clipsearch", *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_cli_index_metadata_file_and_search_where(deployed: Deployed, tmp_path: Path) -> None:
+    folder = tmp_path / "pics"
+    (folder / "sub").mkdir(parents=True)
+    meta = {}
+    for n, base in enumerate(synthetic_inputs(1, seed=21)[:6]):
+        rel = f"{'sub/' if n % 2 else ''}p{n}.png"
+        (folder / rel).write_bytes(base.image)
+        meta[rel] = {"cli": "yes", "rank": n, "score": n + 0.5, "flag": n == 0,
+                     "day": {"$time": f"2024-01-0{n + 1}T00:00:00Z"}, "labels": [f"l{n % 2}", "all"]}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    done = cli("index", str(folder), "--metadata", str(tmp_path / "meta.json"), server=deployed.address)
+    assert done.returncode == 0 and "indexed 6, failed 0" in done.stdout, done.stdout + done.stderr
+
+    def search(*where: str) -> list[dict]:
+        args = ["search", "a red circle", "-k", "10", "--json"] + [x for w in where for x in ("--where", w)]
+        out = cli(*args, server=deployed.address)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)["results"]
+
+    def ranks(results: list[dict]) -> list[int]:
+        return sorted(r["fields"]["rank"] for r in results)
+
+    assert ranks(search("cli=yes")) == [0, 1, 2, 3, 4, 5]
+    assert ranks(search("cli=yes", "rank>=2", "rank<5")) == [2, 3, 4]
+    assert ranks(search("cli=yes", "rank!=3")) == [0, 1, 2, 4, 5]
+    assert ranks(search("labels in l1,none")) == [1, 3, 5]
+    assert ranks(search("day>2024-01-04")) == [4, 5]
+    assert ranks(search("day<=2024-01-02T00:00:00+00:00", "flag=false")) == [1]
+    assert ranks(search("score>4.9")) == [5]
+    first = search("rank=0")
+    assert len(first) == 1 and first[0]["fields"]["day"] == {"$time": "2024-01-01T00:00:00Z"}
+    assert first[0]["fields"]["labels"] == ["l0", "all"] and first[0]["fields"]["flag"] is True
+    bad = cli("search", "x", "--where", "rank>abc", server=deployed.address)
+    assert bad.returncode == 2 and "needs a number or a date/time" in bad.stderr
+    (tmp_path / "bad.json").write_text(json.dumps({"p0.png": {"day": {"$time": "yesterday"}}}))
+    bad = cli("index", str(folder), "--metadata", str(tmp_path / "bad.json"), server=deployed.address)
+    assert bad.returncode == 2 and "'yesterday' is not an RFC 3339 time" in bad.stderr
