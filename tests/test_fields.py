@@ -184,3 +184,22 @@ def test_cli_index_metadata_file_and_search_where(deployed: Deployed, tmp_path: 
     (tmp_path / "bad.json").write_text(json.dumps({"p0.png": {"day": {"$time": "yesterday"}}}))
     bad = cli("index", str(folder), "--metadata", str(tmp_path / "bad.json"), server=deployed.address)
     assert bad.returncode == 2 and "'yesterday' is not an RFC 3339 time" in bad.stderr
+
+
+def test_min_score_leaves_out_lower_scores(deployed: Deployed) -> None:
+    from clipsearch.v1.types_pb2 import Filter, Range
+
+    client = deployed.client
+    top = client.text_search("a red circle", k=20)
+    threshold = top[7].score
+    kept = client.text_search("a red circle", k=20, min_score=threshold)
+    assert [h.id for h in kept] == [h.id for h in top if h.score >= threshold] and len(kept) >= 8
+    assert len(kept) < 20 and all(h.score >= threshold for h in kept)
+    filtered = client.image_search(id="img-3", k=10, where=Filter(range=Range(field="n", lt=20)), min_score=2.0)
+    assert filtered == []
+    with pytest.raises(InvalidArgumentError) as err:
+        client.text_search("a red circle", k=5, min_score=float("nan"))
+    assert "min_score must be a finite number" in err.value.details
+    out = cli("search", "a red circle", "-k", "20", "--json", "--min-score", str(threshold), server=deployed.address)
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads(out.stdout)["results"]) == len(kept)

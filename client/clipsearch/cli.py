@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--id", help="id of an indexed image (more like this)")
     search.add_argument("-k", type=int, default=10, help="number of results")
     search.add_argument("--json", action="store_true", help="print JSON")
+    search.add_argument("--min-score", type=float, default=None, help="leave out results scoring below this")
     search.add_argument("--where", action="append", default=[], metavar="EXPR",
                         help="only images whose fields match, e.g. shape=circle, 'shape in circle,square', "
                              "'n>=100' (also >, <, <=, !=), 'taken>=2024-01-01'; repeatable, all must hold")
@@ -269,13 +270,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 2
     with Client(timeout=args.timeout, connection=_connection(args)) as client:
         if args.text:
-            results = client.text_search(args.text, k=args.k, where=where)
+            results = client.text_search(args.text, k=args.k, where=where, min_score=args.min_score)
             label = f'"{args.text}"'
         elif args.image:
-            results = client.image_search(Path(args.image).read_bytes(), k=args.k, where=where)
+            results = client.image_search(Path(args.image).read_bytes(), k=args.k, where=where,
+                                           min_score=args.min_score)
             label = f"image {args.image}"
         else:
-            results = client.image_search(id=args.id, k=args.k, where=where)
+            results = client.image_search(id=args.id, k=args.k, where=where, min_score=args.min_score)
             label = f"id {args.id}"
     if args.json:
         print(json.dumps({"results": [{"id": r.id, "uri": r.uri, "score": r.score, "metadata": r.metadata,

@@ -53,16 +53,18 @@ def _results(reply: Any) -> list[SearchResult]:
     return [SearchResult(r.id, float(r.score), r.uri, dict(r.metadata), from_values(r.fields)) for r in reply.results]
 
 
-def _text_search(text: str, k: int, where: types_pb2.Filter | None = None) -> _Call[list[SearchResult]]:
-    return _Call("search", "TextSearch", search_pb.TextSearchRequest(text=text, k=k, filter=where), _results)
+def _text_search(text: str, k: int, where: types_pb2.Filter | None = None,
+                 min_score: float | None = None) -> _Call[list[SearchResult]]:
+    request = search_pb.TextSearchRequest(text=text, k=k, filter=where, min_score=min_score)
+    return _Call("search", "TextSearch", request, _results)
 
 
 def _image_search(image: bytes | None, uri: str | None, image_id: str | None, k: int,
-                  where: types_pb2.Filter | None = None) -> _Call[list[SearchResult]]:
+                  where: types_pb2.Filter | None = None, min_score: float | None = None) -> _Call[list[SearchResult]]:
     given = {name: value for name, value in (("image", image), ("uri", uri), ("id", image_id)) if value is not None}
     if len(given) != 1:
         raise InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, "give exactly one of image, uri or id")
-    return _Call("search", "ImageSearch", search_pb.ImageSearchRequest(k=k, filter=where, **given), _results)
+    return _Call("search", "ImageSearch", search_pb.ImageSearchRequest(k=k, filter=where, min_score=min_score, **given), _results)
 
 
 def _submit(images: Iterable[ImageInput], batch_id: str, request_id: str | None) -> _Call[Submission]:
@@ -149,15 +151,15 @@ class Client(_Base):
         return call.parse(reply)
 
     def text_search(self, text: str, k: int = 10, *, where: types_pb2.Filter | None = None,
-                    timeout: float | None = None) -> list[SearchResult]:
+                    min_score: float | None = None, timeout: float | None = None) -> list[SearchResult]:
         """The k images that best match `text`, best first."""
-        return self._invoke(_text_search(text, k, where), timeout)
+        return self._invoke(_text_search(text, k, where, min_score), timeout)
 
     def image_search(self, image: bytes | None = None, *, uri: str | None = None, id: str | None = None,  # noqa: A002
                      k: int = 10, where: types_pb2.Filter | None = None,
-                     timeout: float | None = None) -> list[SearchResult]:
+                     min_score: float | None = None, timeout: float | None = None) -> list[SearchResult]:
         """The k images most similar to a query image given as bytes, a uri, or an indexed image's id."""
-        return self._invoke(_image_search(image, uri, id, k, where), timeout)
+        return self._invoke(_image_search(image, uri, id, k, where, min_score), timeout)
 
     def submit(self, images: Sequence[ImageInput], batch_id: str = "", *, timeout: float | None = None,
                request_id: str | None = None) -> Submission:
@@ -238,13 +240,13 @@ class AsyncClient(_Base):
         return call.parse(reply)
 
     async def text_search(self, text: str, k: int = 10, *, where: types_pb2.Filter | None = None,
-                          timeout: float | None = None) -> list[SearchResult]:
-        return await self._invoke(_text_search(text, k, where), timeout)
+                          min_score: float | None = None, timeout: float | None = None) -> list[SearchResult]:
+        return await self._invoke(_text_search(text, k, where, min_score), timeout)
 
     async def image_search(self, image: bytes | None = None, *, uri: str | None = None, id: str | None = None,  # noqa: A002
                            k: int = 10, where: types_pb2.Filter | None = None,
-                           timeout: float | None = None) -> list[SearchResult]:
-        return await self._invoke(_image_search(image, uri, id, k, where), timeout)
+                           min_score: float | None = None, timeout: float | None = None) -> list[SearchResult]:
+        return await self._invoke(_image_search(image, uri, id, k, where, min_score), timeout)
 
     async def submit(self, images: Sequence[ImageInput], batch_id: str = "", *,
                      timeout: float | None = None, request_id: str | None = None) -> Submission:

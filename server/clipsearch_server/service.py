@@ -79,7 +79,9 @@ def _rpc(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
     return wrapper
 
 
-def _results(hits: list[Hit]) -> list[types_pb2.SearchResult]:
+def _results(hits: list[Hit], min_score: float | None = None) -> list[types_pb2.SearchResult]:
+    if min_score is not None:  # hits are best first: the rest are all below
+        hits = [h for h in hits if h.score >= min_score]
     return [types_pb2.SearchResult(id=h.id, score=h.score, uri=h.uri, metadata=h.metadata, fields=h.fields)
             for h in hits]
 
@@ -92,15 +94,16 @@ class SearchServicer(search_grpc.SearchServiceServicer):
     async def TextSearch(
         self, request: search_pb.TextSearchRequest, context: grpc.aio.ServicerContext
     ) -> search_pb.TextSearchResponse:
-        text, k = check.text(request.text), check.k(request.k)
+        text, k, min_score = check.text(request.text), check.k(request.k), check.min_score(request)
         flt = filters.check(request.filter) if request.HasField("filter") else None
-        return search_pb.TextSearchResponse(results=_results(await self._slot.get().text_search(text, k, flt)))
+        hits = await self._slot.get().text_search(text, k, flt)
+        return search_pb.TextSearchResponse(results=_results(hits, min_score))
 
     @_rpc
     async def ImageSearch(
         self, request: search_pb.ImageSearchRequest, context: grpc.aio.ServicerContext
     ) -> search_pb.ImageSearchResponse:
-        k = check.k(request.k)
+        k, min_score = check.k(request.k), check.min_score(request)
         flt = filters.check(request.filter) if request.HasField("filter") else None
         which = request.WhichOneof("query")
         engine = self._slot.get()
@@ -114,7 +117,7 @@ class SearchServicer(search_grpc.SearchServiceServicer):
             hits = await engine.image_search_id(check.image_id(request.id), k, flt)
         else:
             raise InvalidArgument("set exactly one of image, uri or id")
-        return search_pb.ImageSearchResponse(results=_results(hits))
+        return search_pb.ImageSearchResponse(results=_results(hits, min_score))
 
 
 class IngestServicer(ingest_grpc.IngestServiceServicer):
