@@ -158,3 +158,31 @@ def test_filter_limits(flt: Filter, message: str) -> None:
         filters.check(flt)
     assert message in str(err.value), str(err.value)
     assert filters.check(nested(8)) is not None
+
+
+def test_store_from_before_typed_fields_is_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "images.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE images (id TEXT PRIMARY KEY, label INTEGER NOT NULL UNIQUE, uri TEXT NOT NULL,
+                             metadata TEXT NOT NULL, vector BLOB NOT NULL, updated_ms INTEGER NOT NULL);
+        CREATE TABLE deletions (id TEXT PRIMARY KEY, deleted_at_ms INTEGER NOT NULL);
+    """)
+    for i in range(4):
+        conn.execute("INSERT INTO images VALUES (?, ?, '', ?, ?, 0)",
+                     (f"i{i}", i, '{"shape":"%s"}' % ("circle" if i % 2 else "square"), np.ones(DIM, "<f4").tobytes()))
+    conn.execute("INSERT INTO meta VALUES ('next_label', '4')")
+    conn.commit()
+    conn.close()
+    from clipsearch_server.store import Store
+
+    store = Store(path)
+    try:
+        circles = Filter(match=Match(field="shape", any_of=StringList(values=["circle"])))
+        assert filters.matching_labels(store, circles).tolist() == [1, 3]
+        assert store.by_labels([1])[1].fields["shape"].string_value == "circle"
+    finally:
+        store.close()
