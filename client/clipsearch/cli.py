@@ -22,6 +22,7 @@ from .client import DEFAULT_SERVER, Client
 from .connection import Connection
 from .errors import ClipsearchError
 from .types import ImageInput, Progress
+from .where import fields_from_json, fields_to_json, where_filter
 
 __all__ = ["main"]
 
@@ -74,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--by-path", action="store_true", help="send paths (workers read them) instead of uploading bytes")
     index.add_argument("--chunk", type=int, default=64, help="images per SubmitImages call")
     index.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata for every image")
+    index.add_argument("--metadata", metavar="FILE",
+                       help='JSON object mapping each file\'s path (relative to the folder given, or its name when '
+                            'a file is given) to its fields: strings, numbers, booleans, arrays of strings, '
+                            '{"$time": "2024-01-01T00:00:00Z"} for a timestamp')
 
     search = sub.add_parser("search", help="search by text, by image file, or by indexed image id")
     _client_options(search)
@@ -82,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--id", help="id of an indexed image (more like this)")
     search.add_argument("-k", type=int, default=10, help="number of results")
     search.add_argument("--json", action="store_true", help="print JSON")
+    search.add_argument("--min-score", type=float, default=None, help="leave out results scoring below this")
+    search.add_argument("--where", action="append", default=[], metavar="EXPR",
+                        help="only images whose fields match, e.g. shape=circle, 'shape in circle,square', "
+                             "'n>=100' (also >, <, <=, !=), 'taken>=2024-01-01'; repeatable, all must hold")
 
     stats = sub.add_parser("stats", help="index statistics and ingestion progress")
     _client_options(stats)
@@ -175,6 +184,11 @@ def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
 def cmd_index(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    try:
+        per_file = _metadata_file(args.metadata, args.paths) if args.metadata else {}
+    except (OSError, ValueError) as exc:
+        print(f"error: --metadata: {exc}", file=sys.stderr)
+        return 2
     found = [p.resolve() for p in iter_image_files(args.paths)]
     empty = [p for p in found if p.stat().st_size == 0]
     for path in empty:
@@ -190,7 +204,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         with tqdm(total=len(files), unit="img", desc="submitting", disable=None) as bar:
             for chunk in _chunks(files, max(1, args.chunk)):
                 inputs = [
-                    ImageInput(image=b"" if args.by_path else path.read_bytes(), uri=str(path), metadata=metadata)
+                    ImageInput(image=b"" if args.by_path else path.read_bytes(), uri=str(path), metadata=metadata,
+                               fields=per_file.get(path, {}))
                     for path in chunk
                 ]
                 batch_id = client.submit(inputs, batch_id).batch_id
@@ -207,6 +222,28 @@ def cmd_index(args: argparse.Namespace) -> int:
                 print(f"  failed: {failure.uri or failure.id}: {failure.reason}", file=sys.stderr)
             return 1
     return 0
+
+
+def _metadata_file(path: str, roots: Sequence[str]) -> dict[Path, dict]:
+    """Fields per resolved image path from a JSON file keyed by paths relative to the folders given."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object mapping file paths to objects of fields")
+    out: dict[Path, dict] = {}
+    for rel, fields in data.items():
+        if not isinstance(fields, dict):
+            raise ValueError(f"{path}: {rel!r} must map to an object of fields")
+        parsed = fields_from_json(fields, f"{path}: {rel!r}")
+        matched = False
+        for root in roots:
+            base = Path(root).expanduser()
+            candidate = (base / rel) if base.is_dir() else (base if base.name == rel else None)
+            if candidate is not None and candidate.is_file():
+                out[candidate.resolve()] = parsed
+                matched = True
+        if not matched:
+            print(f"  warning: {path}: no image file {rel!r} under {', '.join(roots)}", file=sys.stderr)
+    return out
 
 
 def _wait_for_batch(client: Client, batch_id: str, total: int) -> Progress:
@@ -226,18 +263,25 @@ def cmd_search(args: argparse.Namespace) -> int:
     if len(queries) != 1:
         print("error: give exactly one of TEXT, --image FILE or --id ID", file=sys.stderr)
         return 2
+    try:
+        where = where_filter(args.where)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     with Client(timeout=args.timeout, connection=_connection(args)) as client:
         if args.text:
-            results = client.text_search(args.text, k=args.k)
+            results = client.text_search(args.text, k=args.k, where=where, min_score=args.min_score)
             label = f'"{args.text}"'
         elif args.image:
-            results = client.image_search(Path(args.image).read_bytes(), k=args.k)
+            results = client.image_search(Path(args.image).read_bytes(), k=args.k, where=where,
+                                           min_score=args.min_score)
             label = f"image {args.image}"
         else:
-            results = client.image_search(id=args.id, k=args.k)
+            results = client.image_search(id=args.id, k=args.k, where=where, min_score=args.min_score)
             label = f"id {args.id}"
     if args.json:
-        print(json.dumps({"results": [{"id": r.id, "uri": r.uri, "score": r.score, "metadata": r.metadata} for r in results]}))
+        print(json.dumps({"results": [{"id": r.id, "uri": r.uri, "score": r.score, "metadata": r.metadata,
+                                       "fields": fields_to_json(r.fields)} for r in results]}))
         return 0
     print(f"\nQuery: {label}\n")
     for rank, r in enumerate(results, 1):

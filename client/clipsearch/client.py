@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .connection import DEFAULT_SERVER, Connection
 from .errors import InvalidArgumentError, UnavailableError, from_rpc_error
+from .fields import from_values, to_values
 from .types import Failure, ImageInput, IndexStats, Progress, QueueStatus, SearchResult, Submission, WorkerStatus
 from .v1 import (
     index_service_pb2 as index_pb,
@@ -24,6 +25,7 @@ from .v1 import (
     ingest_service_pb2_grpc as ingest_grpc,
     search_service_pb2 as search_pb,
     search_service_pb2_grpc as search_grpc,
+    types_pb2,
 )
 
 __all__ = ["DEFAULT_SERVER", "AsyncClient", "Client"]
@@ -48,18 +50,21 @@ def _stubs(channel: Any) -> dict[str, Any]:
 
 
 def _results(reply: Any) -> list[SearchResult]:
-    return [SearchResult(r.id, float(r.score), r.uri, dict(r.metadata)) for r in reply.results]
+    return [SearchResult(r.id, float(r.score), r.uri, dict(r.metadata), from_values(r.fields)) for r in reply.results]
 
 
-def _text_search(text: str, k: int) -> _Call[list[SearchResult]]:
-    return _Call("search", "TextSearch", search_pb.TextSearchRequest(text=text, k=k), _results)
+def _text_search(text: str, k: int, where: types_pb2.Filter | None = None,
+                 min_score: float | None = None) -> _Call[list[SearchResult]]:
+    request = search_pb.TextSearchRequest(text=text, k=k, filter=where, min_score=min_score)
+    return _Call("search", "TextSearch", request, _results)
 
 
-def _image_search(image: bytes | None, uri: str | None, image_id: str | None, k: int) -> _Call[list[SearchResult]]:
+def _image_search(image: bytes | None, uri: str | None, image_id: str | None, k: int,
+                  where: types_pb2.Filter | None = None, min_score: float | None = None) -> _Call[list[SearchResult]]:
     given = {name: value for name, value in (("image", image), ("uri", uri), ("id", image_id)) if value is not None}
     if len(given) != 1:
         raise InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, "give exactly one of image, uri or id")
-    return _Call("search", "ImageSearch", search_pb.ImageSearchRequest(k=k, **given), _results)
+    return _Call("search", "ImageSearch", search_pb.ImageSearchRequest(k=k, filter=where, min_score=min_score, **given), _results)
 
 
 def _submit(images: Iterable[ImageInput], batch_id: str, request_id: str | None) -> _Call[Submission]:
@@ -68,7 +73,8 @@ def _submit(images: Iterable[ImageInput], batch_id: str, request_id: str | None)
     request = ingest_pb.SubmitImagesRequest(
         batch_id=batch_id,
         request_id=uuid.uuid4().hex if request_id is None else request_id,
-        images=[ingest_pb.ImageSubmission(id=i.id, image=i.image, uri=i.uri, metadata=i.metadata) for i in images],
+        images=[ingest_pb.ImageSubmission(id=i.id, image=i.image, uri=i.uri, metadata=i.metadata,
+                                            fields=to_values(i.fields)) for i in images],
     )
     return _Call("ingest", "SubmitImages", request, lambda r: Submission(r.batch_id, list(r.ids)))
 
@@ -144,14 +150,16 @@ class Client(_Base):
             raise from_rpc_error(exc) from exc
         return call.parse(reply)
 
-    def text_search(self, text: str, k: int = 10, *, timeout: float | None = None) -> list[SearchResult]:
+    def text_search(self, text: str, k: int = 10, *, where: types_pb2.Filter | None = None,
+                    min_score: float | None = None, timeout: float | None = None) -> list[SearchResult]:
         """The k images that best match `text`, best first."""
-        return self._invoke(_text_search(text, k), timeout)
+        return self._invoke(_text_search(text, k, where, min_score), timeout)
 
     def image_search(self, image: bytes | None = None, *, uri: str | None = None, id: str | None = None,  # noqa: A002
-                     k: int = 10, timeout: float | None = None) -> list[SearchResult]:
+                     k: int = 10, where: types_pb2.Filter | None = None,
+                     min_score: float | None = None, timeout: float | None = None) -> list[SearchResult]:
         """The k images most similar to a query image given as bytes, a uri, or an indexed image's id."""
-        return self._invoke(_image_search(image, uri, id, k), timeout)
+        return self._invoke(_image_search(image, uri, id, k, where, min_score), timeout)
 
     def submit(self, images: Sequence[ImageInput], batch_id: str = "", *, timeout: float | None = None,
                request_id: str | None = None) -> Submission:
@@ -231,12 +239,14 @@ class AsyncClient(_Base):
             raise from_rpc_error(exc) from exc
         return call.parse(reply)
 
-    async def text_search(self, text: str, k: int = 10, *, timeout: float | None = None) -> list[SearchResult]:
-        return await self._invoke(_text_search(text, k), timeout)
+    async def text_search(self, text: str, k: int = 10, *, where: types_pb2.Filter | None = None,
+                          min_score: float | None = None, timeout: float | None = None) -> list[SearchResult]:
+        return await self._invoke(_text_search(text, k, where, min_score), timeout)
 
     async def image_search(self, image: bytes | None = None, *, uri: str | None = None, id: str | None = None,  # noqa: A002
-                           k: int = 10, timeout: float | None = None) -> list[SearchResult]:
-        return await self._invoke(_image_search(image, uri, id, k), timeout)
+                           k: int = 10, where: types_pb2.Filter | None = None,
+                           min_score: float | None = None, timeout: float | None = None) -> list[SearchResult]:
+        return await self._invoke(_image_search(image, uri, id, k, where, min_score), timeout)
 
     async def submit(self, images: Sequence[ImageInput], batch_id: str = "", *,
                      timeout: float | None = None, request_id: str | None = None) -> Submission:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["Failure", "ImageInput", "IndexStats", "Progress", "QueueStatus", "SearchResult", "Submission", "WorkerStatus"]
 
@@ -15,6 +16,8 @@ class SearchResult:
     score: float
     uri: str
     metadata: dict[str, str] = field(default_factory=dict)
+    # Typed fields: str, int, float, bool, datetime (UTC) or list of str; metadata entries included as str.
+    fields: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,8 @@ class ImageInput:
     uri: str = ""
     id: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    # Typed fields for filters: str, int, float, bool, datetime (a timestamp; naive = UTC) or list of str.
+    fields: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -133,6 +133,9 @@ class Job:
     uid: str = field(default_factory=lambda: uuid.uuid4().hex)
     entry_id: str = ""  # the stream entry id, set when read from Redis
     attempts: int = 1  # deliveries so far, set when reclaimed
+    # Typed fields as JSON: an object mapping each key to the proto3 JSON of a clipsearch.v1.Value
+    # (e.g. {"n": {"int_value": "3"}}); "" = none. Passed through to UpsertVectors unchanged.
+    fields_json: str = ""
 
     def to_fields(self) -> dict[str, str]:
         return {
@@ -142,6 +145,7 @@ class Job:
             "batch": self.batch_id,
             "meta": json.dumps(self.metadata, separators=(",", ":")),
             "blob": "1" if self.has_blob else "0",
+            "fields": self.fields_json,
         }
 
     @classmethod
@@ -155,6 +159,7 @@ class Job:
             has_blob=fields.get("blob") == "1",
             uid=fields.get("uid", ""),
             entry_id=_text(entry_id),
+            fields_json=fields.get("fields", ""),
         )
 
 

@@ -76,6 +76,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--snapshot-interval", 60.0, "seconds between index snapshots (when it changed)", (SERVER,), type=float),
     Option("--compact-ratio", 0.2, "rebuild the graph when this share of it is tombstones", (SERVER,), type=float),
     Option("--compact-min", 1000, "... and at least this many entries are tombstones", (SERVER,), type=int),
+    Option("--filter-exact-max", 40_000, "a filtered search matching at most this many images scans them exactly "
+           "instead of searching the HNSW graph", (SERVER,), type=int),
     Option("--max-queue-jobs", 1_000_000, "SubmitImages fails with RESOURCE_EXHAUSTED beyond this many queued jobs",
            (SERVER,), type=int),
     Option("--max-queue-bytes", 2 * 1024**3, "same, for inline image bytes waiting in Redis", (SERVER,), type=int),

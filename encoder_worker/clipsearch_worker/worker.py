@@ -18,6 +18,7 @@ more than `max_deliveries` times (it failed, or crashed workers, every time) is 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import grpc
+from google.protobuf import json_format
 import numpy as np
 import redis
 
@@ -150,6 +152,13 @@ class _Batch:
     jobs: list[Job]
     chunks: list[tuple[list[Job], Future]]
     started: float
+
+
+def _typed_fields(text: str) -> dict[str, types_pb2.Value]:
+    """A job's typed fields (proto3 JSON of each Value, as the server queued them) as protobuf."""
+    if not text:
+        return {}
+    return {key: json_format.ParseDict(item, types_pb2.Value()) for key, item in json.loads(text).items()}
 
 
 class WorkerFatal(Exception):
@@ -400,7 +409,8 @@ class Worker:
             model=self._model,
             records=[
                 index_pb.VectorRecord(id=job.id, vector=vec.astype("<f4").tobytes(), uri=job.uri, metadata=job.metadata,
-                                      submitted_at_ms=int(job.entry_id.split("-")[0] or 0))  # stream id ms = submission time
+                                      submitted_at_ms=int(job.entry_id.split("-")[0] or 0),  # stream id ms = submission time
+                                      fields=_typed_fields(job.fields_json))
                 for job, vec in zip(jobs, vectors)
             ],
         )

@@ -6,6 +6,10 @@ Owns the rules that span both layers:
 - replaced and deleted images are tombstoned in the index and filtered out of every search;
 - a search joins index hits with the store; when tombstone filtering comes back short it widens a
   bounded number of rounds, then scans the live vectors exactly (never more than EXACT_SCAN_MAX);
+- a filtered search (`search_among`) gets the matching labels from the store's field index (filters.py)
+  and plans per query: an exact scan over those labels' vectors when they are at most
+  `filter_exact_max`, else the HNSW graph restricted to them with efSearch raised by 1/selectivity,
+  and an exact scan when that comes back short. It returns min(k, matching images);
 - an upsert of an image submitted before that id's deletion is skipped (the delete wins);
 - the index is snapshotted (snapshots.py) with the label it covers; on start the latest snapshot is
   loaded and only rows written after it are added (no re-embedding, no full rebuild); writes wait
@@ -17,16 +21,17 @@ Owns the rules that span both layers:
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from .errors import FailedPrecondition, NotFound
-from .index import HnswParams, VectorIndex, make_index, normalize
+from .index import HnswParams, SearchParams, VectorIndex, make_index, normalize
 from .snapshots import Snapshots
 from .store import ImageRecord, StoredImage, Store
 
@@ -46,6 +51,7 @@ class Hit:
     score: float
     uri: str
     metadata: dict[str, str]
+    fields: dict = field(default_factory=dict)  # typed fields (fields.Fields), metadata included as strings
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,7 @@ class Collection:
         params: HnswParams = HnswParams(),
         compact_ratio: float = 0.2,
         compact_min: int = 1000,
+        filter_exact_max: int = 40_000,
     ) -> None:
         self.model = model
         self.dim = dim
@@ -76,6 +83,7 @@ class Collection:
         self.data_dir = Path(data_dir)
         self.compact_ratio = compact_ratio
         self.compact_min = compact_min
+        self.filter_exact_max = filter_exact_max
         self.spec = f"HNSW{params.m},Flat"
         self.store = Store(self.data_dir / "images.sqlite3")
         self.snapshots = Snapshots(self.data_dir, self.spec, params)
@@ -86,6 +94,7 @@ class Collection:
         self._compacting = threading.Lock()
         self._compactor: threading.Thread | None = None
         self.index = self._load()
+        self._indexed_below = self.store.next_label()  # every label below it is in the index (or stale)
         self._live = int(self.store.count())
         self._saved_at = (self.store.next_label(), self.index.tombstones)
         log.info("collection ready: %d images, model %s, dim %d", self._live, model, dim)
@@ -140,14 +149,14 @@ class Collection:
     def upsert(self, records: Sequence[ImageRecord]) -> int:
         """Inserts or replaces images by id; durable when it returns. Returns the number of records
         written: records of images deleted after their submission are skipped, not counted."""
-        unit = [ImageRecord(r.id, normalize(r.vector[None, :])[0], r.uri, r.metadata, r.submitted_at_ms)
-                for r in records]
+        unit = [replace(r, vector=normalize(r.vector[None, :])[0]) for r in records]
         with self._write_lock:
             result = self.store.upsert(unit)
             added, stale = result.added, result.stale
             if added:
                 labels = np.fromiter((label for label, _ in added), dtype=np.int64, count=len(added))
                 self.index.add(labels, np.stack([vector for _, vector in added]))
+                self._indexed_below = max(self._indexed_below, int(labels.max()) + 1)
             self.index.remove(stale)
             self._live += len(added) - len(stale)
         if result.skipped:
@@ -185,10 +194,50 @@ class Collection:
             return hits[:k]
         return self._exact(query, want, exclude_id)[:k]
 
+    def search_among(self, query: np.ndarray, k: int, matching: np.ndarray,
+                     exclude_id: str | None = None) -> list[Hit]:
+        """The k best among the live images with these labels (a filter's matches), best first.
+        Returns min(k, number of them) hits: exact scan when few, else HNSW restricted to them, with an
+        exact scan when the graph comes back short."""
+        index = self.index
+        matching = matching[matching < self._indexed_below]  # committed but not yet indexed: not yet searchable
+        if exclude_id:
+            label = self.store.label_of(exclude_id)
+            matching = matching[matching != label] if label is not None else matching
+        want = min(k, len(matching))
+        if want == 0:
+            return []
+        if len(matching) > self.filter_exact_max:
+            selectivity = len(matching) / max(index.ntotal, 1)
+            ef = min(max(index.ntotal, k), int(math.ceil(max(self.params.ef_search, k) / selectivity)))
+            scores, labels = index.search(query[None, :], k, SearchParams(ef_search=ef, include=matching))
+            hits = self._join(scores[0].tolist(), labels[0].tolist(), exclude_id)
+            if len(hits) >= want:
+                return hits[:k]
+            log.info("filtered graph search came back short (%d of %d); exact scan over %d matches",
+                     len(hits), want, len(matching))
+        return self._exact_among(index, query, k, matching, exclude_id)
+
+    def _exact_among(self, index: VectorIndex, query: np.ndarray, k: int, matching: np.ndarray,
+                     exclude_id: str | None) -> list[Hit]:
+        unit = normalize(query[None, :])[0]
+        best_scores = np.empty(0, dtype=np.float32)
+        best_labels = np.empty(0, dtype=np.int64)
+        fetch = k + 8  # a few spare for images deleted since the filter was evaluated
+        for start in range(0, len(matching), 50_000):
+            labels, vectors = index.vectors(matching[start:start + 50_000])
+            best_scores = np.concatenate([best_scores, vectors @ unit])
+            best_labels = np.concatenate([best_labels, labels])
+            if len(best_scores) > fetch:
+                keep = np.argpartition(-best_scores, fetch)[:fetch]
+                best_scores, best_labels = best_scores[keep], best_labels[keep]
+        order = np.lexsort((best_labels, -best_scores))
+        return self._join(best_scores[order].tolist(), best_labels[order].tolist(), exclude_id)[:k]
+
     def _join(self, scores: list[float], labels: list[int], exclude_id: str | None) -> list[Hit]:
         live: dict[int, StoredImage] = self.store.by_labels([x for x in labels if x >= 0])  # stale labels are absent
         return [
-            Hit(live[label].id, float(score), live[label].uri, live[label].metadata)
+            Hit(live[label].id, float(score), live[label].uri, live[label].metadata, live[label].fields)
             for score, label in zip(scores, labels)
             if label in live and live[label].id != exclude_id
         ]

@@ -42,6 +42,7 @@ class ServerConfig:
     threads: torch/FAISS threads for query encoding and search (0: library default).
     snapshot_interval_s: how often the index is snapshotted when it changed (also on shutdown).
     compact_ratio / compact_min: rebuild the graph when this share (and count) of its entries are tombstones.
+    filter_exact_max: filtered searches matching at most this many images scan them exactly.
     max_queue_jobs / max_queue_bytes: backpressure; SubmitImages fails with RESOURCE_EXHAUSTED beyond.
     grace_s: how long running calls may finish on shutdown.
     auth_token: a write token; tokens_file: scoped read/write tokens (see `tokens.py`). Neither: no authentication.
@@ -64,6 +65,7 @@ class ServerConfig:
     snapshot_interval_s: float
     compact_ratio: float
     compact_min: int
+    filter_exact_max: int
     max_queue_jobs: int
     max_queue_bytes: int
     grace_s: float
@@ -93,6 +95,7 @@ class ServerConfig:
             snapshot_interval_s=args.snapshot_interval,
             compact_ratio=args.compact_ratio,
             compact_min=args.compact_min,
+            filter_exact_max=args.filter_exact_max,
             max_queue_jobs=args.max_queue_jobs,
             max_queue_bytes=args.max_queue_bytes,
             grace_s=args.grace,

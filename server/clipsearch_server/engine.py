@@ -10,10 +10,15 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence, TypeVar
 
+import numpy as np
+
 from clipsearch_core.model import ClipEncoder
 from clipsearch_core.settings import default
 from clipsearch_core.images import LoadLimits, decode_image, read_uri
 
+from clipsearch.v1.types_pb2 import Filter
+
+from . import filters
 from .batching import MicroBatcher, TextBatcher
 from .collection import Collection, CollectionStats, Hit
 from .errors import Unavailable
@@ -48,25 +53,32 @@ class Engine:
     async def _write(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._writes, fn)
 
-    async def text_search(self, text: str, k: int) -> list[Hit]:
+    def _search(self, vector: np.ndarray, k: int, flt: Filter | None, exclude_id: str | None = None) -> list[Hit]:
+        """Unfiltered, or among the filter's matches (evaluated as a whole from the field index)."""
+        if flt is None:
+            return self.collection.search(vector, k, exclude_id=exclude_id)
+        matching = filters.matching_labels(self.collection.store, flt)
+        return self.collection.search_among(vector, k, matching, exclude_id=exclude_id)
+
+    async def text_search(self, text: str, k: int, flt: Filter | None = None) -> list[Hit]:
         vector = await self.texts.vector(text)
-        return await self._run(lambda: self.collection.search(vector, k))
+        return await self._run(lambda: self._search(vector, k, flt))
 
-    async def image_search_bytes(self, data: bytes, k: int) -> list[Hit]:
-        return await self._image_search(lambda: data, k)
+    async def image_search_bytes(self, data: bytes, k: int, flt: Filter | None = None) -> list[Hit]:
+        return await self._image_search(lambda: data, k, flt)
 
-    async def image_search_uri(self, uri: str, k: int) -> list[Hit]:
-        return await self._image_search(lambda: read_uri(uri, self.limits), k)
+    async def image_search_uri(self, uri: str, k: int, flt: Filter | None = None) -> list[Hit]:
+        return await self._image_search(lambda: read_uri(uri, self.limits), k, flt)
 
-    async def _image_search(self, read: Callable[[], bytes], k: int) -> list[Hit]:
+    async def _image_search(self, read: Callable[[], bytes], k: int, flt: Filter | None) -> list[Hit]:
         """Reads and decodes in the pool (concurrently with other queries), encodes in a micro-batch."""
         tensor = await self._run(lambda: self.encoder.preprocess(decode_image(read(), self.limits)))
         vector = await self.images.vector(tensor)
-        return await self._run(lambda: self.collection.search(vector, k))
+        return await self._run(lambda: self._search(vector, k, flt))
 
-    async def image_search_id(self, image_id: str, k: int) -> list[Hit]:
+    async def image_search_id(self, image_id: str, k: int, flt: Filter | None = None) -> list[Hit]:
         def work() -> list[Hit]:
-            return self.collection.search(self.collection.vector_of(image_id), k, exclude_id=image_id)
+            return self._search(self.collection.vector_of(image_id), k, flt, exclude_id=image_id)
 
         return await self._run(work)
 

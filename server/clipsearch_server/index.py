@@ -46,9 +46,13 @@ class HnswParams:
 
 @dataclass(frozen=True)
 class SearchParams:
-    """Per-search options. ef_search: beam width for this call (None: the index's own, raised to k)."""
+    """Per-search options. ef_search: beam width for this call (None: the index's own, raised to k).
+    include: int64 labels the results are restricted to (None: all); tombstones stay excluded.
+    The graph walk still visits other nodes, so a small `include` needs a larger ef_search (or an exact
+    scan over `vectors(include)`): faiss stops after ef_search candidates, short of k if few pass."""
 
     ef_search: int | None = None
+    include: np.ndarray | None = None
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
@@ -117,6 +121,26 @@ class _Exclusion:
         return cls(ids, batch, faiss.IDSelectorNot(batch))
 
 
+@dataclass(frozen=True)
+class _Inclusion:
+    """A bitmap selector over the labels a search is restricted to (1 bit per label up to the largest:
+    labels are dense). `bitmap` is kept referenced because the selector does not own it."""
+
+    bitmap: np.ndarray
+    selector: object
+
+    @classmethod
+    def of(cls, labels: np.ndarray | None) -> "_Inclusion | None":
+        if labels is None:
+            return None
+        labels = np.asarray(labels, dtype=np.int64)
+        size = int(labels.max()) + 1 if len(labels) else 1
+        bits = np.zeros(size, dtype=bool)
+        bits[labels] = True
+        bitmap = np.packbits(bits, bitorder="little")
+        return cls(bitmap, faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap)))  # n: bytes, not bits
+
+
 class VectorIndex(abc.ABC):
     """An inner-product index over unit vectors addressed by int64 labels, with tombstones.
     Thread-safe: searches run in parallel; add/remove/train are exclusive."""
@@ -159,6 +183,10 @@ class VectorIndex(abc.ABC):
     @abc.abstractmethod
     def labels(self) -> np.ndarray:
         """Every label in the index, tombstoned or not."""
+
+    @abc.abstractmethod
+    def vectors(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, vectors) of those of `labels` the index holds (tombstoned or not), for exact scans."""
 
     @abc.abstractmethod
     def save(self, path: Path) -> None:
@@ -233,6 +261,15 @@ class HnswIndex(VectorIndex):
         with self._lock.read():
             return faiss.vector_to_array(self._index.id_map).astype(np.int64)
 
+    def vectors(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.ascontiguousarray(labels, dtype=np.int64)
+        with self._lock.read():
+            try:
+                return labels, self._index.reconstruct_batch(labels)
+            except RuntimeError:  # some label is not here (e.g. removed by a compaction): keep those that are
+                labels = labels[np.isin(labels, faiss.vector_to_array(self._index.id_map))]
+                return labels, self._index.reconstruct_batch(labels)
+
     def remove(self, labels: Iterable[int]) -> None:
         new = {int(x) for x in labels} - self._tombstones
         if not new:
@@ -253,10 +290,15 @@ class HnswIndex(VectorIndex):
         with self._lock.read():
             exclusion = self._exclusion  # held by this frame until faiss returns
             search_params = faiss.SearchParametersHNSW(efSearch=max(params.ef_search or self.params.ef_search, k))
-            if exclusion is not None:
-                search_params.sel = exclusion.selector
+            include = _Inclusion.of(params.include)  # held by this frame until faiss returns
+            both = None
+            if include is not None and exclusion is not None:
+                both = faiss.IDSelectorAnd(include.selector, exclusion.selector)
+                search_params.sel = both
+            elif include is not None or exclusion is not None:
+                search_params.sel = (include or exclusion).selector
             scores, labels = self._index.search(queries, k, params=search_params)
-            del search_params, exclusion
+            del search_params, exclusion, include, both
         return scores, labels
 
 

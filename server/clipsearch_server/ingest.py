@@ -17,6 +17,7 @@ import redis
 from clipsearch_core import jobqueue
 from clipsearch_core.jobqueue import Failure, Job, Keys, Progress
 
+from . import fields as typed
 from .errors import NotFound, ResourceExhausted, Unavailable
 
 __all__ = ["Ingestor", "QueuedImage", "derive_id"]
@@ -33,6 +34,7 @@ class QueuedImage:
     image: bytes = b""
     uri: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    fields: dict = field(default_factory=dict)  # validated typed fields (fields.Fields)
 
 
 def derive_id(sub: QueuedImage) -> str:
@@ -63,7 +65,8 @@ class Ingestor:
         """Queues all images atomically; returns (batch id, image ids). A request id seen before (within
         jobqueue.REQUEST_TTL_S) queues nothing and returns the first call's result."""
         batch_id = batch_id or uuid.uuid4().hex
-        jobs = [Job(id=derive_id(s), uri=s.uri, metadata=s.metadata, batch_id=batch_id, has_blob=bool(s.image))
+        jobs = [Job(id=derive_id(s), uri=s.uri, metadata=s.metadata, batch_id=batch_id, has_blob=bool(s.image),
+                    fields_json=typed.to_json(s.fields) if s.fields else "")
                 for s in images]
         blobs = [s.image or None for s in images]
 

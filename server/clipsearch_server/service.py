@@ -26,6 +26,8 @@ from clipsearch.v1 import (
     types_pb2,
 )
 
+from . import fields as typed
+from . import filters
 from . import validation as check
 from .collection import Hit
 from .engine import EngineSlot
@@ -77,8 +79,11 @@ def _rpc(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
     return wrapper
 
 
-def _results(hits: list[Hit]) -> list[types_pb2.SearchResult]:
-    return [types_pb2.SearchResult(id=h.id, score=h.score, uri=h.uri, metadata=h.metadata) for h in hits]
+def _results(hits: list[Hit], min_score: float | None = None) -> list[types_pb2.SearchResult]:
+    if min_score is not None:  # hits are best first: the rest are all below
+        hits = [h for h in hits if h.score >= min_score]
+    return [types_pb2.SearchResult(id=h.id, score=h.score, uri=h.uri, metadata=h.metadata, fields=h.fields)
+            for h in hits]
 
 
 class SearchServicer(search_grpc.SearchServiceServicer):
@@ -89,27 +94,30 @@ class SearchServicer(search_grpc.SearchServiceServicer):
     async def TextSearch(
         self, request: search_pb.TextSearchRequest, context: grpc.aio.ServicerContext
     ) -> search_pb.TextSearchResponse:
-        text, k = check.text(request.text), check.k(request.k)
-        return search_pb.TextSearchResponse(results=_results(await self._slot.get().text_search(text, k)))
+        text, k, min_score = check.text(request.text), check.k(request.k), check.min_score(request)
+        flt = filters.check(request.filter) if request.HasField("filter") else None
+        hits = await self._slot.get().text_search(text, k, flt)
+        return search_pb.TextSearchResponse(results=_results(hits, min_score))
 
     @_rpc
     async def ImageSearch(
         self, request: search_pb.ImageSearchRequest, context: grpc.aio.ServicerContext
     ) -> search_pb.ImageSearchResponse:
-        k = check.k(request.k)
+        k, min_score = check.k(request.k), check.min_score(request)
+        flt = filters.check(request.filter) if request.HasField("filter") else None
         which = request.WhichOneof("query")
         engine = self._slot.get()
         if which == "image":
             if not request.image:
                 raise InvalidArgument("image is empty (0 bytes)")
-            hits = await engine.image_search_bytes(request.image, k)
+            hits = await engine.image_search_bytes(request.image, k, flt)
         elif which == "uri":
-            hits = await engine.image_search_uri(check.uri(request.uri), k)
+            hits = await engine.image_search_uri(check.uri(request.uri), k, flt)
         elif which == "id":
-            hits = await engine.image_search_id(check.image_id(request.id), k)
+            hits = await engine.image_search_id(check.image_id(request.id), k, flt)
         else:
             raise InvalidArgument("set exactly one of image, uri or id")
-        return search_pb.ImageSearchResponse(results=_results(hits))
+        return search_pb.ImageSearchResponse(results=_results(hits, min_score))
 
 
 class IngestServicer(ingest_grpc.IngestServiceServicer):
@@ -129,7 +137,8 @@ class IngestServicer(ingest_grpc.IngestServiceServicer):
             check.uri(img.uri, f"{where}.uri")
         elif len(img.uri) > check.MAX_URI_CHARS:
             raise InvalidArgument(f"{where}.uri is {len(img.uri)} characters, the limit is {check.MAX_URI_CHARS}")
-        return QueuedImage(img.id, img.image, img.uri, check.metadata(img.metadata, f"{where}.metadata"))
+        metadata = check.metadata(img.metadata, f"{where}.metadata")
+        return QueuedImage(img.id, img.image, img.uri, metadata, typed.validate(img.fields, metadata, where))
 
     @_rpc
     async def SubmitImages(
@@ -216,6 +225,7 @@ class IndexServicer(index_grpc.IndexServiceServicer):
                     uri=rec.uri,
                     metadata=check.metadata(rec.metadata, f"{where}.metadata"),
                     submitted_at_ms=rec.submitted_at_ms,
+                    fields=typed.validate(rec.fields, rec.metadata, where),
                 )
             )
         return index_pb.UpsertVectorsResponse(upserted=await engine.upsert(records))

@@ -1,4 +1,5 @@
-"""The durable image store: SQLite (WAL) holding every image's id, label, uri, metadata and vector.
+"""The durable image store: SQLite (WAL) holding every image's id, label, uri, metadata, typed fields
+and vector.
 
 This is the source of truth. The FAISS index is derived from it and can always be rebuilt from it.
 Each image id owns exactly one live label; an upsert that changes an image's vector gives it a new
@@ -8,6 +9,11 @@ label below L is brought up to date by adding the live rows with label >= L.
 Commits use synchronous=FULL: an upsert that returned survives kill -9 and power loss.
 Deletes win over earlier submissions: `deletions` keeps each deleted id's deletion time (for
 DELETION_MEMORY_MS), and an upsert whose image was submitted at or before that time is skipped.
+Typed fields (fields.py) are kept twice: as JSON in images.fields (returned with results) and as rows
+of the `fields` table, (label, key, type, value) with one row per field and per string-list item,
+indexed by (key, value, type, label), so that each filter condition is one covering-index range scan
+returning labels (filters.py). Cost per image: about 40 bytes + the key and value sizes per row,
+twice (table and index), e.g. ~1 KB for 10 short fields.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from . import fields as typed
+
 __all__ = ["DELETION_MEMORY_MS", "ImageRecord", "Store", "StoredImage", "UpsertResult"]
 
 DELETION_MEMORY_MS = 30 * 24 * 3600 * 1000  # deletions are remembered this long (30 days)
@@ -35,8 +43,12 @@ CREATE TABLE IF NOT EXISTS images (
     uri TEXT NOT NULL,
     metadata TEXT NOT NULL,
     vector BLOB NOT NULL,
-    updated_ms INTEGER NOT NULL
+    updated_ms INTEGER NOT NULL,
+    fields TEXT NOT NULL DEFAULT '{}'
 );
+CREATE TABLE IF NOT EXISTS fields (label INTEGER NOT NULL, key TEXT NOT NULL, type INTEGER NOT NULL, value);
+CREATE INDEX IF NOT EXISTS fields_by_key ON fields(key, value, type, label);
+CREATE INDEX IF NOT EXISTS fields_by_label ON fields(label);
 CREATE TABLE IF NOT EXISTS deletions (id TEXT PRIMARY KEY, deleted_at_ms INTEGER NOT NULL);
 """
 
@@ -51,6 +63,7 @@ class ImageRecord:
     uri: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     submitted_at_ms: int = 0
+    fields: typed.Fields = field(default_factory=dict)  # validated typed fields, metadata not included
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,7 @@ class StoredImage:
     label: int
     uri: str
     metadata: dict[str, str]
+    fields: typed.Fields = field(default_factory=dict)  # typed fields and metadata as string fields
 
 
 class Store:
@@ -82,7 +96,27 @@ class Store:
         self._write_lock = threading.Lock()
         conn = self._conn()
         conn.execute("PRAGMA journal_mode=WAL")
+        self._migrate(conn)
         conn.executescript(_SCHEMA)
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Stores written before typed fields: add images.fields and index metadata as string fields."""
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(images)")]
+        if not columns or "fields" in columns:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("ALTER TABLE images ADD COLUMN fields TEXT NOT NULL DEFAULT '{}'")
+            conn.execute("CREATE TABLE IF NOT EXISTS fields"
+                         " (label INTEGER NOT NULL, key TEXT NOT NULL, type INTEGER NOT NULL, value)")
+            for label, meta in conn.execute("SELECT label, metadata FROM images").fetchall():
+                conn.executemany("INSERT INTO fields(label, key, type, value) VALUES (?, ?, ?, ?)",
+                                 [(label, k, typed.T_STRING, v) for k, v in json.loads(meta).items()])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -123,22 +157,27 @@ class Store:
                             continue
                     blob = np.ascontiguousarray(rec.vector, dtype="<f4").tobytes()
                     meta = json.dumps(rec.metadata, sort_keys=True, separators=(",", ":"))
+                    fields_json = typed.to_json(rec.fields)
                     row = conn.execute("SELECT label, vector FROM images WHERE id = ?", (rec.id,)).fetchone()
+                    if row is not None:
+                        conn.execute("DELETE FROM fields WHERE label = ?", (int(row[0]),))
                     if row is not None and row[1] == blob:
                         conn.execute(
-                            "UPDATE images SET uri = ?, metadata = ?, updated_ms = ? WHERE id = ?",
-                            (rec.uri, meta, now, rec.id),
+                            "UPDATE images SET uri = ?, metadata = ?, fields = ?, updated_ms = ? WHERE id = ?",
+                            (rec.uri, meta, fields_json, now, rec.id),
                         )
+                        self._insert_fields(conn, int(row[0]), rec)
                         continue
                     if row is not None:
                         stale.append(int(row[0]))
                     label = next_label
                     next_label += 1
                     conn.execute(
-                        "INSERT OR REPLACE INTO images(id, label, uri, metadata, vector, updated_ms)"
-                        " VALUES (?, ?, ?, ?, ?, ?)",
-                        (rec.id, label, rec.uri, meta, blob, now),
+                        "INSERT OR REPLACE INTO images(id, label, uri, metadata, vector, updated_ms, fields)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (rec.id, label, rec.uri, meta, blob, now, fields_json),
                     )
+                    self._insert_fields(conn, label, rec)
                     added.append((label, rec.vector))
                 conn.execute(
                     "INSERT OR REPLACE INTO meta(key, value) VALUES ('next_label', ?)", (str(next_label),)
@@ -148,6 +187,11 @@ class Store:
                 conn.execute("ROLLBACK")
                 raise
         return UpsertResult(added, stale, skipped)
+
+    @staticmethod
+    def _insert_fields(conn: sqlite3.Connection, label: int, rec: ImageRecord) -> None:
+        conn.executemany("INSERT INTO fields(label, key, type, value) VALUES (?, ?, ?, ?)",
+                         [(label, *row) for row in typed.rows(typed.merged(rec.fields, rec.metadata))])
 
     @staticmethod
     def _meta_in_txn(conn: sqlite3.Connection, key: str) -> str | None:
@@ -161,9 +205,19 @@ class Store:
         for start in range(0, len(labels), SQL_CHUNK):
             chunk = [int(x) for x in labels[start:start + SQL_CHUNK]]
             marks = ",".join("?" * len(chunk))
-            rows = conn.execute(f"SELECT id, label, uri, metadata FROM images WHERE label IN ({marks})", chunk)
-            found.update((int(r[1]), StoredImage(r[0], int(r[1]), r[2], json.loads(r[3]))) for r in rows)
+            rows = conn.execute(f"SELECT id, label, uri, metadata, fields FROM images WHERE label IN ({marks})", chunk)
+            for r in rows:
+                metadata = json.loads(r[3])
+                found[int(r[1])] = StoredImage(r[0], int(r[1]), r[2], metadata,
+                                               typed.merged(typed.from_json(r[4]), metadata))
         return found
+
+    def labels_where(self, condition: str, params: Sequence[object]) -> np.ndarray:
+        """Sorted distinct labels of the field rows meeting an SQL condition over (key, type, value)
+        (filters.py builds it; values are always bound as parameters)."""
+        rows = self._conn().execute(f"SELECT DISTINCT label FROM fields WHERE {condition} ORDER BY label",
+                                    list(params)).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
     def vector_of(self, image_id: str) -> np.ndarray | None:
         row = self._conn().execute("SELECT vector FROM images WHERE id = ?", (image_id,)).fetchone()
@@ -187,6 +241,7 @@ class Store:
                     conn.execute("INSERT OR REPLACE INTO deletions(id, deleted_at_ms) VALUES (?, ?)", (image_id, now))
                     row = conn.execute("DELETE FROM images WHERE id = ? RETURNING label", (image_id,)).fetchone()
                     if row is not None:
+                        conn.execute("DELETE FROM fields WHERE label = ?", (int(row[0]),))
                         removed.append((image_id, int(row[0])))
                 conn.execute("COMMIT")
             except BaseException:

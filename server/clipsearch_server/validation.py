@@ -122,6 +122,16 @@ def vector(data: bytes, dim: int, field: str) -> np.ndarray:
     return array
 
 
+def min_score(request: object) -> float | None:
+    """The request's optional min_score: None when unset; must be finite."""
+    if not request.HasField("min_score"):  # type: ignore[attr-defined]
+        return None
+    value = float(request.min_score)  # type: ignore[attr-defined]
+    if not math.isfinite(value):
+        raise InvalidArgument(f"min_score must be a finite number, got {value}")
+    return value
+
+
 def failures_limit(value: int) -> int:
     if value == 0:
         return 100

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class VectorRecord(_message.Message):
-    __slots__ = ("id", "vector", "uri", "metadata", "submitted_at_ms")
+    __slots__ = ("id", "vector", "uri", "metadata", "submitted_at_ms", "fields")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -16,17 +16,26 @@ class VectorRecord(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class FieldsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _types_pb2.Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_types_pb2.Value, _Mapping]] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     SUBMITTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
     id: str
     vector: bytes
     uri: str
     metadata: _containers.ScalarMap[str, str]
     submitted_at_ms: int
-    def __init__(self, id: _Optional[str] = ..., vector: _Optional[bytes] = ..., uri: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., submitted_at_ms: _Optional[int] = ...) -> None: ...
+    fields: _containers.MessageMap[str, _types_pb2.Value]
+    def __init__(self, id: _Optional[str] = ..., vector: _Optional[bytes] = ..., uri: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., submitted_at_ms: _Optional[int] = ..., fields: _Optional[_Mapping[str, _types_pb2.Value]] = ...) -> None: ...
 
 class UpsertVectorsRequest(_message.Message):
     __slots__ = ("model", "records")

@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from clipsearch.v1 import types_pb2 as clipsearch_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"clipsearch/v1/ingest_service.proto\x12\rclipsearch.v1\"\xaa\x01\n\x0fImageSubmission\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x0b\n\x03uri\x18\x03 \x01(\t\x12>\n\x08metadata\x18\x04 \x03(\x0b\x32,.clipsearch.v1.ImageSubmission.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"k\n\x13SubmitImagesRequest\x12.\n\x06images\x18\x01 \x03(\x0b\x32\x1e.clipsearch.v1.ImageSubmission\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"5\n\x14SubmitImagesResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\",\n\x18GetIngestProgressRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"U\n\x0eIngestProgress\x12\x11\n\tsubmitted\x18\x01 \x01(\x03\x12\x0f\n\x07pending\x18\x02 \x01(\x03\x12\x0f\n\x07indexed\x18\x03 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x03\"L\n\x19GetIngestProgressResponse\x12/\n\x08progress\x18\x01 \x01(\x0b\x32\x1d.clipsearch.v1.IngestProgress\"6\n\x13ListFailuresRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"r\n\rIngestFailure\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x04 \x01(\t\x12\x14\n\x0c\x66\x61iled_at_ms\x18\x05 \x01(\x03\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\"F\n\x14ListFailuresResponse\x12.\n\x08\x66\x61ilures\x18\x01 \x03(\x0b\x32\x1c.clipsearch.v1.IngestFailure\"5\n\x14RetryFailuresRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"9\n\x15RetryFailuresResponse\x12\x0f\n\x07retried\x18\x01 \x03(\t\x12\x0f\n\x07\x65xpired\x18\x02 \x03(\t\"\x17\n\x15GetQueueStatusRequest\"s\n\x0cWorkerStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0clast_seen_ms\x18\x02 \x01(\x03\x12\r\n\x05\x61live\x18\x03 \x01(\x08\x12\x11\n\tprocessed\x18\x04 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\"\x8a\x01\n\x16GetQueueStatusResponse\x12\x0c\n\x04jobs\x18\x01 \x01(\x03\x12\x11\n\tin_flight\x18\x02 \x01(\x03\x12\x0b\n\x03lag\x18\x03 \x01(\x03\x12\x14\n\x0cqueued_bytes\x18\x04 \x01(\x03\x12,\n\x07workers\x18\x05 \x03(\x0b\x32\x1b.clipsearch.v1.WorkerStatus2\xe4\x03\n\rIngestService\x12W\n\x0cSubmitImages\x12\".clipsearch.v1.SubmitImagesRequest\x1a#.clipsearch.v1.SubmitImagesResponse\x12\x66\n\x11GetIngestProgress\x12\'.clipsearch.v1.GetIngestProgressRequest\x1a(.clipsearch.v1.GetIngestProgressResponse\x12W\n\x0cListFailures\x12\".clipsearch.v1.ListFailuresRequest\x1a#.clipsearch.v1.ListFailuresResponse\x12Z\n\rRetryFailures\x12#.clipsearch.v1.RetryFailuresRequest\x1a$.clipsearch.v1.RetryFailuresResponse\x12]\n\x0eGetQueueStatus\x12$.clipsearch.v1.GetQueueStatusRequest\x1a%.clipsearch.v1.GetQueueStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"clipsearch/v1/ingest_service.proto\x12\rclipsearch.v1\x1a\x19\x63lipsearch/v1/types.proto\"\xab\x02\n\x0fImageSubmission\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x0b\n\x03uri\x18\x03 \x01(\t\x12>\n\x08metadata\x18\x04 \x03(\x0b\x32,.clipsearch.v1.ImageSubmission.MetadataEntry\x12:\n\x06\x66ields\x18\x05 \x03(\x0b\x32*.clipsearch.v1.ImageSubmission.FieldsEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x43\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.clipsearch.v1.Value:\x02\x38\x01\"k\n\x13SubmitImagesRequest\x12.\n\x06images\x18\x01 \x03(\x0b\x32\x1e.clipsearch.v1.ImageSubmission\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"5\n\x14SubmitImagesResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\",\n\x18GetIngestProgressRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"U\n\x0eIngestProgress\x12\x11\n\tsubmitted\x18\x01 \x01(\x03\x12\x0f\n\x07pending\x18\x02 \x01(\x03\x12\x0f\n\x07indexed\x18\x03 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x03\"L\n\x19GetIngestProgressResponse\x12/\n\x08progress\x18\x01 \x01(\x0b\x32\x1d.clipsearch.v1.IngestProgress\"6\n\x13ListFailuresRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"r\n\rIngestFailure\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x04 \x01(\t\x12\x14\n\x0c\x66\x61iled_at_ms\x18\x05 \x01(\x03\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\"F\n\x14ListFailuresResponse\x12.\n\x08\x66\x61ilures\x18\x01 \x03(\x0b\x32\x1c.clipsearch.v1.IngestFailure\"5\n\x14RetryFailuresRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"9\n\x15RetryFailuresResponse\x12\x0f\n\x07retried\x18\x01 \x03(\t\x12\x0f\n\x07\x65xpired\x18\x02 \x03(\t\"\x17\n\x15GetQueueStatusRequest\"s\n\x0cWorkerStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0clast_seen_ms\x18\x02 \x01(\x03\x12\r\n\x05\x61live\x18\x03 \x01(\x08\x12\x11\n\tprocessed\x18\x04 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\"\x8a\x01\n\x16GetQueueStatusResponse\x12\x0c\n\x04jobs\x18\x01 \x01(\x03\x12\x11\n\tin_flight\x18\x02 \x01(\x03\x12\x0b\n\x03lag\x18\x03 \x01(\x03\x12\x14\n\x0cqueued_bytes\x18\x04 \x01(\x03\x12,\n\x07workers\x18\x05 \x03(\x0b\x32\x1b.clipsearch.v1.WorkerStatus2\xe4\x03\n\rIngestService\x12W\n\x0cSubmitImages\x12\".clipsearch.v1.SubmitImagesRequest\x1a#.clipsearch.v1.SubmitImagesResponse\x12\x66\n\x11GetIngestProgress\x12\'.clipsearch.v1.GetIngestProgressRequest\x1a(.clipsearch.v1.GetIngestProgressResponse\x12W\n\x0cListFailures\x12\".clipsearch.v1.ListFailuresRequest\x1a#.clipsearch.v1.ListFailuresResponse\x12Z\n\rRetryFailures\x12#.clipsearch.v1.RetryFailuresRequest\x1a$.clipsearch.v1.RetryFailuresResponse\x12]\n\x0eGetQueueStatus\x12$.clipsearch.v1.GetQueueStatusRequest\x1a%.clipsearch.v1.GetQueueStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,36 +34,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_IMAGESUBMISSION_METADATAENTRY']._loaded_options = None
   _globals['_IMAGESUBMISSION_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_IMAGESUBMISSION']._serialized_start=54
-  _globals['_IMAGESUBMISSION']._serialized_end=224
-  _globals['_IMAGESUBMISSION_METADATAENTRY']._serialized_start=177
-  _globals['_IMAGESUBMISSION_METADATAENTRY']._serialized_end=224
-  _globals['_SUBMITIMAGESREQUEST']._serialized_start=226
-  _globals['_SUBMITIMAGESREQUEST']._serialized_end=333
-  _globals['_SUBMITIMAGESRESPONSE']._serialized_start=335
-  _globals['_SUBMITIMAGESRESPONSE']._serialized_end=388
-  _globals['_GETINGESTPROGRESSREQUEST']._serialized_start=390
-  _globals['_GETINGESTPROGRESSREQUEST']._serialized_end=434
-  _globals['_INGESTPROGRESS']._serialized_start=436
-  _globals['_INGESTPROGRESS']._serialized_end=521
-  _globals['_GETINGESTPROGRESSRESPONSE']._serialized_start=523
-  _globals['_GETINGESTPROGRESSRESPONSE']._serialized_end=599
-  _globals['_LISTFAILURESREQUEST']._serialized_start=601
-  _globals['_LISTFAILURESREQUEST']._serialized_end=655
-  _globals['_INGESTFAILURE']._serialized_start=657
-  _globals['_INGESTFAILURE']._serialized_end=771
-  _globals['_LISTFAILURESRESPONSE']._serialized_start=773
-  _globals['_LISTFAILURESRESPONSE']._serialized_end=843
-  _globals['_RETRYFAILURESREQUEST']._serialized_start=845
-  _globals['_RETRYFAILURESREQUEST']._serialized_end=898
-  _globals['_RETRYFAILURESRESPONSE']._serialized_start=900
-  _globals['_RETRYFAILURESRESPONSE']._serialized_end=957
-  _globals['_GETQUEUESTATUSREQUEST']._serialized_start=959
-  _globals['_GETQUEUESTATUSREQUEST']._serialized_end=982
-  _globals['_WORKERSTATUS']._serialized_start=984
-  _globals['_WORKERSTATUS']._serialized_end=1099
-  _globals['_GETQUEUESTATUSRESPONSE']._serialized_start=1102
-  _globals['_GETQUEUESTATUSRESPONSE']._serialized_end=1240
-  _globals['_INGESTSERVICE']._serialized_start=1243
-  _globals['_INGESTSERVICE']._serialized_end=1727
+  _globals['_IMAGESUBMISSION_FIELDSENTRY']._loaded_options = None
+  _globals['_IMAGESUBMISSION_FIELDSENTRY']._serialized_options = b'8\001'
+  _globals['_IMAGESUBMISSION']._serialized_start=81
+  _globals['_IMAGESUBMISSION']._serialized_end=380
+  _globals['_IMAGESUBMISSION_METADATAENTRY']._serialized_start=264
+  _globals['_IMAGESUBMISSION_METADATAENTRY']._serialized_end=311
+  _globals['_IMAGESUBMISSION_FIELDSENTRY']._serialized_start=313
+  _globals['_IMAGESUBMISSION_FIELDSENTRY']._serialized_end=380
+  _globals['_SUBMITIMAGESREQUEST']._serialized_start=382
+  _globals['_SUBMITIMAGESREQUEST']._serialized_end=489
+  _globals['_SUBMITIMAGESRESPONSE']._serialized_start=491
+  _globals['_SUBMITIMAGESRESPONSE']._serialized_end=544
+  _globals['_GETINGESTPROGRESSREQUEST']._serialized_start=546
+  _globals['_GETINGESTPROGRESSREQUEST']._serialized_end=590
+  _globals['_INGESTPROGRESS']._serialized_start=592
+  _globals['_INGESTPROGRESS']._serialized_end=677
+  _globals['_GETINGESTPROGRESSRESPONSE']._serialized_start=679
+  _globals['_GETINGESTPROGRESSRESPONSE']._serialized_end=755
+  _globals['_LISTFAILURESREQUEST']._serialized_start=757
+  _globals['_LISTFAILURESREQUEST']._serialized_end=811
+  _globals['_INGESTFAILURE']._serialized_start=813
+  _globals['_INGESTFAILURE']._serialized_end=927
+  _globals['_LISTFAILURESRESPONSE']._serialized_start=929
+  _globals['_LISTFAILURESRESPONSE']._serialized_end=999
+  _globals['_RETRYFAILURESREQUEST']._serialized_start=1001
+  _globals['_RETRYFAILURESREQUEST']._serialized_end=1054
+  _globals['_RETRYFAILURESRESPONSE']._serialized_start=1056
+  _globals['_RETRYFAILURESRESPONSE']._serialized_end=1113
+  _globals['_GETQUEUESTATUSREQUEST']._serialized_start=1115
+  _globals['_GETQUEUESTATUSREQUEST']._serialized_end=1138
+  _globals['_WORKERSTATUS']._serialized_start=1140
+  _globals['_WORKERSTATUS']._serialized_end=1255
+  _globals['_GETQUEUESTATUSRESPONSE']._serialized_start=1258
+  _globals['_GETQUEUESTATUSRESPONSE']._serialized_end=1396
+  _globals['_INGESTSERVICE']._serialized_start=1399
+  _globals['_INGESTSERVICE']._serialized_end=1883
 # @@protoc_insertion_point(module_scope)

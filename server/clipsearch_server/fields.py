@@ -1,0 +1,106 @@
+"""Typed image fields: their limits, their validation, and their two stored forms.
+
+An image's fields are a `dict[str, types_pb2.Value]`. Every metadata entry is also a string field
+(`merged`), so filters and results see one map. Stored forms:
+- JSON (`to_json`/`from_json`): the proto3 JSON of each Value, e.g. {"n": {"int_value": "3"}}; this is
+  the images.fields column of the store and the `fields` entry of a queued job;
+- rows (`rows`): one (key, type, value) per field, one per item for a string list, for the store's
+  indexed `fields` table that answers a whole filter with one SQL query per condition.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Mapping
+
+from google.protobuf import json_format
+
+from clipsearch.v1 import types_pb2
+
+from .errors import InvalidArgument
+
+__all__ = ["MAX_FIELDS", "MAX_KEY_CHARS", "MAX_LIST_ITEMS", "MAX_LIST_ITEM_CHARS", "MAX_STRING_CHARS",
+           "T_BOOL", "T_FLOAT", "T_INT", "T_LIST", "T_STRING", "T_TIME", "Fields", "from_json", "merged",
+           "rows", "to_json", "validate"]
+
+MAX_FIELDS = 64  # per image, metadata entries included
+MAX_KEY_CHARS = 256
+MAX_STRING_CHARS = 4096
+MAX_LIST_ITEMS = 256
+MAX_LIST_ITEM_CHARS = 256
+
+# Type codes of the store's fields table.
+T_STRING, T_INT, T_FLOAT, T_BOOL, T_TIME, T_LIST = 1, 2, 3, 4, 5, 6
+_TYPE_OF_KIND = {"string_value": T_STRING, "int_value": T_INT, "float_value": T_FLOAT, "bool_value": T_BOOL,
+                 "time_ms": T_TIME, "string_list": T_LIST}
+
+Fields = dict[str, types_pb2.Value]
+
+
+def validate(fields: Mapping[str, types_pb2.Value], metadata: Mapping[str, str], where: str) -> Fields:
+    """Checks typed fields (and their count with the metadata) against the limits; returns a copy.
+    Raises InvalidArgument naming the field and the limit."""
+    total = len(fields) + len(metadata)
+    if total > MAX_FIELDS:
+        raise InvalidArgument(f"{where} has {len(fields)} fields and {len(metadata)} metadata entries; "
+                              f"the limit is {MAX_FIELDS} together")
+    out: Fields = {}
+    for key, value in fields.items():
+        name = f"{where}.fields[{key!r}]"
+        if not key or len(key) > MAX_KEY_CHARS:
+            raise InvalidArgument(f"{where}.fields keys must be 1 to {MAX_KEY_CHARS} characters, got {len(key)}")
+        if key in metadata:
+            raise InvalidArgument(f"{name} is also a metadata key; give it in one of the two")
+        kind = value.WhichOneof("kind")
+        if kind is None:
+            raise InvalidArgument(f"{name} has no value; set one of string_value, int_value, float_value, "
+                                  "bool_value, time_ms, string_list")
+        if kind == "string_value" and len(value.string_value) > MAX_STRING_CHARS:
+            raise InvalidArgument(f"{name} is {len(value.string_value)} characters, the limit is {MAX_STRING_CHARS}")
+        if kind == "float_value" and not math.isfinite(value.float_value):
+            raise InvalidArgument(f"{name} is {value.float_value}; floats must be finite")
+        if kind == "string_list":
+            items = value.string_list.values
+            if len(items) > MAX_LIST_ITEMS:
+                raise InvalidArgument(f"{name} has {len(items)} items, the limit is {MAX_LIST_ITEMS}")
+            for i, item in enumerate(items):
+                if len(item) > MAX_LIST_ITEM_CHARS:
+                    raise InvalidArgument(f"{name}[{i}] is {len(item)} characters, the limit is {MAX_LIST_ITEM_CHARS}")
+        copy = types_pb2.Value()
+        copy.CopyFrom(value)
+        out[key] = copy
+    return out
+
+
+def merged(fields: Mapping[str, types_pb2.Value], metadata: Mapping[str, str]) -> Fields:
+    """Typed fields plus every metadata entry as a string field (typed fields win on a shared key)."""
+    out: Fields = {key: types_pb2.Value(string_value=value) for key, value in metadata.items()}
+    out.update(fields)
+    return out
+
+
+def rows(fields: Mapping[str, types_pb2.Value]) -> list[tuple[str, int, object]]:
+    """(key, type code, SQL value) per field, one per item of a string list."""
+    out: list[tuple[str, int, object]] = []
+    for key, value in fields.items():
+        kind = value.WhichOneof("kind")
+        code = _TYPE_OF_KIND[kind]
+        if kind == "string_list":
+            out.extend((key, code, item) for item in dict.fromkeys(value.string_list.values))
+        elif kind == "bool_value":
+            out.append((key, code, int(value.bool_value)))
+        else:
+            out.append((key, code, getattr(value, kind)))
+    return out
+
+
+def to_json(fields: Mapping[str, types_pb2.Value]) -> str:
+    return json.dumps({key: json_format.MessageToDict(value, preserving_proto_field_name=True)
+                       for key, value in sorted(fields.items())}, separators=(",", ":"))
+
+
+def from_json(text: str | None) -> Fields:
+    if not text:
+        return {}
+    return {key: json_format.ParseDict(item, types_pb2.Value()) for key, item in json.loads(text).items()}
