@@ -12,6 +12,7 @@ import io
 import re
 import urllib.parse
 import warnings
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,13 @@ class LoadLimits:
     allowed_roots: tuple[Path, ...] = field(default_factory=tuple)
     http_timeout_s: float = default("--http-timeout")
     network: NetworkPolicy = field(default_factory=NetworkPolicy)
+
+    @classmethod
+    def from_args(cls, args: Any) -> "LoadLimits":
+        """From the image options of a parsed server or worker command line (`clipsearch_core.settings`)."""
+        roots = tuple(Path(r).expanduser().resolve() for r in args.allowed_root if r)
+        return cls(max_bytes=args.max_image_bytes, max_pixels=args.max_pixels, allowed_roots=roots,
+                   http_timeout_s=args.http_timeout, network=NetworkPolicy.parse(args.allow_network))
 
 
 def is_supported_uri(uri: str) -> bool:

@@ -51,6 +51,11 @@ class ModelSpec:
     pretrained: str = DEFAULT_PRETRAINED
     device: str = "auto"
 
+    @classmethod
+    def from_args(cls, args: Any) -> "ModelSpec":
+        """From the model options of a parsed server or worker command line (`clipsearch_core.settings`)."""
+        return cls(name=args.model, pretrained=args.pretrained or "none", device=args.device)
+
     @property
     def random_weights(self) -> bool:
         has_schema = self.name.startswith((_LOCAL_DIR, _HF_HUB))

@@ -45,7 +45,7 @@ from clipsearch.v1 import types_pb2
 
 from clipsearch_core import jobqueue
 from clipsearch_core.model import ClipEncoder, ModelSpec
-from clipsearch_core.images import ImageLoadError, LoadLimits, NetworkPolicy, decode_image
+from clipsearch_core.images import ImageLoadError, LoadLimits, decode_image
 from clipsearch_core.jobqueue import Job, Keys
 
 from .decode import DecodeContext, Item, Prepared, make_pool, prepare_chunk
@@ -121,17 +121,15 @@ class WorkerConfig:
     @classmethod
     def from_args(cls, args: Any) -> "WorkerConfig":
         """From a command line parsed by `settings.parse("worker", ...)`."""
-        roots = tuple(Path(r).expanduser().resolve() for r in args.allowed_root if r)
         return cls(
             redis_url=args.redis_url,
             redis_prefix=args.redis_prefix,
             connection=Connection.from_env(args.server, token=args.auth_token or None, tls_ca=args.tls_ca or None,
                                            tls_cert=args.tls_client_cert or None, tls_key=args.tls_client_key or None),
-            model=ModelSpec(name=args.model, pretrained=args.pretrained or "none", device=args.device),
+            model=ModelSpec.from_args(args),
             batch_size=args.batch_size,
             decode_threads=args.decode_threads,
-            image_limits=LoadLimits(max_bytes=args.max_image_bytes, max_pixels=args.max_pixels, allowed_roots=roots,
-                                    http_timeout_s=args.http_timeout, network=NetworkPolicy.parse(args.allow_network)),
+            image_limits=LoadLimits.from_args(args),
             consumer=args.consumer or default_consumer_name(),
             visibility_timeout_s=args.visibility_timeout,
             worker_ttl_s=args.worker_ttl,

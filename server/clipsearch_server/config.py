@@ -6,25 +6,15 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipsearch_core.images import LoadLimits, NetworkPolicy
+from clipsearch_core.images import LoadLimits
 from clipsearch_core.model import ModelSpec
 from clipsearch_core.settings import default
 
 from .index import HnswParams
 
-__all__ = ["DEFAULT_PORT", "ServerConfig", "image_limits", "model_spec"]
+__all__ = ["DEFAULT_PORT", "ServerConfig"]
 
 DEFAULT_PORT: int = default("--port")
-
-
-def model_spec(args: argparse.Namespace) -> ModelSpec:
-    return ModelSpec(name=args.model, pretrained=args.pretrained or "none", device=args.device)
-
-
-def image_limits(args: argparse.Namespace) -> LoadLimits:
-    roots = tuple(Path(r).expanduser().resolve() for r in args.allowed_root if r)
-    return LoadLimits(max_bytes=args.max_image_bytes, max_pixels=args.max_pixels, allowed_roots=roots,
-                      http_timeout_s=args.http_timeout, network=NetworkPolicy.parse(args.allow_network))
 
 
 @dataclass(frozen=True)
@@ -85,9 +75,9 @@ class ServerConfig:
             data_dir=Path(args.data_dir),
             redis_url=args.redis_url,
             redis_prefix=args.redis_prefix,
-            model=model_spec(args),
+            model=ModelSpec.from_args(args),
             hnsw=HnswParams(args.hnsw_m, args.ef_construction, args.ef_search),
-            image_limits=image_limits(args),
+            image_limits=LoadLimits.from_args(args),
             max_message_bytes=args.max_message_bytes,
             text_batch=args.text_batch,
             image_batch=args.image_batch,
