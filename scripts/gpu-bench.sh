@@ -26,7 +26,7 @@ if [ -d .whl ]; then
     || { echo "wheel install failed"; exit 1; }
   export PYTHONPATH=/tmp/site
 fi
-export PYTHONPATH=$PWD:$PWD/client:$PWD/server:$PWD/encoder_worker${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH=$PWD:$PWD/client:$PWD/core:$PWD/server:$PWD/encoder_worker${PYTHONPATH:+:$PYTHONPATH}
 
 if [ -n "${SMALL:-}" ]; then   # rehearsal: every step, tiny sizes
   MODELS=${MODELS:-ViT-B-32}; IMAGES=${IMAGES:-48}; UNIQUE=8; BATCH=16; PROCS=1,2; VECTORS=2000; QUERIES=16; LIMIT=300
