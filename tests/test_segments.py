@@ -47,9 +47,10 @@ def test_upserts_go_on_while_a_large_snapshot_is_copied_and_written(
     vectors = unit(rng, 2000, 16)
     col = Collection(tmp_path, "m@1", 16, PARAMS)
     col.upsert([ImageRecord(str(i), vectors[i]) for i in range(1500)])
+    getattr(col, "seal", lambda: None)()  # into the graph now: the snapshot below only serializes
     snap = threading.Thread(target=col.snapshot)
     snap.start()
-    time.sleep(0.4)  # sealed and now serializing
+    time.sleep(0.4)  # now serializing
     waits, search_waits = [], []
     for n in range(5):
         started = time.monotonic()
@@ -156,3 +157,19 @@ def test_searches_during_a_seal_see_each_label_once_and_never_come_back_short() 
     assert not errors, errors[0]
     assert index.sealed_below == 4000 and index.growing.ntotal == 0
     assert (index.search(queries, 20)[1] == expected).all()
+
+
+def test_a_full_growing_part_is_sealed_in_the_background(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    vectors = unit(rng, 300, 16)
+    col = Collection(tmp_path, "m@1", 16, PARAMS, seal_at=100)
+    col.upsert([ImageRecord(str(i), vectors[i]) for i in range(50)])
+    assert col.index.growing.ntotal == 50 and col.index.sealed.ntotal == 0  # below seal_at: nothing moves
+    col.upsert([ImageRecord(str(i), vectors[i]) for i in range(50, 150)])
+    deadline = time.monotonic() + 10
+    while col.index.sealed.ntotal < 150 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert col.index.sealed.ntotal == 150 and col.index.sealed_below == 150
+    assert col.index.growing.ntotal == 0
+    assert [h.id for h in col.search(vectors[120], 1)] == ["120"]
+    col.close()
