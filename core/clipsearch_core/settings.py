@@ -78,6 +78,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--compact-min", 1000, "... and at least this many entries are tombstones", (SERVER,), type=int),
     Option("--filter-exact-max", 40_000, "a filtered search matching at most this many images scans them exactly "
            "instead of searching the HNSW graph", (SERVER,), type=int),
+    Option("--seal-at", 20_000, "new vectors wait in an exact growing part (searched with the graph) and are "
+           "moved into the HNSW graph in the background once this many have come (and at each snapshot)",
+           (SERVER,), type=int),
     Option("--max-queue-jobs", 1_000_000, "SubmitImages fails with RESOURCE_EXHAUSTED beyond this many queued jobs",
            (SERVER,), type=int),
     Option("--max-queue-bytes", 2 * 1024**3, "same, for inline image bytes waiting in Redis", (SERVER,), type=int),

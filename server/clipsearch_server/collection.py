@@ -11,9 +11,12 @@ Owns the rules that span both layers:
   `filter_exact_max`, else the HNSW graph restricted to them with efSearch raised by 1/selectivity,
   and an exact scan when that comes back short. It returns min(k, matching images);
 - an upsert of an image submitted before that id's deletion is skipped (the delete wins);
-- the index is snapshotted (snapshots.py) with the label it covers; on start the latest snapshot is
-  loaded and only rows written after it are added (no re-embedding, no full rebuild); writes wait
-  only while the index is copied in memory, not while the copy goes to disk;
+- the index is segmented (segments.py): new vectors land in a small exact growing part, searched
+  together with the sealed HNSW part; a background seal moves them into the graph once the growing part
+  holds `seal_at` vectors, and at each snapshot;
+- a snapshot (snapshots.py) writes the sealed part with the label it covers, without copying it and
+  without the write lock: writes go on meanwhile, into the growing part. On start the latest snapshot
+  is loaded and only rows written after it are replayed into the growing part (no re-embedding);
 - when tombstones pass `compact_ratio` of the index, a background rebuild makes a fresh graph from
   the store while searches go on against the old one, then swaps it in.
 """
@@ -31,7 +34,8 @@ from typing import Sequence
 import numpy as np
 
 from .errors import FailedPrecondition, NotFound
-from .index import HnswParams, SearchParams, VectorIndex, make_index, normalize
+from .index import HnswIndex, HnswParams, SearchParams, make_index, normalize
+from .segments import SegmentedIndex
 from .snapshots import Snapshots
 from .store import ImageRecord, StoredImage, Store
 
@@ -76,6 +80,7 @@ class Collection:
         compact_ratio: float = 0.2,
         compact_min: int = 1000,
         filter_exact_max: int = 40_000,
+        seal_at: int = 20_000,
     ) -> None:
         self.model = model
         self.dim = dim
@@ -84,6 +89,7 @@ class Collection:
         self.compact_ratio = compact_ratio
         self.compact_min = compact_min
         self.filter_exact_max = filter_exact_max
+        self.seal_at = seal_at
         self.spec = f"HNSW{params.m},Flat"
         self.store = Store(self.data_dir / "images.sqlite3")
         self.snapshots = Snapshots(self.data_dir, self.spec, params)
@@ -93,10 +99,12 @@ class Collection:
         self._write_lock = threading.RLock()  # one writer at a time: store, then index
         self._compacting = threading.Lock()
         self._compactor: threading.Thread | None = None
+        self._sealer_running = threading.Lock()
+        self._sealer: threading.Thread | None = None
         self.index = self._load()
         self._indexed_below = self.store.next_label()  # every label below it is in the index (or stale)
         self._live = int(self.store.count())
-        self._saved_at = (self.store.next_label(), self.index.tombstones)
+        self._saved_at = (self.index.sealed_below, self.index.tombstones)
         log.info("collection ready: %d images, model %s, dim %d", self._live, model, dim)
 
     # --- start-up ------------------------------------------------------------------------------
@@ -113,13 +121,17 @@ class Collection:
                 f"this server runs {self.model} (dim {self.dim}). Use that model, or another --data-dir."
             )
 
-    def _load(self) -> VectorIndex:
-        """The latest snapshot brought up to date from the store, or a fresh build from the store."""
+    def _load(self) -> SegmentedIndex:
+        """The latest snapshot plus newer store rows in the growing part, or a fresh build from the store."""
         started = time.monotonic()
-        index, covered = self.snapshots.read(self.dim)
-        self.loaded_from_snapshot = index is not None
-        if index is None:
-            index, covered = make_index(self.spec, self.dim, self.params), 0
+        sealed, covered = self.snapshots.read(self.dim)
+        self.loaded_from_snapshot = sealed is not None
+        if sealed is None:  # build the graph directly: the whole store would not be a small growing part
+            sealed = make_index(self.spec, self.dim, self.params)
+            covered = self.store.next_label()
+            self._add_from_store(sealed, 0, covered)
+        assert isinstance(sealed, HnswIndex)
+        index = SegmentedIndex(sealed, covered)
         added = self._add_from_store(index, covered, None)
         stale = np.setdiff1d(index.labels(), self.store.live_labels(), assume_unique=True)
         index.remove(stale.tolist())
@@ -129,7 +141,7 @@ class Collection:
         )
         return index
 
-    def _add_from_store(self, index: VectorIndex, start: int, stop: int | None) -> int:
+    def _add_from_store(self, index: HnswIndex | SegmentedIndex, start: int, stop: int | None) -> int:
         added = 0
         for labels, vectors in self.store.iter_vectors(self.dim, start, stop):
             index.add(labels, vectors)
@@ -163,6 +175,7 @@ class Collection:
             log.info("skipped %d upserts of images deleted after submission: %s",
                      len(result.skipped), ", ".join(result.skipped[:5]))
         self._maybe_compact()
+        self._maybe_seal()
         return len(records) - len(result.skipped)
 
     def delete(self, ids: Sequence[str]) -> list[str]:
@@ -218,7 +231,7 @@ class Collection:
                      len(hits), want, len(matching))
         return self._exact_among(index, query, k, matching, exclude_id)
 
-    def _exact_among(self, index: VectorIndex, query: np.ndarray, k: int, matching: np.ndarray,
+    def _exact_among(self, index: SegmentedIndex, query: np.ndarray, k: int, matching: np.ndarray,
                      exclude_id: str | None) -> list[Hit]:
         unit = normalize(query[None, :])[0]
         best_scores = np.empty(0, dtype=np.float32)
@@ -274,19 +287,39 @@ class Collection:
 
     # --- snapshots and compaction --------------------------------------------------------------
 
+    def seal(self) -> int:
+        """Moves the growing part into the HNSW graph (in chunks; writes and searches go on)."""
+        return self.index.seal()
+
+    def _maybe_seal(self) -> None:
+        if self.index.growing.ntotal >= self.seal_at and self._sealer_running.acquire(blocking=False):
+            self._sealer = threading.Thread(target=self._seal_in_background, name="seal", daemon=True)
+            self._sealer.start()
+
+    def _seal_in_background(self) -> None:
+        try:
+            started = time.monotonic()
+            moved = self.seal()
+            log.info("sealed %d vectors into the graph in %.2fs", moved, time.monotonic() - started)
+        except Exception:
+            log.exception("sealing failed; the vectors stay in the growing part")
+        finally:
+            self._sealer_running.release()
+
     def snapshot(self, force: bool = False) -> bool:
-        """Writes the index atomically with the label it covers, if anything changed. Searches go on;
-        writes wait only while the index is copied in memory, not while the copy goes to disk."""
-        with self._write_lock:  # the copy and its label bound must match
-            state = (self.store.next_label(), self.index.tombstones)
+        """Seals the growing part, then writes the sealed part atomically with the label it covers, if
+        anything changed. Searches and writes go on throughout (writes into the growing part)."""
+        self.seal()
+        with self._write_lock:
+            index = self.index
+            state = (index.sealed_below, index.tombstones)
             if state == self._saved_at and not force:
                 return False
-            frozen = self.index.freeze()
             self._snapshot_seq += 1
             sequence = self._snapshot_seq
             self._saved_at = state
         try:
-            self.snapshots.write(frozen, state[0], sequence)  # serialized; never deletes the current file
+            self.snapshots.write(index, sequence)  # serialized; never deletes the current file
         except BaseException:
             self._saved_at = (-1, -1)  # not saved: the next periodic snapshot tries again
             raise
@@ -304,10 +337,12 @@ class Collection:
         """Rebuilds the graph without tombstones; searches and writes go on meanwhile."""
         try:
             started = time.monotonic()
-            fresh = make_index(self.spec, self.dim, self.params)
+            graph = make_index(self.spec, self.dim, self.params)
             upto = self.store.next_label()
-            self._add_from_store(fresh, 0, upto)  # the long part: no lock held
-            with self._write_lock:  # catch up with writes made meanwhile, then swap
+            self._add_from_store(graph, 0, upto)  # the long part: no lock held
+            assert isinstance(graph, HnswIndex)
+            fresh = SegmentedIndex(graph, upto)
+            with self._write_lock:  # catch up with writes made meanwhile (into the growing part), then swap
                 self._add_from_store(fresh, upto, None)
                 stale = np.setdiff1d(fresh.labels(), self.store.live_labels(), assume_unique=True)
                 fresh.remove(stale.tolist())
@@ -326,4 +361,7 @@ class Collection:
 
     def close(self) -> None:
         self.wait_for_compaction()
+        sealer = self._sealer
+        if sealer is not None:
+            sealer.join()
         self.store.close()

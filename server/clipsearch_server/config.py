@@ -33,6 +33,7 @@ class ServerConfig:
     snapshot_interval_s: how often the index is snapshotted when it changed (also on shutdown).
     compact_ratio / compact_min: rebuild the graph when this share (and count) of its entries are tombstones.
     filter_exact_max: filtered searches matching at most this many images scan them exactly.
+    seal_at: the growing part's size (vectors) at which a background seal moves it into the graph.
     max_queue_jobs / max_queue_bytes: backpressure; SubmitImages fails with RESOURCE_EXHAUSTED beyond.
     grace_s: how long running calls may finish on shutdown.
     auth_token: a write token; tokens_file: scoped read/write tokens (see `tokens.py`). Neither: no authentication.
@@ -56,6 +57,7 @@ class ServerConfig:
     compact_ratio: float
     compact_min: int
     filter_exact_max: int
+    seal_at: int
     max_queue_jobs: int
     max_queue_bytes: int
     grace_s: float
@@ -86,6 +88,7 @@ class ServerConfig:
             compact_ratio=args.compact_ratio,
             compact_min=args.compact_min,
             filter_exact_max=args.filter_exact_max,
+            seal_at=args.seal_at,
             max_queue_jobs=args.max_queue_jobs,
             max_queue_bytes=args.max_queue_bytes,
             grace_s=args.grace,

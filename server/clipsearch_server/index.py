@@ -11,7 +11,8 @@ as an immutable `_Exclusion` the search holds for the whole faiss call (faiss ke
 `params.sel`), so a selector can never be freed while a search uses it.
 FAISS forbids `add` concurrently with `add` or `search`: a writer-preferring readers-writer lock lets
 searches run in parallel, gives each write exclusive access, and stops new searches from starving a
-waiting write. `save` is atomic: temp file, fsync, rename.
+waiting write. `save` is atomic: temp file, fsync, rename; it holds the read lock (searches go on).
+New vectors reach the graph through the segmented index (segments.py), not one upsert at a time.
 """
 
 from __future__ import annotations
@@ -193,11 +194,6 @@ class VectorIndex(abc.ABC):
         """Writes the index (without tombstones: the owner records those) atomically to `path`."""
 
     @abc.abstractmethod
-    def freeze(self) -> "VectorIndex":
-        """A consistent in-memory copy (a memcpy, much faster than `save`) to save later while this
-        index goes on changing. Tombstones are not copied (snapshots do not keep them)."""
-
-    @abc.abstractmethod
     def memory_bytes(self) -> int:
         """Approximate memory the index uses, in bytes."""
 
@@ -236,10 +232,6 @@ class HnswIndex(VectorIndex):
         with self._lock.read():
             faiss.write_index(self._index, str(tmp))
         replace_durably(tmp, path)
-
-    def freeze(self) -> "HnswIndex":
-        with self._lock.read():
-            return HnswIndex(self.dim, self.params, _loaded=faiss.clone_index(self._index))
 
     @property
     def ntotal(self) -> int:

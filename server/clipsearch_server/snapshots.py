@@ -1,8 +1,10 @@
 """Index snapshot files and their pointer, in a collection's data directory.
 
 A snapshot is `index-<L>.faiss` (the index covering every label below L) plus `snapshot.json`, the
-pointer naming the current file. The caller freezes the index in memory (a short copy, writes wait
-only for that) and hands the frozen copy here with a sequence number taken when it froze them.
+pointer naming the current file. Only the sealed HNSW part of the segmented index is written
+(segments.py): held still by `sealed_part()` (seals wait; writes go to the growing part and searches go
+on), not copied; L is the label bound it covers, and newer rows are replayed from the store on start.
+The caller passes a sequence number taken under its write lock.
 Writing the file, moving the pointer and deleting old files happen under one lock, so overlapping
 callers (periodic snapshot, compaction, shutdown) are serialized; a write older than the last one
 written is dropped, and cleanup never deletes the file the pointer names.
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from .files import write_text_durably
 from .index import HnswParams, VectorIndex, load_index
+from .segments import SegmentedIndex
 
 __all__ = ["SNAPSHOT_POINTER", "Snapshots"]
 
@@ -60,19 +63,21 @@ class Snapshots:
             log.warning("ignoring snapshot (%s); rebuilding the index from the store", exc)
             return None, 0
 
-    def write(self, frozen: VectorIndex, covered: int, sequence: int) -> str | None:
-        """Saves a frozen index copy as the snapshot covering labels below `covered`, points at it and
-        deletes older files. Returns the file name, or None if a snapshot frozen later was already written."""
-        name = f"index-{covered}.faiss"
+    def write(self, index: SegmentedIndex, sequence: int) -> str | None:
+        """Saves the sealed part of `index` as the snapshot covering the labels it holds, points at it
+        and deletes older files. Returns the file name, or None if a later snapshot was already written."""
         with self._lock:
             if sequence <= self._written:
                 return None
-            frozen.save(self.data_dir / name)  # atomic: temp file, fsync, rename
+            with index.sealed_part() as (sealed, covered):
+                name = f"index-{covered}.faiss"
+                sealed.save(self.data_dir / name)  # atomic: temp file, fsync, rename
+                ntotal = sealed.ntotal
             write_text_durably(self.pointer, json.dumps({"file": name, "covers_labels_below": covered}))
             self._written = sequence
             keep = self.current_file() or name
             for old in self.data_dir.glob("index-*.faiss"):
                 if old.name != keep:
                     old.unlink(missing_ok=True)
-        log.info("snapshot written: %s (%d vectors)", name, frozen.ntotal)
+        log.info("snapshot written: %s (%d vectors)", name, ntotal)
         return name
