@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
 # Creates .venv (Python >= 3.11) and installs clipsearch with everything (server, worker, dev tools).
-# Idempotent: re-running only installs what changed.
+# Idempotent: re-running only installs what changed. pip's output goes to .venv/setup.log and is shown
+# only when a step fails, so that the README's commands print what matters.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
+LOG=.venv/setup.log
+: > "$LOG"
+pip_install() {
+  if ! .venv/bin/python -m pip install --quiet "$@" >> "$LOG" 2>&1; then
+    cat "$LOG" >&2
+    echo "setup: pip install $* failed (log above, also in $LOG)" >&2
+    exit 1
+  fi
+}
+pip_install --upgrade pip
 # torch and torchvision are pinned as a pair that imports together (torch<=2.14.1 is what the build
 # machines keep on disk); on other machines pip downloads them.
-.venv/bin/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+pip_install "torch==2.14.1" "torchvision==0.29.1"
+pip_install -e ".[dev]"
+echo "setup: .venv ready (pip log: $LOG)"
