@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     procs: list[tuple[str, subprocess.Popen]] = []
     try:
-        if not _redis_url_given(argv):
+        if not (_redis_url_given(argv) and args.redis_url):  # given empty: start one too
             port = _free_port()
             (data_dir / "redis").mkdir(exist_ok=True)
             redis_cmd = [_redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir / "redis"),
