@@ -23,9 +23,15 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+def _not_open_clip_chatter(record: logging.LogRecord) -> bool:
+    """open_clip logs every loading step at INFO on the root logger; keep its warnings, drop the rest."""
+    return record.levelno >= logging.WARNING or "open_clip" not in record.pathname
+
+
 def setup_logging(level: str, fmt: str = "text") -> None:
     """Configures the root logger for a server or worker process."""
     handler = logging.StreamHandler()
+    handler.addFilter(_not_open_clip_chatter)
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:
