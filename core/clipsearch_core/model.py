@@ -262,7 +262,8 @@ def load_encoder(spec: ModelSpec, threads: int | None = None) -> ClipEncoder:
     if threads:
         torch.set_num_threads(threads)
     device = _resolve_device(spec.device)
-    pretrained = None if spec.random_weights else spec.pretrained
+    has_schema = spec.name.startswith((_LOCAL_DIR, _HF_HUB))  # these carry their own weights
+    pretrained = None if spec.random_weights or has_schema else spec.pretrained
     if spec.random_weights:
         torch.manual_seed(_RANDOM_SEED)
     model, _, preprocess = open_clip.create_model_and_transforms(spec.name, pretrained=pretrained, device=device)
