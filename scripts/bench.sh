@@ -2,7 +2,7 @@
 # Runs every benchmark (results: bench/results/*.json, plot: docs/index-recall-qps.png; figures go
 # into docs/BENCHMARKS.md by hand). Takes about an hour on a 2-core CPU, mostly the 1M-vector index.
 #   ./scripts/bench.sh               # everything
-#   ./scripts/bench.sh ingest query  # a subset: index, ingest, query, coldstart, writes, snapshots
+#   ./scripts/bench.sh ingest query  # a subset: index, ingest, stages, feed, query, coldstart, writes, snapshots
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -12,7 +12,10 @@ parts=("$@")
 has() { [ ${#parts[@]} -eq 0 ] || [[ " ${parts[*]} " == *" $1 "* ]]; }
 has index && $PY bench/bench_index.py --n 100000 --n 1000000 --queries 300
 has ingest && $PY bench/bench_ingest.py --images 192
+has stages && $PY bench/bench_stages.py --model ViT-B-32 --device cpu --images 128 --batch 32 --processes 1,2
+has feed && $PY bench/bench_feed.py
 has query && $PY bench/bench_query.py --vectors 100000
+has query && $PY bench/bench_query.py --vectors 20000 --queries 64 --pin --name query-pinned
 has coldstart && $PY bench/bench_coldstart.py --n 1000000
 has writes && $PY bench/bench_write_under_load.py --vectors 20000
 has snapshots && $PY bench/bench_snapshot_stall.py --vectors 100000
