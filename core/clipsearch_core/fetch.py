@@ -124,6 +124,10 @@ class _Pinned:
 
     _infos: list[_AddrInfo]
 
+    def _pin(self, infos: list[_AddrInfo]) -> None:
+        self._infos = infos
+        self._create_connection = self._connect_checked  # http.client's hook for opening the socket
+
     def _connect_checked(self, _address: object, timeout: float, source_address: object = None) -> socket.socket:
         last: OSError | None = None
         for family, kind, proto, _, sockaddr in self._infos:
@@ -141,16 +145,14 @@ class _Pinned:
 class _PinnedHTTP(_Pinned, http.client.HTTPConnection):
     def __init__(self, host: str, port: int, infos: list[_AddrInfo], timeout: float) -> None:
         super().__init__(host, port, timeout=timeout)
-        self._infos = infos
-        self._create_connection = self._connect_checked  # http.client's hook for opening the socket
+        self._pin(infos)
 
 
 class _PinnedHTTPS(_Pinned, http.client.HTTPSConnection):
     def __init__(self, host: str, port: int, infos: list[_AddrInfo], timeout: float) -> None:
         # The TLS server name and certificate check use `host`, the name in the URL.
         super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
-        self._infos = infos
-        self._create_connection = self._connect_checked
+        self._pin(infos)
 
 
 def fetch_http(url: str, policy: NetworkPolicy, timeout_s: float, max_bytes: int) -> bytes:

@@ -140,17 +140,13 @@ class ClipEncoder:
         "torchvision" (torchvision.io, deprecated since torchvision 0.29), or "auto": TorchCodec when it
         is installed, else torchvision.
         """
-        cfg = getattr(self._model.visual, "preprocess_cfg", {}) or {}
         size = self.image_size
-        mean = torch.tensor(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)), device=self.device).view(3, 1, 1)
-        std = torch.tensor(cfg.get("std", (0.26862954, 0.26130258, 0.27577711)), device=self.device).view(3, 1, 1)
+        mean, std = self._device_normalization()
         raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
-        if backend == "auto":
-            backend = "torchcodec" if _torchcodec_jpeg() is not None else "torchvision"
-        if backend == "torchcodec":
-            decoder = _torchcodec_jpeg()
-            if decoder is None:
-                raise ValueError("TorchCodec is not installed (pip install torchcodec)")
+        decoder = _torchcodec_jpeg() if backend in ("auto", "torchcodec") else None
+        if backend == "torchcodec" and decoder is None:
+            raise ValueError("TorchCodec is not installed (pip install torchcodec)")
+        if decoder is not None:
             decoded = decoder(raw, mode="RGB", device=self.device)  # applies EXIF orientation (tested)
         else:
             import torchvision.io
@@ -163,6 +159,16 @@ class ClipEncoder:
             image = tvf.center_crop(image, [size, size])
             out.append(((image.float() / 255.0).clamp_(0, 1) - mean) / std)
         return out
+
+    def _device_normalization(self) -> tuple[Any, Any]:
+        """(mean, std) as (3, 1, 1) tensors on the model's device: the preprocess pipeline's Normalize
+        constants, or the model config's (CLIP's defaults) for a pipeline without one."""
+        if self._mean is not None:
+            return self._mean[0], self._std[0]
+        cfg = getattr(self._model.visual, "preprocess_cfg", {}) or {}
+        mean = torch.tensor(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)), device=self.device).view(3, 1, 1)
+        std = torch.tensor(cfg.get("std", (0.26862954, 0.26130258, 0.27577711)), device=self.device).view(3, 1, 1)
+        return mean, std
 
     def encode_images(self, tensors: Sequence[Any]) -> np.ndarray:
         """Encodes preprocessed images (from `preprocess`, `preprocess_uint8` or `decode_jpegs`) into an
