@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -233,19 +233,9 @@ class Collection:
 
     def _exact_among(self, index: SegmentedIndex, query: np.ndarray, k: int, matching: np.ndarray,
                      exclude_id: str | None) -> list[Hit]:
-        unit = normalize(query[None, :])[0]
-        best_scores = np.empty(0, dtype=np.float32)
-        best_labels = np.empty(0, dtype=np.int64)
-        fetch = k + 8  # a few spare for images deleted since the filter was evaluated
-        for start in range(0, len(matching), 50_000):
-            labels, vectors = index.vectors(matching[start:start + 50_000])
-            best_scores = np.concatenate([best_scores, vectors @ unit])
-            best_labels = np.concatenate([best_labels, labels])
-            if len(best_scores) > fetch:
-                keep = np.argpartition(-best_scores, fetch)[:fetch]
-                best_scores, best_labels = best_scores[keep], best_labels[keep]
-        order = np.lexsort((best_labels, -best_scores))
-        return self._join(best_scores[order].tolist(), best_labels[order].tolist(), exclude_id)[:k]
+        chunks = (index.vectors(matching[start:start + 50_000]) for start in range(0, len(matching), 50_000))
+        scores, labels = _top(chunks, query, k + 8)  # a few spare for images deleted since the filter ran
+        return self._join(scores, labels, exclude_id)[:k]
 
     def _join(self, scores: list[float], labels: list[int], exclude_id: str | None) -> list[Hit]:
         live: dict[int, StoredImage] = self.store.by_labels([x for x in labels if x >= 0])  # stale labels are absent
@@ -257,17 +247,8 @@ class Collection:
 
     def _exact(self, query: np.ndarray, want: int, exclude_id: str | None) -> list[Hit]:
         """The `want` best live images by a scan over every live vector in the store."""
-        unit = normalize(query[None, :])[0]
-        best_scores = np.empty(0, dtype=np.float32)
-        best_labels = np.empty(0, dtype=np.int64)
-        for labels, vectors in self.store.iter_vectors(self.dim):
-            best_scores = np.concatenate([best_scores, vectors @ unit])
-            best_labels = np.concatenate([best_labels, labels])
-            if len(best_scores) > want:
-                keep = np.argpartition(-best_scores, want)[:want]
-                best_scores, best_labels = best_scores[keep], best_labels[keep]
-        order = np.argsort(-best_scores, kind="stable")
-        return self._join(best_scores[order].tolist(), best_labels[order].tolist(), exclude_id)
+        scores, labels = _top(self.store.iter_vectors(self.dim), query, want)
+        return self._join(scores, labels, exclude_id)
 
     def vector_of(self, image_id: str) -> np.ndarray:
         vector = self.store.vector_of(image_id)
@@ -365,3 +346,19 @@ class Collection:
         if sealer is not None:
             sealer.join()
         self.store.close()
+
+
+def _top(chunks: Iterable[tuple[np.ndarray, np.ndarray]], query: np.ndarray, want: int) -> tuple[list[float], list[int]]:
+    """The `want` best (score, label) pairs over (labels, vectors) chunks, by score then label,
+    keeping at most `want` candidates between chunks."""
+    unit = normalize(query[None, :])[0]
+    best_scores = np.empty(0, dtype=np.float32)
+    best_labels = np.empty(0, dtype=np.int64)
+    for labels, vectors in chunks:
+        best_scores = np.concatenate([best_scores, vectors @ unit])
+        best_labels = np.concatenate([best_labels, labels])
+        if len(best_scores) > want:
+            keep = np.argpartition(-best_scores, want)[:want]
+            best_scores, best_labels = best_scores[keep], best_labels[keep]
+    order = np.lexsort((best_labels, -best_scores))
+    return best_scores[order].tolist(), best_labels[order].tolist()
