@@ -1,0 +1,89 @@
+"""Page tokens: the cursor format shared by the search server and the router.
+
+A page token says where the previous page ended, as a position in the total order of results:
+score descending, then image id ascending (ties in score are ordered by id). The next page holds the
+best results strictly after that position. Because the cursor is a position and not an offset, the
+router can hand the same token to every shard and merge their pages into the global next page, and an
+image added or deleted between pages never shifts the results that follow (see the README's "pages").
+
+`returned` counts the results already returned; `returned + k` may not exceed `MAX_DEPTH` (the search
+behind a page has to look that deep). `query` is a fingerprint of the query (its kind, content, filter
+and threshold): a token used with another query is refused, since its position would mean nothing.
+
+The token is opaque to callers (URL-safe base64 of a small JSON object); it carries no secret and
+grants nothing: a forged token only changes the forger's own page.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+
+from .errors import InvalidArgument
+
+__all__ = ["MAX_DEPTH", "MAX_TOKEN_CHARS", "Cursor", "after", "decode", "encode", "fingerprint"]
+
+MAX_DEPTH = 10_000  # results reachable by paging one query: returned + k <= MAX_DEPTH
+MAX_TOKEN_CHARS = 1024
+_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page ended: the last result's (score, id), how many results came before, and the query's fingerprint."""
+
+    score: float
+    id: str
+    returned: int
+    query: str
+
+
+def fingerprint(*parts: bytes | str) -> str:
+    """A short digest identifying a query: pass its kind, content, serialized filter and threshold."""
+    h = hashlib.blake2b(digest_size=12)
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
+
+
+def encode(cursor: Cursor) -> str:
+    """The token for a cursor."""
+    body = {"v": _VERSION, "s": cursor.score, "i": cursor.id, "n": cursor.returned, "q": cursor.query}
+    return base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode(token: str, query: str, k: int) -> Cursor:
+    """The cursor in `token`, checked against the query it is used with and the depth limit.
+
+    Raises InvalidArgument (naming the page_token) when the token is malformed, belongs to another
+    query, or `returned + k` goes past MAX_DEPTH.
+    """
+    if len(token) > MAX_TOKEN_CHARS:
+        raise InvalidArgument(f"page_token is longer than {MAX_TOKEN_CHARS} characters: pass back a next_page_token unchanged")
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        body = json.loads(raw)
+        cursor = Cursor(float(body["s"]), str(body["i"]), int(body["n"]), str(body["q"]))
+        version = body["v"]
+    except (binascii.Error, ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+        raise InvalidArgument("page_token is not a token this service issued: pass back a next_page_token unchanged") from exc
+    if version != _VERSION or not math.isfinite(cursor.score) or cursor.returned < 1:
+        raise InvalidArgument("page_token is not a token this service issued: pass back a next_page_token unchanged")
+    if cursor.query != query:
+        raise InvalidArgument("page_token belongs to another query: page with the same query, filter and min_score")
+    if cursor.returned + k > MAX_DEPTH:
+        raise InvalidArgument(f"page_token goes past the paging depth limit: at most {MAX_DEPTH} results per query (returned so far + k)")
+    return cursor
+
+
+def after(score: float, image_id: str, cursor: Cursor | None) -> bool:
+    """Whether a result at (score, id) comes strictly after the cursor in (score desc, id asc) order."""
+    if cursor is None:
+        return True
+    return score < cursor.score or (score == cursor.score and image_id > cursor.id)
