@@ -70,6 +70,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("--host", "[::]", "address to listen on", (SERVER,)),
     Option("--port", 50051, "gRPC port (0: any free port)", (SERVER,), type=int),
     Option("--data-dir", "clipsearch-data", "where the image store and index snapshots live", (SERVER,)),
+    Option("--store", "", "source of truth: empty = SQLite in --data-dir; postgresql://... = a PostgreSQL database "
+           "shared by every server of the collection", (SERVER,)),
+    Option("--shard", "", "I/N: this server holds shard I (0-based) of N; N is fixed when the collection is created "
+           "(empty: the whole collection)", (SERVER,)),
     Option("--hnsw-m", 32, "HNSW graph degree", (SERVER,), type=int),
     Option("--ef-construction", 100, "HNSW build beam width", (SERVER,), type=int),
     Option("--ef-search", 64, "HNSW query beam width (raised to k for larger k)", (SERVER,), type=int),

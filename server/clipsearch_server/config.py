@@ -9,6 +9,7 @@ from pathlib import Path
 from clipsearch_core.images import LoadLimits
 from clipsearch_core.model import ModelSpec
 from clipsearch_core.settings import default
+from clipsearch_core.shards import ShardSpec
 
 from .index import HnswParams
 
@@ -39,6 +40,8 @@ class ServerConfig:
     auth_token: a write token; tokens_file: scoped read/write tokens (see `tokens.py`). Neither: no authentication.
     tls_cert / tls_key: serve TLS with this certificate; tls_client_ca: also require client certificates.
     metrics_port: Prometheus /metrics port (0: off).
+    store: the source of truth ('' = SQLite in data_dir, or a postgresql:// URL).
+    shard: the part of the collection this server holds.
     """
 
     host: str
@@ -67,6 +70,8 @@ class ServerConfig:
     tls_key: Path | None
     tls_client_ca: Path | None
     metrics_port: int
+    store: str = ""
+    shard: ShardSpec = ShardSpec()
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ServerConfig":
@@ -98,4 +103,6 @@ class ServerConfig:
             tls_key=Path(args.tls_key) if args.tls_key else None,
             tls_client_ca=Path(args.tls_client_ca) if args.tls_client_ca else None,
             metrics_port=args.metrics_port,
+            store=args.store,
+            shard=ShardSpec.parse(args.shard),
         )
