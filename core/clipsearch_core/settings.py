@@ -98,6 +98,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("--tls-cert", "", "serve TLS with this certificate (PEM)", (SERVER,)),
     Option("--tls-key", "", "private key of --tls-cert (PEM)", (SERVER,)),
     Option("--tls-client-ca", "", "require client certificates signed by this CA (mutual TLS)", (SERVER,)),
+    # Replicas on a shared PostgreSQL store (--store postgresql://...).
+    Option("--max-lag", 5.0, "with a PostgreSQL store: health reports NOT_SERVING while this server has been behind "
+           "the store's latest change for longer than this, seconds", (SERVER,), type=float),
+    Option("--read-wait", 5.0, "a search given a min_position waits at most this long, seconds, for this server to "
+           "apply the store up to it, then fails with UNAVAILABLE", (SERVER,), type=float),
+    Option("--snapshot-dir", "", "with a PostgreSQL store: a directory shared by the replicas (e.g. a network "
+           "volume) where index snapshots are published; a replica on an empty disk starts from the latest one",
+           (SERVER,)),
     # The encoder worker.
     Option("--server", "localhost:50051", "search server host:port to push vectors to", (WORKER,), up=False),
     Option("--tls-ca", "", "CA certificate (PEM) of the server; enables TLS", (WORKER,), up=False),

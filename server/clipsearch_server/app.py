@@ -5,6 +5,12 @@ The port opens at once, with the standard health service reporting NOT_SERVING (
 services answering UNAVAILABLE) while the model and the index load; then SERVING. A background
 task snapshots the index when it changed. Shutdown: NOT_SERVING, drain calls for `grace_s`, write a
 final snapshot.
+
+With `--store postgresql://...` (replication.py) start-up also binds to the shared collection, copies
+the latest shared snapshot into an empty data directory and catches the local mirror up before the
+index loads; afterwards health follows the lag: SERVING while this server is behind the store for at
+most `max_lag_s`, NOT_SERVING beyond (load balancers skip it), checked every HEALTH_PERIOD_S.
+Snapshots are published to `--snapshot-dir` when set.
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ from .config import ServerConfig
 from .engine import Engine, EngineSlot
 from .ingest import Ingestor
 from .metrics import RPCS, serve_metrics
+from .pgstore import PgStore
+from .replication import Replica, fetch_snapshot, publish_snapshot
+from .store import Store
 from .security import BearerTokenInterceptor, server_credentials
 from .tokens import TokenStore
 from .service import IndexServicer, IngestServicer, SearchServicer
@@ -42,6 +51,8 @@ from .service import IndexServicer, IngestServicer, SearchServicer
 __all__ = ["RunningServer", "create_server", "serve"]
 
 log = logging.getLogger(__name__)
+
+HEALTH_PERIOD_S = 0.25
 
 SERVICE_NAMES = tuple(
     module.DESCRIPTOR.services_by_name[name].full_name
@@ -82,28 +93,71 @@ class RunningServer:
         await self.server.stop(grace)
         engine = self.slot.engine
         if engine is not None:
-            await asyncio.to_thread(engine.collection.snapshot)
+            await asyncio.to_thread(self._snapshot, engine)
             await engine.aclose()
+
+    def _snapshot(self, engine: Engine) -> None:
+        """Snapshots the index, and publishes it to the shared snapshot directory (if any)."""
+        engine.collection.snapshot()
+        if engine.replica is not None and self.config.snapshot_dir is not None:
+            publish_snapshot(self.config.data_dir, self.config.snapshot_dir, self.config.shard)
 
     async def _load(self) -> None:
         config = self.config
         encoder = await asyncio.to_thread(load_encoder, config.model, config.threads or None)
+        replica = await asyncio.to_thread(self._replica, encoder.identity, encoder.dim) if config.store else None
         collection = await asyncio.to_thread(
             Collection, config.data_dir, encoder.identity, encoder.dim, config.hnsw,
             config.compact_ratio, config.compact_min, config.filter_exact_max, config.seal_at,
+            replica.mirror if replica is not None else None,
         )
-        self.slot.engine = Engine(encoder, collection, config.image_limits, text_batch=config.text_batch,
-                                  image_batch=config.image_batch)
-        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        engine = Engine(encoder, collection, config.image_limits, text_batch=config.text_batch,
+                        image_batch=config.image_batch)
+        engine.read_wait_s, engine.shard = config.read_wait_s, str(config.shard)
+        if replica is not None:
+            replica.start(collection)
+            engine.replica = replica
+        self.slot.engine = engine
+        if replica is None:
+            self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        else:
+            self._tasks.append(asyncio.create_task(self._follow_lag(replica)))
         log.info("serving on port %d (model %s, %d images)", self.port, encoder.identity, collection.stats().count)
         self._tasks.append(asyncio.create_task(self._snapshots()))
+
+    def _replica(self, model: str, dim: int) -> Replica:
+        """Connects to the shared store and brings this server's local mirror up to its head."""
+        config = self.config
+        if config.snapshot_dir is not None:
+            fetch_snapshot(config.snapshot_dir, config.data_dir, config.shard)
+        pg = PgStore(config.store)
+        replica = Replica(pg, Store(config.data_dir / "images.sqlite3"), config.shard)
+        try:
+            replica.prepare(model, dim, f"HNSW{config.hnsw.m},Flat")
+        except BaseException:
+            replica.close()
+            raise
+        return replica
+
+    async def _follow_lag(self, replica: Replica) -> None:
+        """SERVING while caught up within max_lag_s, NOT_SERVING otherwise."""
+        serving: bool | None = None
+        while True:
+            now = replica.lag_s() <= self.config.max_lag_s
+            if now != serving:
+                serving = now
+                self._set_health(health_pb2.HealthCheckResponse.SERVING if now
+                                 else health_pb2.HealthCheckResponse.NOT_SERVING)
+                log.info("health: %s (applied position %d, store %d)", "SERVING" if now else "NOT_SERVING",
+                         replica.applied, replica.head)
+            await asyncio.sleep(HEALTH_PERIOD_S)
 
     async def _snapshots(self) -> None:
         engine = self.slot.get()
         while True:
             await asyncio.sleep(self.config.snapshot_interval_s)
             try:
-                await asyncio.to_thread(engine.collection.snapshot)
+                await asyncio.to_thread(self._snapshot, engine)
             except Exception:  # noqa: BLE001 - keep serving; the store stays the source of truth
                 log.exception("snapshot failed")
 

@@ -18,7 +18,9 @@ Owns the rules that span both layers:
   without the write lock: writes go on meanwhile, into the growing part. On start the latest snapshot
   is loaded and only rows written after it are replayed into the growing part (no re-embedding);
 - when tombstones pass `compact_ratio` of the index, a background rebuild makes a fresh graph from
-  the store while searches go on against the old one, then swaps it in.
+  the store while searches go on against the old one, then swaps it in;
+- with a shared PostgreSQL store the store given is this server's local mirror, and changes arrive
+  through `apply_changes` (replication.py) instead of `upsert`/`delete`.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from .errors import FailedPrecondition, NotFound
 from .index import HnswIndex, HnswParams, SearchParams, make_index, normalize
 from .segments import SegmentedIndex
 from .snapshots import Snapshots
-from .store import ImageRecord, StoredImage, Store
+from .store import Change, ImageRecord, ImageStore, StoredImage, Store, UpsertResult
 
 __all__ = ["Collection", "CollectionStats", "Hit"]
 
@@ -81,6 +83,7 @@ class Collection:
         compact_min: int = 1000,
         filter_exact_max: int = 40_000,
         seal_at: int = 20_000,
+        store: ImageStore | None = None,
     ) -> None:
         self.model = model
         self.dim = dim
@@ -91,7 +94,7 @@ class Collection:
         self.filter_exact_max = filter_exact_max
         self.seal_at = seal_at
         self.spec = f"HNSW{params.m},Flat"
-        self.store = Store(self.data_dir / "images.sqlite3")
+        self.store = store if store is not None else Store(self.data_dir / "images.sqlite3")
         self.snapshots = Snapshots(self.data_dir, self.spec, params)
         self.loaded_from_snapshot = False
         self._snapshot_seq = 0
@@ -164,19 +167,31 @@ class Collection:
         unit = [replace(r, vector=normalize(r.vector[None, :])[0]) for r in records]
         with self._write_lock:
             result = self.store.upsert(unit)
-            added, stale = result.added, result.stale
-            if added:
-                labels = np.fromiter((label for label, _ in added), dtype=np.int64, count=len(added))
-                self.index.add(labels, np.stack([vector for _, vector in added]))
-                self._indexed_below = max(self._indexed_below, int(labels.max()) + 1)
-            self.index.remove(stale)
-            self._live += len(added) - len(stale)
+            self._index_result(result)
         if result.skipped:
             log.info("skipped %d upserts of images deleted after submission: %s",
                      len(result.skipped), ", ".join(result.skipped[:5]))
         self._maybe_compact()
         self._maybe_seal()
         return len(records) - len(result.skipped)
+
+    def _index_result(self, result: UpsertResult) -> None:
+        """Indexes a store write's new vectors and tombstones the labels that left (write lock held)."""
+        added, stale = result.added, result.stale
+        if added:
+            labels = np.fromiter((label for label, _ in added), dtype=np.int64, count=len(added))
+            self.index.add(labels, np.stack([vector for _, vector in added]))
+            self._indexed_below = max(self._indexed_below, int(labels.max()) + 1)
+        self.index.remove(stale)
+        self._live += len(added) - len(stale)
+
+    def apply_changes(self, changes: Sequence[Change], position: int) -> None:
+        """Applies changes replicated from the shared store: to the mirror store (with `position`, in one
+        transaction), then to the index."""
+        with self._write_lock:
+            self._index_result(self.store.apply(changes, position))
+        self._maybe_compact()
+        self._maybe_seal()
 
     def delete(self, ids: Sequence[str]) -> list[str]:
         """Deletes images by id; returns the ids that existed. Durable when it returns."""

@@ -1,12 +1,14 @@
 """The search engine: query encoding with the CLIP model plus collection lookups, off the event loop.
 
 The gRPC layer calls these coroutines with validated arguments. Model and FAISS work is blocking,
-so it runs in a thread pool; the asyncio loop only routes requests.
+so it runs in a thread pool; the asyncio loop only routes requests. With a shared PostgreSQL store
+(`replica` set, replication.py) writes go to the store and searches may first wait for a position.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -22,15 +24,30 @@ from . import filters
 from .batching import MicroBatcher, TextBatcher
 from .collection import Collection, CollectionStats, Hit
 from .errors import Unavailable
+from .replication import Replica
 from .store import ImageRecord
 
-__all__ = ["Engine", "EngineSlot"]
+__all__ = ["Engine", "EngineSlot", "ReplicationStats"]
 
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class ReplicationStats:
+    """Where this server stands against its store (positions are 0 with SQLite)."""
+
+    store_kind: str
+    applied_position: int
+    store_position: int
+    lag_s: float
+
+
 class Engine:
     """Encodes queries and searches the collection."""
+
+    replica: Replica | None = None  # set when the store is a shared PostgreSQL database
+    read_wait_s: float = 5.0  # how long a search waits for a min_position
+    shard: str = "0/1"  # the part of the collection this server holds
 
     def __init__(self, encoder: ClipEncoder, collection: Collection, limits: LoadLimits, workers: int = 4,
                  text_batch: int = default("--text-batch"), image_batch: int = default("--image-batch"),
@@ -82,11 +99,45 @@ class Engine:
 
         return await self._run(work)
 
-    async def upsert(self, records: Sequence[ImageRecord]) -> int:
-        return await self._write(lambda: self.collection.upsert(records))
+    async def upsert(self, records: Sequence[ImageRecord]) -> tuple[int, int]:
+        """Writes; returns (records written, read-your-writes position: 0 with SQLite)."""
+        replica = self.replica
+        if replica is None:
+            return await self._write(lambda: self.collection.upsert(records)), 0
+        written, position = await self._write(lambda: replica.upsert(records))
+        await self._applied(replica, position)
+        return written, position
 
-    async def delete(self, ids: Sequence[str]) -> list[str]:
-        return await self._write(lambda: self.collection.delete(ids))
+    async def delete(self, ids: Sequence[str]) -> tuple[list[str], int]:
+        """Deletes; returns (ids that existed, read-your-writes position: 0 with SQLite)."""
+        replica = self.replica
+        if replica is None:
+            return await self._write(lambda: self.collection.delete(ids)), 0
+        existed, position = await self._write(lambda: replica.delete(ids))
+        await self._applied(replica, position)
+        return existed, position
+
+    async def _applied(self, replica: Replica, position: int) -> bool:
+        """Waits (at most read_wait_s) until this server has applied the store below `position`."""
+        if replica.applied >= position:
+            return True
+        return await asyncio.to_thread(replica.wait_for, position, self.read_wait_s)
+
+    async def wait_position(self, position: int) -> None:
+        """Read-your-writes: returns once this server has applied the store below `position`, else
+        raises Unavailable after read_wait_s. Always at once with SQLite (writes apply on return)."""
+        replica = self.replica
+        if replica is None or position <= 0 or await self._applied(replica, position):
+            return
+        raise Unavailable(
+            f"this replica has applied the store up to position {replica.applied}, not yet {position} "
+            f"(waited {self.read_wait_s:g}s); retry, or ask another replica")
+
+    def replication(self) -> ReplicationStats:
+        replica = self.replica
+        if replica is None:
+            return ReplicationStats("sqlite", 0, 0, 0.0)
+        return ReplicationStats("postgresql", replica.applied, replica.head, replica.lag_s())
 
     async def stats(self) -> CollectionStats:
         return await self._run(self.collection.stats)
@@ -99,6 +150,8 @@ class Engine:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._writes.shutdown(wait=True)
+        if self.replica is not None:
+            self.replica.close()
         self.collection.close()
 
 

@@ -96,7 +96,9 @@ class SearchServicer(search_grpc.SearchServiceServicer):
     ) -> search_pb.TextSearchResponse:
         text, k, min_score = check.text(request.text), check.k(request.k), check.min_score(request)
         flt = filters.check(request.filter) if request.HasField("filter") else None
-        hits = await self._slot.get().text_search(text, k, flt)
+        engine = self._slot.get()
+        await engine.wait_position(check.min_position(request.min_position))
+        hits = await engine.text_search(text, k, flt)
         return search_pb.TextSearchResponse(results=_results(hits, min_score))
 
     @_rpc
@@ -107,6 +109,7 @@ class SearchServicer(search_grpc.SearchServiceServicer):
         flt = filters.check(request.filter) if request.HasField("filter") else None
         which = request.WhichOneof("query")
         engine = self._slot.get()
+        await engine.wait_position(check.min_position(request.min_position))
         if which == "image":
             if not request.image:
                 raise InvalidArgument("image is empty (0 bytes)")
@@ -228,7 +231,8 @@ class IndexServicer(index_grpc.IndexServiceServicer):
                     fields=typed.validate(rec.fields, rec.metadata, where),
                 )
             )
-        return index_pb.UpsertVectorsResponse(upserted=await engine.upsert(records))
+        upserted, position = await engine.upsert(records)
+        return index_pb.UpsertVectorsResponse(upserted=upserted, position=position)
 
     @_rpc
     async def DeleteImages(
@@ -236,16 +240,24 @@ class IndexServicer(index_grpc.IndexServiceServicer):
     ) -> index_pb.DeleteImagesResponse:
         check.count(len(request.ids), check.MAX_DELETE_IDS, "ids")
         ids = [check.image_id(image_id, f"ids[{i}]") for i, image_id in enumerate(request.ids)]
-        deleted = await self._slot.get().delete(ids)
+        deleted, position = await self._slot.get().delete(ids)
         gone = set(deleted)
-        return index_pb.DeleteImagesResponse(deleted=deleted, not_found=[i for i in ids if i not in gone])
+        return index_pb.DeleteImagesResponse(deleted=deleted, not_found=[i for i in ids if i not in gone],
+                                             position=position)
 
     @_rpc
     async def GetIndexStats(
         self, request: index_pb.GetIndexStatsRequest, context: grpc.aio.ServicerContext
     ) -> index_pb.GetIndexStatsResponse:
-        s = await self._slot.get().stats()
+        engine = self._slot.get()
+        s = await engine.stats()
+        r = engine.replication()
         return index_pb.GetIndexStatsResponse(
+            store_kind=r.store_kind,
+            applied_position=r.applied_position,
+            store_position=r.store_position,
+            lag_ms=int(r.lag_s * 1000),
+            shard=engine.shard,
             count=s.count,
             model=types_pb2.ModelInfo(name=s.model, dim=s.dim),
             index_type=s.index_type,

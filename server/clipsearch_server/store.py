@@ -14,6 +14,11 @@ of the `fields` table, (label, key, type, value) with one row per field and per 
 indexed by (key, value, type, label), so that each filter condition is one covering-index range scan
 returning labels (filters.py). Cost per image: about 40 bytes + the key and value sizes per row,
 twice (table and index), e.g. ~1 KB for 10 short fields.
+
+`ImageStore` is the seam: the operations a collection needs from its store. With a PostgreSQL store
+(pgstore.py) the shared database is the truth and each server's SQLite `Store` is a local mirror of
+its shard, written only by `apply` (replicated changes with the labels the database gave them, and the
+position applied, in one transaction), so searches, filters and joins stay local.
 """
 
 from __future__ import annotations
@@ -24,13 +29,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 
 from . import fields as typed
 
-__all__ = ["DELETION_MEMORY_MS", "ImageRecord", "Store", "StoredImage", "UpsertResult"]
+__all__ = ["DELETION_MEMORY_MS", "Change", "ImageRecord", "ImageStore", "Store", "StoredImage", "UpsertResult"]
 
 DELETION_MEMORY_MS = 30 * 24 * 3600 * 1000  # deletions are remembered this long (30 days)
 SQL_CHUNK = 500  # parameters per IN (...) lookup, well under SQLite's limit
@@ -84,6 +89,40 @@ class StoredImage:
     uri: str
     metadata: dict[str, str]
     fields: typed.Fields = field(default_factory=dict)  # typed fields and metadata as string fields
+
+
+@dataclass(frozen=True)
+class Change:
+    """One replicated change, as the shared store's feed gives it: the image as written, with the label
+    the shared store gave it, or a deletion (vector None)."""
+
+    position: int
+    id: str
+    label: int = -1
+    vector: np.ndarray | None = None
+    uri: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    fields: typed.Fields = field(default_factory=dict)
+
+
+class ImageStore(Protocol):
+    """What a collection needs from its store (SQLite `Store` implements it)."""
+
+    def get_meta(self, key: str) -> str | None: ...
+    def set_meta(self, key: str, value: str) -> None: ...
+    def upsert(self, records: Sequence[ImageRecord]) -> UpsertResult: ...
+    def delete(self, ids: Sequence[str], now_ms: int | None = None) -> list[tuple[str, int]]: ...
+    def apply(self, changes: Sequence[Change], position: int) -> UpsertResult: ...
+    def by_labels(self, labels: Sequence[int]) -> dict[int, StoredImage]: ...
+    def labels_where(self, condition: str, params: Sequence[object]) -> np.ndarray: ...
+    def vector_of(self, image_id: str) -> np.ndarray | None: ...
+    def label_of(self, image_id: str) -> int | None: ...
+    def next_label(self) -> int: ...
+    def live_labels(self) -> np.ndarray: ...
+    def count(self) -> int: ...
+    def iter_vectors(self, dim: int, start: int = 0, stop: int | None = None,
+                     chunk: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+    def close(self) -> None: ...
 
 
 class Store:
@@ -189,7 +228,7 @@ class Store:
         return UpsertResult(added, stale, skipped)
 
     @staticmethod
-    def _insert_fields(conn: sqlite3.Connection, label: int, rec: ImageRecord) -> None:
+    def _insert_fields(conn: sqlite3.Connection, label: int, rec: "ImageRecord | Change") -> None:
         conn.executemany("INSERT INTO fields(label, key, type, value) VALUES (?, ?, ?, ?)",
                          [(label, *row) for row in typed.rows(typed.merged(rec.fields, rec.metadata))])
 
@@ -248,6 +287,53 @@ class Store:
                 conn.execute("ROLLBACK")
                 raise
         return removed
+
+    def apply(self, changes: Sequence[Change], position: int) -> UpsertResult:
+        """Applies replicated changes in order, with their labels, and records `position` (every change
+        below it is applied) in the same transaction. Returns the new (label, vector) pairs to index and,
+        as `stale`, the labels that left (replaced vectors and deleted images)."""
+        added: list[tuple[int, np.ndarray]] = []
+        gone: list[int] = []
+        now = int(time.time() * 1000)
+        with self._write_lock:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                next_label = int(self._meta_in_txn(conn, "next_label") or 0)
+                for change in changes:
+                    row = conn.execute("SELECT label FROM images WHERE id = ?", (change.id,)).fetchone()
+                    old = None if row is None else int(row[0])
+                    if old is not None:
+                        conn.execute("DELETE FROM fields WHERE label = ?", (old,))
+                    if change.vector is None:
+                        if old is not None:
+                            conn.execute("DELETE FROM images WHERE id = ?", (change.id,))
+                            gone.append(old)
+                        continue
+                    conn.execute(
+                        "INSERT OR REPLACE INTO images(id, label, uri, metadata, vector, updated_ms, fields)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (change.id, change.label, change.uri,
+                         json.dumps(change.metadata, sort_keys=True, separators=(",", ":")),
+                         np.ascontiguousarray(change.vector, dtype="<f4").tobytes(), now, typed.to_json(change.fields)),
+                    )
+                    self._insert_fields(conn, change.label, change)
+                    if old != change.label:
+                        if old is not None:
+                            gone.append(old)
+                        added.append((change.label, change.vector))
+                        next_label = max(next_label, change.label + 1)
+                conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                                 [("next_label", str(next_label)), ("applied_position", str(position))])
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return UpsertResult(added, gone, [])
+
+    def applied_position(self) -> int:
+        """The position recorded by the last `apply` (0: none)."""
+        return int(self.get_meta("applied_position") or 0)
 
     def next_label(self) -> int:
         """The label the next new vector will get: every existing label is below it."""

@@ -138,3 +138,10 @@ def failures_limit(value: int) -> int:
     if not 0 < value <= MAX_FAILURES_LIMIT:
         raise InvalidArgument(f"limit must be between 0 and {MAX_FAILURES_LIMIT}, got {value}")
     return value
+
+
+def min_position(value: int, field: str = "min_position") -> int:
+    """A read-your-writes position: >= 0 (0 = none)."""
+    if value < 0:
+        raise InvalidArgument(f"{field} must be >= 0 (a position returned by UpsertVectors or DeleteImages), got {value}")
+    return value

@@ -46,17 +46,19 @@ class UpsertVectorsRequest(_message.Message):
     def __init__(self, model: _Optional[_Union[_types_pb2.ModelInfo, _Mapping]] = ..., records: _Optional[_Iterable[_Union[VectorRecord, _Mapping]]] = ...) -> None: ...
 
 class UpsertVectorsResponse(_message.Message):
-    __slots__ = ("upserted",)
+    __slots__ = ("upserted", "position")
     UPSERTED_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
     upserted: int
-    def __init__(self, upserted: _Optional[int] = ...) -> None: ...
+    position: int
+    def __init__(self, upserted: _Optional[int] = ..., position: _Optional[int] = ...) -> None: ...
 
 class GetIndexStatsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class GetIndexStatsResponse(_message.Message):
-    __slots__ = ("count", "model", "index_type", "hnsw_m", "ef_construction", "ef_search", "stale_entries")
+    __slots__ = ("count", "model", "index_type", "hnsw_m", "ef_construction", "ef_search", "stale_entries", "store_kind", "applied_position", "store_position", "lag_ms", "shard")
     COUNT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INDEX_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +66,11 @@ class GetIndexStatsResponse(_message.Message):
     EF_CONSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
     STALE_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    STORE_KIND_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_POSITION_FIELD_NUMBER: _ClassVar[int]
+    STORE_POSITION_FIELD_NUMBER: _ClassVar[int]
+    LAG_MS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
     count: int
     model: _types_pb2.ModelInfo
     index_type: str
@@ -71,7 +78,12 @@ class GetIndexStatsResponse(_message.Message):
     ef_construction: int
     ef_search: int
     stale_entries: int
-    def __init__(self, count: _Optional[int] = ..., model: _Optional[_Union[_types_pb2.ModelInfo, _Mapping]] = ..., index_type: _Optional[str] = ..., hnsw_m: _Optional[int] = ..., ef_construction: _Optional[int] = ..., ef_search: _Optional[int] = ..., stale_entries: _Optional[int] = ...) -> None: ...
+    store_kind: str
+    applied_position: int
+    store_position: int
+    lag_ms: int
+    shard: str
+    def __init__(self, count: _Optional[int] = ..., model: _Optional[_Union[_types_pb2.ModelInfo, _Mapping]] = ..., index_type: _Optional[str] = ..., hnsw_m: _Optional[int] = ..., ef_construction: _Optional[int] = ..., ef_search: _Optional[int] = ..., stale_entries: _Optional[int] = ..., store_kind: _Optional[str] = ..., applied_position: _Optional[int] = ..., store_position: _Optional[int] = ..., lag_ms: _Optional[int] = ..., shard: _Optional[str] = ...) -> None: ...
 
 class DeleteImagesRequest(_message.Message):
     __slots__ = ("ids",)
@@ -80,9 +92,11 @@ class DeleteImagesRequest(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeleteImagesResponse(_message.Message):
-    __slots__ = ("deleted", "not_found")
+    __slots__ = ("deleted", "not_found", "position")
     DELETED_FIELD_NUMBER: _ClassVar[int]
     NOT_FOUND_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
     deleted: _containers.RepeatedScalarFieldContainer[str]
     not_found: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, deleted: _Optional[_Iterable[str]] = ..., not_found: _Optional[_Iterable[str]] = ...) -> None: ...
+    position: int
+    def __init__(self, deleted: _Optional[_Iterable[str]] = ..., not_found: _Optional[_Iterable[str]] = ..., position: _Optional[int] = ...) -> None: ...

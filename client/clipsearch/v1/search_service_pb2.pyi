@@ -8,16 +8,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TextSearchRequest(_message.Message):
-    __slots__ = ("text", "k", "filter", "min_score")
+    __slots__ = ("text", "k", "filter", "min_score", "min_position")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    MIN_POSITION_FIELD_NUMBER: _ClassVar[int]
     text: str
     k: int
     filter: _types_pb2.Filter
     min_score: float
-    def __init__(self, text: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., min_score: _Optional[float] = ...) -> None: ...
+    min_position: int
+    def __init__(self, text: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., min_score: _Optional[float] = ..., min_position: _Optional[int] = ...) -> None: ...
 
 class TextSearchResponse(_message.Message):
     __slots__ = ("results",)
@@ -26,20 +28,22 @@ class TextSearchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[_types_pb2.SearchResult, _Mapping]]] = ...) -> None: ...
 
 class ImageSearchRequest(_message.Message):
-    __slots__ = ("image", "uri", "id", "k", "filter", "min_score")
+    __slots__ = ("image", "uri", "id", "k", "filter", "min_score", "min_position")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    MIN_POSITION_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     uri: str
     id: str
     k: int
     filter: _types_pb2.Filter
     min_score: float
-    def __init__(self, image: _Optional[bytes] = ..., uri: _Optional[str] = ..., id: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., min_score: _Optional[float] = ...) -> None: ...
+    min_position: int
+    def __init__(self, image: _Optional[bytes] = ..., uri: _Optional[str] = ..., id: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., min_score: _Optional[float] = ..., min_position: _Optional[int] = ...) -> None: ...
 
 class ImageSearchResponse(_message.Message):
     __slots__ = ("results",)
