@@ -1,0 +1,258 @@
+"""Replicas on a shared PostgreSQL store (issue 11, store half), with real parts: a PostgreSQL cluster
+of our own (tests/pg.py), real server processes on loopback ports, writes through gRPC.
+
+- two replicas written through both while both search converge to identical answers; a token from
+  one finds the image on the other; a replica that cannot apply turns NOT_SERVING and back; a third
+  replica on an empty disk boots from the shared snapshot;
+- a replica killed with kill -9 during ingestion restarts, catches up and answers identically, with
+  count == distinct ids;
+- rows committed out of order by two writers are not skipped by the tailing;
+- a server with other settings than the collection's refuses to start.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import numpy as np
+import pytest
+
+from clipsearch.v1 import (
+    index_service_pb2 as index_pb,
+    index_service_pb2_grpc as index_grpc,
+    search_service_pb2 as search_pb,
+    search_service_pb2_grpc as search_grpc,
+    types_pb2,
+)
+from clipsearch_core.errors import FailedPrecondition
+from clipsearch_core.shards import ShardSpec
+from clipsearch_server.collection import Collection
+from clipsearch_server.pgstore import PgStore
+from clipsearch_server.replication import Replica
+from clipsearch_server.store import ImageRecord, Store
+from tests.pg import PgCluster, find_bin_dir, start_cluster
+from tests.procs import Proc, Stack, health_serving, wait_for
+
+pytestmark = pytest.mark.timeout(240)
+
+QUERIES = ["a red circle", "a blue square", "green triangle", "yellow", "a photo"]
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgCluster]:
+    if find_bin_dir() is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on this machine")
+    cluster = start_cluster()
+    yield cluster
+    cluster.stop()
+
+
+class Replica_:
+    """A server process of the test and gRPC stubs to it."""
+
+    def __init__(self, proc: Proc, address: str) -> None:
+        self.proc, self.address = proc, address
+        self.channel = grpc.insecure_channel(address)
+        self.index = index_grpc.IndexServiceStub(self.channel)
+        self.search = search_grpc.SearchServiceStub(self.channel)
+
+    def stats(self) -> index_pb.GetIndexStatsResponse:
+        return self.index.GetIndexStats(index_pb.GetIndexStatsRequest(), timeout=10)
+
+    def upsert(self, ids: list[str], vectors: np.ndarray) -> int:
+        s = self.stats()
+        reply = self.index.UpsertVectors(index_pb.UpsertVectorsRequest(
+            model=s.model, records=[index_pb.VectorRecord(id=i, vector=v.astype(np.float32).tobytes(),
+                                                          uri=f"/x/{i}.png", metadata={"n": i})
+                                    for i, v in zip(ids, vectors)]), timeout=30)
+        assert reply.upserted == len(ids)
+        return reply.position
+
+    def answers(self) -> list[list[tuple[str, float]]]:
+        return [[(r.id, round(r.score, 5)) for r in self.search.TextSearch(
+            search_pb.TextSearchRequest(text=q, k=20), timeout=10).results] for q in QUERIES]
+
+    def caught_up(self) -> bool:
+        s = self.stats()
+        return s.applied_position == s.store_position
+
+
+def start(stack: Stack, procs: list[Proc], data_dir: Path, url: str, extra: list[str] | None = None) -> Replica_:
+    """A server on the shared store. efSearch 512 makes HNSW search exact on these few images, so that a
+    graph built at once (after a restart) and one built insert by insert give the same answers."""
+    proc, address = stack.start_server(data_dir, extra=["--store", url, "--ef-search", "512", "--grace", "1",
+                                                        *(extra or [])])
+    procs.append(proc)
+    return Replica_(proc, address)
+
+
+def settle(replicas: list[Replica_], head: int) -> None:
+    for r in replicas:
+        wait_for(lambda: r.stats().applied_position >= head, 20, f"{r.address} catching up to {head}")
+
+
+def test_replicas_converge(pg: PgCluster, stack: Stack, procs: list[Proc], tmp_path: Path) -> None:
+    url = pg.create_database()
+    shared = tmp_path / "snapshots"
+    a = start(stack, procs, tmp_path / "a", url, ["--snapshot-dir", str(shared), "--snapshot-interval", "1"])
+    b = start(stack, procs, tmp_path / "b", url, ["--read-wait", "1", "--max-lag", "0.5"])
+    dim = a.stats().model.dim
+    assert a.stats().store_kind == "postgresql" and a.stats().shard == "0/1"
+    vectors = np.random.default_rng(1).standard_normal((400, dim)).astype(np.float32)
+    errors: list[BaseException] = []
+    heads: list[int] = []
+    stop_searching = threading.Event()
+
+    def write(server: Replica_, offset: int) -> None:
+        try:
+            for start_ in range(offset, offset + 200, 20):
+                heads.append(server.upsert([f"img-{i}" for i in range(start_, start_ + 20)],
+                                           vectors[start_:start_ + 20]))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def search() -> None:
+        while not stop_searching.is_set():
+            for server in (a, b):
+                try:
+                    server.answers()
+                except BaseException as exc:  # noqa: BLE001
+                    errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(a, 0)), threading.Thread(target=write, args=(b, 200)),
+               threading.Thread(target=search)]
+    for t in threads:
+        t.start()
+    for t in threads[:2]:
+        t.join(timeout=120)
+    stop_searching.set()
+    threads[2].join(timeout=60)
+    assert not errors, errors
+    # overwrite 10 through A (new vectors), delete 20 through B
+    heads.append(a.upsert([f"img-{i}" for i in range(10)], vectors[200:210]))
+    deleted = b.index.DeleteImages(index_pb.DeleteImagesRequest(ids=[f"img-{i}" for i in range(300, 320)]), timeout=10)
+    assert len(deleted.deleted) == 20 and deleted.position > max(heads)
+    settle([a, b], deleted.position)
+    assert a.stats().count == b.stats().count == 380
+    assert a.answers() == b.answers()
+    assert all(len(answer) == 20 for answer in a.answers())
+
+    # read-your-writes: written through A, searched on B with the token
+    token = a.upsert(["fresh"], vectors[399:400] * -1)
+    found = b.search.ImageSearch(search_pb.ImageSearchRequest(id="fresh", k=3, min_position=token), timeout=10)
+    assert len(found.results) == 3
+    with pytest.raises(grpc.RpcError) as err:  # a position nobody wrote yet: UNAVAILABLE after --read-wait
+        b.search.TextSearch(search_pb.TextSearchRequest(text="x", k=1, min_position=token + 1000), timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "position" in (err.value.details() or "")
+    with pytest.raises(grpc.RpcError) as err:
+        b.search.TextSearch(search_pb.TextSearchRequest(text="x", k=1, min_position=-1), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    # B cannot apply (its mirror is locked): NOT_SERVING past --max-lag, SERVING again once it catches up
+    lock = sqlite3.connect(tmp_path / "b" / "images.sqlite3", isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        head = a.upsert(["late"], vectors[0:1])
+        wait_for(lambda: not health_serving(b.address), 10, "B reporting NOT_SERVING")
+        assert health_serving(a.address)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    wait_for(lambda: health_serving(b.address), 10, "B SERVING again")
+    settle([a, b], head)
+    assert a.answers() == b.answers()
+
+    # a replica on an empty disk boots from A's shared snapshot and replays the rest
+    wait_for(lambda: any(shared.glob("shard-0-of-1/index-*.faiss")), 15, "a published snapshot")
+    c = start(stack, procs, tmp_path / "c", url, ["--snapshot-dir", str(shared)])
+    assert "copied the shared snapshot" in c.proc.output()
+    settle([c], head)
+    assert c.stats().count == a.stats().count and c.answers() == a.answers()
+
+
+def test_replica_killed_mid_ingestion(pg: PgCluster, stack: Stack, procs: list[Proc], tmp_path: Path) -> None:
+    url = pg.create_database()
+    a = start(stack, procs, tmp_path / "a", url)
+    b = start(stack, procs, tmp_path / "b", url)
+    dim = a.stats().model.dim
+    vectors = np.random.default_rng(2).standard_normal((1200, dim)).astype(np.float32)
+    ids = [f"img-{i % 1000}" for i in range(1200)]  # 200 rewrites of earlier ids
+    killed = threading.Event()
+    heads: list[int] = []
+
+    def ingest() -> None:
+        for start_ in range(0, 1200, 10):
+            heads.append(a.upsert(ids[start_:start_ + 10], vectors[start_:start_ + 10]))
+            if start_ == 400:
+                killed.set()
+            time.sleep(0.005)
+
+    writer = threading.Thread(target=ingest)
+    writer.start()
+    assert killed.wait(60)
+    b.proc.kill()  # kill -9 while A keeps writing
+    assert writer.is_alive(), "ingestion ended before the kill; write more"
+    b = start(stack, procs, tmp_path / "b", url)
+    writer.join(timeout=120)
+    settle([a, b], max(heads))
+    assert a.stats().count == b.stats().count == len(set(ids))
+    assert a.answers() == b.answers()
+
+
+def test_rows_committed_out_of_order_are_not_skipped(pg: PgCluster, tmp_path: Path) -> None:
+    url = pg.create_database()
+    first, second = PgStore(url), PgStore(url)
+    replica = Replica(PgStore(url), Store(tmp_path / "r" / "images.sqlite3"), ShardSpec())
+    for store in (first, second):
+        store.bind("m", 4, "HNSW32,Flat", 1)
+    replica.prepare("m", 4, "HNSW32,Flat")
+    collection = Collection(tmp_path / "r", "m", 4, store=replica.mirror)
+    replica.start(collection)
+    vectors = np.eye(4, dtype=np.float32)
+    holding, release = threading.Event(), threading.Event()
+    second_done: list[int] = []
+
+    def slow_first_writer() -> None:  # takes its position first, commits last
+        with first.writing() as writer:
+            writer.upsert([ImageRecord("early", vectors[0])])
+            holding.set()
+            release.wait(10)
+
+    slow = threading.Thread(target=slow_first_writer)
+    slow.start()
+    assert holding.wait(10)
+    fast = threading.Thread(target=lambda: second_done.append(second.upsert([ImageRecord("late", vectors[1])])[1]))
+    fast.start()
+    time.sleep(0.5)  # the second writer tries to commit while the first is open; the replica keeps tailing
+    assert not second_done, "the second writer committed ahead of a writer holding an earlier position"
+    release.set()
+    slow.join(10)
+    fast.join(10)
+    assert replica.wait_for(second_done[0], 5)
+    assert sorted(h.id for h in collection.search(vectors[0], 5)) == ["early", "late"]
+    assert collection.stats().count == 2
+    replica.close()
+    collection.close()
+    for store in (first, second):
+        store.close()
+
+
+def test_other_settings_refused(pg: PgCluster, tmp_path: Path) -> None:
+    url = pg.create_database()
+    store = PgStore(url)
+    store.bind("model-a", 4, "HNSW32,Flat", 2)
+    with pytest.raises(FailedPrecondition, match=r"shards '2' \(this server: '1'\)"):
+        PgStore(url).bind("model-a", 4, "HNSW32,Flat", 1)
+    with pytest.raises(FailedPrecondition, match="model 'model-a' \\(this server: 'model-b'\\)"):
+        PgStore(url).bind("model-b", 4, "HNSW32,Flat", 2)
+    sqlite_dir = tmp_path / "sqlite"  # a data dir holding a SQLite collection is not taken as a mirror
+    Store(sqlite_dir / "images.sqlite3").upsert([ImageRecord("x", np.ones(4, dtype=np.float32))])
+    with pytest.raises(FailedPrecondition, match="empty --data-dir"):
+        Replica(PgStore(url), Store(sqlite_dir / "images.sqlite3"), ShardSpec(0, 2)).prepare(
+            "model-a", 4, "HNSW32,Flat")
+    store.close()
