@@ -25,15 +25,17 @@ import logging
 import shutil
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import psycopg
+from psycopg_pool import PoolTimeout
 
 from clipsearch_core.shards import ShardSpec
 
-from .errors import FailedPrecondition
+from .errors import FailedPrecondition, Unavailable
 from .files import write_text_durably
 from .index import normalize
 from .pgstore import CHANNEL, PgStore
@@ -166,7 +168,8 @@ class Replica:
     def upsert(self, records: Sequence[ImageRecord]) -> tuple[int, int]:
         """Writes records to the store (durable on return); returns (records written, token)."""
         unit = [replace(r, vector=normalize(r.vector[None, :])[0]) for r in records]
-        skipped, head = self.pg.upsert(unit)
+        with _store_unavailable():
+            skipped, head = self.pg.upsert(unit)
         if skipped:
             log.info("skipped %d upserts of images deleted after submission: %s", len(skipped), ", ".join(skipped[:5]))
         self._saw_head(head)
@@ -174,7 +177,8 @@ class Replica:
 
     def delete(self, ids: Sequence[str]) -> tuple[list[str], int]:
         """Deletes images in the store (durable on return); returns (ids that existed, token)."""
-        existed, head = self.pg.delete(ids)
+        with _store_unavailable():
+            existed, head = self.pg.delete(ids)
         self._saw_head(head)
         return existed, head
 
@@ -184,6 +188,15 @@ class Replica:
             self._thread.join(timeout=POLL_S + 5)
         self._close_listener()
         self.pg.close()
+
+
+@contextmanager
+def _store_unavailable() -> Iterator[None]:
+    """Connection failures and pool timeouts of the store are transient: UNAVAILABLE, retried."""
+    try:
+        yield
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        raise Unavailable(f"the PostgreSQL store is unreachable ({exc}); the write was not made, retry") from exc
 
 
 # --- the shared snapshot directory -------------------------------------------------------------
