@@ -7,7 +7,8 @@ of our own (tests/pg.py), real server processes on loopback ports, writes throug
 - a replica killed with kill -9 during ingestion restarts, catches up and answers identically, with
   count == distinct ids;
 - rows committed out of order by two writers are not skipped by the tailing;
-- a server with other settings than the collection's refuses to start.
+- a server with other settings than the collection's refuses to start;
+- each shard's replica holds exactly its shard; writes while the store is down are UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from clipsearch.v1 import (
     search_service_pb2_grpc as search_grpc,
     types_pb2,
 )
-from clipsearch_core.errors import FailedPrecondition
-from clipsearch_core.shards import ShardSpec
+from clipsearch_core.errors import FailedPrecondition, Unavailable
+from clipsearch_core.shards import ShardSpec, shard_of
 from clipsearch_server.collection import Collection
 from clipsearch_server.pgstore import PgStore
 from clipsearch_server.replication import Replica
@@ -256,3 +257,44 @@ def test_other_settings_refused(pg: PgCluster, tmp_path: Path) -> None:
         Replica(PgStore(url), Store(sqlite_dir / "images.sqlite3"), ShardSpec(0, 2)).prepare(
             "model-a", 4, "HNSW32,Flat")
     store.close()
+
+
+def test_each_shard_replica_holds_its_shard(pg: PgCluster, tmp_path: Path) -> None:
+    url = pg.create_database()
+    vectors = np.random.default_rng(3).standard_normal((40, 4)).astype(np.float32)
+    replicas, collections = [], []
+    for index in range(2):
+        replica = Replica(PgStore(url), Store(tmp_path / f"s{index}" / "images.sqlite3"), ShardSpec(index, 2))
+        replica.prepare("m", 4, "HNSW32,Flat")
+        collections.append(Collection(tmp_path / f"s{index}", "m", 4, store=replica.mirror))
+        replica.start(collections[-1])
+        replicas.append(replica)
+    _, head = replicas[0].upsert([ImageRecord(f"id-{i}", vectors[i]) for i in range(40)])
+    _, head = replicas[1].delete(["id-0", "id-1"])
+    held = []
+    for index, (replica, collection) in enumerate(zip(replicas, collections)):
+        assert replica.wait_for(head, 5)
+        ids = {h.id for h in collection.search(vectors[5], 40)}
+        assert ids == {f"id-{i}" for i in range(2, 40) if shard_of(f"id-{i}", 2) == index}
+        held.append(ids)
+    assert held[0] and held[1] and len(held[0] | held[1]) == 38
+    for replica, collection in zip(replicas, collections):
+        replica.close()
+        collection.close()
+
+
+def test_writes_while_the_store_is_down_are_unavailable(tmp_path: Path) -> None:
+    if find_bin_dir() is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on this machine")
+    cluster = start_cluster()  # its own: this test stops it
+    try:
+        replica = Replica(PgStore(cluster.create_database(), timeout_s=2), Store(tmp_path / "images.sqlite3"),
+                          ShardSpec())
+        replica.prepare("m", 4, "HNSW32,Flat")
+    finally:
+        cluster.stop()
+    with pytest.raises(Unavailable, match="unreachable"):
+        replica.upsert([ImageRecord("x", np.ones(4, dtype=np.float32))])
+    with pytest.raises(Unavailable, match="unreachable"):
+        replica.delete(["x"])
+    replica.close()

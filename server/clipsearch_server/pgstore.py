@@ -93,8 +93,9 @@ class PgStore:
         with self.pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             conn.execute(_SCHEMA)
-        self.shards = 1
-        self.collection_id = ""
+            stored = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('shards', 'collection_id')").fetchall())
+        self.shards = int(stored.get("shards", 1))  # bind() checks it against this server's --shard
+        self.collection_id = stored.get("collection_id", "")
 
     # --- identity ------------------------------------------------------------------------------
 
