@@ -127,5 +127,5 @@ def test_docker_compose_replicas_profile() -> None:
     assert a["environment"]["CLIPSEARCH_STORE"].startswith("postgresql://") and "@postgres:5432/" in a["environment"]["CLIPSEARCH_STORE"]
     volumes = {name: {v["target"]: v["source"] for v in s["volumes"]} for name, s in (("a", a), ("b", b))}
     assert volumes["a"]["/data"] != volumes["b"]["/data"] and volumes["a"]["/snapshots"] == volumes["b"]["/snapshots"]
-    assert "--snapshot-dir" in a["command"] and all("healthcheck" in s for s in (a, b, services["postgres"]))
+    assert "--shared-snapshots" in a["command"] and all("healthcheck" in s for s in (a, b, services["postgres"]))
     assert a["depends_on"]["postgres"]["condition"] == "service_healthy"

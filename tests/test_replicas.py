@@ -8,12 +8,14 @@ of our own (tests/pg.py), real server processes on loopback ports, writes throug
   count == distinct ids;
 - rows committed out of order by two writers are not skipped by the tailing;
 - a server with other settings than the collection's refuses to start;
-- each shard's replica holds exactly its shard; writes while the store is down are UNAVAILABLE.
+- each shard's replica holds exactly its shard; writes while the store is down are UNAVAILABLE;
+- snapshots shared through a directory or S3 (moto's server) boot another replica.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
@@ -35,9 +37,10 @@ from clipsearch_core.shards import ShardSpec, shard_of
 from clipsearch_server.collection import Collection
 from clipsearch_server.pgstore import PgStore
 from clipsearch_server.replication import Replica
+from clipsearch_server.snapshot_share import share_for
 from clipsearch_server.store import ImageRecord, Store
 from tests.pg import PgCluster, find_bin_dir, start_cluster
-from tests.procs import Proc, Stack, health_serving, wait_for
+from tests.procs import Proc, Stack, free_port, health_serving, spawn, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -100,7 +103,7 @@ def settle(replicas: list[Replica_], head: int) -> None:
 def test_replicas_converge(pg: PgCluster, stack: Stack, procs: list[Proc], tmp_path: Path) -> None:
     url = pg.create_database()
     shared = tmp_path / "snapshots"
-    a = start(stack, procs, tmp_path / "a", url, ["--snapshot-dir", str(shared), "--snapshot-interval", "1"])
+    a = start(stack, procs, tmp_path / "a", url, ["--shared-snapshots", str(shared), "--snapshot-interval", "1"])
     b = start(stack, procs, tmp_path / "b", url, ["--read-wait", "1", "--max-lag", "0.5"])
     dim = a.stats().model.dim
     assert a.stats().store_kind == "postgresql" and a.stats().shard == "0/1"
@@ -169,8 +172,8 @@ def test_replicas_converge(pg: PgCluster, stack: Stack, procs: list[Proc], tmp_p
     assert a.answers() == b.answers()
 
     # a replica on an empty disk boots from A's shared snapshot and replays the rest
-    wait_for(lambda: any(shared.glob("shard-0-of-1/index-*.faiss")), 15, "a published snapshot")
-    c = start(stack, procs, tmp_path / "c", url, ["--snapshot-dir", str(shared)])
+    wait_for(lambda: any(shared.glob("*/shard-0-of-1/index-*.faiss")), 15, "a published snapshot")
+    c = start(stack, procs, tmp_path / "c", url, ["--shared-snapshots", str(shared)])
     assert "copied the shared snapshot" in c.proc.output()
     settle([c], head)
     assert c.stats().count == a.stats().count and c.answers() == a.answers()
@@ -298,3 +301,51 @@ def test_writes_while_the_store_is_down_are_unavailable(tmp_path: Path) -> None:
     with pytest.raises(Unavailable, match="unreachable"):
         replica.delete(["x"])
     replica.close()
+
+
+@pytest.mark.parametrize("kind", ["directory", "s3"])
+def test_snapshot_share_round_trip(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   procs: list[Proc]) -> None:
+    """A snapshot published by one replica boots another (S3 through moto's real server)."""
+    if kind == "s3":
+        port = free_port()
+        moto = spawn("moto", [sys.executable, "-m", "moto.server", "-p", str(port)], tmp_path / "logs")
+        procs.append(moto)
+        for key, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+                           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(key, value)
+        import boto3
+
+        def bucket() -> bool:
+            try:
+                boto3.client("s3").create_bucket(Bucket="snaps")
+                return True
+            except Exception:  # noqa: BLE001 - not up yet
+                return False
+
+        wait_for(bucket, 30, "moto server", moto.popen)
+        location = "s3://snaps/clipsearch"
+    else:
+        location = str(tmp_path / "shared")
+    vectors = np.random.default_rng(4).standard_normal((300, 8)).astype(np.float32)
+    first = Collection(tmp_path / "a", "m", 8)
+    first.upsert([ImageRecord(str(i), vectors[i]) for i in range(300)])
+    first.snapshot()
+    share = share_for(location, "c0ffee", ShardSpec())
+    published = share.publish(tmp_path / "a")
+    assert published is not None
+    first.upsert([ImageRecord("after", vectors[0] * -1)])  # newer than the snapshot: replayed from the store
+    first.snapshot()
+    assert share.publish(tmp_path / "a") != published  # a newer snapshot replaces it (the previous is kept)
+    (tmp_path / "b").mkdir()
+    with sqlite3.connect(tmp_path / "a" / "images.sqlite3") as src, \
+            sqlite3.connect(tmp_path / "b" / "images.sqlite3") as dst:
+        src.backup(dst)  # the mirror, caught up
+    assert share.fetch(tmp_path / "b") and not share.fetch(tmp_path / "b")  # only into a data dir without one
+    assert not share_for(location, "another-collection", ShardSpec()).fetch(tmp_path / "c")
+    second = Collection(tmp_path / "b", "m", 8)
+    assert second.loaded_from_snapshot
+    for q in vectors[:5]:
+        assert [(h.id, h.score) for h in second.search(q, 10)] == [(h.id, h.score) for h in first.search(q, 10)]
+    first.close()
+    second.close()

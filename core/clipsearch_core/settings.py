@@ -103,9 +103,9 @@ OPTIONS: tuple[Option, ...] = (
            "the store's latest change for longer than this, seconds", (SERVER,), type=float),
     Option("--read-wait", 5.0, "a search given a min_position waits at most this long, seconds, for this server to "
            "apply the store up to it, then fails with UNAVAILABLE", (SERVER,), type=float),
-    Option("--snapshot-dir", "", "with a PostgreSQL store: a directory shared by the replicas (e.g. a network "
-           "volume) where index snapshots are published; a replica on an empty disk starts from the latest one",
-           (SERVER,)),
+    Option("--shared-snapshots", "", "with a PostgreSQL store: where the replicas publish index snapshots, a "
+           "shared directory (e.g. a network volume) or s3://bucket/prefix (S3-compatible, boto3's AWS_* settings); "
+           "a replica on an empty disk starts from the latest one", (SERVER,)),
     # The encoder worker.
     Option("--server", "localhost:50051", "search server host:port to push vectors to", (WORKER,), up=False),
     Option("--tls-ca", "", "CA certificate (PEM) of the server; enables TLS", (WORKER,), up=False),

@@ -6,11 +6,11 @@ services answering UNAVAILABLE) while the model and the index load; then SERVING
 task snapshots the index when it changed. Shutdown: NOT_SERVING, drain calls for `grace_s`, write a
 final snapshot.
 
-With `--store postgresql://...` (replication.py) start-up also binds to the shared collection, copies
-the latest shared snapshot into an empty data directory and catches the local mirror up before the
-index loads; afterwards health follows the lag: SERVING while this server is behind the store for at
+With `--store postgresql://...` (replication.py) start-up also binds to the shared collection, catches the
+local mirror up, and copies the latest shared snapshot into an empty data directory before the index
+loads; afterwards health follows the lag: SERVING while this server is behind the store for at
 most `max_lag_s`, NOT_SERVING beyond (load balancers skip it), checked every HEALTH_PERIOD_S.
-Snapshots are published to `--snapshot-dir` when set.
+Snapshots are published to `--shared-snapshots` (a directory or s3://bucket/prefix) when set.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ from .engine import Engine, EngineSlot
 from .ingest import Ingestor
 from .metrics import RPCS, serve_metrics
 from .pgstore import PgStore
-from .replication import Replica, fetch_snapshot, publish_snapshot
+from .replication import Replica
+from .snapshot_share import SnapshotShare, share_for
 from .store import Store
 from .security import BearerTokenInterceptor, server_credentials
 from .tokens import TokenStore
@@ -75,6 +76,7 @@ class RunningServer:
     config: ServerConfig
     tokens: TokenStore | None
     _tasks: list[asyncio.Task]
+    _share: SnapshotShare | None = None
 
     async def ready(self) -> Engine:
         """Waits until the model and index are loaded (re-raises a start-up failure)."""
@@ -97,10 +99,10 @@ class RunningServer:
             await engine.aclose()
 
     def _snapshot(self, engine: Engine) -> None:
-        """Snapshots the index, and publishes it to the shared snapshot directory (if any)."""
+        """Snapshots the index, and publishes it to the shared snapshots (if any)."""
         engine.collection.snapshot()
-        if engine.replica is not None and self.config.snapshot_dir is not None:
-            publish_snapshot(self.config.data_dir, self.config.snapshot_dir, self.config.shard)
+        if self._share is not None:
+            self._share.publish(self.config.data_dir)
 
     async def _load(self) -> None:
         config = self.config
@@ -128,12 +130,13 @@ class RunningServer:
     def _replica(self, model: str, dim: int) -> Replica:
         """Connects to the shared store and brings this server's local mirror up to its head."""
         config = self.config
-        if config.snapshot_dir is not None:
-            fetch_snapshot(config.snapshot_dir, config.data_dir, config.shard)
         pg = PgStore(config.store)
         replica = Replica(pg, Store(config.data_dir / "images.sqlite3"), config.shard)
         try:
             replica.prepare(model, dim, f"HNSW{config.hnsw.m},Flat")
+            if config.shared_snapshots:
+                self._share = share_for(config.shared_snapshots, pg.collection_id, config.shard)
+                self._share.fetch(config.data_dir)  # an empty data directory starts from the latest one
         except BaseException:
             replica.close()
             raise

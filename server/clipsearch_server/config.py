@@ -42,8 +42,8 @@ class ServerConfig:
     metrics_port: Prometheus /metrics port (0: off).
     store: the source of truth ('' = SQLite in data_dir, or a postgresql:// URL).
     shard: the part of the collection this server holds.
-    max_lag_s / read_wait_s / snapshot_dir: replicas on a PostgreSQL store (health lag bound, how long a
-    search with min_position waits, shared snapshot directory or None).
+    max_lag_s / read_wait_s / shared_snapshots: replicas on a PostgreSQL store (health lag bound, how long a
+    search with min_position waits, where snapshots are shared: a directory, s3://bucket/prefix, or '').
     """
 
     host: str
@@ -76,7 +76,7 @@ class ServerConfig:
     shard: ShardSpec = ShardSpec()
     max_lag_s: float = 5.0
     read_wait_s: float = 5.0
-    snapshot_dir: Path | None = None
+    shared_snapshots: str = ""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ServerConfig":
@@ -112,5 +112,5 @@ class ServerConfig:
             shard=ShardSpec.parse(args.shard),
             max_lag_s=args.max_lag,
             read_wait_s=args.read_wait,
-            snapshot_dir=Path(args.snapshot_dir) if args.snapshot_dir else None,
+            shared_snapshots=args.shared_snapshots,
         )

@@ -1,7 +1,6 @@
 """A replica's catch-up from the shared PostgreSQL store, and its writes to it.
 
-Owns the applied position of this server, the tailing thread, lag and read-your-writes waits, and the
-shared snapshot directory.
+Owns the applied position of this server, the tailing thread, lag and read-your-writes waits.
 
 - Start-up (`prepare`): binds to the collection in PostgreSQL (refusing other settings), checks that
   the local mirror (a SQLite `Store` in --data-dir, holding this server's shard only) belongs to that
@@ -20,14 +19,11 @@ shared snapshot directory.
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import psycopg
@@ -36,16 +32,14 @@ from psycopg_pool import PoolTimeout
 from clipsearch_core.shards import ShardSpec
 
 from .errors import FailedPrecondition, Unavailable
-from .files import write_text_durably
 from .index import normalize
 from .pgstore import CHANNEL, PgStore
-from .snapshots import SNAPSHOT_POINTER
 from .store import ImageRecord, Store
 
 if TYPE_CHECKING:
     from .collection import Collection
 
-__all__ = ["POLL_S", "Replica", "fetch_snapshot", "publish_snapshot"]
+__all__ = ["POLL_S", "Replica"]
 
 log = logging.getLogger(__name__)
 
@@ -197,56 +191,3 @@ def _store_unavailable() -> Iterator[None]:
         yield
     except (psycopg.OperationalError, PoolTimeout) as exc:
         raise Unavailable(f"the PostgreSQL store is unreachable ({exc}); the write was not made, retry") from exc
-
-
-# --- the shared snapshot directory -------------------------------------------------------------
-
-def _shard_dir(shared: Path, shard: ShardSpec) -> Path:
-    return shared / f"shard-{shard.index}-of-{shard.count}"
-
-
-def publish_snapshot(data_dir: Path, shared: Path, shard: ShardSpec) -> str | None:
-    """Copies the data directory's current snapshot to the shared directory (file first, then the
-    pointer, each atomically), keeping the previous file for replicas copying it now."""
-    try:
-        info = json.loads((data_dir / SNAPSHOT_POINTER).read_text())
-    except (OSError, ValueError):
-        return None
-    target = _shard_dir(shared, shard)
-    target.mkdir(parents=True, exist_ok=True)
-    name = str(info["file"])
-    if not (target / name).exists():
-        tmp = target / f".{name}.tmp"
-        shutil.copyfile(data_dir / name, tmp)
-        tmp.replace(target / name)
-    previous = _pointed(target)
-    write_text_durably(target / SNAPSHOT_POINTER, json.dumps(info))
-    for old in target.glob("index-*.faiss"):
-        if old.name not in (name, previous):
-            old.unlink(missing_ok=True)
-    return name
-
-
-def fetch_snapshot(shared: Path, data_dir: Path, shard: ShardSpec) -> bool:
-    """Copies the shared directory's latest snapshot of this shard into an empty data directory."""
-    if (data_dir / SNAPSHOT_POINTER).exists():
-        return False
-    source = _shard_dir(shared, shard)
-    name = _pointed(source)
-    if name is None:
-        return False
-    info = json.loads((source / SNAPSHOT_POINTER).read_text())
-    data_dir.mkdir(parents=True, exist_ok=True)
-    tmp = data_dir / f".{name}.tmp"
-    shutil.copyfile(source / name, tmp)
-    tmp.replace(data_dir / name)
-    write_text_durably(data_dir / SNAPSHOT_POINTER, json.dumps(info))
-    log.info("copied the shared snapshot %s (labels below %s)", name, info.get("covers_labels_below"))
-    return True
-
-
-def _pointed(directory: Path) -> str | None:
-    try:
-        return str(json.loads((directory / SNAPSHOT_POINTER).read_text())["file"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
