@@ -124,9 +124,10 @@ def test_replicas_converge(pg: PgCluster, stack: Stack, procs: list[Proc], tmp_p
         while not stop_searching.is_set():
             for server in (a, b):
                 try:
-                    server.answers()
+                    server.search.TextSearch(search_pb.TextSearchRequest(text=QUERIES[0], k=10), timeout=10)
                 except BaseException as exc:  # noqa: BLE001
                     errors.append(exc)
+            time.sleep(0.02)
 
     threads = [threading.Thread(target=write, args=(a, 0)), threading.Thread(target=write, args=(b, 200)),
                threading.Thread(target=search)]
@@ -184,17 +185,17 @@ def test_replica_killed_mid_ingestion(pg: PgCluster, stack: Stack, procs: list[P
     a = start(stack, procs, tmp_path / "a", url)
     b = start(stack, procs, tmp_path / "b", url)
     dim = a.stats().model.dim
-    vectors = np.random.default_rng(2).standard_normal((1200, dim)).astype(np.float32)
-    ids = [f"img-{i % 1000}" for i in range(1200)]  # 200 rewrites of earlier ids
+    vectors = np.random.default_rng(2).standard_normal((700, dim)).astype(np.float32)
+    ids = [f"img-{i % 600}" for i in range(700)]  # 100 rewrites of earlier ids
     killed = threading.Event()
     heads: list[int] = []
 
     def ingest() -> None:
-        for start_ in range(0, 1200, 10):
+        for start_ in range(0, 700, 10):
             heads.append(a.upsert(ids[start_:start_ + 10], vectors[start_:start_ + 10]))
-            if start_ == 400:
+            if start_ == 200:
                 killed.set()
-            time.sleep(0.005)
+            time.sleep(0.02)
 
     writer = threading.Thread(target=ingest)
     writer.start()
