@@ -102,7 +102,10 @@ class RunningServer:
         """Snapshots the index, and publishes it to the shared snapshots (if any)."""
         engine.collection.snapshot()
         if self._share is not None:
-            self._share.publish(self.config.data_dir)
+            try:
+                self._share.publish(self.config.data_dir)
+            except Exception:  # noqa: BLE001 - the local snapshot is written; the next period tries again
+                log.exception("publishing the snapshot to %s failed", self.config.shared_snapshots)
 
     async def _load(self) -> None:
         config = self.config

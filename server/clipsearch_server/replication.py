@@ -4,9 +4,9 @@ Owns the applied position of this server, the tailing thread, lag and read-your-
 
 - Start-up (`prepare`): binds to the collection in PostgreSQL (refusing other settings), checks that
   the local mirror (a SQLite `Store` in --data-dir, holding this server's shard only) belongs to that
-  collection, copies the latest shared snapshot in when the data directory has none, and brings the
-  mirror up to the store's head. The collection is then built from the mirror as usual (snapshot plus
-  replay, or a full build), so an empty disk boots from the shared snapshot and the store.
+  collection, and brings the mirror up to the store's head. The collection is then built from the
+  mirror as usual (snapshot plus replay, or a full build; app.py first copies a shared snapshot into an
+  empty data directory, snapshot_share.py), so an empty disk boots from a shared snapshot and the store.
 - Tailing (`start`): a thread LISTENs on `pgstore.CHANNEL`; each notification (or every POLL_S, in
   case one was missed) reads the shard's feed after the applied position and applies it through
   `Collection.apply_changes` (mirror and position in one SQLite transaction, then the index). A

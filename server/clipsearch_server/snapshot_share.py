@@ -4,10 +4,11 @@ settings, e.g. AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID).
 
 Layout, under the location: `<collection id>/shard-<I>-of-<N>/index-<L>.faiss` plus `snapshot.json`
 (the same pointer as in a data directory, snapshots.py). The collection id (pgstore.py) keeps a
-recreated database from ever loading an older collection's graph. A publish writes the file first and
-then the pointer (each atomic: rename in a directory, one PUT in S3) and keeps the previous file for
-replicas copying it now; a fetch copies the pointer's file into an empty data directory, then the
-pointer. A snapshot of one replica fits every replica of the shard: labels come from the shared store.
+recreated database from ever loading an older collection's graph. A publish (a no-op when the share
+already points at this snapshot) writes the file first and then the pointer (each atomic: rename in a
+directory, one PUT in S3) and keeps the previous file for replicas copying it now; a fetch copies the
+pointer's file into an empty data directory, then the pointer. A snapshot of one replica fits every
+replica of the shard: labels come from the shared store.
 """
 
 from __future__ import annotations
@@ -73,13 +74,15 @@ class DirectoryShare:
         info = _pointer(data_dir)
         if info is None:
             return None
-        self.root.mkdir(parents=True, exist_ok=True)
         name = str(info["file"])
+        previous = _pointer(self.root)
+        if previous == info:
+            return name  # already published
+        self.root.mkdir(parents=True, exist_ok=True)
         if not (self.root / name).exists():
             tmp = self.root / f".{name}.tmp"
             shutil.copyfile(data_dir / name, tmp)
             tmp.replace(self.root / name)
-        previous = _pointer(self.root)
         write_text_durably(self.root / SNAPSHOT_POINTER, json.dumps(info))
         keep = {name, str(previous["file"]) if previous else name}
         for old in self.root.glob("index-*.faiss"):
@@ -121,6 +124,8 @@ class S3Share:
             return None
         name = str(info["file"])
         previous = self._remote_pointer()
+        if previous == info:
+            return name  # already published
         if previous is None or previous["file"] != name:
             self.s3.upload_file(str(data_dir / name), self.bucket, self._key(name))
         self.s3.put_object(Bucket=self.bucket, Key=self._key(SNAPSHOT_POINTER), Body=json.dumps(info).encode())
