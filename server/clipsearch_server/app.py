@@ -231,8 +231,13 @@ def _index_gauges(slot: EngineSlot) -> dict[str, float]:
     if slot.engine is None:
         return {}
     stats = slot.engine.collection.stats()
-    return {"index_images": stats.count, "index_tombstones": stats.stale_entries,
-            "index_entries": slot.engine.collection.index.ntotal}
+    gauges = {"index_images": stats.count, "index_tombstones": stats.stale_entries,
+              "index_entries": slot.engine.collection.index.ntotal}
+    replica = slot.engine.replica
+    if replica is not None:  # a replica of a PostgreSQL store
+        gauges.update(replica_lag_seconds=replica.lag_s(), replica_applied_position=replica.applied,
+                      replica_store_position=replica.head)
+    return gauges
 
 
 def _queue_gauges(r: object, keys: jobqueue.Keys) -> dict[str, float]:

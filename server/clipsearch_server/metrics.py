@@ -54,6 +54,9 @@ _HELP = {
     "queue_bytes": "Inline image bytes held in Redis by queued jobs",
     "workers_alive": "Encoder workers that sent a heartbeat recently",
     "ingest_failed": "Images that failed to index (total)",
+    "replica_lag_seconds": "Seconds this replica has been behind the PostgreSQL store's newest change (0: caught up)",
+    "replica_applied_position": "Store position this replica has applied (every change below it is searchable)",
+    "replica_store_position": "Newest committed store position this replica knows of",
 }
 
 
