@@ -18,6 +18,7 @@ import sqlite3
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -104,7 +105,9 @@ def test_replicas_converge(pg: PgCluster, stack: Stack, procs: list[Proc], tmp_p
     url = pg.create_database()
     shared = tmp_path / "snapshots"
     a = start(stack, procs, tmp_path / "a", url, ["--shared-snapshots", str(shared), "--snapshot-interval", "1"])
-    b = start(stack, procs, tmp_path / "b", url, ["--read-wait", "1", "--max-lag", "0.5"])
+    metrics_port = free_port()
+    b = start(stack, procs, tmp_path / "b", url, ["--read-wait", "1", "--max-lag", "0.5",
+                                                  "--metrics-port", str(metrics_port)])
     dim = a.stats().model.dim
     assert a.stats().store_kind == "postgresql" and a.stats().shard == "0/1"
     vectors = np.random.default_rng(1).standard_normal((400, dim)).astype(np.float32)
@@ -146,6 +149,9 @@ def test_replicas_converge(pg: PgCluster, stack: Stack, procs: list[Proc], tmp_p
     assert a.stats().count == b.stats().count == 380
     assert a.answers() == b.answers()
     assert all(len(answer) == 20 for answer in a.answers())
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    assert "clipsearch_replica_lag_seconds 0.0" in scraped
+    assert f"clipsearch_replica_applied_position {float(b.stats().applied_position)}" in scraped
 
     # read-your-writes: written through A, searched on B with the token
     token = a.upsert(["fresh"], vectors[399:400] * -1)
