@@ -31,7 +31,6 @@ from clipsearch.v1 import (
     index_service_pb2_grpc as index_grpc,
     search_service_pb2 as search_pb,
     search_service_pb2_grpc as search_grpc,
-    types_pb2,
 )
 from clipsearch_core.errors import FailedPrecondition, Unavailable
 from clipsearch_core.shards import ShardSpec, shard_of
