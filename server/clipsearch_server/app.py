@@ -36,7 +36,7 @@ from clipsearch_core import jobqueue
 from clipsearch_core.model import load_encoder
 
 from . import index as index_module
-from .collection import Collection
+from .collection import Collection, index_spec
 from .config import ServerConfig
 from .engine import Engine, EngineSlot
 from .ingest import Ingestor
@@ -136,7 +136,7 @@ class RunningServer:
         pg = PgStore(config.store)
         replica = Replica(pg, Store(config.data_dir / "images.sqlite3"), config.shard)
         try:
-            replica.prepare(model, dim, f"HNSW{config.hnsw.m},Flat")
+            replica.prepare(model, dim, index_spec(config.hnsw))
             if config.shared_snapshots:
                 self._share = share_for(config.shared_snapshots, pg.collection_id, config.shard)
                 self._share.fetch(config.data_dir)  # an empty data directory starts from the latest one

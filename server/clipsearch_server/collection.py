@@ -93,7 +93,7 @@ class Collection:
         self.compact_min = compact_min
         self.filter_exact_max = filter_exact_max
         self.seal_at = seal_at
-        self.spec = f"HNSW{params.m},Flat"
+        self.spec = index_spec(params)
         self.store = store if store is not None else Store(self.data_dir / "images.sqlite3")
         self.snapshots = Snapshots(self.data_dir, self.spec, params)
         self.loaded_from_snapshot = False
@@ -361,6 +361,11 @@ class Collection:
         if sealer is not None:
             sealer.join()
         self.store.close()
+
+
+def index_spec(params: HnswParams) -> str:
+    """The FAISS spec of a collection's graph (also recorded in a shared store, pgstore.py)."""
+    return f"HNSW{params.m},Flat"
 
 
 def _top(chunks: Iterable[tuple[np.ndarray, np.ndarray]], query: np.ndarray, want: int) -> tuple[list[float], list[int]]:
