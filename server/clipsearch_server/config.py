@@ -104,5 +104,5 @@ class ServerConfig:
             tls_client_ca=Path(args.tls_client_ca) if args.tls_client_ca else None,
             metrics_port=args.metrics_port,
             store=args.store,
-            shard=ShardSpec.parse(args.shard),
+            shard=ShardSpec.parse(" ".join(args.shard)),  # a list option (the router's --shard is repeated)
         )

@@ -244,7 +244,8 @@ class IndexServicer(index_grpc.IndexServiceServicer):
     async def GetIndexStats(
         self, request: index_pb.GetIndexStatsRequest, context: grpc.aio.ServicerContext
     ) -> index_pb.GetIndexStatsResponse:
-        s = await self._slot.get().stats()
+        engine = self._slot.get()
+        s = await engine.stats()
         return index_pb.GetIndexStatsResponse(
             count=s.count,
             model=types_pb2.ModelInfo(name=s.model, dim=s.dim),
@@ -253,4 +254,6 @@ class IndexServicer(index_grpc.IndexServiceServicer):
             ef_construction=s.params.ef_construction,
             ef_search=s.params.ef_search,
             stale_entries=s.stale_entries,
+            shard_index=engine.collection.shard.index,
+            shard_count=engine.collection.shard.count,
         )
