@@ -314,7 +314,11 @@ def _ingest_handler(cluster: Cluster) -> grpc.GenericRpcHandler:
 
         handler.__name__ = path.rsplit("/", 1)[-1]
         bound = _edge(handler)
-        return lambda request, context: bound(None, request, context)
+
+        async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:  # a coroutine function, for grpc.aio
+            return await bound(None, request, context)
+
+        return call
 
     return grpc.method_handlers_generic_handler(service.full_name, {
         m.name: grpc.unary_unary_rpc_method_handler(forward(f"/{service.full_name}/{m.name}"))
