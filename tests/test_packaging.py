@@ -100,7 +100,8 @@ def test_docker_compose_file_is_valid() -> None:
     assert out.returncode == 0, out.stderr
     config = json.loads(out.stdout)
     services = config["services"]
-    assert set(services) == {"redis", "server", "worker"}
+    assert set(services) == {"redis", "server", "worker", "router"}
+    assert services["router"]["command"][:2] == ["router", "--port"] and "server:50051" in services["router"]["command"]
     assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
     assert all("healthcheck" in s for s in services.values())
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]

@@ -35,7 +35,7 @@ from clipsearch.v1 import (
 )
 from clipsearch_core.shards import ShardSpec, shard_of
 from tests.data import submit_all, synthetic_inputs, wait_until
-from tests.procs import REPO, Proc, Stack, free_port, health_serving, spawn, wait_for
+from tests.procs import REPO, Proc, Stack, start_router, wait_for
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -70,21 +70,6 @@ def _stored(data_dir: Path) -> list[index_pb.VectorRecord]:
     return [index_pb.VectorRecord(id=i, uri=u, metadata=json.loads(m), vector=v) for i, u, m, v in rows]
 
 
-def start_router(stack: Stack, shards: list[str], extra: list[str] | None = None) -> tuple[Proc, str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "clipsearch", "router", "--host", "127.0.0.1", "--port", str(port),
-           "--shard-timeout", str(SHARD_TIMEOUT), "--health-interval", "0.3",
-           *[arg for s in shards for arg in ("--shard", s)], *(extra or [])]
-    proc = spawn("router", cmd, stack.log_dir)
-    address = f"127.0.0.1:{port}"
-    try:
-        wait_for(lambda: health_serving(address), 60, "router", proc.popen)
-    except Exception:
-        proc.kill()
-        raise RuntimeError(f"router did not start:\n{proc.output()[-4000:]}")
-    return proc, address
-
-
 @pytest.fixture(scope="module")
 def cluster(tiny_model: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("router")
@@ -96,7 +81,8 @@ def cluster(tiny_model: str, redis_url: str, tmp_path_factory: pytest.TempPathFa
         started.append(s0[0])
         s1 = [stack.start_server(data[name], extra=["--shard", "1/2"]) for name in ("s1a", "s1b")]
         started.extend(p for p, _ in s1)
-        router, address = start_router(stack, [s0[1], f"{s1[0][1]},{s1[1][1]}"])
+        router, address = start_router(stack, [s0[1], f"{s1[0][1]},{s1[1][1]}"],
+                                       ["--shard-timeout", str(SHARD_TIMEOUT), "--health-interval", "0.3"])
         started.append(router)
         worker = stack.start_worker(address, ["--batch-size", "16"])
         started.append(worker)
