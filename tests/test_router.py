@@ -247,3 +247,28 @@ def test_the_collection_records_its_shard_count(tmp_path: Path) -> None:
     with pytest.raises(FailedPrecondition, match="created with 3 shard"):
         Collection(tmp_path, "m", 4, shard=ShardSpec(0, 2))
     Collection(tmp_path, "m", 4, shard=ShardSpec(2, 3)).close()  # same N, another index: the store is shared in PG
+
+
+def test_the_router_validates_writes_itself(cluster: Cluster) -> None:
+    with grpc.insecure_channel(cluster.router) as channel:
+        stub = index_grpc.IndexServiceStub(channel)
+        for request in (index_pb.UpsertVectorsRequest(), index_pb.DeleteImagesRequest(ids=[""])):
+            with pytest.raises(grpc.RpcError) as err:
+                getattr(stub, type(request).__name__.removesuffix("Request"))(request, timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_the_router_forwards_the_bearer_token(stack: Stack, procs: list[Proc], tmp_path: Path) -> None:
+    stack.extra_env["CLIPSEARCH_AUTH_TOKEN"] = "s3cret-token"
+    server, address = stack.start_server(tmp_path / "data")
+    procs.append(server)
+    router, routed = start_router(stack, [address])  # the router itself has no token
+    procs.append(router)
+    with grpc.insecure_channel(routed) as channel:
+        stub = search_grpc.SearchServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.TextSearch(search_pb.TextSearchRequest(text="a red circle", k=3), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        reply = stub.TextSearch(search_pb.TextSearchRequest(text="a red circle", k=3), timeout=10,
+                                metadata=(("authorization", "Bearer s3cret-token"),))
+        assert (reply.shards_total, reply.shards_answered, reply.partial) == (1, 1, False)
