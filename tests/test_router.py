@@ -11,6 +11,7 @@ on a Collection directly.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import sqlite3
@@ -35,7 +36,7 @@ from clipsearch.v1 import (
 )
 from clipsearch_core.shards import ShardSpec, shard_of
 from tests.data import submit_all, synthetic_inputs, wait_until
-from tests.procs import REPO, Proc, Stack, start_router, wait_for
+from tests.procs import REPO, Proc, Stack, free_port, start_router, wait_for
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -272,3 +273,23 @@ def test_the_router_forwards_the_bearer_token(stack: Stack, procs: list[Proc], t
         reply = stub.TextSearch(search_pb.TextSearchRequest(text="a red circle", k=3), timeout=10,
                                 metadata=(("authorization", "Bearer s3cret-token"),))
         assert (reply.shards_total, reply.shards_answered, reply.partial) == (1, 1, False)
+
+
+def test_a_call_moves_on_to_the_next_replica_on_unavailable(cluster: Cluster) -> None:
+    from clipsearch_server.cluster import Replica, Shard, ShardDown, Upstream
+
+    async def run() -> None:
+        dead, live = Replica(f"127.0.0.1:{free_port()}", Upstream()), Replica(cluster.single, Upstream())
+        shard = Shard(0, [dead, live])  # round robin starts at the dead one
+        payload = search_pb.TextSearchRequest(text="a red circle", k=3).SerializeToString()
+        path = "/clipsearch.v1.SearchService/TextSearch"
+        reply = search_pb.TextSearchResponse.FromString(await shard.call(path, payload, 10, ()))
+        assert len(reply.results) == 3 and dead.healthy is False and live.healthy is None
+        live.mark(False)
+        started = time.monotonic()
+        with pytest.raises(ShardDown, match="no healthy replica"):  # known down: no waiting for the deadline
+            await shard.call(path, payload, 10, ())
+        assert time.monotonic() - started < 0.5
+        await asyncio.gather(dead.channel.close(), live.channel.close())
+
+    asyncio.run(run())
