@@ -81,7 +81,7 @@ def test_every_option_is_declared_once() -> None:
     assert len(flags) == len(set(flags))
     # the options that had no flag before the settings module got one
     assert {"--grace", "--max-message-bytes", "--max-pixels", "--http-timeout"} <= set(flags)
-    for role in ("server", "worker"):
+    for role in ("server", "worker", "router"):
         args = settings.parse(role, [], "t", "t")
         argv, env = settings.child_args(args, role)
         assert settings.parse(role, argv, "t", "t") == args  # a child given child_args() sees the same values

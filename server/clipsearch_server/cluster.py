@@ -128,6 +128,10 @@ class Replica:
         except grpc.aio.AioRpcError as exc:
             self.mark(False, f"health check: {exc.code().name}")
             return
+        except Exception as exc:  # noqa: BLE001 - the health loop must outlive any one check
+            log.exception("health check of %s failed", self.address)
+            self.mark(False, f"health check: {exc!r}")
+            return
         serving = reply.status == health_pb2.HealthCheckResponse.SERVING
         self.mark(serving, "" if serving else health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
