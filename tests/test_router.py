@@ -293,3 +293,12 @@ def test_a_call_moves_on_to_the_next_replica_on_unavailable(cluster: Cluster) ->
         await asyncio.gather(dead.channel.close(), live.channel.close())
 
     asyncio.run(run())
+
+
+def test_a_server_refuses_another_shard_count_at_restart(cluster: Cluster, tiny_model: str) -> None:
+    # The collection in s0's data dir was created as shard 0/2; nothing is written before the refusal.
+    cmd = [sys.executable, "-m", "clipsearch_server", "--model", tiny_model, "--device", "cpu", "--threads", "1",
+           "--host", "127.0.0.1", "--port", str(free_port()), "--data-dir", str(cluster.data["s0"]), "--shard", "0/3"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert out.returncode == 2
+    assert "created with 2 shard(s)" in out.stderr and "--shard I/2" in out.stderr
