@@ -18,6 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -53,11 +54,18 @@ class Cluster:
     data: dict[str, Path]
     ids: list[str]
     log_dir: Path
+    metrics_port: int
 
     def search(self, address: str, text: str, k: int = 10, timeout: float = 10, **kw: object) -> search_pb.TextSearchResponse:
         with grpc.insecure_channel(address) as channel:
             return search_grpc.SearchServiceStub(channel).TextSearch(
                 search_pb.TextSearchRequest(text=text, k=k, **kw), timeout=timeout)  # type: ignore[arg-type]
+
+    def metric(self, line_start: str) -> float:
+        """The value of the router's Prometheus sample whose line starts with `line_start` (0 when absent)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        return next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start)), 0.0)
 
     def stats(self, address: str) -> index_pb.GetIndexStatsResponse:
         with grpc.insecure_channel(address) as channel:
@@ -82,8 +90,10 @@ def cluster(tiny_model: str, redis_url: str, tmp_path_factory: pytest.TempPathFa
         started.append(s0[0])
         s1 = [stack.start_server(data[name], extra=["--shard", "1/2"]) for name in ("s1a", "s1b")]
         started.extend(p for p, _ in s1)
+        metrics_port = free_port()
         router, address = start_router(stack, [s0[1], f"{s1[0][1]},{s1[1][1]}"],
-                                       ["--shard-timeout", str(SHARD_TIMEOUT), "--health-interval", "0.3"])
+                                       ["--shard-timeout", str(SHARD_TIMEOUT), "--health-interval", "0.3",
+                                        "--metrics-port", str(metrics_port)])
         started.append(router)
         worker = stack.start_worker(address, ["--batch-size", "16"])
         started.append(worker)
@@ -97,7 +107,7 @@ def cluster(tiny_model: str, redis_url: str, tmp_path_factory: pytest.TempPathFa
             records = _stored(data["s0"]) + _stored(data["s1a"])
             index_grpc.IndexServiceStub(channel).UpsertVectors(
                 index_pb.UpsertVectorsRequest(model=stats.model, records=records), timeout=30)
-        yield Cluster(address, s0, s1, single, data, [i.id for i in inputs], stack.log_dir)
+        yield Cluster(address, s0, s1, single, data, [i.id for i in inputs], stack.log_dir, metrics_port)
     finally:
         for proc in started:
             if proc.popen.poll() is None:
@@ -202,6 +212,7 @@ def test_deletes_go_to_the_owning_shards(cluster: Cluster) -> None:
 
 
 def test_a_stopped_shard_gives_partial_results_or_unavailable(cluster: Cluster) -> None:
+    partial_before = cluster.metric('clipsearch_router_partial_total{shard="0"}')
     proc = cluster.shard0[0].popen
     proc.send_signal(signal.SIGSTOP)
     try:
@@ -215,6 +226,8 @@ def test_a_stopped_shard_gives_partial_results_or_unavailable(cluster: Cluster) 
             cluster.search(cluster.router, "a red circle", 10, forbid_partial=True)
         assert time.monotonic() - started < SHARD_TIMEOUT + 2
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "shard 0" in (err.value.details() or "")
+        assert cluster.metric('clipsearch_router_partial_total{shard="0"}') == partial_before + 1
+        wait_for(lambda: cluster.metric("clipsearch_router_shards_reachable") == 1, 10, "health gauge")
     finally:
         proc.send_signal(signal.SIGCONT)
     wait_for(lambda: not cluster.search(cluster.router, "a red circle", 10).partial, 15, "whole results again")

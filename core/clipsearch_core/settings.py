@@ -65,7 +65,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--log-format", "text", "json: one JSON object per line", (*BOTH, ROUTER), choices=("text", "json")),
     Option("--auth-token", "", "bearer token with write scope (prefer the CLIPSEARCH_AUTH_TOKEN variable)", BOTH,
            secret=True),
-    Option("--metrics-port", 0, "Prometheus /metrics port (0: off; `up` gives it to the server)", BOTH, type=int),
+    Option("--metrics-port", 0, "Prometheus /metrics port (0: off; `up` gives it to the server)", (*BOTH, ROUTER),
+           type=int),
     # The search server.
     Option("--host", "[::]", "address to listen on", (SERVER, ROUTER)),
     Option("--port", 50051, "gRPC port (0: any free port)", (SERVER, ROUTER), type=int),

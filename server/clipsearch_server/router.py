@@ -25,6 +25,7 @@ import functools
 import logging
 import signal
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ from clipsearch_core.shards import shard_of
 from . import validation as check
 from .cluster import Cluster, Metadata, Shard, ShardDown, Upstream, parse_shards
 from .errors import FailedPrecondition, InvalidArgument, Unavailable, status_for
+from .metrics import PARTIAL, RPC_LATENCY, RPCS, serve_metrics
 from .security import server_credentials
 
 __all__ = ["RouterConfig", "RunningRouter", "create_router", "main", "serve"]
@@ -78,6 +80,7 @@ class RouterConfig:
     health_interval_s: seconds between health checks of each replica.
     replica_writes: "all" (every replica of the owning shard) or "one" (replicas share a store).
     upstream: TLS to the servers and the message size limit.
+    metrics_port: Prometheus /metrics port (0: off).
     """
 
     host: str
@@ -91,6 +94,7 @@ class RouterConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    metrics_port: int = 0
 
     @classmethod
     def from_args(cls, args: Any) -> "RouterConfig":
@@ -104,34 +108,47 @@ class RouterConfig:
             upstream=Upstream(path(args.tls_ca), path(args.tls_client_cert), path(args.tls_client_key),
                               args.max_message_bytes),
             grace_s=args.grace, tls_cert=path(args.tls_cert), tls_key=path(args.tls_key),
-            tls_client_ca=path(args.tls_client_ca),
+            tls_client_ca=path(args.tls_client_ca), metrics_port=args.metrics_port,
         )
 
 
 def _edge(method: Callable[..., Awaitable[Resp]]) -> Callable[..., Awaitable[Resp]]:
     """The router's API boundary: a server's error goes back with its code, message and trailing
     metadata (e.g. retry-after-ms); a missing shard is UNAVAILABLE; domain errors map through
-    errors.status_for; anything else is INTERNAL with a logged request id."""
+    errors.status_for; anything else is INTERNAL with a logged request id. Counts and times every call
+    by method and code (the server's metrics)."""
     name = method.__name__
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Resp:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
         try:
             return await method(self, request, context)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED  # the caller cancelled or its deadline passed
+            raise
         except grpc.aio.AioRpcError as exc:
+            code = exc.code()
             trailing = [(k, v) for k, v in (exc.trailing_metadata() or ()) if k == "retry-after-ms"]
             if trailing:
                 context.set_trailing_metadata(tuple(trailing))
-            await context.abort(exc.code(), exc.details() or "")
+            await context.abort(code, exc.details() or "")
         except ShardDown as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; retry")
+            code = grpc.StatusCode.UNAVAILABLE
+            await context.abort(code, f"{exc}; retry")
         except Exception as exc:  # noqa: BLE001 - this is the boundary
-            code = status_for(exc)
-            if code is not None:
+            known = status_for(exc)
+            if known is not None:
+                code = known
                 await context.abort(code, str(exc))
+            code = grpc.StatusCode.INTERNAL
             request_id = uuid.uuid4().hex[:16]
             log.exception("internal error in %s (request id %s)", name, request_id)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
+            await context.abort(code, f"internal error (request id {request_id})")
+        finally:
+            RPCS.labels(name, code.name).inc()
+            RPC_LATENCY.labels(name, code.name).observe(time.perf_counter() - started)
         raise AssertionError("unreachable")
 
     return wrapper
@@ -188,6 +205,8 @@ class RouterSearch(search_grpc.SearchServiceServicer):
                 task.cancel()
         if not replies:
             raise Unavailable("no shard answered: " + "; ".join(str(m) for m in missing) + "; retry")
+        for m in missing:
+            PARTIAL.labels(str(m.index)).inc()
         if missing:
             log.warning("%s: partial result, %d of %d shards answered (%s)", method, len(replies),
                         len(shards), "; ".join(str(m) for m in missing))
@@ -348,6 +367,11 @@ class RunningRouter:
         await self.cluster.close()
 
 
+def _health_gauges(cluster: Cluster) -> dict[str, float]:
+    return {"router_replicas_healthy": sum(r.healthy is True for r in cluster.replicas),
+            "router_shards_reachable": sum(any(r.healthy is not False for r in s.replicas) for s in cluster.shards)}
+
+
 async def create_router(config: RouterConfig) -> RunningRouter:
     """Binds the port and starts routing. Health: NOT_SERVING until the first round of replica checks,
     then SERVING while some replica is healthy (a router with some shards down still answers, partially)."""
@@ -379,6 +403,8 @@ async def create_router(config: RouterConfig) -> RunningRouter:
         port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
+    if config.metrics_port:
+        serve_metrics(config.metrics_port, [lambda: _health_gauges(cluster)])
     running = RunningRouter(server, port, cluster, health_servicer, None)  # type: ignore[arg-type]
     running._set_health(False)
     await server.start()
