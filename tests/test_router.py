@@ -5,8 +5,8 @@ the router, and a single unsharded server holding the same vectors as the refere
 Checks: the router's merge is exact (same ids and scores as the single server); writes land only in the
 owning shard (and in every replica of it); a SIGSTOPped shard gives partial results within the deadline,
 or UNAVAILABLE when partial results are forbidden, and whole results after SIGCONT; a killed replica is
-skipped. The shard bookkeeping of the collection (count recorded, misrouted writes refused) is checked
-on a Collection directly.
+skipped; the caller's bearer token reaches the servers (TLS on both hops). The shard bookkeeping of the
+collection (count recorded, misrouted writes refused) is checked on a Collection and on a server process.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from clipsearch.v1 import (
 )
 from clipsearch_core.shards import ShardSpec, shard_of
 from tests.data import submit_all, synthetic_inputs, wait_until
-from tests.procs import REPO, Proc, Stack, free_port, start_router, wait_for
+from tests.certs import make_certs
+from tests.procs import REPO, Proc, Stack, channel_for, free_port, start_router, wait_for
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -272,13 +273,15 @@ def test_the_router_validates_writes_itself(cluster: Cluster) -> None:
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_the_router_forwards_the_bearer_token(stack: Stack, procs: list[Proc], tmp_path: Path) -> None:
+def test_the_router_forwards_the_bearer_token_over_tls(stack: Stack, procs: list[Proc], tmp_path: Path) -> None:
+    certs = make_certs(tmp_path / "certs")
     stack.extra_env["CLIPSEARCH_AUTH_TOKEN"] = "s3cret-token"
-    server, address = stack.start_server(tmp_path / "data")
+    tls = ["--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)]
+    server, address = stack.start_server(tmp_path / "data", extra=tls, tls_ca=certs.ca)
     procs.append(server)
-    router, routed = start_router(stack, [address])  # the router itself has no token
-    procs.append(router)
-    with grpc.insecure_channel(routed) as channel:
+    router, routed = start_router(stack, [address], [*tls, "--tls-ca", str(certs.ca)], tls_ca=certs.ca)
+    procs.append(router)  # the router itself has no token: it passes on the caller's
+    with channel_for(routed, certs.ca) as channel:
         stub = search_grpc.SearchServiceStub(channel)
         with pytest.raises(grpc.RpcError) as err:
             stub.TextSearch(search_pb.TextSearchRequest(text="a red circle", k=3), timeout=10)
