@@ -2,7 +2,7 @@
 # Runs every benchmark (results: bench/results/*.json, plot: docs/index-recall-qps.png; figures go
 # into docs/BENCHMARKS.md by hand). Takes about an hour on a 2-core CPU, mostly the 1M-vector index.
 #   ./scripts/bench.sh               # everything
-#   ./scripts/bench.sh ingest query  # a subset: index, ingest, stages, feed, query, coldstart, writes, snapshots, catchup
+#   ./scripts/bench.sh ingest query  # a subset: index, ingest, stages, feed, query, coldstart, writes, snapshots, catchup, router
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -20,3 +20,4 @@ has coldstart && $PY bench/bench_coldstart.py --n 1000000
 has writes && $PY bench/bench_write_under_load.py --vectors 20000
 has snapshots && $PY bench/bench_snapshot_stall.py --vectors 100000
 has catchup && $PY bench/bench_catchup.py --vectors 20000 --writes 300
+has router && $PY bench/bench_router.py && $PY bench/bench_router.py --model ViT-B-32 --pretrained none --queries 150 --name router-vitb32

@@ -146,3 +146,20 @@ class Stack:
     def start_worker(self, server: str, extra: list[str] | None = None, name: str = "worker") -> Proc:
         cmd = [sys.executable, "-m", "clipsearch_worker", *self.common(), "--server", server, *(extra or [])]
         return spawn(name, cmd, self.log_dir, self.extra_env)
+
+
+def start_router(stack: Stack, shards: list[str], extra: list[str] | None = None,
+                 tls_ca: Path | None = None) -> tuple[Proc, str]:
+    """`clipsearch router` on a free port in front of `shards` (one entry per shard, replicas comma-separated);
+    `tls_ca`: the router serves TLS (given in `extra`) with a certificate this CA signed."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "clipsearch", "router", "--host", "127.0.0.1", "--port", str(port),
+           *[arg for s in shards for arg in ("--shard", s)], *(extra or [])]
+    proc = spawn("router", cmd, stack.log_dir)
+    address = f"127.0.0.1:{port}"
+    try:
+        wait_for(lambda: health_serving(address, tls_ca), 60, "router", proc.popen)
+    except Exception:
+        proc.kill()
+        raise RuntimeError(f"router did not start:\n{proc.output()[-4000:]}")
+    return proc, address

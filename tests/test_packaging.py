@@ -81,7 +81,7 @@ def test_every_option_is_declared_once() -> None:
     assert len(flags) == len(set(flags))
     # the options that had no flag before the settings module got one
     assert {"--grace", "--max-message-bytes", "--max-pixels", "--http-timeout"} <= set(flags)
-    for role in ("server", "worker"):
+    for role in ("server", "worker", "router"):
         args = settings.parse(role, [], "t", "t")
         argv, env = settings.child_args(args, role)
         assert settings.parse(role, argv, "t", "t") == args  # a child given child_args() sees the same values
@@ -100,7 +100,8 @@ def test_docker_compose_file_is_valid() -> None:
     assert out.returncode == 0, out.stderr
     config = json.loads(out.stdout)
     services = config["services"]
-    assert set(services) == {"redis", "server", "worker"}
+    assert set(services) == {"redis", "server", "worker", "router"}
+    assert services["router"]["command"][:2] == ["router", "--port"] and "server:50051" in services["router"]["command"]
     assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
     assert all("healthcheck" in s for s in services.values())
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]

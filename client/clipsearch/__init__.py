@@ -22,7 +22,7 @@ from .errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from .types import Failure, ImageInput, IndexStats, Progress, SearchResult, Submission
+from .types import Failure, ImageInput, IndexStats, Progress, SearchResult, SearchResults, Submission
 
 __all__ = [
     "DEFAULT_SERVER",
@@ -42,6 +42,7 @@ __all__ = [
     "Progress",
     "ResourceExhaustedError",
     "SearchResult",
+    "SearchResults",
     "Submission",
     "UnauthenticatedError",
     "UnavailableError",

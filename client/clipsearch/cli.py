@@ -1,4 +1,4 @@
-"""The `clipsearch` command: run the stack (`up`, `server`, `worker`) and use it (`index`, `search`, `stats`, `failures`).
+"""The `clipsearch` command: run the stack (`up`, `server`, `worker`, `router`) and use it (`index`, `search`, `stats`, `failures`).
 
 Every option can also be set as an environment variable CLIPSEARCH_<OPTION> (e.g. CLIPSEARCH_SERVER).
 Client commands need only this package. `server`, `worker` and `up` run the programs
@@ -145,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 PROGRAMS = {
     "up": ("clipsearch_core.up", "run Redis (unless --redis-url), a server and a worker on this machine"),
     "server": ("clipsearch_server", "run the search server"),
+    "router": ("clipsearch_server.router", "run a router in front of several search servers (shards, replicas)"),
     "worker": ("clipsearch_worker", "run an encoder worker"),
 }
 
@@ -280,12 +281,18 @@ def cmd_search(args: argparse.Namespace) -> int:
             results = client.image_search(id=args.id, k=args.k, where=where, min_score=args.min_score)
             label = f"id {args.id}"
     if args.json:
-        print(json.dumps({"results": [{"id": r.id, "uri": r.uri, "score": r.score, "metadata": r.metadata,
-                                       "fields": fields_to_json(r.fields)} for r in results]}))
+        data: dict = {"results": [{"id": r.id, "uri": r.uri, "score": r.score, "metadata": r.metadata,
+                                   "fields": fields_to_json(r.fields)} for r in results]}
+        if getattr(results, "shards_total", 0):  # answered by a router
+            data.update(shards_total=results.shards_total, shards_answered=results.shards_answered,
+                        partial=results.partial)
+        print(json.dumps(data))
         return 0
     print(f"\nQuery: {label}\n")
     for rank, r in enumerate(results, 1):
         print(f"Match {rank}: {r.uri or r.id} (id: {r.id}, score: {r.score:.4f})")
+    if getattr(results, "partial", False):
+        print(f"(partial: {results.shards_answered} of {results.shards_total} shards answered)")
     if not results:
         print("no matches (is the index empty?)")
     return 0

@@ -17,7 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from .connection import DEFAULT_SERVER, Connection
 from .errors import InvalidArgumentError, UnavailableError, from_rpc_error
 from .fields import from_values, to_values
-from .types import Failure, ImageInput, IndexStats, Progress, QueueStatus, SearchResult, Submission, WorkerStatus
+from .types import (Failure, ImageInput, IndexStats, Progress, QueueStatus, SearchResult, SearchResults, Submission,
+                    WorkerStatus)
 from .v1 import (
     index_service_pb2 as index_pb,
     index_service_pb2_grpc as index_grpc,
@@ -50,7 +51,9 @@ def _stubs(channel: Any) -> dict[str, Any]:
 
 
 def _results(reply: Any) -> list[SearchResult]:
-    return [SearchResult(r.id, float(r.score), r.uri, dict(r.metadata), from_values(r.fields)) for r in reply.results]
+    """The matches as a SearchResults list, with the router's shard counts (zero from a server)."""
+    return SearchResults([SearchResult(r.id, float(r.score), r.uri, dict(r.metadata), from_values(r.fields))
+                          for r in reply.results], reply.shards_total, reply.shards_answered, reply.partial)
 
 
 def _text_search(text: str, k: int, where: types_pb2.Filter | None = None,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Failure", "ImageInput", "IndexStats", "Progress", "QueueStatus", "SearchResult", "Submission", "WorkerStatus"]
+__all__ = ["Failure", "ImageInput", "IndexStats", "Progress", "QueueStatus", "SearchResult", "SearchResults", "Submission",
+           "WorkerStatus"]
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,19 @@ class SearchResult:
     metadata: dict[str, str] = field(default_factory=dict)
     # Typed fields: str, int, float, bool, datetime (UTC) or list of str; metadata entries included as str.
     fields: dict[str, Any] = field(default_factory=dict)
+
+
+class SearchResults(list):  # type: ignore[type-arg]
+    """The matches of one search, best first (a list of SearchResult), and, when a router answered, how
+    many shards there are (`shards_total`, 0 when a server answered directly), how many answered, and
+    whether the results are partial (some shard missing)."""
+
+    def __init__(self, results: list[SearchResult], shards_total: int = 0, shards_answered: int = 0,
+                 partial: bool = False) -> None:
+        super().__init__(results)
+        self.shards_total = shards_total
+        self.shards_answered = shards_answered
+        self.partial = partial
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Every option of the server, the worker and `clipsearch up`, each declared once.
+"""Every option of the server, the worker, the router and `clipsearch up`, each declared once.
 
 One `Option` gives its flag (`--batch-size`), its environment variable (`CLIPSEARCH_BATCH_SIZE`),
 its default, its type and its help. `parser(role)` builds a program's command line from the
@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 __all__ = ["OPTIONS", "Option", "child_args", "default", "parse", "parser"]
 
-SERVER, WORKER = "server", "worker"
+SERVER, WORKER, ROUTER = "server", "worker", "router"
 BOTH = (SERVER, WORKER)
 
 
@@ -61,19 +61,22 @@ OPTIONS: tuple[Option, ...] = (
     Option("--http-timeout", 10.0, "connect/read timeout for image URLs, seconds", BOTH, type=float),
     # Process.
     Option("--threads", 0, "CPU threads for torch/FAISS (0: library default)", BOTH, type=int),
-    Option("--log-level", "INFO", "DEBUG, INFO, WARNING, ERROR", BOTH),
-    Option("--log-format", "text", "json: one JSON object per line", BOTH, choices=("text", "json")),
+    Option("--log-level", "INFO", "DEBUG, INFO, WARNING, ERROR", (*BOTH, ROUTER)),
+    Option("--log-format", "text", "json: one JSON object per line", (*BOTH, ROUTER), choices=("text", "json")),
     Option("--auth-token", "", "bearer token with write scope (prefer the CLIPSEARCH_AUTH_TOKEN variable)", BOTH,
            secret=True),
-    Option("--metrics-port", 0, "Prometheus /metrics port (0: off; `up` gives it to the server)", BOTH, type=int),
+    Option("--metrics-port", 0, "Prometheus /metrics port (0: off; `up` gives it to the server)", (*BOTH, ROUTER),
+           type=int),
     # The search server.
-    Option("--host", "[::]", "address to listen on", (SERVER,)),
-    Option("--port", 50051, "gRPC port (0: any free port)", (SERVER,), type=int),
+    Option("--host", "[::]", "address to listen on", (SERVER, ROUTER)),
+    Option("--port", 50051, "gRPC port (0: any free port)", (SERVER, ROUTER), type=int),
     Option("--data-dir", "clipsearch-data", "where the image store and index snapshots live", (SERVER,)),
     Option("--store", "", "source of truth: empty = SQLite in --data-dir; postgresql://... = a PostgreSQL database "
            "shared by every server of the collection", (SERVER,)),
-    Option("--shard", "", "I/N: this server holds shard I (0-based) of N; N is fixed when the collection is created "
-           "(empty: the whole collection)", (SERVER,)),
+    Option("--shard", [], "server: I/N, this server holds shard I (0-based) of N, fixed when the collection is "
+           "created (unset: the whole collection); router: the servers of one shard, host:port with replicas "
+           "comma-separated, one --shard per shard in shard order (space-separated in the variable)",
+           (SERVER, ROUTER), type=list, separator=" "),
     Option("--hnsw-m", 32, "HNSW graph degree", (SERVER,), type=int),
     Option("--ef-construction", 100, "HNSW build beam width", (SERVER,), type=int),
     Option("--ef-search", 64, "HNSW query beam width (raised to k for larger k)", (SERVER,), type=int),
@@ -91,13 +94,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("--text-batch", 32, "most TextSearch queries encoded in one forward pass", (SERVER,), type=int),
     Option("--image-batch", 16, "most ImageSearch queries encoded in one forward pass (1: no batching)", (SERVER,),
            type=int),
-    Option("--max-message-bytes", 64 * 1024 * 1024, "largest gRPC message received or sent, bytes", (SERVER,), type=int),
-    Option("--grace", 10.0, "seconds running calls may take to finish on shutdown", (SERVER,), type=float),
+    Option("--max-message-bytes", 64 * 1024 * 1024, "largest gRPC message received or sent, bytes", (SERVER, ROUTER),
+           type=int),
+    Option("--grace", 10.0, "seconds running calls may take to finish on shutdown", (SERVER, ROUTER), type=float),
     Option("--tokens-file", "", "file of scoped tokens, one 'TOKEN read|write [name]' per line; reloaded on change "
            "and on SIGHUP", (SERVER,)),
-    Option("--tls-cert", "", "serve TLS with this certificate (PEM)", (SERVER,)),
-    Option("--tls-key", "", "private key of --tls-cert (PEM)", (SERVER,)),
-    Option("--tls-client-ca", "", "require client certificates signed by this CA (mutual TLS)", (SERVER,)),
     # Replicas on a shared PostgreSQL store (--store postgresql://...).
     Option("--max-lag", 5.0, "with a PostgreSQL store: health reports NOT_SERVING while this server has been behind "
            "the store's latest change for longer than this, seconds", (SERVER,), type=float),
@@ -106,11 +107,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("--shared-snapshots", "", "with a PostgreSQL store: where the replicas publish index snapshots, a "
            "shared directory (e.g. a network volume) or s3://bucket/prefix (S3-compatible, boto3's AWS_* settings); "
            "a replica on an empty disk starts from the latest one", (SERVER,)),
+    Option("--tls-cert", "", "serve TLS with this certificate (PEM)", (SERVER, ROUTER)),
+    Option("--tls-key", "", "private key of --tls-cert (PEM)", (SERVER, ROUTER)),
+    Option("--tls-client-ca", "", "require client certificates signed by this CA (mutual TLS)", (SERVER, ROUTER)),
     # The encoder worker.
     Option("--server", "localhost:50051", "search server host:port to push vectors to", (WORKER,), up=False),
-    Option("--tls-ca", "", "CA certificate (PEM) of the server; enables TLS", (WORKER,), up=False),
-    Option("--tls-client-cert", "", "client certificate (PEM), for mutual TLS", (WORKER,), up=False),
-    Option("--tls-client-key", "", "client key (PEM), for mutual TLS", (WORKER,), up=False),
+    Option("--tls-ca", "", "CA certificate (PEM) of the server(s); enables TLS", (WORKER, ROUTER), up=False),
+    Option("--tls-client-cert", "", "client certificate (PEM), for mutual TLS", (WORKER, ROUTER), up=False),
+    Option("--tls-client-key", "", "client key (PEM), for mutual TLS", (WORKER, ROUTER), up=False),
     Option("--batch-size", 32, "images per forward pass", (WORKER,), type=int),
     Option("--decode-threads", 4, "threads decoding images beside the model (with --decode-processes 0)", (WORKER,),
            type=int),
@@ -125,6 +129,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("--max-deliveries", 5, "deliveries of a job before it is dead-lettered as failed", (WORKER,), type=int),
     Option("--device-decode", False, "decode JPEGs on the model's device (nvJPEG on CUDA) instead of PIL", (WORKER,),
            type=bool),
+    # The router (`clipsearch router`): one address in front of several search servers.
+    Option("--shard-timeout", 2.0, "seconds each shard has to answer a search or a stats call (capped by the "
+           "caller's deadline); a shard still silent then is left out (partial) or fails the call. Writes take the "
+           "caller's deadline", (ROUTER,), type=float, up=False),
+    Option("--health-interval", 1.0, "seconds between health checks of each replica; an unhealthy replica gets no "
+           "calls until it answers SERVING again", (ROUTER,), type=float, up=False),
+    Option("--replica-writes", "all", "all: writes go to every replica of the owning shard (each has its own "
+           "SQLite store); one: to one replica (they share a PostgreSQL --store)", (ROUTER,), choices=("all", "one"),
+           up=False),
 )
 
 _BY_FLAG = {o.flag: o for o in OPTIONS}
@@ -148,7 +161,7 @@ def _from_env(option: Option) -> Any:
 
 
 def options_for(role: str) -> list[Option]:
-    """The options of "server", "worker", or "up" (the union of both that `up` offers)."""
+    """The options of "server", "worker", "router", or "up" (the union of server and worker that `up` offers)."""
     if role == "up":
         return [o for o in OPTIONS if o.up]
     return [o for o in OPTIONS if role in o.roles]

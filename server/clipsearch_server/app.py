@@ -114,11 +114,11 @@ class RunningServer:
         collection = await asyncio.to_thread(
             Collection, config.data_dir, encoder.identity, encoder.dim, config.hnsw,
             config.compact_ratio, config.compact_min, config.filter_exact_max, config.seal_at,
-            replica.mirror if replica is not None else None,
+            replica.mirror if replica is not None else None, shard=config.shard,
         )
         engine = Engine(encoder, collection, config.image_limits, text_batch=config.text_batch,
                         image_batch=config.image_batch)
-        engine.read_wait_s, engine.shard = config.read_wait_s, str(config.shard)
+        engine.read_wait_s = config.read_wait_s
         if replica is not None:
             replica.start(collection)
             engine.replica = replica

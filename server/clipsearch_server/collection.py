@@ -11,6 +11,9 @@ Owns the rules that span both layers:
   `filter_exact_max`, else the HNSW graph restricted to them with efSearch raised by 1/selectivity,
   and an exact scan when that comes back short. It returns min(k, matching images);
 - an upsert of an image submitted before that id's deletion is skipped (the delete wins);
+- with `--shard I/N` it holds only the images whose id hashes to shard I (clipsearch_core.shards): N
+  is recorded in the store when the collection is created, a restart with another N is refused, and
+  an upsert of an id owned by another shard is refused (FailedPrecondition), never written;
 - the index is segmented (segments.py): new vectors land in a small exact growing part, searched
   together with the sealed HNSW part; a background seal moves them into the graph once the growing part
   holds `seal_at` vectors, and at each snapshot;
@@ -34,6 +37,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from clipsearch_core.shards import ShardSpec
 
 from .errors import FailedPrecondition, NotFound
 from .index import HnswIndex, HnswParams, SearchParams, make_index, normalize
@@ -84,6 +89,7 @@ class Collection:
         filter_exact_max: int = 40_000,
         seal_at: int = 20_000,
         store: ImageStore | None = None,
+        shard: ShardSpec = ShardSpec(),
     ) -> None:
         self.model = model
         self.dim = dim
@@ -98,7 +104,9 @@ class Collection:
         self.snapshots = Snapshots(self.data_dir, self.spec, params)
         self.loaded_from_snapshot = False
         self._snapshot_seq = 0
+        self.shard = shard
         self._bind_model()
+        self._bind_shard()
         self._write_lock = threading.RLock()  # one writer at a time: store, then index
         self._compacting = threading.Lock()
         self._compactor: threading.Thread | None = None
@@ -122,6 +130,32 @@ class Collection:
             raise FailedPrecondition(
                 f"the index in {self.data_dir} was built with model {stored_model} (dim {stored_dim}); "
                 f"this server runs {self.model} (dim {self.dim}). Use that model, or another --data-dir."
+            )
+
+    def _bind_shard(self) -> None:
+        """Records the collection's shard count N on first use; refuses to open it with another N. Only N
+        is recorded (a store shared by every shard, PostgreSQL, holds one N for all of them). A store
+        written before sharding (no record, but images) holds the whole collection: N = 1."""
+        stored = self.store.get_meta("shard_count")
+        if stored is None:
+            stored = str(self.shard.count if self.store.count() == 0 else 1)
+            self.store.set_meta("shard_count", stored)
+        if int(stored) != self.shard.count:
+            raise FailedPrecondition(
+                f"the collection in {self.data_dir} was created with {stored} shard(s) (fixed at creation); this "
+                f"server was started with --shard {self.shard}. Start it with --shard I/{stored}, or use another "
+                f"--data-dir (resharding is a rebuild: see the README's 'Running several servers')"
+            )
+
+    def check_owned(self, ids: Iterable[str]) -> None:
+        """Refuses ids that hash to another shard: a misrouted write never lands in the wrong shard."""
+        if self.shard.count == 1:
+            return
+        wrong = [image_id for image_id in ids if not self.shard.owns(image_id)]
+        if wrong:
+            raise FailedPrecondition(
+                f"this server holds shard {self.shard} and {len(wrong)} id(s) belong to other shards "
+                f"(e.g. {wrong[0]!r}); send writes through the router (`clipsearch router`), which routes each id"
             )
 
     def _load(self) -> SegmentedIndex:
@@ -164,6 +198,7 @@ class Collection:
     def upsert(self, records: Sequence[ImageRecord]) -> int:
         """Inserts or replaces images by id; durable when it returns. Returns the number of records
         written: records of images deleted after their submission are skipped, not counted."""
+        self.check_owned(r.id for r in records)
         unit = [replace(r, vector=normalize(r.vector[None, :])[0]) for r in records]
         with self._write_lock:
             result = self.store.upsert(unit)

@@ -109,7 +109,7 @@ class ServerConfig:
             tls_client_ca=Path(args.tls_client_ca) if args.tls_client_ca else None,
             metrics_port=args.metrics_port,
             store=args.store,
-            shard=ShardSpec.parse(args.shard),
+            shard=ShardSpec.parse(" ".join(args.shard)),  # a list option (the router's --shard is repeated)
             max_lag_s=args.max_lag,
             read_wait_s=args.read_wait,
             shared_snapshots=args.shared_snapshots,

@@ -47,7 +47,6 @@ class Engine:
 
     replica: Replica | None = None  # set when the store is a shared PostgreSQL database
     read_wait_s: float = 5.0  # how long a search waits for a min_position
-    shard: str = "0/1"  # the part of the collection this server holds
 
     def __init__(self, encoder: ClipEncoder, collection: Collection, limits: LoadLimits, workers: int = 4,
                  text_batch: int = default("--text-batch"), image_batch: int = default("--image-batch"),

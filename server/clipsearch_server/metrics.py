@@ -1,4 +1,5 @@
-"""Prometheus metrics of the search server: RPCs by method and status, latency, index and queue size.
+"""Prometheus metrics of the search server and the router: RPCs by method and status, latency, index and
+queue size; the router's partial results and replica health.
 
 Exposed over HTTP on --metrics-port (0 disables). Queue figures are read from Redis at scrape time.
 """
@@ -12,7 +13,7 @@ from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["RPC_LATENCY", "RPCS", "StateCollector", "serve_metrics"]
+__all__ = ["PARTIAL", "RPC_LATENCY", "RPCS", "StateCollector", "serve_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,9 @@ RPC_LATENCY = Histogram(
     ["method", "code"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+
+PARTIAL = Counter("clipsearch_router_partial_total", "Router searches answered without some shard, by shard index",
+                  ["shard"])
 
 
 class StateCollector(Collector):
@@ -57,6 +61,8 @@ _HELP = {
     "replica_lag_seconds": "Seconds this replica has been behind the PostgreSQL store's newest change (0: caught up)",
     "replica_applied_position": "Store position this replica has applied (every change below it is searchable)",
     "replica_store_position": "Newest committed store position this replica knows of",
+    "router_replicas_healthy": "Router: replicas whose last health check said SERVING",
+    "router_shards_reachable": "Router: shards with at least one replica not known to be unhealthy",
 }
 
 

@@ -257,7 +257,6 @@ class IndexServicer(index_grpc.IndexServiceServicer):
             applied_position=r.applied_position,
             store_position=r.store_position,
             lag_ms=int(r.lag_s * 1000),
-            shard=engine.shard,
             count=s.count,
             model=types_pb2.ModelInfo(name=s.model, dim=s.dim),
             index_type=s.index_type,
@@ -265,4 +264,6 @@ class IndexServicer(index_grpc.IndexServiceServicer):
             ef_construction=s.params.ef_construction,
             ef_search=s.params.ef_search,
             stale_entries=s.stale_entries,
+            shard_index=engine.collection.shard.index,
+            shard_count=engine.collection.shard.count,
         )

@@ -58,7 +58,7 @@ class GetIndexStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetIndexStatsResponse(_message.Message):
-    __slots__ = ("count", "model", "index_type", "hnsw_m", "ef_construction", "ef_search", "stale_entries", "store_kind", "applied_position", "store_position", "lag_ms", "shard")
+    __slots__ = ("count", "model", "index_type", "hnsw_m", "ef_construction", "ef_search", "stale_entries", "store_kind", "applied_position", "store_position", "lag_ms", "shard_index", "shard_count", "shards_answered")
     COUNT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INDEX_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -70,7 +70,9 @@ class GetIndexStatsResponse(_message.Message):
     APPLIED_POSITION_FIELD_NUMBER: _ClassVar[int]
     STORE_POSITION_FIELD_NUMBER: _ClassVar[int]
     LAG_MS_FIELD_NUMBER: _ClassVar[int]
-    SHARD_FIELD_NUMBER: _ClassVar[int]
+    SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_ANSWERED_FIELD_NUMBER: _ClassVar[int]
     count: int
     model: _types_pb2.ModelInfo
     index_type: str
@@ -82,8 +84,10 @@ class GetIndexStatsResponse(_message.Message):
     applied_position: int
     store_position: int
     lag_ms: int
-    shard: str
-    def __init__(self, count: _Optional[int] = ..., model: _Optional[_Union[_types_pb2.ModelInfo, _Mapping]] = ..., index_type: _Optional[str] = ..., hnsw_m: _Optional[int] = ..., ef_construction: _Optional[int] = ..., ef_search: _Optional[int] = ..., stale_entries: _Optional[int] = ..., store_kind: _Optional[str] = ..., applied_position: _Optional[int] = ..., store_position: _Optional[int] = ..., lag_ms: _Optional[int] = ..., shard: _Optional[str] = ...) -> None: ...
+    shard_index: int
+    shard_count: int
+    shards_answered: int
+    def __init__(self, count: _Optional[int] = ..., model: _Optional[_Union[_types_pb2.ModelInfo, _Mapping]] = ..., index_type: _Optional[str] = ..., hnsw_m: _Optional[int] = ..., ef_construction: _Optional[int] = ..., ef_search: _Optional[int] = ..., stale_entries: _Optional[int] = ..., store_kind: _Optional[str] = ..., applied_position: _Optional[int] = ..., store_position: _Optional[int] = ..., lag_ms: _Optional[int] = ..., shard_index: _Optional[int] = ..., shard_count: _Optional[int] = ..., shards_answered: _Optional[int] = ...) -> None: ...
 
 class DeleteImagesRequest(_message.Message):
     __slots__ = ("ids",)

@@ -8,27 +8,35 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TextSearchRequest(_message.Message):
-    __slots__ = ("text", "k", "filter", "min_score", "min_position")
+    __slots__ = ("text", "k", "filter", "min_score", "min_position", "forbid_partial")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     MIN_POSITION_FIELD_NUMBER: _ClassVar[int]
+    FORBID_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     text: str
     k: int
     filter: _types_pb2.Filter
     min_score: float
     min_position: int
-    def __init__(self, text: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., min_score: _Optional[float] = ..., min_position: _Optional[int] = ...) -> None: ...
+    forbid_partial: bool
+    def __init__(self, text: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., min_score: _Optional[float] = ..., min_position: _Optional[int] = ..., forbid_partial: _Optional[bool] = ...) -> None: ...
 
 class TextSearchResponse(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "shards_total", "shards_answered", "partial")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[_types_pb2.SearchResult]
-    def __init__(self, results: _Optional[_Iterable[_Union[_types_pb2.SearchResult, _Mapping]]] = ...) -> None: ...
+    shards_total: int
+    shards_answered: int
+    partial: bool
+    def __init__(self, results: _Optional[_Iterable[_Union[_types_pb2.SearchResult, _Mapping]]] = ..., shards_total: _Optional[int] = ..., shards_answered: _Optional[int] = ..., partial: _Optional[bool] = ...) -> None: ...
 
 class ImageSearchRequest(_message.Message):
-    __slots__ = ("image", "uri", "id", "k", "filter", "min_score", "min_position")
+    __slots__ = ("image", "uri", "id", "k", "filter", "min_score", "min_position", "forbid_partial")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +44,7 @@ class ImageSearchRequest(_message.Message):
     FILTER_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     MIN_POSITION_FIELD_NUMBER: _ClassVar[int]
+    FORBID_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     uri: str
     id: str
@@ -43,10 +52,17 @@ class ImageSearchRequest(_message.Message):
     filter: _types_pb2.Filter
     min_score: float
     min_position: int
-    def __init__(self, image: _Optional[bytes] = ..., uri: _Optional[str] = ..., id: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., min_score: _Optional[float] = ..., min_position: _Optional[int] = ...) -> None: ...
+    forbid_partial: bool
+    def __init__(self, image: _Optional[bytes] = ..., uri: _Optional[str] = ..., id: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., min_score: _Optional[float] = ..., min_position: _Optional[int] = ..., forbid_partial: _Optional[bool] = ...) -> None: ...
 
 class ImageSearchResponse(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "shards_total", "shards_answered", "partial")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[_types_pb2.SearchResult]
-    def __init__(self, results: _Optional[_Iterable[_Union[_types_pb2.SearchResult, _Mapping]]] = ...) -> None: ...
+    shards_total: int
+    shards_answered: int
+    partial: bool
+    def __init__(self, results: _Optional[_Iterable[_Union[_types_pb2.SearchResult, _Mapping]]] = ..., shards_total: _Optional[int] = ..., shards_answered: _Optional[int] = ..., partial: _Optional[bool] = ...) -> None: ...

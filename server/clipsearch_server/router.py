@@ -1,0 +1,445 @@
+"""The router (`clipsearch router`, `python -m clipsearch_server.router`): one gRPC address in front of
+several search servers holding the shards of one collection.
+
+- Searches go to one healthy replica of every shard (cluster.py: round robin, failover on UNAVAILABLE),
+  each asked for the same k with the same filter and threshold; the replies are merged into the global
+  top k in (score desc, id asc) order. Each shard has `shard_timeout_s` (capped by the caller's
+  deadline); a shard missing then is left out and the response says so (shards_total,
+  shards_answered, partial), unless the request sets forbid_partial: then the call fails with
+  UNAVAILABLE as soon as a shard is known missing. An ImageSearch by id searches only the shard that
+  holds the id (the others do not have its vector): partial with several shards.
+- UpsertVectors and DeleteImages are split by `shard_of(id, N)`; each part goes to the owning shard:
+  to every replica (`replica_writes="all"`, each replica has its own SQLite store) or to one
+  (`"one"`, replicas sharing a PostgreSQL store). A part that fails fails the call with the server's
+  code (writes are idempotent: the worker retries the whole call).
+- GetIndexStats sums counts over the shards that answer. IngestService calls go to any one server
+  (they share the Redis queue), forwarded as bytes.
+- The caller's `authorization` header and deadline travel with every call; a server's error comes
+  back with its code and message. The router itself checks no token: the servers do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from clipsearch.v1 import (
+    index_service_pb2 as index_pb,
+    index_service_pb2_grpc as index_grpc,
+    ingest_service_pb2 as ingest_pb,
+    search_service_pb2 as search_pb,
+    search_service_pb2_grpc as search_grpc,
+    types_pb2,
+)
+from clipsearch_core import settings
+from clipsearch_core.errors import ServiceError
+from clipsearch_core.logs import setup_logging
+from clipsearch_core.shards import shard_of
+
+from . import validation as check
+from .cluster import Cluster, Metadata, Shard, ShardDown, Upstream, parse_shards
+from .errors import FailedPrecondition, InvalidArgument, Unavailable, status_for
+from .metrics import PARTIAL, RPC_LATENCY, RPCS, serve_metrics
+from .security import server_credentials
+
+__all__ = ["RouterConfig", "RunningRouter", "create_router", "main", "serve"]
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+_SEARCH = "/clipsearch.v1.SearchService/"
+_INDEX = "/clipsearch.v1.IndexService/"
+_WRITE_TIMEOUT_S = 60.0  # writes without a caller deadline
+_SERVICES = (
+    search_pb.DESCRIPTOR.services_by_name["SearchService"].full_name,
+    ingest_pb.DESCRIPTOR.services_by_name["IngestService"].full_name,
+    index_pb.DESCRIPTOR.services_by_name["IndexService"].full_name,
+)
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """Everything the router needs (each field is the option of the same name).
+
+    shards: per shard, in shard order, the addresses of its replicas.
+    shard_timeout_s: how long each shard has to answer a search or a stats call.
+    health_interval_s: seconds between health checks of each replica.
+    replica_writes: "all" (every replica of the owning shard) or "one" (replicas share a store).
+    upstream: TLS to the servers and the message size limit.
+    metrics_port: Prometheus /metrics port (0: off).
+    """
+
+    host: str
+    port: int
+    shards: list[list[str]]
+    shard_timeout_s: float = 2.0
+    health_interval_s: float = 1.0
+    replica_writes: str = "all"
+    upstream: Upstream = Upstream()
+    grace_s: float = 10.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    metrics_port: int = 0
+
+    @classmethod
+    def from_args(cls, args: Any) -> "RouterConfig":
+        """From a command line parsed by `settings.parse("router", ...)`."""
+        if args.shard_timeout <= 0 or args.health_interval <= 0:
+            raise InvalidArgument("--shard-timeout and --health-interval must be positive (seconds)")
+        path = lambda value: Path(value) if value else None  # noqa: E731
+        return cls(
+            host=args.host, port=args.port, shards=parse_shards(args.shard), shard_timeout_s=args.shard_timeout,
+            health_interval_s=args.health_interval, replica_writes=args.replica_writes,
+            upstream=Upstream(path(args.tls_ca), path(args.tls_client_cert), path(args.tls_client_key),
+                              args.max_message_bytes),
+            grace_s=args.grace, tls_cert=path(args.tls_cert), tls_key=path(args.tls_key),
+            tls_client_ca=path(args.tls_client_ca), metrics_port=args.metrics_port,
+        )
+
+
+def _edge(method: Callable[..., Awaitable[Resp]]) -> Callable[..., Awaitable[Resp]]:
+    """The router's API boundary: a server's error goes back with its code, message and trailing
+    metadata (e.g. retry-after-ms); a missing shard is UNAVAILABLE; domain errors map through
+    errors.status_for; anything else is INTERNAL with a logged request id. Counts and times every call
+    by method and code (the server's metrics)."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Resp:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return await method(self, request, context)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED  # the caller cancelled or its deadline passed
+            raise
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            trailing = [(k, v) for k, v in (exc.trailing_metadata() or ()) if k == "retry-after-ms"]
+            if trailing:
+                context.set_trailing_metadata(tuple(trailing))
+            await context.abort(code, exc.details() or "")
+        except ShardDown as exc:
+            code = grpc.StatusCode.UNAVAILABLE
+            await context.abort(code, f"{exc}; retry")
+        except Exception as exc:  # noqa: BLE001 - this is the boundary
+            known = status_for(exc)
+            if known is not None:
+                code = known
+                await context.abort(code, str(exc))
+            code = grpc.StatusCode.INTERNAL
+            request_id = uuid.uuid4().hex[:16]
+            log.exception("internal error in %s (request id %s)", name, request_id)
+            await context.abort(code, f"internal error (request id {request_id})")
+        finally:
+            RPCS.labels(name, code.name).inc()
+            RPC_LATENCY.labels(name, code.name).observe(time.perf_counter() - started)
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def _forwarded(context: grpc.aio.ServicerContext) -> Metadata:
+    """The caller's metadata that servers need: its bearer token."""
+    return tuple((k, v) for k, v in (context.invocation_metadata() or ()) if k == "authorization")
+
+
+def _budget(context: grpc.aio.ServicerContext, cap: float | None) -> float | None:
+    """Seconds a call to a server may take: the caller's time left, at most `cap`."""
+    left = context.time_remaining()
+    if left is None:
+        return cap
+    return left if cap is None else min(left, cap)
+
+
+def merge(replies: Sequence[Sequence[types_pb2.SearchResult]], k: int) -> list[types_pb2.SearchResult]:
+    """The global top k of the shards' top k lists, in (score desc, id asc) order. Exact: each image is
+    in one shard, and each shard returned its own best k."""
+    every = [r for results in replies for r in results]
+    every.sort(key=lambda r: (-r.score, r.id))
+    return every[:k]
+
+
+class RouterSearch(search_grpc.SearchServiceServicer):
+    """SearchService: fan out to every shard, merge, say how many shards answered."""
+
+    def __init__(self, cluster: Cluster, shard_timeout_s: float) -> None:
+        self._cluster = cluster
+        self._timeout = shard_timeout_s
+
+    async def _fan_out(self, method: str, request: Any, reply_type: Any, shards: Sequence[Shard], forbid: bool,
+                       context: grpc.aio.ServicerContext) -> tuple[list[Any], list[ShardDown]]:
+        """Each shard's parsed reply, and the shards that did not answer. With `forbid`, the first
+        missing shard fails the call at once (the other calls are cancelled)."""
+        payload, metadata = request.SerializeToString(), _forwarded(context)
+        timeout = _budget(context, self._timeout)
+        tasks = [asyncio.create_task(s.call(_SEARCH + method, payload, timeout, metadata)) for s in shards]
+        replies: list[Any] = []
+        missing: list[ShardDown] = []
+        try:
+            for done in asyncio.as_completed(tasks):
+                try:
+                    replies.append(reply_type.FromString(await done))
+                except ShardDown as exc:
+                    if forbid:
+                        raise Unavailable(f"{exc}; the request forbids partial results (forbid_partial): retry, "
+                                          "or allow partial results") from exc
+                    missing.append(exc)
+        finally:
+            for task in tasks:
+                task.cancel()
+        if not replies:
+            raise Unavailable("no shard answered: " + "; ".join(str(m) for m in missing) + "; retry")
+        for m in missing:
+            PARTIAL.labels(str(m.index)).inc()
+        if missing:
+            log.warning("%s: partial result, %d of %d shards answered (%s)", method, len(replies),
+                        len(shards), "; ".join(str(m) for m in missing))
+        return replies, missing
+
+    async def _search(self, method: str, request: Any, reply_type: Any, context: grpc.aio.ServicerContext,
+                      shards: Sequence[Shard] | None = None) -> Any:
+        shards = list(shards or self._cluster.shards)
+        replies, _ = await self._fan_out(method, request, reply_type, shards, request.forbid_partial, context)
+        total = self._cluster.count
+        return reply_type(results=merge([r.results for r in replies], request.k), shards_total=total,
+                          shards_answered=len(replies), partial=len(replies) < total)
+
+    @_edge
+    async def TextSearch(self, request: search_pb.TextSearchRequest,
+                         context: grpc.aio.ServicerContext) -> search_pb.TextSearchResponse:
+        return await self._search("TextSearch", request, search_pb.TextSearchResponse, context)
+
+    @_edge
+    async def ImageSearch(self, request: search_pb.ImageSearchRequest,
+                          context: grpc.aio.ServicerContext) -> search_pb.ImageSearchResponse:
+        if request.WhichOneof("query") != "id" or self._cluster.count == 1:
+            return await self._search("ImageSearch", request, search_pb.ImageSearchResponse, context)
+        owner = self._cluster.shards[shard_of(check.image_id(request.id), self._cluster.count)]
+        if request.forbid_partial:
+            raise FailedPrecondition(
+                f"a search by id through the router searches only the shard holding that id (shard {owner.index} "
+                f"of {self._cluster.count}): the others do not have its vector. Allow partial results, or search "
+                "with the image itself (image or uri)")
+        return await self._search("ImageSearch", request, search_pb.ImageSearchResponse, context, [owner])
+
+
+class RouterIndex(index_grpc.IndexServiceServicer):
+    """IndexService: writes split by owning shard; statistics summed over the shards."""
+
+    def __init__(self, cluster: Cluster, shard_timeout_s: float, replica_writes: str) -> None:
+        self._cluster = cluster
+        self._timeout = shard_timeout_s
+        self._all = replica_writes == "all"
+
+    def _by_shard(self, ids: Sequence[str]) -> dict[int, list[int]]:
+        """Positions of the ids in the request, grouped by owning shard."""
+        groups: dict[int, list[int]] = {}
+        for i, image_id in enumerate(ids):
+            groups.setdefault(shard_of(image_id, self._cluster.count), []).append(i)
+        return groups
+
+    async def _write(self, method: str, parts: dict[int, bytes], context: grpc.aio.ServicerContext) -> dict[int, bytes]:
+        """Sends each shard its part; every part must succeed (the first error is raised)."""
+        timeout, metadata = _budget(context, None) or _WRITE_TIMEOUT_S, _forwarded(context)
+
+        async def one(index: int, payload: bytes) -> bytes:
+            shard = self._cluster.shards[index]
+            send = shard.call_all if self._all else shard.call
+            return await send(_INDEX + method, payload, timeout, metadata)
+
+        indexes = list(parts)
+        replies = await asyncio.gather(*(one(i, parts[i]) for i in indexes))
+        return dict(zip(indexes, replies))
+
+    @_edge
+    async def UpsertVectors(self, request: index_pb.UpsertVectorsRequest,
+                            context: grpc.aio.ServicerContext) -> index_pb.UpsertVectorsResponse:
+        check.count(len(request.records), check.MAX_UPSERT_RECORDS, "records")
+        ids = [check.image_id(r.id, f"records[{i}].id") for i, r in enumerate(request.records)]
+        parts = {
+            index: index_pb.UpsertVectorsRequest(model=request.model,
+                                                 records=[request.records[i] for i in positions]).SerializeToString()
+            for index, positions in self._by_shard(ids).items()
+        }
+        replies = await self._write("UpsertVectors", parts, context)
+        upserted = sum(index_pb.UpsertVectorsResponse.FromString(r).upserted for r in replies.values())
+        return index_pb.UpsertVectorsResponse(upserted=upserted)
+
+    @_edge
+    async def DeleteImages(self, request: index_pb.DeleteImagesRequest,
+                           context: grpc.aio.ServicerContext) -> index_pb.DeleteImagesResponse:
+        check.count(len(request.ids), check.MAX_DELETE_IDS, "ids")
+        ids = [check.image_id(image_id, f"ids[{i}]") for i, image_id in enumerate(request.ids)]
+        parts = {index: index_pb.DeleteImagesRequest(ids=[ids[i] for i in positions]).SerializeToString()
+                 for index, positions in self._by_shard(ids).items()}
+        replies = await self._write("DeleteImages", parts, context)
+        deleted = {d for r in replies.values() for d in index_pb.DeleteImagesResponse.FromString(r).deleted}
+        return index_pb.DeleteImagesResponse(deleted=[i for i in ids if i in deleted],
+                                             not_found=[i for i in ids if i not in deleted])
+
+    @_edge
+    async def GetIndexStats(self, request: index_pb.GetIndexStatsRequest,
+                            context: grpc.aio.ServicerContext) -> index_pb.GetIndexStatsResponse:
+        payload, metadata = request.SerializeToString(), _forwarded(context)
+        timeout = _budget(context, self._timeout)
+        shards = self._cluster.shards
+        replies = await asyncio.gather(
+            *(s.call(_INDEX + "GetIndexStats", payload, timeout, metadata) for s in shards), return_exceptions=True)
+        answered: list[index_pb.GetIndexStatsResponse] = []
+        for shard, reply in zip(shards, replies):
+            if isinstance(reply, ShardDown):
+                continue
+            if isinstance(reply, BaseException):
+                raise reply
+            stats = index_pb.GetIndexStatsResponse.FromString(reply)
+            if stats.shard_count not in (0, len(shards)) or (stats.shard_count and stats.shard_index != shard.index):
+                raise FailedPrecondition(
+                    f"{shard.name} reports shard {stats.shard_index}/{stats.shard_count}, but the router has it as "
+                    f"shard {shard.index}/{len(shards)}: give the router one --shard per shard, in shard order")
+            answered.append(stats)
+        if not answered:
+            raise Unavailable("no shard answered: " + "; ".join(str(r) for r in replies) + "; retry")
+        first = answered[0]
+        return index_pb.GetIndexStatsResponse(
+            count=sum(s.count for s in answered), model=first.model, index_type=first.index_type,
+            hnsw_m=first.hnsw_m, ef_construction=first.ef_construction, ef_search=first.ef_search,
+            stale_entries=sum(s.stale_entries for s in answered), shard_index=0, shard_count=len(shards),
+            shards_answered=len(answered))
+
+
+def _ingest_handler(cluster: Cluster) -> grpc.GenericRpcHandler:
+    """IngestService: every method forwarded as bytes to any one server (they share the Redis queue)."""
+    service = ingest_pb.DESCRIPTOR.services_by_name["IngestService"]
+
+    def forward(path: str) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+        async def handler(self: Any, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return await cluster.call_any(path, request, _budget(context, None), _forwarded(context))
+
+        handler.__name__ = path.rsplit("/", 1)[-1]
+        bound = _edge(handler)
+
+        async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:  # a coroutine function, for grpc.aio
+            return await bound(None, request, context)
+
+        return call
+
+    return grpc.method_handlers_generic_handler(service.full_name, {
+        m.name: grpc.unary_unary_rpc_method_handler(forward(f"/{service.full_name}/{m.name}"))
+        for m in service.methods
+    })
+
+
+@dataclass
+class RunningRouter:
+    """A started router and what it owns."""
+
+    server: grpc.aio.Server
+    port: int
+    cluster: Cluster
+    health: health.HealthServicer
+    _watch: asyncio.Task
+
+    def _set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *_SERVICES):
+            self.health.set(name, status)
+
+    async def stop(self, grace: float) -> None:
+        self._set_health(False)
+        self._watch.cancel()
+        await self.server.stop(grace)
+        await self.cluster.close()
+
+
+def _health_gauges(cluster: Cluster) -> dict[str, float]:
+    return {"router_replicas_healthy": sum(r.healthy is True for r in cluster.replicas),
+            "router_shards_reachable": sum(any(r.healthy is not False for r in s.replicas) for s in cluster.shards)}
+
+
+async def create_router(config: RouterConfig) -> RunningRouter:
+    """Binds the port and starts routing. Health: NOT_SERVING until the first round of replica checks,
+    then SERVING while some replica is healthy (a router with some shards down still answers, partially)."""
+    cluster = Cluster(config.shards, config.upstream, config.health_interval_s, config.shard_timeout_s)
+    options = [
+        ("grpc.max_receive_message_length", config.upstream.max_message_bytes),
+        ("grpc.max_send_message_length", config.upstream.max_message_bytes),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+        ("grpc.http2.max_ping_strikes", 5),
+        ("grpc.max_connection_age_ms", 30 * 60_000),
+        ("grpc.max_connection_age_grace_ms", 30_000),
+    ]
+    server = grpc.aio.server(options=options)
+    search_grpc.add_SearchServiceServicer_to_server(RouterSearch(cluster, config.shard_timeout_s), server)
+    index_grpc.add_IndexServiceServicer_to_server(
+        RouterIndex(cluster, config.shard_timeout_s, config.replica_writes), server)
+    server.add_generic_rpc_handlers((_ingest_handler(cluster),))
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*_SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    address = f"{config.host}:{config.port}"
+    if config.tls_cert and config.tls_key:
+        port = server.add_secure_port(address, server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca))
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    if config.metrics_port:
+        serve_metrics(config.metrics_port, [lambda: _health_gauges(cluster)])
+    running = RunningRouter(server, port, cluster, health_servicer, None)  # type: ignore[arg-type]
+    running._set_health(False)
+    await server.start()
+    running._watch = asyncio.create_task(cluster.watch(lambda: running._set_health(cluster.reachable())))
+    return running
+
+
+async def serve(config: RouterConfig) -> None:
+    """Runs the router until SIGINT or SIGTERM, then drains gracefully."""
+    running = await create_router(config)
+    log.info("routing on port %d to %d shard(s): %s", running.port, len(config.shards),
+             " | ".join(",".join(s) for s in config.shards))
+    print(f"clipsearch router listening on port {running.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down (grace %.1fs)", config.grace_s)
+    await running.stop(config.grace_s)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = settings.parse("router", argv, "clipsearch router",
+                          "Route searches and writes to the search servers holding the shards of one collection.")
+    setup_logging(args.log_level, args.log_format)
+    try:
+        asyncio.run(serve(RouterConfig.from_args(args)))
+    except (ServiceError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
