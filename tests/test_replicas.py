@@ -108,7 +108,7 @@ def test_replicas_converge(pg: PgCluster, stack: Stack, procs: list[Proc], tmp_p
     b = start(stack, procs, tmp_path / "b", url, ["--read-wait", "1", "--max-lag", "0.5",
                                                   "--metrics-port", str(metrics_port)])
     dim = a.stats().model.dim
-    assert a.stats().store_kind == "postgresql" and a.stats().shard == "0/1"
+    assert a.stats().store_kind == "postgresql" and (a.stats().shard_index, a.stats().shard_count) == (0, 1)
     vectors = np.random.default_rng(1).standard_normal((400, dim)).astype(np.float32)
     errors: list[BaseException] = []
     heads: list[int] = []
