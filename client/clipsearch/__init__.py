@@ -22,7 +22,7 @@ from .errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from .types import Failure, ImageInput, IndexStats, Progress, SearchResult, Submission
+from .types import Failure, ImageInput, IndexStats, Progress, SearchResult, Submission, Thumbnail
 
 __all__ = [
     "DEFAULT_SERVER",
@@ -43,6 +43,7 @@ __all__ = [
     "ResourceExhaustedError",
     "SearchResult",
     "Submission",
+    "Thumbnail",
     "UnauthenticatedError",
     "UnavailableError",
 ]

@@ -117,6 +117,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("--max-deliveries", 5, "deliveries of a job before it is dead-lettered as failed", (WORKER,), type=int),
     Option("--device-decode", False, "decode JPEGs on the model's device (nvJPEG on CUDA) instead of PIL", (WORKER,),
            type=bool),
+    Option("--thumbnail-size", 256, "longest side, in pixels, of the thumbnail stored with each image (never "
+           "enlarged); 0 turns thumbnails off", (WORKER,), type=int),
+    Option("--thumbnail-format", "webp", "encoding of the thumbnails", (WORKER,), choices=("webp", "jpeg")),
+    Option("--thumbnail-quality", 75, "encoder quality of the thumbnails, 1-100", (WORKER,), type=int),
 )
 
 _BY_FLAG = {o.flag: o for o in OPTIONS}

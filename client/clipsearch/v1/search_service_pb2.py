@@ -25,21 +25,27 @@ _sym_db = _symbol_database.Default()
 from clipsearch.v1 import types_pb2 as clipsearch_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"clipsearch/v1/search_service.proto\x12\rclipsearch.v1\x1a\x19\x63lipsearch/v1/types.proto\"y\n\x11TextSearchRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12%\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x15.clipsearch.v1.Filter\x12\x16\n\tmin_score\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\x0c\n\n_min_score\"B\n\x12TextSearchResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.clipsearch.v1.SearchResult\"\xa3\x01\n\x12ImageSearchRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\r\n\x03uri\x18\x02 \x01(\tH\x00\x12\x0c\n\x02id\x18\x03 \x01(\tH\x00\x12\t\n\x01k\x18\x04 \x01(\x05\x12%\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x15.clipsearch.v1.Filter\x12\x16\n\tmin_score\x18\x06 \x01(\x02H\x01\x88\x01\x01\x42\x07\n\x05queryB\x0c\n\n_min_score\"C\n\x13ImageSearchResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.clipsearch.v1.SearchResult2\xb8\x01\n\rSearchService\x12Q\n\nTextSearch\x12 .clipsearch.v1.TextSearchRequest\x1a!.clipsearch.v1.TextSearchResponse\x12T\n\x0bImageSearch\x12!.clipsearch.v1.ImageSearchRequest\x1a\".clipsearch.v1.ImageSearchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"clipsearch/v1/search_service.proto\x12\rclipsearch.v1\x1a\x19\x63lipsearch/v1/types.proto\"\x95\x01\n\x11TextSearchRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12%\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x15.clipsearch.v1.Filter\x12\x16\n\tmin_score\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x1a\n\x12include_thumbnails\x18\x12 \x01(\x08\x42\x0c\n\n_min_score\"B\n\x12TextSearchResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.clipsearch.v1.SearchResult\"\xbf\x01\n\x12ImageSearchRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\r\n\x03uri\x18\x02 \x01(\tH\x00\x12\x0c\n\x02id\x18\x03 \x01(\tH\x00\x12\t\n\x01k\x18\x04 \x01(\x05\x12%\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x15.clipsearch.v1.Filter\x12\x16\n\tmin_score\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\x1a\n\x12include_thumbnails\x18\x12 \x01(\x08\x42\x07\n\x05queryB\x0c\n\n_min_score\"C\n\x13ImageSearchResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.clipsearch.v1.SearchResult\":\n\x14GetThumbnailsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\"]\n\x15GetThumbnailsResponse\x12\x31\n\nthumbnails\x18\x01 \x03(\x0b\x32\x1d.clipsearch.v1.ImageThumbnail\x12\x11\n\tnot_found\x18\x02 \x03(\t\"I\n\x0eImageThumbnail\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\tthumbnail\x18\x02 \x01(\x0b\x32\x18.clipsearch.v1.Thumbnail2\x94\x02\n\rSearchService\x12Q\n\nTextSearch\x12 .clipsearch.v1.TextSearchRequest\x1a!.clipsearch.v1.TextSearchResponse\x12T\n\x0bImageSearch\x12!.clipsearch.v1.ImageSearchRequest\x1a\".clipsearch.v1.ImageSearchResponse\x12Z\n\rGetThumbnails\x12#.clipsearch.v1.GetThumbnailsRequest\x1a$.clipsearch.v1.GetThumbnailsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'clipsearch.v1.search_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TEXTSEARCHREQUEST']._serialized_start=80
-  _globals['_TEXTSEARCHREQUEST']._serialized_end=201
-  _globals['_TEXTSEARCHRESPONSE']._serialized_start=203
-  _globals['_TEXTSEARCHRESPONSE']._serialized_end=269
-  _globals['_IMAGESEARCHREQUEST']._serialized_start=272
-  _globals['_IMAGESEARCHREQUEST']._serialized_end=435
-  _globals['_IMAGESEARCHRESPONSE']._serialized_start=437
-  _globals['_IMAGESEARCHRESPONSE']._serialized_end=504
-  _globals['_SEARCHSERVICE']._serialized_start=507
-  _globals['_SEARCHSERVICE']._serialized_end=691
+  _globals['_TEXTSEARCHREQUEST']._serialized_start=81
+  _globals['_TEXTSEARCHREQUEST']._serialized_end=230
+  _globals['_TEXTSEARCHRESPONSE']._serialized_start=232
+  _globals['_TEXTSEARCHRESPONSE']._serialized_end=298
+  _globals['_IMAGESEARCHREQUEST']._serialized_start=301
+  _globals['_IMAGESEARCHREQUEST']._serialized_end=492
+  _globals['_IMAGESEARCHRESPONSE']._serialized_start=494
+  _globals['_IMAGESEARCHRESPONSE']._serialized_end=561
+  _globals['_GETTHUMBNAILSREQUEST']._serialized_start=563
+  _globals['_GETTHUMBNAILSREQUEST']._serialized_end=621
+  _globals['_GETTHUMBNAILSRESPONSE']._serialized_start=623
+  _globals['_GETTHUMBNAILSRESPONSE']._serialized_end=716
+  _globals['_IMAGETHUMBNAIL']._serialized_start=718
+  _globals['_IMAGETHUMBNAIL']._serialized_end=791
+  _globals['_SEARCHSERVICE']._serialized_start=794
+  _globals['_SEARCHSERVICE']._serialized_end=1070
 # @@protoc_insertion_point(module_scope)
