@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ui = sub.add_parser("ui", help="serve a search page at http://127.0.0.1:PORT/ (needs: pip install 'clipsearch[ui]')")
     _client_options(ui)
-    ui.add_argument("--port", type=int, default=8080, help="HTTP port of the page (0: any free port)")
+    ui.add_argument("--port", type=int, default=8080, help="HTTP port of the page")
     ui.add_argument("--host", default="127.0.0.1", help="address the page listens on (default: this machine only)")
 
     stats = sub.add_parser("stats", help="index statistics and ingestion progress")
