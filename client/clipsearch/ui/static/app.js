@@ -91,7 +91,6 @@ function card(result, rank) {
   frame.className = "frame";
   const img = document.createElement("img");
   img.alt = result.uri || result.id;
-  img.loading = "lazy";
   img.src = `/thumb?id=${encodeURIComponent(result.id)}`;
   img.addEventListener("error", () => {
     const missing = document.createElement("span");
