@@ -17,6 +17,7 @@ from PIL import Image
 from clipsearch import AsyncClient, Client, ImageInput, InvalidArgumentError, NotFoundError
 from clipsearch.cli import main as cli_main
 from clipsearch.v1 import index_service_pb2 as index_pb, index_service_pb2_grpc as index_grpc, types_pb2
+from clipsearch_core import jobqueue
 from clipsearch_worker.thumbs import ThumbnailSpec, make_thumbnail
 from tests.data import submit_all, synthetic_inputs, wait_until
 from tests.photos import photo_jpeg
@@ -126,6 +127,26 @@ def test_replacing_an_image_replaces_its_thumbnail_and_deleting_deletes_it(deplo
     assert client.delete(["replaced"]) == (["replaced"], [])
     with pytest.raises(NotFoundError):
         client.thumbnails(["replaced"])
+
+
+def test_worker_options_set_the_format_and_size(deployed: Deployed, tiny_model: str, redis_url: str,
+                                                tmp_path: Path) -> None:
+    """A worker started with --thumbnail-format jpeg --thumbnail-size 100, on a queue of its own (another
+    Redis prefix) that pushes to the same server."""
+    stack = Stack(model=tiny_model, redis_url=redis_url, log_dir=tmp_path / "logs", prefix="thumbs-jpeg")
+    worker = stack.start_worker(deployed.address, ["--thumbnail-format", "jpeg", "--thumbnail-size", "100"])
+    try:
+        queue = jobqueue.connect(redis_url)
+        jobqueue.submit(queue, jobqueue.Keys("thumbs-jpeg"), [jobqueue.Job(id="jpeg-photo", has_blob=True, batch_id="b")],
+                        [photo_jpeg(60)], "b")
+        wait_for(lambda: "jpeg-photo" in deployed.client.thumbnails(["jpeg-photo"], allow_missing=True), 120,
+                 "the jpeg worker's thumbnail", worker.popen)
+        thumb = deployed.client.thumbnails(["jpeg-photo"])["jpeg-photo"]
+        assert thumb.mime_type == "image/jpeg"
+        assert _decoded(thumb.data).format == "JPEG" and _decoded(thumb.data).size == (100, 75)
+        queue.close()
+    finally:
+        assert worker.stop() == 0, worker.output()[-3000:]
 
 
 def _upsert(deployed: Deployed, record: index_pb.VectorRecord) -> None:

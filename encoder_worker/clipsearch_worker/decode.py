@@ -20,7 +20,7 @@ from clipsearch_core.images import ImageLoadError, LoadLimits, check_header, dec
 
 from .thumbs import ThumbnailSpec, make_thumbnail
 
-__all__ = ["DecodeContext", "Prepared", "make_pool", "prepare_chunk"]
+__all__ = ["DecodeContext", "Prepared", "make_pool", "prepare_chunk", "thumbnail_of"]
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,17 @@ class DecodeContext:
     device_decode: bool
     thumbnail: ThumbnailSpec = ThumbnailSpec(size=0)
 
-    @property
-    def decode_size(self) -> int:
-        """The JPEG draft size: large enough for the model's input and for the thumbnail."""
-        return max(self.draft_size, self.thumbnail.size)
+
+def thumbnail_of(data: bytes, image: Any, context: DecodeContext) -> bytes | None:
+    """The thumbnail of an image (None when off), from `image` (decoded for the model) when it is large
+    enough, else from a JPEG draft decode at the thumbnail's size. The model's decode is never changed
+    for the thumbnail's sake: vectors stay those the server computes for the same image as a query."""
+    spec = context.thumbnail
+    if not spec.enabled:
+        return None
+    if image is None or (max(image.size) < spec.size and is_jpeg(data)):
+        image = decode_image(data, context.limits, draft_size=spec.size)
+    return make_thumbnail(image, spec)
 
 
 @dataclass(frozen=True)
@@ -91,13 +98,9 @@ def _prepare(item: Item, context: DecodeContext) -> Prepared:
             data = read_uri(item.uri, context.limits)
         if context.device_decode and is_jpeg(data):
             check_header(data, context.limits)
-            thumb = None
-            if context.thumbnail.enabled:  # the model's decode happens on the device: a small draft decode here
-                thumb = make_thumbnail(decode_image(data, context.limits, draft_size=context.thumbnail.size),
-                                       context.thumbnail)
-            return "jpeg", data, "", thumb
-        image = decode_image(data, context.limits, draft_size=context.decode_size)
-        return "input", context.transform(image), "", make_thumbnail(image, context.thumbnail)
+            return "jpeg", data, "", thumbnail_of(data, None, context)  # the model's decode happens on the device
+        image = decode_image(data, context.limits, draft_size=context.draft_size)
+        return "input", context.transform(image), "", thumbnail_of(data, image, context)
     except ImageLoadError as exc:
         return ("transient" if exc.transient else "failed"), None, str(exc), None
     except Exception as exc:  # noqa: BLE001 - a bad image must never kill the worker

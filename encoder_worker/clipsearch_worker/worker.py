@@ -48,8 +48,8 @@ from clipsearch_core.model import ClipEncoder, ModelSpec
 from clipsearch_core.images import ImageLoadError, LoadLimits, decode_image
 from clipsearch_core.jobqueue import Job, Keys
 
-from .decode import DecodeContext, Item, Prepared, make_pool, prepare_chunk
-from .thumbs import ThumbnailSpec, make_thumbnail
+from .decode import DecodeContext, Item, Prepared, make_pool, prepare_chunk, thumbnail_of
+from .thumbs import ThumbnailSpec
 
 __all__ = ["Worker", "WorkerConfig", "WorkerFatal", "default_consumer_name"]
 
@@ -399,8 +399,8 @@ class Worker:
 
     def _decode_with_pil(self, data: bytes) -> Prepared:
         try:
-            image = decode_image(data, self.config.image_limits, draft_size=self._decode.decode_size)
-            return "input", self.encoder.preprocess_uint8(image), "", make_thumbnail(image, self.config.thumbnail)
+            image = decode_image(data, self.config.image_limits, draft_size=self.encoder.image_size)
+            return "input", self.encoder.preprocess_uint8(image), "", thumbnail_of(data, image, self._decode)
         except ImageLoadError as exc:
             return "failed", None, str(exc), None
 
