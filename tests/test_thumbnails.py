@@ -137,8 +137,8 @@ def test_worker_options_set_the_format_and_size(deployed: Deployed, tiny_model: 
     worker = stack.start_worker(deployed.address, ["--thumbnail-format", "jpeg", "--thumbnail-size", "100"])
     try:
         queue = jobqueue.connect(redis_url)
-        jobqueue.submit(queue, jobqueue.Keys("thumbs-jpeg"), [jobqueue.Job(id="jpeg-photo", has_blob=True, batch_id="b")],
-                        [photo_jpeg(60)], "b")
+        job = jobqueue.Job(id="jpeg-photo", has_blob=True, batch_id="b")
+        jobqueue.submit(queue, jobqueue.Keys("thumbs-jpeg"), [job], [photo_jpeg(60)], "b")
         wait_for(lambda: "jpeg-photo" in deployed.client.thumbnails(["jpeg-photo"], allow_missing=True), 120,
                  "the jpeg worker's thumbnail", worker.popen)
         thumb = deployed.client.thumbnails(["jpeg-photo"])["jpeg-photo"]
@@ -161,7 +161,8 @@ def test_an_upsert_without_thumbnail_removes_the_old_one(deployed: Deployed) -> 
     """A worker with --thumbnail-size 0 sends none: the image's old picture must not stay."""
     data = make_thumbnail(Image.new("RGB", (40, 20), "red"), ThumbnailSpec(format="jpeg"))
     assert data is not None and data[:2] == b"\xff\xd8"
-    _upsert(deployed, index_pb.VectorRecord(id="direct", thumbnail=types_pb2.Thumbnail(data=data, mime_type="image/jpeg")))
+    _upsert(deployed, index_pb.VectorRecord(id="direct",
+                                            thumbnail=types_pb2.Thumbnail(data=data, mime_type="image/jpeg")))
     assert deployed.client.thumbnails(["direct"])["direct"].mime_type == "image/jpeg"
     _upsert(deployed, index_pb.VectorRecord(id="direct"))
     assert deployed.client.thumbnails(["direct"], allow_missing=True) == {}

@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write the results as one image (.jpg, .png or .webp): a grid of thumbnails with "
                              "rank and score under each (k at most 100; needs Pillow: pip install 'clipsearch[ui]')")
 
-    ui = sub.add_parser("ui", help="serve a search page at http://127.0.0.1:PORT/ (needs: pip install 'clipsearch[ui]')")
+    ui = sub.add_parser("ui", help="serve a search page at http://127.0.0.1:PORT/ "
+                                   "(needs: pip install 'clipsearch[ui]')")
     _client_options(ui)
     ui.add_argument("--port", type=int, default=8080, help="HTTP port of the page")
     ui.add_argument("--host", default="127.0.0.1", help="address the page listens on (default: this machine only)")

@@ -146,7 +146,8 @@ class SearchServicer(search_grpc.SearchServiceServicer):
         found = await self._slot.get().thumbnails(ids)
         missing = [image_id for image_id in ids if image_id not in found]
         if missing and not request.allow_missing:
-            shown = ", ".join(repr(m) for m in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            shown = ", ".join(repr(m) for m in missing[:10]) + (f" and {len(missing) - 10} more"
+                                                                  if len(missing) > 10 else "")
             raise NotFound(f"no thumbnail for {shown}: unknown or deleted ids, or images indexed with thumbnails "
                            "turned off (set allow_missing to get the others)")
         return search_pb.GetThumbnailsResponse(
