@@ -26,12 +26,13 @@ from tests.tinyclip.synthetic import make_image
 pytestmark = pytest.mark.timeout(300)
 
 HOSTILE = "<script>window.pwned=1</script>"
+TOKEN = "ui-test-token-5e4d3c2b1a"  # the server requires it; the page passes it on (CLIPSEARCH_AUTH_TOKEN)
 CHROMIUM = os.environ.get("CLIPSEARCH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 
 
 class Page:
-    def __init__(self, url: str, dead_url: str, count: int) -> None:
-        self.url, self.dead_url, self.count = url, dead_url, count
+    def __init__(self, url: str, dead_url: str = "", tokenless_url: str = "") -> None:
+        self.url, self.dead_url, self.tokenless_url = url, dead_url, tokenless_url
 
     def get(self, path: str, **params: Any) -> tuple[int, str, bytes]:
         """(HTTP status, content type, body) of GET path?params."""
@@ -47,10 +48,10 @@ class Page:
         return status, json.loads(body)
 
 
-def _start_ui(server: str, log_dir: Path, timeout: str = "30") -> tuple[Proc, str]:
+def _start_ui(server: str, log_dir: Path, timeout: str = "30", token: str = TOKEN) -> tuple[Proc, str]:
     port = free_port()
     proc = spawn("ui", [sys.executable, "-m", "clipsearch", "ui", "--server", server, "--port", str(port),
-                        "--timeout", timeout], log_dir)
+                        "--timeout", timeout], log_dir, {"CLIPSEARCH_AUTH_TOKEN": token})
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -71,7 +72,8 @@ def _start_ui(server: str, log_dir: Path, timeout: str = "30") -> tuple[Proc, st
 @pytest.fixture(scope="module")
 def page(tiny_model: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
     tmp = tmp_path_factory.mktemp("ui")
-    stack = Stack(model=tiny_model, redis_url=redis_url, log_dir=tmp / "logs", prefix="ui")
+    stack = Stack(model=tiny_model, redis_url=redis_url, log_dir=tmp / "logs", prefix="ui",
+                  extra_env={"CLIPSEARCH_AUTH_TOKEN": TOKEN})
     started: list[Proc] = []
     try:
         server, address = stack.start_server(tmp / "data")
@@ -82,13 +84,15 @@ def page(tiny_model: str, redis_url: str, tmp_path_factory: pytest.TempPathFacto
         hostile = ImageInput(image=png_bytes(make_image("green", "star", random.Random(3))), id="hostile",
                              uri="/x/<img src=x onerror=window.pwned=2>.png", metadata={"kind": "xss", "note": HOSTILE})
         inputs = synthetic_inputs(1, seed=9) + [hostile]
-        with Client(address, timeout=30) as client:
+        with Client(address, timeout=30, token=TOKEN) as client:
             wait_until(client, submit_all(client, inputs), 120)
         ui, url = _start_ui(address, tmp / "logs")
         started.append(ui)
         dead, dead_url = _start_ui(f"127.0.0.1:{free_port()}", tmp / "logs", timeout="3")
         started.append(dead)
-        yield Page(url, dead_url, len(inputs))
+        tokenless, tokenless_url = _start_ui(address, tmp / "logs", token="")
+        started.append(tokenless)
+        yield Page(url, dead_url, tokenless_url)
     finally:
         for proc in reversed(started):
             proc.stop(timeout=15)
@@ -127,9 +131,14 @@ def test_api_errors_are_readable(page: Page, params: dict, status: int, code: st
 
 
 def test_api_reports_an_unreachable_service(page: Page) -> None:
-    got, data = Page(page.dead_url, "", 0).api(q="a red circle")
+    got, data = Page(page.dead_url).api(q="a red circle")
     assert (got, data["code"]) == (503, "UNAVAILABLE"), data
     assert data["error"]
+
+
+def test_page_without_the_token_reports_unauthenticated(page: Page) -> None:
+    got, data = Page(page.tokenless_url).api(q="a red circle")
+    assert (got, data["code"]) == (502, "UNAUTHENTICATED"), data
 
 
 # --- in a real browser -------------------------------------------------------------------------------
