@@ -195,3 +195,25 @@ def test_search_sheet_writes_one_image_with_a_grid_of_results(deployed: Deployed
     cell = np.asarray(sheet.crop((x, y, x + thumb.width, y + thumb.height)), dtype=np.float32)
     assert np.abs(cell - np.asarray(thumb, dtype=np.float32)).mean() < 12
     assert "Match 1:" in capsys.readouterr().out
+
+
+def test_store_keeps_thumbnails_beside_images(tmp_path: Path) -> None:
+    """The store's rules, on a real SQLite file: an upsert sets or removes the thumbnail (also when only
+    the metadata changed), a delete removes it, a late upsert of a deleted image writes none, and they
+    survive reopening."""
+    from clipsearch_server.store import ImageRecord, Store
+
+    vector = np.ones(4, dtype=np.float32) / 2
+    store = Store(tmp_path / "images.sqlite3")
+    store.upsert([ImageRecord("a", vector, thumbnail=b"A1", thumbnail_mime_type="image/webp"),
+                  ImageRecord("b", vector, thumbnail=b"B1", thumbnail_mime_type="image/jpeg")])
+    store.upsert([ImageRecord("a", vector, metadata={"k": "v"}, thumbnail=b"A2", thumbnail_mime_type="image/webp")])
+    assert store.thumbnails(["a", "b", "a", "zz"]) == {"a": (b"A2", "image/webp"), "b": (b"B1", "image/jpeg")}
+    store.upsert([ImageRecord("b", vector)])  # thumbnails off for this upsert: the old one goes
+    assert store.delete(["a"]) == [("a", 0)]
+    assert store.thumbnails(["a", "b"]) == {}
+    store.upsert([ImageRecord("a", vector, submitted_at_ms=1, thumbnail=b"A3", thumbnail_mime_type="image/webp")])
+    assert store.thumbnails(["a"]) == {}  # submitted before its deletion: skipped, thumbnail too
+    store.upsert([ImageRecord("c", vector, thumbnail=b"C1", thumbnail_mime_type="image/png")])
+    store.close()
+    assert Store(tmp_path / "images.sqlite3").thumbnails(["c"]) == {"c": (b"C1", "image/png")}
