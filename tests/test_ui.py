@@ -223,3 +223,20 @@ def test_browser_searches_with_an_image_file(page: Page, browser: Any, tmp_path:
     first = tab.eval_on_selector(".card", "c => c.textContent")
     assert "color: blue" in first and "shape: square" in first
     tab.close()
+
+
+def test_browser_searches_with_a_dropped_image(page: Page, browser: Any) -> None:
+    data = png_bytes(make_image("yellow", "triangle", random.Random(12)))
+    tab = browser.new_page()
+    tab.goto(page.url + "/")
+    dropped = tab.evaluate_handle("""bytes => {
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([new Uint8Array(bytes)], "dropped.png", {type: "image/png"}));
+        return transfer;
+    }""", list(data))
+    tab.dispatch_event("#drop", "drop", {"dataTransfer": dropped})
+    tab.wait_for_function(ALL_LOADED, timeout=30_000)
+    assert tab.text_content("#status") == "20 results for images like dropped.png"
+    first = tab.eval_on_selector(".card", "c => c.textContent")
+    assert "color: yellow" in first and "shape: triangle" in first
+    tab.close()
