@@ -2,8 +2,8 @@
 
 A thumbnail is the decoded image scaled down so that its longest side is at most `size` pixels (never
 enlarged), encoded as WebP (default) or JPEG. It is made from the image the worker decodes for the
-model anyway (decoded with a JPEG draft no smaller than the thumbnail), so it costs one resize and one
-small encode per image. Options: --thumbnail-size (0 turns thumbnails off), --thumbnail-format,
+model when that is large enough (so it costs one resize and one small encode), else from a JPEG draft
+decode at the thumbnail's size (decode.thumbnail_of); the model's own decode is never changed. Options: --thumbnail-size (0 turns thumbnails off), --thumbnail-format,
 --thumbnail-quality (clipsearch_core.settings).
 """
 
