@@ -12,7 +12,7 @@ from typing import Iterator
 import grpc
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from clipsearch import AsyncClient, Client, ImageInput, InvalidArgumentError, NotFoundError
 from clipsearch.cli import main as cli_main
@@ -188,9 +188,10 @@ def test_search_sheet_writes_one_image_with_a_grid_of_results(deployed: Deployed
     sheet = _decoded(out.read_bytes())
     assert sheet.format == "JPEG"
     assert sheet.size == (3 * (256 + 8) + 8, 28 + 3 * (256 + 40 + 8) + 8)  # 7 results: 3 columns, 3 rows
-    # the first cell holds the best result's thumbnail (64 x 64, centred in its 256 x 256 square)
+    # the first cell holds the best result's thumbnail (64 x 64, enlarged to fill its 256 x 256 square)
     best = deployed.client.text_search("a red circle", k=1, include_thumbnails=True)[0]
-    thumb = _decoded(best.thumbnail).convert("RGB")
+    thumb = ImageOps.contain(_decoded(best.thumbnail).convert("RGB"), (256, 256))
+    assert thumb.size == (256, 256)
     x, y = 8 + (256 - thumb.width) // 2, 28 + 8 + (256 - thumb.height) // 2
     cell = np.asarray(sheet.crop((x, y, x + thumb.width, y + thumb.height)), dtype=np.float32)
     assert np.abs(cell - np.asarray(thumb, dtype=np.float32)).mean() < 12

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from .types import SearchResult
 
@@ -22,7 +22,7 @@ CELL = 256  # pixels: the square each thumbnail is fitted into
 _PAD = 8
 _CAPTION = 40  # pixels under each thumbnail: rank and score, then the image's name
 _BACKGROUND = (255, 255, 255)
-_EMPTY = (220, 220, 220)
+_EMPTY = (235, 235, 235)  # a cell's background
 
 
 def _thumbnail(result: SearchResult) -> Image.Image | None:
@@ -33,9 +33,7 @@ def _thumbnail(result: SearchResult) -> Image.Image | None:
         image.load()
     except (OSError, ValueError):
         return None
-    image = image.convert("RGB")
-    image.thumbnail((CELL, CELL))
-    return image
+    return ImageOps.contain(image.convert("RGB"), (CELL, CELL))  # fills the cell: small ones are enlarged
 
 
 def _fit(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> str:
@@ -67,8 +65,8 @@ def contact_sheet(results: Sequence[SearchResult], columns: int | None = None, t
         x = _PAD + col * (CELL + _PAD)
         y = head + _PAD + row * (CELL + _CAPTION + _PAD)
         thumb = _thumbnail(result)
+        draw.rectangle([x, y, x + CELL - 1, y + CELL - 1], fill=_EMPTY)
         if thumb is None:
-            draw.rectangle([x, y, x + CELL - 1, y + CELL - 1], fill=_EMPTY)
             draw.text((x + 8, y + CELL // 2 - 8), "no thumbnail", fill=(90, 90, 90), font=font)
         else:
             sheet.paste(thumb, (x + (CELL - thumb.width) // 2, y + (CELL - thumb.height) // 2))
