@@ -22,4 +22,11 @@ pip_install --upgrade pip
 # machines keep on disk); on other machines pip downloads them.
 pip_install "torch==2.14.1" "torchvision==0.29.1"
 pip_install -e ".[dev]"
+# The search page's browser test drives Debian's Chromium (playwright never downloads a browser here);
+# without it that test skips. Installed quietly where apt-get can (root, e.g. CI).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >> "$LOG" 2>&1; then
+    echo "setup: could not install Debian chromium (log: $LOG); the browser test will skip" >&2
+  fi
+fi
 echo "setup: .venv ready (pip log: $LOG)"

@@ -164,6 +164,9 @@ def test_node_client_against_real_stack(stack: Stack, procs: list[Proc], tmp_pat
     assert out["image_search"]["id"] == "red-circle"
     assert [h["id"] for h in image_hits] == [derived_id]  # the query image itself is left out
 
+    assert [(t["id"], t["mime_type"], t["magic"]) for t in out["thumbnails"]] == [("red-circle", "image/webp", "RIFF")]
+    assert 0 < out["thumbnails"][0]["bytes"] < 20_000, out["thumbnails"]
+
     bad = out["bad_request"]
     assert bad["code"] == 3 and bad["code_name"] == "INVALID_ARGUMENT", bad
     assert re.search(r"\bk\b", bad["details"]), bad

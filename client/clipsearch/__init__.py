@@ -22,7 +22,7 @@ from .errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from .types import Failure, ImageInput, IndexStats, Progress, SearchResult, SearchResults, Submission
+from .types import Failure, ImageInput, IndexStats, Progress, SearchResult, SearchResults, Submission, Thumbnail
 
 __all__ = [
     "DEFAULT_SERVER",
@@ -44,6 +44,7 @@ __all__ = [
     "SearchResult",
     "SearchResults",
     "Submission",
+    "Thumbnail",
     "UnauthenticatedError",
     "UnavailableError",
 ]

@@ -1,4 +1,5 @@
-"""The `clipsearch` command: run the stack (`up`, `server`, `worker`, `router`) and use it (`index`, `search`, `stats`, `failures`).
+"""The `clipsearch` command: run the stack (`up`, `server`, `worker`, `router`) and use it (`index`, `search`,
+`stats`, `failures`, `ui`: a search page in the browser).
 
 Every option can also be set as an environment variable CLIPSEARCH_<OPTION> (e.g. CLIPSEARCH_SERVER).
 Client commands need only this package. `server`, `worker` and `up` run the programs
@@ -91,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--where", action="append", default=[], metavar="EXPR",
                         help="only images whose fields match, e.g. shape=circle, 'shape in circle,square', "
                              "'n>=100' (also >, <, <=, !=), 'taken>=2024-01-01'; repeatable, all must hold")
+    search.add_argument("--sheet", metavar="FILE",
+                        help="also write the results as one image (.jpg, .png or .webp): a grid of thumbnails with "
+                             "rank and score under each (k at most 100; needs Pillow: pip install 'clipsearch[ui]')")
+
+    ui = sub.add_parser("ui", help="serve a search page at http://127.0.0.1:PORT/ "
+                                   "(needs: pip install 'clipsearch[ui]')")
+    _client_options(ui)
+    ui.add_argument("--port", type=int, default=8080, help="HTTP port of the page")
+    ui.add_argument("--host", default="127.0.0.1", help="address the page listens on (default: this machine only)")
 
     stats = sub.add_parser("stats", help="index statistics and ingestion progress")
     _client_options(stats)
@@ -130,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "retry": cmd_retry,
         "status": cmd_status,
         "delete": cmd_delete,
+        "ui": cmd_ui,
     }[args.command]
     try:
         return handler(args)
@@ -269,17 +280,25 @@ def cmd_search(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    thumbs = bool(args.sheet)
     with Client(timeout=args.timeout, connection=_connection(args)) as client:
         if args.text:
-            results = client.text_search(args.text, k=args.k, where=where, min_score=args.min_score)
+            results = client.text_search(args.text, k=args.k, where=where, min_score=args.min_score,
+                                         include_thumbnails=thumbs)
             label = f'"{args.text}"'
         elif args.image:
             results = client.image_search(Path(args.image).read_bytes(), k=args.k, where=where,
-                                           min_score=args.min_score)
+                                           min_score=args.min_score, include_thumbnails=thumbs)
             label = f"image {args.image}"
         else:
-            results = client.image_search(id=args.id, k=args.k, where=where, min_score=args.min_score)
+            results = client.image_search(id=args.id, k=args.k, where=where, min_score=args.min_score,
+                                           include_thumbnails=thumbs)
             label = f"id {args.id}"
+    if args.sheet:
+        from .sheet import save_sheet
+
+        save_sheet(results, args.sheet, title=f"Query: {label}")
+        print(f"wrote {args.sheet} ({len(results)} results)", file=sys.stderr)
     if args.json:
         data: dict = {"results": [{"id": r.id, "uri": r.uri, "score": r.score, "metadata": r.metadata,
                                    "fields": fields_to_json(r.fields)} for r in results]}
@@ -296,6 +315,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not results:
         print("no matches (is the index empty?)")
     return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    try:
+        from .ui.app import serve
+    except ImportError as exc:
+        print(f"error: `clipsearch ui` needs aiohttp and Jinja2 ({exc}): pip install 'clipsearch[ui]'", file=sys.stderr)
+        return 2
+    return serve(_connection(args), args.host, args.port, args.timeout)
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from .connection import DEFAULT_SERVER, Connection
 from .errors import InvalidArgumentError, UnavailableError, from_rpc_error
 from .fields import from_values, to_values
 from .types import (Failure, ImageInput, IndexStats, Progress, QueueStatus, SearchResult, SearchResults, Submission,
+                    Thumbnail,
                     WorkerStatus)
 from .v1 import (
     index_service_pb2 as index_pb,
@@ -52,22 +53,35 @@ def _stubs(channel: Any) -> dict[str, Any]:
 
 def _results(reply: Any) -> list[SearchResult]:
     """The matches as a SearchResults list, with the router's shard counts (zero from a server)."""
-    return SearchResults([SearchResult(r.id, float(r.score), r.uri, dict(r.metadata), from_values(r.fields))
-                          for r in reply.results], reply.shards_total, reply.shards_answered, reply.partial)
+    return SearchResults([SearchResult(r.id, float(r.score), r.uri, dict(r.metadata), from_values(r.fields), r.thumbnail,
+                                       r.thumbnail_mime_type) for r in reply.results],
+                         reply.shards_total, reply.shards_answered, reply.partial)
 
 
-def _text_search(text: str, k: int, where: types_pb2.Filter | None = None,
-                 min_score: float | None = None) -> _Call[list[SearchResult]]:
-    request = search_pb.TextSearchRequest(text=text, k=k, filter=where, min_score=min_score)
+def _text_search(text: str, k: int, where: types_pb2.Filter | None = None, min_score: float | None = None,
+                 include_thumbnails: bool = False) -> _Call[list[SearchResult]]:
+    request = search_pb.TextSearchRequest(text=text, k=k, filter=where, min_score=min_score,
+                                          include_thumbnails=include_thumbnails)
     return _Call("search", "TextSearch", request, _results)
 
 
 def _image_search(image: bytes | None, uri: str | None, image_id: str | None, k: int,
-                  where: types_pb2.Filter | None = None, min_score: float | None = None) -> _Call[list[SearchResult]]:
+                  where: types_pb2.Filter | None = None, min_score: float | None = None,
+                  include_thumbnails: bool = False) -> _Call[list[SearchResult]]:
     given = {name: value for name, value in (("image", image), ("uri", uri), ("id", image_id)) if value is not None}
     if len(given) != 1:
         raise InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, "give exactly one of image, uri or id")
-    return _Call("search", "ImageSearch", search_pb.ImageSearchRequest(k=k, filter=where, min_score=min_score, **given), _results)
+    request = search_pb.ImageSearchRequest(k=k, filter=where, min_score=min_score,
+                                           include_thumbnails=include_thumbnails, **given)
+    return _Call("search", "ImageSearch", request, _results)
+
+
+def _thumbnails(ids: Sequence[str], allow_missing: bool) -> _Call[dict[str, Thumbnail]]:
+    def parse(reply: Any) -> dict[str, Thumbnail]:
+        return {t.id: Thumbnail(t.id, t.thumbnail.data, t.thumbnail.mime_type) for t in reply.thumbnails}
+
+    request = search_pb.GetThumbnailsRequest(ids=list(ids), allow_missing=allow_missing)
+    return _Call("search", "GetThumbnails", request, parse)
 
 
 def _submit(images: Iterable[ImageInput], batch_id: str, request_id: str | None) -> _Call[Submission]:
@@ -154,15 +168,24 @@ class Client(_Base):
         return call.parse(reply)
 
     def text_search(self, text: str, k: int = 10, *, where: types_pb2.Filter | None = None,
-                    min_score: float | None = None, timeout: float | None = None) -> list[SearchResult]:
-        """The k images that best match `text`, best first."""
-        return self._invoke(_text_search(text, k, where, min_score), timeout)
+                    min_score: float | None = None, include_thumbnails: bool = False,
+                    timeout: float | None = None) -> list[SearchResult]:
+        """The k images that best match `text`, best first. `include_thumbnails` fills each result's
+        thumbnail (k at most 100 then)."""
+        return self._invoke(_text_search(text, k, where, min_score, include_thumbnails), timeout)
 
     def image_search(self, image: bytes | None = None, *, uri: str | None = None, id: str | None = None,  # noqa: A002
                      k: int = 10, where: types_pb2.Filter | None = None,
-                     min_score: float | None = None, timeout: float | None = None) -> list[SearchResult]:
+                     min_score: float | None = None, include_thumbnails: bool = False,
+                     timeout: float | None = None) -> list[SearchResult]:
         """The k images most similar to a query image given as bytes, a uri, or an indexed image's id."""
-        return self._invoke(_image_search(image, uri, id, k, where, min_score), timeout)
+        return self._invoke(_image_search(image, uri, id, k, where, min_score, include_thumbnails), timeout)
+
+    def thumbnails(self, ids: Sequence[str], *, allow_missing: bool = False,
+                   timeout: float | None = None) -> dict[str, Thumbnail]:
+        """id -> thumbnail of indexed images (1 to 100 ids). NotFoundError if one has none, unless
+        `allow_missing` (then those are absent from the result)."""
+        return self._invoke(_thumbnails(ids, allow_missing), timeout)
 
     def submit(self, images: Sequence[ImageInput], batch_id: str = "", *, timeout: float | None = None,
                request_id: str | None = None) -> Submission:
@@ -243,13 +266,19 @@ class AsyncClient(_Base):
         return call.parse(reply)
 
     async def text_search(self, text: str, k: int = 10, *, where: types_pb2.Filter | None = None,
-                          min_score: float | None = None, timeout: float | None = None) -> list[SearchResult]:
-        return await self._invoke(_text_search(text, k, where, min_score), timeout)
+                          min_score: float | None = None, include_thumbnails: bool = False,
+                          timeout: float | None = None) -> list[SearchResult]:
+        return await self._invoke(_text_search(text, k, where, min_score, include_thumbnails), timeout)
 
     async def image_search(self, image: bytes | None = None, *, uri: str | None = None, id: str | None = None,  # noqa: A002
                            k: int = 10, where: types_pb2.Filter | None = None,
-                           min_score: float | None = None, timeout: float | None = None) -> list[SearchResult]:
-        return await self._invoke(_image_search(image, uri, id, k, where, min_score), timeout)
+                           min_score: float | None = None, include_thumbnails: bool = False,
+                           timeout: float | None = None) -> list[SearchResult]:
+        return await self._invoke(_image_search(image, uri, id, k, where, min_score, include_thumbnails), timeout)
+
+    async def thumbnails(self, ids: Sequence[str], *, allow_missing: bool = False,
+                         timeout: float | None = None) -> dict[str, Thumbnail]:
+        return await self._invoke(_thumbnails(ids, allow_missing), timeout)
 
     async def submit(self, images: Sequence[ImageInput], batch_id: str = "", *,
                      timeout: float | None = None, request_id: str | None = None) -> Submission:

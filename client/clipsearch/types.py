@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Failure", "ImageInput", "IndexStats", "Progress", "QueueStatus", "SearchResult", "SearchResults", "Submission",
+           "Thumbnail",
            "WorkerStatus"]
 
 
@@ -19,6 +20,18 @@ class SearchResult:
     metadata: dict[str, str] = field(default_factory=dict)
     # Typed fields: str, int, float, bool, datetime (UTC) or list of str; metadata entries included as str.
     fields: dict[str, Any] = field(default_factory=dict)
+    # The image's thumbnail (WebP or JPEG bytes) when the search asked for it and the image has one.
+    thumbnail: bytes = b""
+    thumbnail_mime_type: str = ""
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    """An indexed image's thumbnail: encoded bytes and their MIME type ("image/webp", "image/jpeg")."""
+
+    id: str
+    data: bytes
+    mime_type: str
 
 
 class SearchResults(list):  # type: ignore[type-arg]

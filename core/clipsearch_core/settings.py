@@ -138,6 +138,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("--replica-writes", "all", "all: writes go to every replica of the owning shard (each has its own "
            "SQLite store); one: to one replica (they share a PostgreSQL --store)", (ROUTER,), choices=("all", "one"),
            up=False),
+    Option("--thumbnail-size", 256, "longest side, in pixels, of the thumbnail stored with each image (never "
+           "enlarged); 0 turns thumbnails off", (WORKER,), type=int),
+    Option("--thumbnail-format", "webp", "encoding of the thumbnails", (WORKER,), choices=("webp", "jpeg")),
+    Option("--thumbnail-quality", 75, "encoder quality of the thumbnails, 1-100", (WORKER,), type=int),
 )
 
 _BY_FLAG = {o.flag: o for o in OPTIONS}

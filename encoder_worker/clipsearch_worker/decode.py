@@ -3,7 +3,8 @@
 `prepare_chunk` turns a chunk of jobs (with their inline bytes) into model inputs or failure reasons.
 It runs in a thread pool (`--decode-processes 0`) or in a pool of decode processes, so that decoding
 spreads over cores instead of contending for one GIL; a chunk (not an image) is one task, so the
-main thread's cost of handing work out and collecting it is paid per chunk.
+main thread's cost of handing work out and collecting it is paid per chunk. Each image's thumbnail
+(thumbs.py) is made here too, from the same decoded image.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ from typing import Any, Callable, Sequence
 
 from clipsearch_core.images import ImageLoadError, LoadLimits, check_header, decode_image, is_jpeg, read_uri
 
-__all__ = ["DecodeContext", "Prepared", "make_pool", "prepare_chunk"]
+from .thumbs import ThumbnailSpec, make_thumbnail
+
+__all__ = ["DecodeContext", "Prepared", "make_pool", "prepare_chunk", "thumbnail_of"]
 
 log = logging.getLogger(__name__)
 
-# What one image became: ("input", model input, "") | ("jpeg", bytes, "") to decode on the device |
-# ("transient", None, reason): retry later | ("failed", None, reason).
-Prepared = tuple[str, Any, str]
+# What one image became: ("input", model input, "", thumbnail) | ("jpeg", bytes, "", thumbnail) to decode
+# on the device | ("transient", None, reason, None): retry later | ("failed", None, reason, None).
+# thumbnail: the encoded thumbnail bytes, or None when thumbnails are off.
+Prepared = tuple[str, Any, str, "bytes | None"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,19 @@ class DecodeContext:
     draft_size: int
     transform: Callable[[Any], Any]  # decoded RGB image -> model input (ClipEncoder.cpu_transform)
     device_decode: bool
+    thumbnail: ThumbnailSpec = ThumbnailSpec(size=0)
+
+
+def thumbnail_of(data: bytes, image: Any, context: DecodeContext) -> bytes | None:
+    """The thumbnail of an image (None when off), from `image` (decoded for the model) when it is large
+    enough, else from a JPEG draft decode at the thumbnail's size. The model's decode is never changed
+    for the thumbnail's sake: vectors stay those the server computes for the same image as a query."""
+    spec = context.thumbnail
+    if not spec.enabled:
+        return None
+    if image is None or (max(image.size) < spec.size and is_jpeg(data)):
+        image = decode_image(data, context.limits, draft_size=spec.size)
+    return make_thumbnail(image, spec)
 
 
 @dataclass(frozen=True)
@@ -81,11 +98,11 @@ def _prepare(item: Item, context: DecodeContext) -> Prepared:
             data = read_uri(item.uri, context.limits)
         if context.device_decode and is_jpeg(data):
             check_header(data, context.limits)
-            return "jpeg", data, ""
+            return "jpeg", data, "", thumbnail_of(data, None, context)  # the model's decode happens on the device
         image = decode_image(data, context.limits, draft_size=context.draft_size)
-        return "input", context.transform(image), ""
+        return "input", context.transform(image), "", thumbnail_of(data, image, context)
     except ImageLoadError as exc:
-        return ("transient" if exc.transient else "failed"), None, str(exc)
+        return ("transient" if exc.transient else "failed"), None, str(exc), None
     except Exception as exc:  # noqa: BLE001 - a bad image must never kill the worker
         log.exception("unexpected error preparing image %s", item.job_id)
-        return "failed", None, f"unexpected error: {type(exc).__name__}: {exc}"
+        return "failed", None, f"unexpected error: {type(exc).__name__}: {exc}", None

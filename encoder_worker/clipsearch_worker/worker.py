@@ -48,7 +48,8 @@ from clipsearch_core.model import ClipEncoder, ModelSpec
 from clipsearch_core.images import ImageLoadError, LoadLimits, decode_image
 from clipsearch_core.jobqueue import Job, Keys
 
-from .decode import DecodeContext, Item, Prepared, make_pool, prepare_chunk
+from .decode import DecodeContext, Item, Prepared, make_pool, prepare_chunk, thumbnail_of
+from .thumbs import ThumbnailSpec
 
 __all__ = ["Worker", "WorkerConfig", "WorkerFatal", "default_consumer_name"]
 
@@ -115,6 +116,7 @@ class WorkerConfig:
     heartbeat_file: str  # touched on every loop turn, for container health checks
     device_decode: bool  # decode JPEGs on the model's device (nvJPEG on CUDA)
     decode_processes: int = 0
+    thumbnail: ThumbnailSpec = ThumbnailSpec()  # the thumbnail sent with each vector (size 0: none)
     block_ms: int = 1000
     push_timeout_s: float = 60.0
 
@@ -137,6 +139,7 @@ class WorkerConfig:
             heartbeat_file=args.heartbeat_file,
             device_decode=args.device_decode,
             decode_processes=args.decode_processes,
+            thumbnail=ThumbnailSpec.from_args(args),
         )
 
 
@@ -175,7 +178,7 @@ class Worker:
         self._metadata = config.connection.metadata()
         self._index = index_grpc.IndexServiceStub(self._channel)
         self._decode = DecodeContext(config.image_limits, encoder.image_size, encoder.cpu_transform(),
-                                     config.device_decode)
+                                     config.device_decode, config.thumbnail)
         self._pool = make_pool(self._decode, config.decode_threads, config.decode_processes)
         self._lanes = max(1, config.decode_processes or config.decode_threads)  # chunks decoded at once
         self._model = types_pb2.ModelInfo(name=encoder.identity, dim=encoder.dim)
@@ -330,11 +333,11 @@ class Worker:
                                   f"{last or 'a worker crashed or stalled on this image each time'}"))
         prepared = self._collect(batch)
         self._decode_on_device(prepared)
-        good: list[tuple[Job, Any]] = []
+        good: list[tuple[Job, Any, bytes | None]] = []
         retried: list[tuple[Job, str]] = []
-        for job, (kind, value, reason) in prepared:
+        for job, (kind, value, reason, thumb) in prepared:
             if kind == "input":
-                good.append((job, value))
+                good.append((job, value, thumb))
             elif kind == "transient":
                 retried.append((job, reason))
                 log.info("image %s will be retried (attempt %d): %s", job.id, job.attempts, reason)
@@ -343,11 +346,11 @@ class Worker:
         jobqueue.record_transient_errors(self.redis, self.keys, retried)
         if good:
             with ENCODE_SECONDS.time():
-                vectors = self.encoder.encode_images([tensor for _, tensor in good])
-            error = self._push([job for job, _ in good], vectors, stop)
+                vectors = self.encoder.encode_images([tensor for _, tensor, _ in good])
+            error = self._push([job for job, _, _ in good], vectors, [thumb for _, _, thumb in good], stop)
             if error == "stopped":
                 return  # not acknowledged: another worker (or our restart) will redo them
-            outcomes.extend((job, error) for job, _ in good)
+            outcomes.extend((job, error) for job, _, _ in good)
         jobqueue.finish(self.redis, self.keys, outcomes)
         self.processed += len(outcomes)  # jobs this worker brought to an end (indexed or failed)
         BATCH_SECONDS.observe(time.perf_counter() - batch.started)
@@ -369,7 +372,7 @@ class Worker:
                 log.warning("a decode process failed (%s: %s); its %d images will be retried",
                             type(exc).__name__, exc, len(jobs))
                 reason = f"the decode process stopped while preparing this image or its chunk ({type(exc).__name__})"
-                prepared.extend((job, ("transient", None, reason)) for job in jobs)
+                prepared.extend((job, ("transient", None, reason, None)) for job in jobs)
                 self._restart_pool()
         return prepared
 
@@ -382,13 +385,13 @@ class Worker:
     def _decode_on_device(self, prepared: list[tuple[Job, Prepared]]) -> None:
         """Replaces "jpeg" entries by tensors decoded together on the device (one by one with PIL if
         the batch decode fails, so one odd JPEG cannot fail its neighbours)."""
-        pending = [i for i, (_, (kind, _, _)) in enumerate(prepared) if kind == "jpeg"]
+        pending = [i for i, (_, (kind, _, _, _)) in enumerate(prepared) if kind == "jpeg"]
         if not pending:
             return
         try:
             tensors = self.encoder.decode_jpegs([prepared[i][1][1] for i in pending])
             for i, tensor in zip(pending, tensors):
-                prepared[i] = (prepared[i][0], ("input", tensor, ""))
+                prepared[i] = (prepared[i][0], ("input", tensor, "", prepared[i][1][3]))
         except (RuntimeError, ValueError) as exc:
             log.info("batch JPEG decode on %s failed (%s); decoding one by one", self.encoder.device, exc)
             for i in pending:
@@ -397,19 +400,23 @@ class Worker:
     def _decode_with_pil(self, data: bytes) -> Prepared:
         try:
             image = decode_image(data, self.config.image_limits, draft_size=self.encoder.image_size)
-            return "input", self.encoder.preprocess_uint8(image), ""
+            return "input", self.encoder.preprocess_uint8(image), "", thumbnail_of(data, image, self._decode)
         except ImageLoadError as exc:
-            return "failed", None, str(exc)
+            return "failed", None, str(exc), None
 
-    def _push(self, jobs: Sequence[Job], vectors: np.ndarray, stop: threading.Event) -> str | None:
-        """Upserts vectors on the server. Returns None on success, "stopped" if interrupted, or a failure reason."""
+    def _push(self, jobs: Sequence[Job], vectors: np.ndarray, thumbs: Sequence[bytes | None],
+              stop: threading.Event) -> str | None:
+        """Upserts vectors (with thumbnails) on the server. Returns None on success, "stopped" if
+        interrupted, or a failure reason."""
+        mime = self.config.thumbnail.mime_type
         request = index_pb.UpsertVectorsRequest(
             model=self._model,
             records=[
                 index_pb.VectorRecord(id=job.id, vector=vec.astype("<f4").tobytes(), uri=job.uri, metadata=job.metadata,
                                       submitted_at_ms=int(job.entry_id.split("-")[0] or 0),  # stream id ms = submission time
-                                      fields=_typed_fields(job.fields_json))
-                for job, vec in zip(jobs, vectors)
+                                      fields=_typed_fields(job.fields_json),
+                                      thumbnail=types_pb2.Thumbnail(data=thumb, mime_type=mime) if thumb else None)
+                for job, vec, thumb in zip(jobs, vectors, thumbs)
             ],
         )
         delay = 0.2

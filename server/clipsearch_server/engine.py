@@ -98,6 +98,10 @@ class Engine:
 
         return await self._run(work)
 
+    async def thumbnails(self, ids: Sequence[str]) -> dict[str, tuple[bytes, str]]:
+        """id -> (thumbnail, MIME type) for those of `ids` that have one."""
+        return await self._run(lambda: self.collection.store.thumbnails(ids))
+
     async def upsert(self, records: Sequence[ImageRecord]) -> tuple[int, int]:
         """Writes; returns (records written, read-your-writes position: 0 with SQLite)."""
         replica = self.replica

@@ -30,8 +30,8 @@ from . import fields as typed
 from . import filters
 from . import validation as check
 from .collection import Hit
-from .engine import EngineSlot
-from .errors import InvalidArgument, ResourceExhausted, status_for
+from .engine import Engine, EngineSlot
+from .errors import InvalidArgument, NotFound, ResourceExhausted, status_for
 from .ingest import Ingestor, QueuedImage
 from .metrics import RPC_LATENCY, RPCS
 from .store import ImageRecord
@@ -86,26 +86,42 @@ def _results(hits: list[Hit], min_score: float | None = None) -> list[types_pb2.
             for h in hits]
 
 
+async def _with_thumbnails(engine: Engine, results: list[types_pb2.SearchResult]) -> list[types_pb2.SearchResult]:
+    """Sets each result's inline thumbnail (left empty for images without one)."""
+    found = await engine.thumbnails([r.id for r in results])
+    for r in results:
+        if r.id in found:
+            r.thumbnail, r.thumbnail_mime_type = found[r.id]
+    return results
+
+
 class SearchServicer(search_grpc.SearchServiceServicer):
     def __init__(self, slot: EngineSlot) -> None:
         self._slot = slot
+
+    async def _results(self, engine: Engine, hits: list[Hit], min_score: float | None,
+                       include_thumbnails: bool) -> list[types_pb2.SearchResult]:
+        results = _results(hits, min_score)
+        return await _with_thumbnails(engine, results) if include_thumbnails else results
 
     @_rpc
     async def TextSearch(
         self, request: search_pb.TextSearchRequest, context: grpc.aio.ServicerContext
     ) -> search_pb.TextSearchResponse:
-        text, k, min_score = check.text(request.text), check.k(request.k), check.min_score(request)
+        text, min_score = check.text(request.text), check.min_score(request)
+        k = check.k_with_thumbnails(request.k, request.include_thumbnails)
         flt = filters.check(request.filter) if request.HasField("filter") else None
         engine = self._slot.get()
         await engine.wait_position(check.min_position(request.min_position))
         hits = await engine.text_search(text, k, flt)
-        return search_pb.TextSearchResponse(results=_results(hits, min_score))
+        return search_pb.TextSearchResponse(results=await self._results(engine, hits, min_score,
+                                                                         request.include_thumbnails))
 
     @_rpc
     async def ImageSearch(
         self, request: search_pb.ImageSearchRequest, context: grpc.aio.ServicerContext
     ) -> search_pb.ImageSearchResponse:
-        k, min_score = check.k(request.k), check.min_score(request)
+        k, min_score = check.k_with_thumbnails(request.k, request.include_thumbnails), check.min_score(request)
         flt = filters.check(request.filter) if request.HasField("filter") else None
         which = request.WhichOneof("query")
         engine = self._slot.get()
@@ -120,7 +136,27 @@ class SearchServicer(search_grpc.SearchServiceServicer):
             hits = await engine.image_search_id(check.image_id(request.id), k, flt)
         else:
             raise InvalidArgument("set exactly one of image, uri or id")
-        return search_pb.ImageSearchResponse(results=_results(hits, min_score))
+        return search_pb.ImageSearchResponse(results=await self._results(engine, hits, min_score,
+                                                                          request.include_thumbnails))
+
+    @_rpc
+    async def GetThumbnails(
+        self, request: search_pb.GetThumbnailsRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb.GetThumbnailsResponse:
+        check.count(len(request.ids), check.MAX_THUMBNAIL_IDS, "ids")
+        ids = [check.image_id(image_id, f"ids[{i}]") for i, image_id in enumerate(request.ids)]
+        found = await self._slot.get().thumbnails(ids)
+        missing = [image_id for image_id in ids if image_id not in found]
+        if missing and not request.allow_missing:
+            shown = ", ".join(repr(m) for m in missing[:10]) + (f" and {len(missing) - 10} more"
+                                                                  if len(missing) > 10 else "")
+            raise NotFound(f"no thumbnail for {shown}: unknown or deleted ids, or images indexed with thumbnails "
+                           "turned off (set allow_missing to get the others)")
+        return search_pb.GetThumbnailsResponse(
+            thumbnails=[search_pb.ImageThumbnail(id=image_id, thumbnail=types_pb2.Thumbnail(
+                data=found[image_id][0], mime_type=found[image_id][1])) for image_id in ids if image_id in found],
+            not_found=missing,
+        )
 
 
 class IngestServicer(ingest_grpc.IngestServiceServicer):
@@ -221,6 +257,8 @@ class IndexServicer(index_grpc.IndexServiceServicer):
         records = []
         for i, rec in enumerate(request.records):
             where = f"records[{i}]"
+            thumbnail, thumbnail_mime_type = check.thumbnail(rec.thumbnail.data, rec.thumbnail.mime_type,
+                                                             f"{where}.thumbnail")
             records.append(
                 ImageRecord(
                     id=check.image_id(rec.id, f"{where}.id"),
@@ -229,6 +267,8 @@ class IndexServicer(index_grpc.IndexServiceServicer):
                     metadata=check.metadata(rec.metadata, f"{where}.metadata"),
                     submitted_at_ms=rec.submitted_at_ms,
                     fields=typed.validate(rec.fields, rec.metadata, where),
+                    thumbnail=thumbnail,
+                    thumbnail_mime_type=thumbnail_mime_type,
                 )
             )
         upserted, position = await engine.upsert(records)

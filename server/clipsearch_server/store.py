@@ -19,6 +19,9 @@ twice (table and index), e.g. ~1 KB for 10 short fields.
 (pgstore.py) the shared database is the truth and each server's SQLite `Store` is a local mirror of
 its shard, written only by `apply` (replicated changes with the labels the database gave them, and the
 position applied, in one transaction), so searches, filters and joins stay local.
+Thumbnails (made by the workers) live in their own table keyed by image id, so that the images table
+that searches read stays lean; an upsert sets or removes the image's thumbnail, a delete removes it
+(`_set_thumbnail`), and `thumbnails` reads them.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ CREATE TABLE IF NOT EXISTS fields (label INTEGER NOT NULL, key TEXT NOT NULL, ty
 CREATE INDEX IF NOT EXISTS fields_by_key ON fields(key, value, type, label);
 CREATE INDEX IF NOT EXISTS fields_by_label ON fields(label);
 CREATE TABLE IF NOT EXISTS deletions (id TEXT PRIMARY KEY, deleted_at_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS thumbnails (id TEXT PRIMARY KEY, mime_type TEXT NOT NULL, data BLOB NOT NULL);
 """
 
 
@@ -69,6 +73,8 @@ class ImageRecord:
     metadata: dict[str, str] = field(default_factory=dict)
     submitted_at_ms: int = 0
     fields: typed.Fields = field(default_factory=dict)  # validated typed fields, metadata not included
+    thumbnail: bytes = b""  # encoded thumbnail; empty = none (an upsert without one removes the stored one)
+    thumbnail_mime_type: str = ""
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,7 @@ class Store:
                         if gone is not None and int(gone[0]) >= rec.submitted_at_ms:
                             skipped.append(rec.id)
                             continue
+                    self._set_thumbnail(conn, rec.id, rec.thumbnail, rec.thumbnail_mime_type)
                     blob = np.ascontiguousarray(rec.vector, dtype="<f4").tobytes()
                     meta = json.dumps(rec.metadata, sort_keys=True, separators=(",", ":"))
                     fields_json = typed.to_json(rec.fields)
@@ -251,6 +258,28 @@ class Store:
                                                typed.merged(typed.from_json(r[4]), metadata))
         return found
 
+    @staticmethod
+    def _set_thumbnail(conn: sqlite3.Connection, image_id: str, data: bytes, mime_type: str) -> None:
+        """Stores an image's thumbnail, or removes it when `data` is empty (inside the caller's transaction)."""
+        if data:
+            conn.execute("INSERT OR REPLACE INTO thumbnails(id, mime_type, data) VALUES (?, ?, ?)",
+                         (image_id, mime_type, data))
+        else:
+            conn.execute("DELETE FROM thumbnails WHERE id = ?", (image_id,))
+
+    def thumbnails(self, ids: Sequence[str]) -> dict[str, tuple[bytes, str]]:
+        """id -> (thumbnail bytes, MIME type) for those of `ids` that have one."""
+        found: dict[str, tuple[bytes, str]] = {}
+        unique = list(dict.fromkeys(ids))
+        conn = self._conn()
+        for start in range(0, len(unique), SQL_CHUNK):
+            chunk = unique[start:start + SQL_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for image_id, mime_type, data in conn.execute(
+                    f"SELECT id, mime_type, data FROM thumbnails WHERE id IN ({marks})", chunk):
+                found[image_id] = (bytes(data), mime_type)
+        return found
+
     def labels_where(self, condition: str, params: Sequence[object]) -> np.ndarray:
         """Sorted distinct labels of the field rows meeting an SQL condition over (key, type, value)
         (filters.py builds it; values are always bound as parameters)."""
@@ -279,6 +308,7 @@ class Store:
                 for image_id in ids:
                     conn.execute("INSERT OR REPLACE INTO deletions(id, deleted_at_ms) VALUES (?, ?)", (image_id, now))
                     row = conn.execute("DELETE FROM images WHERE id = ? RETURNING label", (image_id,)).fetchone()
+                    self._set_thumbnail(conn, image_id, b"", "")
                     if row is not None:
                         conn.execute("DELETE FROM fields WHERE label = ?", (int(row[0]),))
                         removed.append((image_id, int(row[0])))

@@ -145,3 +145,31 @@ def min_position(value: int, field: str = "min_position") -> int:
     if value < 0:
         raise InvalidArgument(f"{field} must be >= 0 (a position returned by UpsertVectors or DeleteImages), got {value}")
     return value
+
+
+# --- thumbnails ----------------------------------------------------------------------------------
+
+MAX_THUMBNAIL_BYTES = 256 * 1024
+THUMBNAIL_MIME_TYPES = ("image/webp", "image/jpeg", "image/png")
+MAX_THUMBNAIL_IDS = 100  # per GetThumbnails call
+MAX_K_WITH_THUMBNAILS = 100  # k of a search that asks for inline thumbnails
+
+
+def thumbnail(data: bytes, mime_type: str, field: str) -> tuple[bytes, str]:
+    """A worker's thumbnail: at most MAX_THUMBNAIL_BYTES, of a known image type (empty data: none)."""
+    if not data:
+        return b"", ""
+    if len(data) > MAX_THUMBNAIL_BYTES:
+        raise InvalidArgument(f"{field}.data is {len(data)} bytes, the limit is {MAX_THUMBNAIL_BYTES}")
+    if mime_type not in THUMBNAIL_MIME_TYPES:
+        raise InvalidArgument(f"{field}.mime_type is {mime_type!r}; use one of {', '.join(THUMBNAIL_MIME_TYPES)}")
+    return data, mime_type
+
+
+def k_with_thumbnails(value: int, include_thumbnails: bool) -> int:
+    """k of a search; at most MAX_K_WITH_THUMBNAILS when it asks for inline thumbnails."""
+    k(value)
+    if include_thumbnails and value > MAX_K_WITH_THUMBNAILS:
+        raise InvalidArgument(f"k is {value}; with include_thumbnails the limit is {MAX_K_WITH_THUMBNAILS} "
+                              "(fetch the thumbnails of more results with GetThumbnails)")
+    return value

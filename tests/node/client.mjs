@@ -5,7 +5,8 @@
 //   2. IngestService.GetIngestProgress of the returned batch, until nothing is pending (bounded)
 //   3. SearchService.TextSearch       --text, k = 2
 //   4. SearchService.ImageSearch      by the id of the first image, k = 1
-//   5. SearchService.TextSearch       with k = 0, which must fail with INVALID_ARGUMENT
+//   5. SearchService.GetThumbnails    of the first image (its size, MIME type and first bytes)
+//   6. SearchService.TextSearch       with k = 0, which must fail with INVALID_ARGUMENT
 // It prints one JSON object with every result and exits 0, or prints a message to stderr and exits
 // non-zero on anything unexpected.
 //
@@ -139,6 +140,14 @@ async function main() {
   const queryId = submitted.ids[0];
   const similar = await call(search, "ImageSearch", { id: queryId, k: 1 });
   out.image_search = { id: queryId, k: 1, results: results(similar) };
+
+  const thumbs = await call(search, "GetThumbnails", { ids: [queryId] });
+  out.thumbnails = thumbs.thumbnails.map((t) => ({
+    id: t.id,
+    mime_type: t.thumbnail.mime_type,
+    bytes: t.thumbnail.data.length,
+    magic: t.thumbnail.data.subarray(0, 4).toString("latin1"),
+  }));
 
   try {
     const unexpected = await call(search, "TextSearch", { text: args.text, k: 0 });

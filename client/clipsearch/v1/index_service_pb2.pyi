@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class VectorRecord(_message.Message):
-    __slots__ = ("id", "vector", "uri", "metadata", "submitted_at_ms", "fields")
+    __slots__ = ("id", "vector", "uri", "metadata", "submitted_at_ms", "fields", "thumbnail")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -29,13 +29,15 @@ class VectorRecord(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     SUBMITTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     FIELDS_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAIL_FIELD_NUMBER: _ClassVar[int]
     id: str
     vector: bytes
     uri: str
     metadata: _containers.ScalarMap[str, str]
     submitted_at_ms: int
     fields: _containers.MessageMap[str, _types_pb2.Value]
-    def __init__(self, id: _Optional[str] = ..., vector: _Optional[bytes] = ..., uri: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., submitted_at_ms: _Optional[int] = ..., fields: _Optional[_Mapping[str, _types_pb2.Value]] = ...) -> None: ...
+    thumbnail: _types_pb2.Thumbnail
+    def __init__(self, id: _Optional[str] = ..., vector: _Optional[bytes] = ..., uri: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., submitted_at_ms: _Optional[int] = ..., fields: _Optional[_Mapping[str, _types_pb2.Value]] = ..., thumbnail: _Optional[_Union[_types_pb2.Thumbnail, _Mapping]] = ...) -> None: ...
 
 class UpsertVectorsRequest(_message.Message):
     __slots__ = ("model", "records")

@@ -8,20 +8,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TextSearchRequest(_message.Message):
-    __slots__ = ("text", "k", "filter", "min_score", "min_position", "forbid_partial")
+    __slots__ = ("text", "k", "filter", "min_score", "min_position", "forbid_partial", "include_thumbnails")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     MIN_POSITION_FIELD_NUMBER: _ClassVar[int]
     FORBID_PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_THUMBNAILS_FIELD_NUMBER: _ClassVar[int]
     text: str
     k: int
     filter: _types_pb2.Filter
     min_score: float
     min_position: int
     forbid_partial: bool
-    def __init__(self, text: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., min_score: _Optional[float] = ..., min_position: _Optional[int] = ..., forbid_partial: _Optional[bool] = ...) -> None: ...
+    include_thumbnails: bool
+    def __init__(self, text: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., min_score: _Optional[float] = ..., min_position: _Optional[int] = ..., forbid_partial: _Optional[bool] = ..., include_thumbnails: _Optional[bool] = ...) -> None: ...
 
 class TextSearchResponse(_message.Message):
     __slots__ = ("results", "shards_total", "shards_answered", "partial")
@@ -36,7 +38,7 @@ class TextSearchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[_types_pb2.SearchResult, _Mapping]]] = ..., shards_total: _Optional[int] = ..., shards_answered: _Optional[int] = ..., partial: _Optional[bool] = ...) -> None: ...
 
 class ImageSearchRequest(_message.Message):
-    __slots__ = ("image", "uri", "id", "k", "filter", "min_score", "min_position", "forbid_partial")
+    __slots__ = ("image", "uri", "id", "k", "filter", "min_score", "min_position", "forbid_partial", "include_thumbnails")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +47,7 @@ class ImageSearchRequest(_message.Message):
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     MIN_POSITION_FIELD_NUMBER: _ClassVar[int]
     FORBID_PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_THUMBNAILS_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     uri: str
     id: str
@@ -53,7 +56,8 @@ class ImageSearchRequest(_message.Message):
     min_score: float
     min_position: int
     forbid_partial: bool
-    def __init__(self, image: _Optional[bytes] = ..., uri: _Optional[str] = ..., id: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., min_score: _Optional[float] = ..., min_position: _Optional[int] = ..., forbid_partial: _Optional[bool] = ...) -> None: ...
+    include_thumbnails: bool
+    def __init__(self, image: _Optional[bytes] = ..., uri: _Optional[str] = ..., id: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., min_score: _Optional[float] = ..., min_position: _Optional[int] = ..., forbid_partial: _Optional[bool] = ..., include_thumbnails: _Optional[bool] = ...) -> None: ...
 
 class ImageSearchResponse(_message.Message):
     __slots__ = ("results", "shards_total", "shards_answered", "partial")
@@ -66,3 +70,27 @@ class ImageSearchResponse(_message.Message):
     shards_answered: int
     partial: bool
     def __init__(self, results: _Optional[_Iterable[_Union[_types_pb2.SearchResult, _Mapping]]] = ..., shards_total: _Optional[int] = ..., shards_answered: _Optional[int] = ..., partial: _Optional[bool] = ...) -> None: ...
+
+class GetThumbnailsRequest(_message.Message):
+    __slots__ = ("ids", "allow_missing")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_MISSING_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    allow_missing: bool
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., allow_missing: _Optional[bool] = ...) -> None: ...
+
+class GetThumbnailsResponse(_message.Message):
+    __slots__ = ("thumbnails", "not_found")
+    THUMBNAILS_FIELD_NUMBER: _ClassVar[int]
+    NOT_FOUND_FIELD_NUMBER: _ClassVar[int]
+    thumbnails: _containers.RepeatedCompositeFieldContainer[ImageThumbnail]
+    not_found: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, thumbnails: _Optional[_Iterable[_Union[ImageThumbnail, _Mapping]]] = ..., not_found: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ImageThumbnail(_message.Message):
+    __slots__ = ("id", "thumbnail")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAIL_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    thumbnail: _types_pb2.Thumbnail
+    def __init__(self, id: _Optional[str] = ..., thumbnail: _Optional[_Union[_types_pb2.Thumbnail, _Mapping]] = ...) -> None: ...

@@ -49,6 +49,11 @@ class SearchServiceStub:
                 request_serializer=clipsearch_dot_v1_dot_search__service__pb2.ImageSearchRequest.SerializeToString,
                 response_deserializer=clipsearch_dot_v1_dot_search__service__pb2.ImageSearchResponse.FromString,
                 _registered_method=True)
+        self.GetThumbnails = channel.unary_unary(
+                '/clipsearch.v1.SearchService/GetThumbnails',
+                request_serializer=clipsearch_dot_v1_dot_search__service__pb2.GetThumbnailsRequest.SerializeToString,
+                response_deserializer=clipsearch_dot_v1_dot_search__service__pb2.GetThumbnailsResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -78,6 +83,16 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetThumbnails(self, request, context):
+        """The thumbnails of indexed images, by id (e.g. to show search results; see Thumbnail).
+        All or nothing, like a batch get: NOT_FOUND naming the ids that have no thumbnail (unknown or
+        deleted ids, or images indexed with thumbnails turned off) unless allow_missing is set.
+        Errors: INVALID_ARGUMENT for no ids, more than 100 ids, or an invalid id; NOT_FOUND as above.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -90,6 +105,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.ImageSearch,
                     request_deserializer=clipsearch_dot_v1_dot_search__service__pb2.ImageSearchRequest.FromString,
                     response_serializer=clipsearch_dot_v1_dot_search__service__pb2.ImageSearchResponse.SerializeToString,
+            ),
+            'GetThumbnails': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetThumbnails,
+                    request_deserializer=clipsearch_dot_v1_dot_search__service__pb2.GetThumbnailsRequest.FromString,
+                    response_serializer=clipsearch_dot_v1_dot_search__service__pb2.GetThumbnailsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -151,6 +171,33 @@ class SearchService:
             '/clipsearch.v1.SearchService/ImageSearch',
             clipsearch_dot_v1_dot_search__service__pb2.ImageSearchRequest.SerializeToString,
             clipsearch_dot_v1_dot_search__service__pb2.ImageSearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetThumbnails(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipsearch.v1.SearchService/GetThumbnails',
+            clipsearch_dot_v1_dot_search__service__pb2.GetThumbnailsRequest.SerializeToString,
+            clipsearch_dot_v1_dot_search__service__pb2.GetThumbnailsResponse.FromString,
             options,
             channel_credentials,
             insecure,

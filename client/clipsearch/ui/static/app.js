@@ -1,0 +1,172 @@
+// The search page's behaviour. Every piece of user or service data goes into the page through
+// textContent, attributes set by property, or encodeURIComponent: never as HTML.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const config = $("config").dataset;
+const PAGE = Number(config.page);
+const MAX_K = Number(config.maxK);
+
+let current = null; // {kind: "text" | "id" | "image", value, file}
+let shownK = PAGE;
+let sequence = 0; // answers to superseded requests are dropped
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = false;
+}
+
+function clearError() {
+  $("error").hidden = true;
+  $("error").textContent = "";
+}
+
+function describe(query) {
+  if (query.kind === "text") return `“${query.value}”`;
+  if (query.kind === "id") return `images like ${query.value}`;
+  return `images like ${query.value}`;
+}
+
+function request(query, k) {
+  const where = $("where").value;
+  if (query.kind === "image") {
+    const form = new FormData();
+    form.append("image", query.file, query.file.name);
+    form.append("k", String(k));
+    form.append("where", where);
+    return fetch("/api/search", { method: "POST", body: form });
+  }
+  const params = new URLSearchParams({ k: String(k), where });
+  params.set(query.kind === "text" ? "q" : "id", query.value);
+  return fetch(`/api/search?${params}`);
+}
+
+function rememberInUrl(query) {
+  const params = new URLSearchParams();
+  if (query.kind === "text") params.set("q", query.value);
+  if (query.kind === "id") params.set("id", query.value);
+  if ($("where").value) params.set("where", $("where").value);
+  history.replaceState(null, "", query.kind === "image" ? "/" : `/?${params}`);
+}
+
+async function run(query, k) {
+  const mine = ++sequence;
+  current = query;
+  shownK = k;
+  clearError();
+  $("status").textContent = `Searching ${describe(query)}…`;
+  rememberInUrl(query);
+  let data;
+  try {
+    const response = await request(query, k);
+    const text = await response.text();
+    try {
+      data = JSON.parse(text);
+    } catch {
+      data = { error: `the page's server answered HTTP ${response.status}: ${text.slice(0, 200)}` };
+    }
+    if (!response.ok && !data.error) data.error = `HTTP ${response.status}`;
+  } catch (err) {
+    data = { error: `cannot reach the page's server: ${err.message}` };
+  }
+  if (mine !== sequence) return;
+  if (data.error) {
+    $("status").textContent = "";
+    $("grid").replaceChildren();
+    $("more").hidden = true;
+    showError(data.code ? `${data.code}: ${data.error}` : data.error);
+    return;
+  }
+  render(data.results, query);
+  $("more").hidden = !(data.results.length === k && k < MAX_K);
+}
+
+function card(result, rank) {
+  const item = document.createElement("div");
+  item.className = "card";
+  item.dataset.id = result.id;
+  item.title = "Click for more like this";
+
+  const frame = document.createElement("div");
+  frame.className = "frame";
+  const img = document.createElement("img");
+  img.alt = result.uri || result.id;
+  img.src = `/thumb?id=${encodeURIComponent(result.id)}`;
+  img.addEventListener("error", () => {
+    const missing = document.createElement("span");
+    missing.className = "missing";
+    missing.textContent = "no thumbnail";
+    img.replaceWith(missing);
+  });
+  frame.append(img);
+
+  const info = document.createElement("div");
+  info.className = "info";
+  const head = document.createElement("div");
+  const rankEl = document.createElement("span");
+  rankEl.className = "rank";
+  rankEl.textContent = `#${rank}`;
+  const score = document.createElement("span");
+  score.className = "score";
+  score.textContent = result.score.toFixed(4);
+  head.append(rankEl, score);
+  const name = document.createElement("div");
+  name.className = "name";
+  name.textContent = result.uri ? result.uri.split("/").pop() : result.id;
+  name.title = result.uri || result.id;
+  info.append(head, name);
+  for (const [key, value] of Object.entries(result.metadata)) {
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    meta.textContent = `${key}: ${value}`;
+    meta.title = meta.textContent;
+    info.append(meta);
+  }
+  item.append(frame, info);
+  item.addEventListener("click", () => run({ kind: "id", value: result.id }, PAGE));
+  return item;
+}
+
+function render(results, query) {
+  $("grid").replaceChildren(...results.map((r, i) => card(r, i + 1)));
+  $("status").textContent = results.length
+    ? `${results.length} results for ${describe(query)}`
+    : `No results for ${describe(query)} (is the index empty, or the filter too strict?)`;
+}
+
+$("search-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = $("q").value.trim();
+  if (text) run({ kind: "text", value: text }, PAGE);
+  else if (current) run(current, PAGE);
+  else showError("Type what to look for, or choose an image.");
+});
+
+function searchWithFile(file) {
+  if (!file) return;
+  if (!file.type.startsWith("image/")) {
+    showError(`${file.name} is not an image`);
+    return;
+  }
+  run({ kind: "image", value: file.name, file }, PAGE);
+}
+
+$("image").addEventListener("change", () => searchWithFile($("image").files[0]));
+$("more").addEventListener("click", () => current && run(current, Math.min(shownK + PAGE, MAX_K)));
+
+// An image dropped anywhere on the page (the dashed box shows where) searches for similar ones.
+const drop = $("drop");
+document.body.addEventListener("dragover", (event) => {
+  event.preventDefault();
+  drop.classList.add("over");
+});
+document.body.addEventListener("dragleave", () => drop.classList.remove("over"));
+document.body.addEventListener("drop", (event) => {
+  event.preventDefault();
+  drop.classList.remove("over");
+  searchWithFile(event.dataTransfer.files[0]);
+});
+
+// /?q=TEXT runs that search at once; /?id=ID shows images like that one.
+if ($("q").value.trim()) run({ kind: "text", value: $("q").value.trim() }, PAGE);
+else if (config.id) run({ kind: "id", value: config.id }, PAGE);

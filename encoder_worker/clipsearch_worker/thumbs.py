@@ -1,0 +1,60 @@
+"""Thumbnails: the small preview of each image that the worker sends with its vector.
+
+A thumbnail is the decoded image scaled down so that its longest side is at most `size` pixels (never
+enlarged), encoded as WebP (default) or JPEG. It is made from the image the worker decodes for the
+model when that is large enough (so it costs one resize and one small encode), else from a JPEG draft
+decode at the thumbnail's size (decode.thumbnail_of); the model's own decode is never changed. Options: --thumbnail-size (0 turns thumbnails off), --thumbnail-format,
+--thumbnail-quality (clipsearch_core.settings).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+__all__ = ["MIME_TYPES", "ThumbnailSpec", "make_thumbnail"]
+
+MIME_TYPES = {"webp": "image/webp", "jpeg": "image/jpeg"}
+
+
+@dataclass(frozen=True)
+class ThumbnailSpec:
+    """How thumbnails are made: longest side in pixels (0 = no thumbnails), format and quality (1-100)."""
+
+    size: int = 256
+    format: str = "webp"
+    quality: int = 75
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 0
+
+    @property
+    def mime_type(self) -> str:
+        return MIME_TYPES[self.format]
+
+    @classmethod
+    def from_args(cls, args: Any) -> "ThumbnailSpec":
+        """From a command line parsed by `settings.parse("worker", ...)`."""
+        return cls(size=max(0, args.thumbnail_size), format=args.thumbnail_format,
+                   quality=min(100, max(1, args.thumbnail_quality)))
+
+
+def make_thumbnail(image: Image.Image, spec: ThumbnailSpec) -> bytes | None:
+    """The encoded thumbnail of a decoded RGB image, or None when thumbnails are off."""
+    if not spec.enabled:
+        return None
+    width, height = image.size
+    scale = min(1.0, spec.size / max(width, height))
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
+    buf = io.BytesIO()
+    if spec.format == "webp":
+        image.save(buf, format="WEBP", quality=spec.quality, method=4)
+    else:
+        image.save(buf, format="JPEG", quality=spec.quality, optimize=True)
+    return buf.getvalue()
