@@ -27,9 +27,8 @@ from clipsearch.v1 import (
 )
 
 from . import fields as typed
-from . import filters
+from . import search_api
 from . import validation as check
-from .collection import Hit
 from .engine import EngineSlot
 from .errors import InvalidArgument, ResourceExhausted, status_for
 from .ingest import Ingestor, QueuedImage
@@ -79,13 +78,6 @@ def _rpc(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
     return wrapper
 
 
-def _results(hits: list[Hit], min_score: float | None = None) -> list[types_pb2.SearchResult]:
-    if min_score is not None:  # hits are best first: the rest are all below
-        hits = [h for h in hits if h.score >= min_score]
-    return [types_pb2.SearchResult(id=h.id, score=h.score, uri=h.uri, metadata=h.metadata, fields=h.fields)
-            for h in hits]
-
-
 class SearchServicer(search_grpc.SearchServiceServicer):
     def __init__(self, slot: EngineSlot) -> None:
         self._slot = slot
@@ -94,30 +86,27 @@ class SearchServicer(search_grpc.SearchServiceServicer):
     async def TextSearch(
         self, request: search_pb.TextSearchRequest, context: grpc.aio.ServicerContext
     ) -> search_pb.TextSearchResponse:
-        text, k, min_score = check.text(request.text), check.k(request.k), check.min_score(request)
-        flt = filters.check(request.filter) if request.HasField("filter") else None
-        hits = await self._slot.get().text_search(text, k, flt)
-        return search_pb.TextSearchResponse(results=_results(hits, min_score))
+        engine = self._slot.get()
+        page, = await engine.search([await search_api.build(engine, request, "text")])
+        return search_pb.TextSearchResponse(results=search_api.results(page), next_page_token=page.next_page_token)
 
     @_rpc
     async def ImageSearch(
         self, request: search_pb.ImageSearchRequest, context: grpc.aio.ServicerContext
     ) -> search_pb.ImageSearchResponse:
-        k, min_score = check.k(request.k), check.min_score(request)
-        flt = filters.check(request.filter) if request.HasField("filter") else None
-        which = request.WhichOneof("query")
         engine = self._slot.get()
-        if which == "image":
-            if not request.image:
-                raise InvalidArgument("image is empty (0 bytes)")
-            hits = await engine.image_search_bytes(request.image, k, flt)
-        elif which == "uri":
-            hits = await engine.image_search_uri(check.uri(request.uri), k, flt)
-        elif which == "id":
-            hits = await engine.image_search_id(check.image_id(request.id), k, flt)
-        else:
-            raise InvalidArgument("set exactly one of image, uri or id")
-        return search_pb.ImageSearchResponse(results=_results(hits, min_score))
+        page, = await engine.search([await search_api.build(engine, request, request.WhichOneof("query"))])
+        return search_pb.ImageSearchResponse(results=search_api.results(page), next_page_token=page.next_page_token)
+
+    @_rpc
+    async def BatchSearch(
+        self, request: search_pb.BatchSearchRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb.BatchSearchResponse:
+        engine = self._slot.get()
+        found = await engine.search(await search_api.batch(engine, request))
+        return search_pb.BatchSearchResponse(results=[
+            search_pb.BatchResult(results=search_api.results(page), next_page_token=page.next_page_token)
+            for page in found])
 
 
 class IngestServicer(ingest_grpc.IngestServiceServicer):

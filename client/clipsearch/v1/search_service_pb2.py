@@ -25,21 +25,33 @@ _sym_db = _symbol_database.Default()
 from clipsearch.v1 import types_pb2 as clipsearch_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"clipsearch/v1/search_service.proto\x12\rclipsearch.v1\x1a\x19\x63lipsearch/v1/types.proto\"y\n\x11TextSearchRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12%\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x15.clipsearch.v1.Filter\x12\x16\n\tmin_score\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\x0c\n\n_min_score\"B\n\x12TextSearchResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.clipsearch.v1.SearchResult\"\xa3\x01\n\x12ImageSearchRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\r\n\x03uri\x18\x02 \x01(\tH\x00\x12\x0c\n\x02id\x18\x03 \x01(\tH\x00\x12\t\n\x01k\x18\x04 \x01(\x05\x12%\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x15.clipsearch.v1.Filter\x12\x16\n\tmin_score\x18\x06 \x01(\x02H\x01\x88\x01\x01\x42\x07\n\x05queryB\x0c\n\n_min_score\"C\n\x13ImageSearchResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.clipsearch.v1.SearchResult2\xb8\x01\n\rSearchService\x12Q\n\nTextSearch\x12 .clipsearch.v1.TextSearchRequest\x1a!.clipsearch.v1.TextSearchResponse\x12T\n\x0bImageSearch\x12!.clipsearch.v1.ImageSearchRequest\x1a\".clipsearch.v1.ImageSearchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"clipsearch/v1/search_service.proto\x12\rclipsearch.v1\x1a\x19\x63lipsearch/v1/types.proto\"\xc5\x01\n\x11TextSearchRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12%\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x15.clipsearch.v1.Filter\x12\x16\n\tmin_score\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x1f\n\x12\x63ollapse_threshold\x18\x06 \x01(\x02H\x01\x88\x01\x01\x42\x0c\n\n_min_scoreB\x15\n\x13_collapse_threshold\"[\n\x12TextSearchResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.clipsearch.v1.SearchResult\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xef\x01\n\x12ImageSearchRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\r\n\x03uri\x18\x02 \x01(\tH\x00\x12\x0c\n\x02id\x18\x03 \x01(\tH\x00\x12\t\n\x01k\x18\x04 \x01(\x05\x12%\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x15.clipsearch.v1.Filter\x12\x16\n\tmin_score\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\npage_token\x18\x07 \x01(\t\x12\x1f\n\x12\x63ollapse_threshold\x18\x08 \x01(\x02H\x02\x88\x01\x01\x42\x07\n\x05queryB\x0c\n\n_min_scoreB\x15\n\x13_collapse_threshold\"\\\n\x13ImageSearchResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.clipsearch.v1.SearchResult\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"@\n\x12\x42\x61tchSearchRequest\x12*\n\x07queries\x18\x01 \x03(\x0b\x32\x19.clipsearch.v1.BatchQuery\"\xb8\x02\n\nBatchQuery\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x0f\n\x05image\x18\x02 \x01(\x0cH\x00\x12\r\n\x03uri\x18\x03 \x01(\tH\x00\x12\x0c\n\x02id\x18\x04 \x01(\tH\x00\x12\x10\n\x06vector\x18\x05 \x01(\x0cH\x00\x12-\n\x05terms\x18\x06 \x01(\x0b\x32\x1c.clipsearch.v1.WeightedTermsH\x00\x12\t\n\x01k\x18\x07 \x01(\x05\x12%\n\x06\x66ilter\x18\x08 \x01(\x0b\x32\x15.clipsearch.v1.Filter\x12\x16\n\tmin_score\x18\t \x01(\x02H\x01\x88\x01\x01\x12\x12\n\npage_token\x18\n \x01(\t\x12\x1f\n\x12\x63ollapse_threshold\x18\x0b \x01(\x02H\x02\x88\x01\x01\x42\x07\n\x05queryB\x0c\n\n_min_scoreB\x15\n\x13_collapse_threshold\"8\n\rWeightedTerms\x12\'\n\x05terms\x18\x01 \x03(\x0b\x32\x18.clipsearch.v1.QueryTerm\"\x83\x01\n\tQueryTerm\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x0f\n\x05image\x18\x02 \x01(\x0cH\x00\x12\r\n\x03uri\x18\x03 \x01(\tH\x00\x12\x0c\n\x02id\x18\x04 \x01(\tH\x00\x12\x10\n\x06vector\x18\x05 \x01(\x0cH\x00\x12\x13\n\x06weight\x18\x06 \x01(\x02H\x01\x88\x01\x01\x42\x06\n\x04termB\t\n\x07_weight\"B\n\x13\x42\x61tchSearchResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.clipsearch.v1.BatchResult\"T\n\x0b\x42\x61tchResult\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.clipsearch.v1.SearchResult\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x8e\x02\n\rSearchService\x12Q\n\nTextSearch\x12 .clipsearch.v1.TextSearchRequest\x1a!.clipsearch.v1.TextSearchResponse\x12T\n\x0bImageSearch\x12!.clipsearch.v1.ImageSearchRequest\x1a\".clipsearch.v1.ImageSearchResponse\x12T\n\x0b\x42\x61tchSearch\x12!.clipsearch.v1.BatchSearchRequest\x1a\".clipsearch.v1.BatchSearchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'clipsearch.v1.search_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TEXTSEARCHREQUEST']._serialized_start=80
-  _globals['_TEXTSEARCHREQUEST']._serialized_end=201
-  _globals['_TEXTSEARCHRESPONSE']._serialized_start=203
-  _globals['_TEXTSEARCHRESPONSE']._serialized_end=269
-  _globals['_IMAGESEARCHREQUEST']._serialized_start=272
-  _globals['_IMAGESEARCHREQUEST']._serialized_end=435
-  _globals['_IMAGESEARCHRESPONSE']._serialized_start=437
-  _globals['_IMAGESEARCHRESPONSE']._serialized_end=504
-  _globals['_SEARCHSERVICE']._serialized_start=507
-  _globals['_SEARCHSERVICE']._serialized_end=691
+  _globals['_TEXTSEARCHREQUEST']._serialized_start=81
+  _globals['_TEXTSEARCHREQUEST']._serialized_end=278
+  _globals['_TEXTSEARCHRESPONSE']._serialized_start=280
+  _globals['_TEXTSEARCHRESPONSE']._serialized_end=371
+  _globals['_IMAGESEARCHREQUEST']._serialized_start=374
+  _globals['_IMAGESEARCHREQUEST']._serialized_end=613
+  _globals['_IMAGESEARCHRESPONSE']._serialized_start=615
+  _globals['_IMAGESEARCHRESPONSE']._serialized_end=707
+  _globals['_BATCHSEARCHREQUEST']._serialized_start=709
+  _globals['_BATCHSEARCHREQUEST']._serialized_end=773
+  _globals['_BATCHQUERY']._serialized_start=776
+  _globals['_BATCHQUERY']._serialized_end=1088
+  _globals['_WEIGHTEDTERMS']._serialized_start=1090
+  _globals['_WEIGHTEDTERMS']._serialized_end=1146
+  _globals['_QUERYTERM']._serialized_start=1149
+  _globals['_QUERYTERM']._serialized_end=1280
+  _globals['_BATCHSEARCHRESPONSE']._serialized_start=1282
+  _globals['_BATCHSEARCHRESPONSE']._serialized_end=1348
+  _globals['_BATCHRESULT']._serialized_start=1350
+  _globals['_BATCHRESULT']._serialized_end=1434
+  _globals['_SEARCHSERVICE']._serialized_start=1437
+  _globals['_SEARCHSERVICE']._serialized_end=1707
 # @@protoc_insertion_point(module_scope)

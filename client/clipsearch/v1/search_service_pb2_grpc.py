@@ -49,6 +49,11 @@ class SearchServiceStub:
                 request_serializer=clipsearch_dot_v1_dot_search__service__pb2.ImageSearchRequest.SerializeToString,
                 response_deserializer=clipsearch_dot_v1_dot_search__service__pb2.ImageSearchResponse.FromString,
                 _registered_method=True)
+        self.BatchSearch = channel.unary_unary(
+                '/clipsearch.v1.SearchService/BatchSearch',
+                request_serializer=clipsearch_dot_v1_dot_search__service__pb2.BatchSearchRequest.SerializeToString,
+                response_deserializer=clipsearch_dot_v1_dot_search__service__pb2.BatchSearchResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -78,6 +83,19 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchSearch(self, request, context):
+        """Runs 1 to 64 queries in one call, each with its own kind (text, image bytes, location, id, raw
+        vector, or weighted terms), k, filter, min_score, page token and collapse threshold. Queries with
+        the same filter (or none) are searched together in one index search where the plan allows.
+        Results come back in the order of the queries.
+        Errors: the whole call fails (no partial results) with INVALID_ARGUMENT naming the query by its
+        index ("queries[3].k must be ...") for any invalid query, NOT_FOUND naming the query for an
+        unknown id; INVALID_ARGUMENT for 0 or more than 64 queries.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -90,6 +108,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.ImageSearch,
                     request_deserializer=clipsearch_dot_v1_dot_search__service__pb2.ImageSearchRequest.FromString,
                     response_serializer=clipsearch_dot_v1_dot_search__service__pb2.ImageSearchResponse.SerializeToString,
+            ),
+            'BatchSearch': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchSearch,
+                    request_deserializer=clipsearch_dot_v1_dot_search__service__pb2.BatchSearchRequest.FromString,
+                    response_serializer=clipsearch_dot_v1_dot_search__service__pb2.BatchSearchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -151,6 +174,33 @@ class SearchService:
             '/clipsearch.v1.SearchService/ImageSearch',
             clipsearch_dot_v1_dot_search__service__pb2.ImageSearchRequest.SerializeToString,
             clipsearch_dot_v1_dot_search__service__pb2.ImageSearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchSearch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipsearch.v1.SearchService/BatchSearch',
+            clipsearch_dot_v1_dot_search__service__pb2.BatchSearchRequest.SerializeToString,
+            clipsearch_dot_v1_dot_search__service__pb2.BatchSearchResponse.FromString,
             options,
             channel_credentials,
             insecure,

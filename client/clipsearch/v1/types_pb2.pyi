@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SearchResult(_message.Message):
-    __slots__ = ("id", "score", "uri", "metadata", "fields")
+    __slots__ = ("id", "score", "uri", "metadata", "fields", "collapsed_ids")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -27,12 +27,14 @@ class SearchResult(_message.Message):
     URI_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     FIELDS_FIELD_NUMBER: _ClassVar[int]
+    COLLAPSED_IDS_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     uri: str
     metadata: _containers.ScalarMap[str, str]
     fields: _containers.MessageMap[str, Value]
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., uri: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., fields: _Optional[_Mapping[str, Value]] = ...) -> None: ...
+    collapsed_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., uri: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., fields: _Optional[_Mapping[str, Value]] = ..., collapsed_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Value(_message.Message):
     __slots__ = ("string_value", "int_value", "float_value", "bool_value", "time_ms", "string_list")
