@@ -22,7 +22,7 @@ from .errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from .types import Failure, ImageInput, IndexStats, Progress, SearchResult, Submission
+from .types import Failure, ImageInput, IndexStats, Progress, Query, SearchPage, SearchResult, Submission, Term
 
 __all__ = [
     "DEFAULT_SERVER",
@@ -40,9 +40,12 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "Progress",
+    "Query",
     "ResourceExhaustedError",
+    "SearchPage",
     "SearchResult",
     "Submission",
+    "Term",
     "UnauthenticatedError",
     "UnavailableError",
 ]
