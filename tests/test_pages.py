@@ -16,7 +16,7 @@ from clipsearch_core import pages
 from clipsearch_core.errors import InvalidArgument
 from clipsearch_server.collection import Collection
 from clipsearch_server.index import HnswParams
-from clipsearch_server.query import Page, Query, combine, run
+from clipsearch_server.query import LabelCache, Page, Query, combine, run
 from clipsearch_server.store import ImageRecord
 
 pytestmark = pytest.mark.timeout(120)
@@ -199,3 +199,23 @@ def test_combine_terms() -> None:
     np.testing.assert_allclose(combine([2 * a], [0.3]), a, atol=1e-6)  # terms are unit vectors first
     with pytest.raises(InvalidArgument, match="cancel out"):
         combine([a, a], [0.5, -0.5])
+
+
+def test_label_cache_serves_a_filter_until_the_next_write(tmp_path: Path) -> None:
+    collection = Collection(tmp_path, "test-model", DIM, HnswParams())
+    try:
+        v = vectors()
+        collection.upsert([record(i, v[i]) for i in range(20)])
+        cache = LabelCache()
+        flt = Filter(range=Range(field="n", lt=10))
+        first = cache.matching(collection, flt)
+        assert len(first) == 10 and cache.matching(collection, flt) is first  # served from the cache
+        collection.upsert([record(5, v[7])])  # replaced: a new label for n = 5
+        fresh = cache.matching(collection, flt)
+        assert fresh is not first and len(fresh) == 10 and set(first) != set(fresh)
+        collection.delete(["i0003"])
+        assert len(cache.matching(collection, flt)) == 9
+        page, = run(collection, [Query(v[0], 20, flt, fingerprint=FP)], cache)
+        assert sorted(h.id for h in page.hits) == [f"i{i:04d}" for i in range(10) if i != 3]
+    finally:
+        collection.close()

@@ -108,6 +108,7 @@ class Collection:
         self.index = self._load()
         self._indexed_below = self.store.next_label()  # every label below it is in the index (or stale)
         self._live = int(self.store.count())
+        self.generation = 0  # bumped by every write: cached filter results of an older generation are stale
         self._saved_at = (self.index.sealed_below, self.index.tombstones)
         log.info("collection ready: %d images, model %s, dim %d", self._live, model, dim)
 
@@ -175,6 +176,7 @@ class Collection:
                 self._indexed_below = max(self._indexed_below, int(labels.max()) + 1)
             self.index.remove(stale)
             self._live += len(added) - len(stale)
+            self.generation += 1
         if result.skipped:
             log.info("skipped %d upserts of images deleted after submission: %s",
                      len(result.skipped), ", ".join(result.skipped[:5]))
@@ -188,6 +190,7 @@ class Collection:
             removed = self.store.delete(ids)
             self.index.remove(label for _, label in removed)
             self._live -= len(removed)
+            self.generation += 1
         self._maybe_compact()
         return [image_id for image_id, _ in removed]
 

@@ -38,6 +38,7 @@ class Engine:
         self.collection = collection
         self.limits = limits
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engine")
+        self._labels = query.LabelCache()  # filters' matching labels, per write generation
         # Writes are serialized by the collection anyway; their own thread keeps them from queueing
         # behind searches in the shared pool.
         self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-write")
@@ -73,7 +74,7 @@ class Engine:
 
     async def search(self, queries: Sequence[Query]) -> list[Page]:
         """Pages of results for query vectors (query.py: filters once per group, batched first round)."""
-        return await self._run(lambda: query.run(self.collection, queries))
+        return await self._run(lambda: query.run(self.collection, queries, self._labels))
 
     async def upsert(self, records: Sequence[ImageRecord]) -> int:
         return await self._write(lambda: self.collection.upsert(records))

@@ -13,6 +13,9 @@ Owns what a query means once it is a vector; the collection (collection.py) owns
   search missed on an earlier page and finds later before the cursor is not shown: never repeated.
 - Batches: queries with the same filter are one group; the filter is evaluated once and the group's
   first round is one batched index search (collection.search_many), each query then completed alone.
+- Filter results are cached (`LabelCache`, keyed by the filter and the collection's write generation,
+  so any write invalidates them): the pages of a query and queries sharing a filter (a tenant, an album)
+  evaluate it once. At most CACHE_LABELS labels (8 bytes each) are kept.
 - Terms: sum(w_i * v_i) / sum(|w_i|) over unit term vectors, L2-normalized again; a sum with norm
   below MIN_TERMS_NORM is refused.
 - Collapse: greedy over the page's candidates in order: a candidate whose cosine with an already kept
@@ -23,6 +26,8 @@ Owns what a query means once it is a vector; the collection (collection.py) owns
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -37,7 +42,7 @@ from . import filters
 from .collection import Collection, Hit
 from .errors import InvalidArgument
 
-__all__ = ["MAX_BATCH", "MAX_FETCH", "MAX_TERMS", "MAX_WEIGHT", "MIN_TERMS_NORM", "Page", "Query",
+__all__ = ["MAX_BATCH", "MAX_FETCH", "MAX_TERMS", "MAX_WEIGHT", "MIN_TERMS_NORM", "LabelCache", "Page", "Query",
            "combine", "filter_key", "run"]
 
 MAX_BATCH = 64  # queries per BatchSearch
@@ -48,6 +53,7 @@ MAX_FETCH = 2 * pages.MAX_DEPTH + 64  # candidates one query may look at
 SPARE = 8  # candidates fetched past the depth, to see past the k-th result and past ties
 COLLAPSE_FETCH = 4  # first-round candidates per wanted result when collapsing
 TIE_EPS = 1e-6  # score margin within which an unfetched candidate could still tie the k-th result
+CACHE_LABELS = 4_000_000  # labels kept by a LabelCache in all (32 MB)
 
 
 @dataclass(frozen=True)
@@ -90,15 +96,49 @@ def combine(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarr
     return (total / norm).astype(np.float32)
 
 
-def run(collection: Collection, queries: Sequence[Query]) -> list[Page]:
-    """Answers the queries, in order. Each filter is evaluated once; each group's first round is batched."""
+class LabelCache:
+    """The labels matching recent filters, valid for one write generation of a collection."""
+
+    def __init__(self, max_labels: int = CACHE_LABELS) -> None:
+        self.max_labels = max_labels
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[int, bytes], np.ndarray] = OrderedDict()
+        self._size = 0
+
+    def matching(self, collection: Collection, flt: Filter) -> np.ndarray:
+        key = (collection.generation, filter_key(flt))  # read before evaluating: a write meanwhile makes it stale
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                return found
+        labels = filters.matching_labels(collection.store, flt)
+        labels.flags.writeable = False  # shared by the queries that hit the cache
+        with self._lock:
+            for old in [k for k in self._entries if k[0] < key[0]]:  # a write happened since: stale
+                self._size -= len(self._entries.pop(old))
+            if key not in self._entries and len(labels) <= self.max_labels:
+                self._entries[key] = labels
+                self._size += len(labels)
+                while self._size > self.max_labels:
+                    _, dropped = self._entries.popitem(last=False)
+                    self._size -= len(dropped)
+        return labels
+
+
+def run(collection: Collection, queries: Sequence[Query], cache: LabelCache | None = None) -> list[Page]:
+    """Answers the queries, in order. Each filter is evaluated once (or taken from `cache`); each group's
+    first round is batched."""
     groups: dict[bytes, list[int]] = {}
     for i, q in enumerate(queries):
         groups.setdefault(filter_key(q.flt), []).append(i)
     out: list[Page | None] = [None] * len(queries)
     for members in groups.values():
         flt = queries[members[0]].flt
-        matching = None if flt is None else filters.matching_labels(collection.store, flt)
+        if flt is None:
+            matching = None
+        else:
+            matching = cache.matching(collection, flt) if cache else filters.matching_labels(collection.store, flt)
         fetch = max(_first_fetch(queries[i]) for i in members)
         rounds = collection.search_many(np.stack([queries[i].vector for i in members]), fetch, matching)
         for i, hits in zip(members, rounds):
