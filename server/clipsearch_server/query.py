@@ -185,7 +185,7 @@ def _rescored(collection: Collection, hits: list[Hit], unit: np.ndarray) -> list
 def _cut(q: Query, candidates: list[tuple[Hit, np.ndarray]], exhausted: bool) -> tuple[Page, bool]:
     """The page and whether it is certain: false when an unfetched candidate could still belong to it."""
     kept: list[Hit] = []
-    kept_vectors: list[np.ndarray] = []
+    kept_vectors = np.empty((q.k, len(q.vector)), dtype=np.float32)  # rows [:len(kept)] are in use
     collapsed: list[list[str]] = []
     more = below = False
     for hit, vector in candidates:
@@ -194,17 +194,16 @@ def _cut(q: Query, candidates: list[tuple[Hit, np.ndarray]], exhausted: bool) ->
         if q.min_score is not None and hit.score < q.min_score:
             below = True  # candidates are in score order: none further reaches min_score
             break
-        if q.collapse is not None and kept_vectors:
-            sims = np.stack(kept_vectors) @ vector
-            best = int(np.argmax(sims >= q.collapse)) if bool((sims >= q.collapse).any()) else -1
-            if best >= 0:
-                collapsed[best].append(hit.id)
+        if q.collapse is not None and kept:
+            close = kept_vectors[:len(kept)] @ vector >= q.collapse
+            if close.any():  # joins the best kept result it is close to
+                collapsed[int(np.argmax(close))].append(hit.id)
                 continue
         if len(kept) == q.k:
             more = True
             break
+        kept_vectors[len(kept)] = vector
         kept.append(hit)
-        kept_vectors.append(vector)
         collapsed.append([])
     last_fetched = candidates[-1][0].score if candidates else -math.inf
     if len(kept) == q.k:
