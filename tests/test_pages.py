@@ -219,3 +219,15 @@ def test_label_cache_serves_a_filter_until_the_next_write(tmp_path: Path) -> Non
         assert sorted(h.id for h in page.hits) == [f"i{i:04d}" for i in range(10) if i != 3]
     finally:
         collection.close()
+
+
+@pytest.mark.parametrize("plan", ["exact", "graph"])
+def test_batched_first_round_equals_single_searches(collections: dict[str, Collection], plan: str) -> None:
+    """search_many answers several query vectors in one index search, each row as its own search would."""
+    collection = collections[plan]
+    queries = np.stack([query_vector(seed) for seed in range(20, 26)])
+    for matching in (None, collection.store.live_labels()[100:400]):
+        rows = collection.search_many(queries, 9, matching)
+        for q, row in zip(queries, rows):
+            single = collection.search(q, 9) if matching is None else collection.search_among(q, 9, matching)
+            assert [h.id for h in row] == [h.id for h in single] and len(row) == 9
