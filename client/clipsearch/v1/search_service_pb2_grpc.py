@@ -67,7 +67,8 @@ class SearchServiceServicer:
     def TextSearch(self, request, context):
         """Finds the k images most similar to a text description.
         Errors: INVALID_ARGUMENT for empty/whitespace text, text over 1000 characters, k outside [1, 1000],
-        or an invalid filter.
+        an invalid filter, a page_token that is malformed, of another query or past the depth limit, or a
+        collapse_threshold outside (0, 1].
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -77,7 +78,8 @@ class SearchServiceServicer:
         """Finds the k images most similar to a query image given as bytes, as a location, or as
         the id of an already indexed image ("more like this"; the query image itself is left out).
         Errors: INVALID_ARGUMENT for a missing query, undecodable image bytes, a location that is
-        not allowed or cannot be read, k outside [1, 1000] or an invalid filter; NOT_FOUND for an unknown id.
+        not allowed or cannot be read, k outside [1, 1000], an invalid filter, page_token or
+        collapse_threshold (as TextSearch); NOT_FOUND for an unknown id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
