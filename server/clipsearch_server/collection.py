@@ -83,7 +83,7 @@ class Collection:
         params: HnswParams = HnswParams(),
         compact_ratio: float = 0.2,
         compact_min: int = 1000,
-        filter_exact_max: int = 40_000,
+        filter_exact_max: int = 10_000,
         seal_at: int = 20_000,
     ) -> None:
         self.model = model
