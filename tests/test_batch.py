@@ -94,7 +94,7 @@ def test_pages_with_filter_and_min_score_async(deployed: Deployed) -> None:
     flt = Filter(range=Range(field="n", gte=10, lt=40))
     threshold = deployed.client.text_search("a blue square", k=1000, where=flt)[14].score  # 15 results >= it
 
-    async def follow() -> list[list[SearchResult]]:
+    async def follow() -> tuple[list[list[SearchResult]], list[SearchResult]]:
         async with AsyncClient(deployed.address, timeout=30) as client:
             out, token = [], ""
             while True:
@@ -102,9 +102,12 @@ def test_pages_with_filter_and_min_score_async(deployed: Deployed) -> None:
                 out.append(page)
                 token = page.next_page_token
                 if not token:
-                    return out
+                    break
+            batched, = await client.batch_search([Query(text="a blue square", k=4, where=flt, min_score=threshold)])
+            return out, batched
 
-    found = asyncio.run(follow())
+    found, batched = asyncio.run(follow())
+    assert key(batched) == key(found[0]) and batched.next_page_token
     exact = [r for r in deployed.client.text_search("a blue square", k=1000, where=flt) if r.score >= threshold]
     assert len(exact) >= 15
     assert [pair for p in found for pair in key(p)] == key(exact)
@@ -231,6 +234,8 @@ def test_cli_pages_and_terms(deployed: Deployed) -> None:
     assert first["next_page_token"] and second["next_page_token"]
     last = search("a red circle", "-k", "1000", "--where", "shape=circle")
     assert last["next_page_token"] == "" and len(last["results"]) == 12
+    collapsed = search("--id", "dup1-0", "-k", "5", "--where", "dup=yes", "--collapse", "0.99")
+    assert [len(r["collapsed_ids"]) for r in collapsed["results"]] == [1, 2, 2]
     steered = search("a red shape", "-k", "8", "--where", "color=red", "--minus", "a circle:0.5")
     assert [r["id"] for r in steered["results"]] == [
         r.id for r in deployed.client.batch_search([Query(terms=[Term(text="a red shape"), Term(text="a circle", weight=-0.5)],
