@@ -114,6 +114,7 @@ def test_every_rpc_of_the_services_has_a_scope() -> None:
         assert name in READ_METHODS | WRITE_METHODS, f"{path} has no scope: add it to READ_METHODS or WRITE_METHODS"
     assert set(method_scopes()) == set(methods)
     assert required_scope("/clipsearch.v1.SearchService/TextSearch") == "read"
+    assert required_scope("/clipsearch.v1.SearchService/BatchSearch") == "read"
     assert required_scope("/clipsearch.v1.IndexService/DeleteImages") == "write"
     assert required_scope("/clipsearch.v1.IndexService/SomethingNew") == "write"  # fails closed
 
