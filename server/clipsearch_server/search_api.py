@@ -26,7 +26,7 @@ from .engine import Engine
 from .errors import InvalidArgument, ServiceError
 from .query import MAX_BATCH, MAX_TERMS, MAX_WEIGHT, Page, Query, combine, filter_key
 
-__all__ = ["batch", "build", "results"]
+__all__ = ["batch", "build", "fingerprint_of", "results"]
 
 
 async def build(engine: Engine, request: Any, kind: str | None, prefix: str = "") -> Query:
@@ -61,14 +61,27 @@ async def _build(engine: Engine, request: Any, kind: str | None) -> Query:
     value = getattr(request, kind)
     exclude: frozenset[str] = frozenset()
     if kind == "terms":
-        vector, exclude, content = await _terms(engine, value)
+        vector, exclude = await _terms(engine, value)
     else:
         vector, content = await _vector(engine, kind, value, kind)
         if kind == "id":
-            exclude = frozenset([content])
-    fingerprint = pages.fingerprint(kind, content, filter_key(flt), repr(min_score), repr(collapse))
+            exclude = frozenset([str(content)])
+    fingerprint = fingerprint_of(request, kind)
     cursor = pages.decode(request.page_token, fingerprint, k) if request.page_token else None
     return Query(vector, k, flt, min_score, cursor, fingerprint, exclude, collapse)
+
+
+def fingerprint_of(request: Any, kind: str) -> str:
+    """The page-token fingerprint of a (validated) TextSearch/ImageSearch request or batch query whose query
+    oneof is `kind`: its kind and content, filter, min_score and collapse threshold. A router that merges
+    shards' pages encodes its next_page_token with it."""
+    value = getattr(request, kind)
+    content = value.strip() if kind == "text" else (
+        value.SerializeToString(deterministic=True) if kind == "terms" else value)
+    flt = request.filter if request.HasField("filter") else None
+    min_score = float(request.min_score) if request.HasField("min_score") else None
+    collapse = float(request.collapse_threshold) if request.HasField("collapse_threshold") else None
+    return pages.fingerprint(kind, content, filter_key(flt), repr(min_score), repr(collapse))
 
 
 def _kinds(request: Any) -> list[str]:
@@ -104,9 +117,8 @@ async def _vector(engine: Engine, kind: str, value: Any, where: str) -> tuple[np
     raise InvalidArgument(f"unknown query kind {kind!r}")
 
 
-async def _terms(engine: Engine, terms: search_pb.WeightedTerms) -> tuple[np.ndarray, frozenset[str], bytes]:
-    """The combined vector of weighted terms, the ids of positive id terms (left out of the results),
-    and the terms' serialized form (their identity in the fingerprint)."""
+async def _terms(engine: Engine, terms: search_pb.WeightedTerms) -> tuple[np.ndarray, frozenset[str]]:
+    """The combined vector of weighted terms and the ids of positive id terms (left out of the results)."""
     if not 1 <= len(terms.terms) <= MAX_TERMS:
         raise InvalidArgument(f"terms holds {len(terms.terms)} terms; give 1 to {MAX_TERMS}")
     vectors, weights, exclude = [], [], set()
@@ -123,7 +135,7 @@ async def _terms(engine: Engine, terms: search_pb.WeightedTerms) -> tuple[np.nda
             exclude.add(str(content))
         vectors.append(vector)
         weights.append(weight)
-    return combine(vectors, weights), frozenset(exclude), terms.SerializeToString(deterministic=True)
+    return combine(vectors, weights), frozenset(exclude)
 
 
 def results(page: Page) -> list[types_pb2.SearchResult]:
