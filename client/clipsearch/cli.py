@@ -97,9 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fold near duplicates (cosine >= COSINE, e.g. 0.95) into the best of each group")
     for sign, what in (("plus", "towards"), ("minus", "away from")):
         search.add_argument(f"--{sign}", action="append", default=[], metavar="TEXT[:WEIGHT]",
-                            help=f"a text term steering {what} it (weight default 1), e.g. --{sign} 'at night':0.3")
+                            help=f"a text term steering {what} it (weight default 1), e.g. --{sign} 'at night':0.3; "
+                                 "give the weight when the text ends in ':<number>'")
         search.add_argument(f"--{sign}-id", action="append", default=[], metavar="ID[:WEIGHT]",
-                            help=f"an indexed image's id steering {what} it (weight default 1)")
+                            help=f"an indexed image's id steering {what} it (weight default 1; give the weight "
+                                 "when the id ends in ':<number>')")
 
     stats = sub.add_parser("stats", help="index statistics and ingestion progress")
     _client_options(stats)
