@@ -231,3 +231,18 @@ def test_batched_first_round_equals_single_searches(collections: dict[str, Colle
         for q, row in zip(queries, rows):
             single = collection.search(q, 9) if matching is None else collection.search_among(q, 9, matching)
             assert [h.id for h in row] == [h.id for h in single] and len(row) == 9
+
+
+def test_queries_sharing_a_filter_are_searched_together(collections: dict[str, Collection],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One batched index search per filter group (no widening needed here), answers equal to single runs."""
+    collection = collections["graph"]
+    flt = Filter(range=Range(field="n", gte=100, lt=400))
+    queries = [Query(query_vector(30 + i), 5, flt if i < 3 else None, fingerprint=FP) for i in range(5)]
+    calls: list[int] = []
+    real = collection.search_many
+    monkeypatch.setattr(collection, "search_many", lambda q, *a, **kw: calls.append(len(q)) or real(q, *a, **kw))
+    batched = run(collection, queries)
+    assert sorted(calls) == [2, 3]  # the filtered group of 3 and the unfiltered group of 2
+    monkeypatch.undo()
+    assert [[h.id for h in p.hits] for p in batched] == [[h.id for h in run(collection, [q])[0].hits] for q in queries]
