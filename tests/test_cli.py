@@ -47,7 +47,7 @@ def test_up_index_search_stats(tiny_model: str, tmp_path: Path) -> None:
         out = cli("search", "a green square", "-k", "5", "--json", server=address)
         assert out.returncode == 0, out.stderr
         results = json.loads(out.stdout)["results"]
-        assert len(results) == 5 and set(results[0]) == {"id", "uri", "score", "metadata", "fields"}
+        assert len(results) == 5 and set(results[0]) == {"id", "uri", "score", "metadata", "fields", "collapsed_ids"}
         assert all(r["uri"] in expected for r in results)  # uri is the path the file was indexed from
         assert sum(expected[r["uri"]] == ("green", "square") for r in results) >= 3
 

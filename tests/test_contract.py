@@ -170,3 +170,8 @@ def test_node_client_against_real_stack(stack: Stack, procs: list[Proc], tmp_pat
     bad = out["bad_request"]
     assert bad["code"] == 3 and bad["code_name"] == "INVALID_ARGUMENT", bad
     assert re.search(r"\bk\b", bad["details"]), bad
+
+    pages = out["filtered_pages"]  # k = 1 over the 2 images matching the filter: 2 pages, then no token
+    assert [len(p["results"]) for p in pages] == [1, 1], pages
+    assert [p["results"][0]["id"] for p in pages] == [h["id"] for h in text_hits]  # same order as one k = 2 search
+    assert pages[0]["next_page_token"] and pages[1]["next_page_token"] == "", pages

@@ -108,13 +108,14 @@ def test_every_rpc_of_the_services_has_a_scope() -> None:
         for service in module.DESCRIPTOR.services_by_name.values()
         for method in service.methods
     }
-    assert len(methods) == 11
+    assert len(methods) == 12
     assert not READ_METHODS & WRITE_METHODS
     for path, name in methods.items():
         assert name in READ_METHODS | WRITE_METHODS, f"{path} has no scope: add it to READ_METHODS or WRITE_METHODS"
     assert set(method_scopes()) == set(methods)
     assert required_scope("/clipsearch.v1.SearchService/TextSearch") == "read"
     assert required_scope("/clipsearch.v1.SearchService/GetThumbnails") == "read"
+    assert required_scope("/clipsearch.v1.SearchService/BatchSearch") == "read"
     assert required_scope("/clipsearch.v1.IndexService/DeleteImages") == "write"
     assert required_scope("/clipsearch.v1.IndexService/SomethingNew") == "write"  # fails closed
 

@@ -22,7 +22,7 @@ from .errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from .types import Failure, ImageInput, IndexStats, Progress, SearchResult, SearchResults, Submission, Thumbnail
+from .types import Failure, ImageInput, IndexStats, Progress, Query, SearchPage, SearchResult, Submission, Term, Thumbnail
 
 __all__ = [
     "DEFAULT_SERVER",
@@ -40,10 +40,12 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "Progress",
+    "Query",
     "ResourceExhaustedError",
+    "SearchPage",
     "SearchResult",
-    "SearchResults",
     "Submission",
+    "Term",
     "Thumbnail",
     "UnauthenticatedError",
     "UnavailableError",

@@ -16,13 +16,14 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
 from .client import DEFAULT_SERVER, Client
 from .connection import Connection
 from .errors import ClipsearchError
-from .types import ImageInput, Progress
+from .types import ImageInput, Progress, Query, SearchPage, Term
 from .where import fields_from_json, fields_to_json, where_filter
 
 __all__ = ["main"]
@@ -92,6 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--where", action="append", default=[], metavar="EXPR",
                         help="only images whose fields match, e.g. shape=circle, 'shape in circle,square', "
                              "'n>=100' (also >, <, <=, !=), 'taken>=2024-01-01'; repeatable, all must hold")
+    search.add_argument("--page-token", default="", metavar="TOKEN",
+                        help="the next_page_token of the previous page (same query and options): the next page")
+    search.add_argument("--collapse", type=float, default=None, metavar="COSINE",
+                        help="fold near duplicates (cosine >= COSINE, e.g. 0.95) into the best of each group")
+    for sign, what in (("plus", "towards"), ("minus", "away from")):
+        search.add_argument(f"--{sign}", action="append", default=[], metavar="TEXT[:WEIGHT]",
+                            help=f"a text term steering {what} it (weight default 1), e.g. --{sign} 'at night':0.3; "
+                                 "give the weight when the text ends in ':<number>'")
+        search.add_argument(f"--{sign}-id", action="append", default=[], metavar="ID[:WEIGHT]",
+                            help=f"an indexed image's id steering {what} it (weight default 1; give the weight "
+                                 "when the id ends in ':<number>')")
     search.add_argument("--sheet", metavar="FILE",
                         help="also write the results as one image (.jpg, .png or .webp): a grid of thumbnails with "
                              "rank and score under each (k at most 100; needs Pillow: pip install 'clipsearch[ui]')")
@@ -270,6 +282,21 @@ def _wait_for_batch(client: Client, batch_id: str, total: int) -> Progress:
             time.sleep(0.5)
 
 
+def _terms(args: argparse.Namespace) -> list[Term]:
+    """The weighted terms of --plus/--minus(-id) (TEXT:WEIGHT, ID:WEIGHT); minus terms get negative weights."""
+    terms = []
+    for option, kind, sign in (("plus", "text", 1.0), ("minus", "text", -1.0), ("plus_id", "id", 1.0),
+                               ("minus_id", "id", -1.0)):
+        for raw in getattr(args, option):
+            value, _, weight = raw.rpartition(":")
+            try:
+                magnitude = float(weight) if value else 1.0
+            except ValueError:
+                value, magnitude = raw, 1.0
+            terms.append(Term(weight=sign * magnitude, **{kind: value or raw}))
+    return terms
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     queries = [q for q in (args.text, args.image, args.id) if q]
     if len(queries) != 1:
@@ -280,19 +307,29 @@ def cmd_search(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    terms = _terms(args)
     thumbs = bool(args.sheet)
+    options = dict(k=args.k, where=where, min_score=args.min_score, page_token=args.page_token,
+                   collapse_threshold=args.collapse)
     with Client(timeout=args.timeout, connection=_connection(args)) as client:
-        if args.text:
-            results = client.text_search(args.text, k=args.k, where=where, min_score=args.min_score,
-                                         include_thumbnails=thumbs)
+        if terms:
+            main = Term(text=args.text) if args.text else (
+                Term(image=Path(args.image).read_bytes()) if args.image else Term(id=args.id))
+            results: SearchPage = client.batch_search([Query(terms=[main, *terms], **options)])[0]
+            label = " ".join([queries[0], *(f"{'+' if t.weight > 0 else '-'}{abs(t.weight):g}x{t.text or t.id}"
+                                            for t in terms)])
+            if thumbs and results:  # a batch query carries no inline thumbnails: fetch them
+                found = client.thumbnails([r.id for r in results], allow_missing=True)
+                results = SearchPage([replace(r, thumbnail=found[r.id].data, thumbnail_mime_type=found[r.id].mime_type)
+                                      if r.id in found else r for r in results], results.next_page_token)
+        elif args.text:
+            results = client.text_search(args.text, **options, include_thumbnails=thumbs)
             label = f'"{args.text}"'
         elif args.image:
-            results = client.image_search(Path(args.image).read_bytes(), k=args.k, where=where,
-                                           min_score=args.min_score, include_thumbnails=thumbs)
+            results = client.image_search(Path(args.image).read_bytes(), **options, include_thumbnails=thumbs)
             label = f"image {args.image}"
         else:
-            results = client.image_search(id=args.id, k=args.k, where=where, min_score=args.min_score,
-                                           include_thumbnails=thumbs)
+            results = client.image_search(id=args.id, **options, include_thumbnails=thumbs)
             label = f"id {args.id}"
     if args.sheet:
         from .sheet import save_sheet
@@ -301,19 +338,24 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"wrote {args.sheet} ({len(results)} results)", file=sys.stderr)
     if args.json:
         data: dict = {"results": [{"id": r.id, "uri": r.uri, "score": r.score, "metadata": r.metadata,
-                                   "fields": fields_to_json(r.fields)} for r in results]}
-        if getattr(results, "shards_total", 0):  # answered by a router
+                                   "fields": fields_to_json(r.fields), "collapsed_ids": r.collapsed_ids}
+                                  for r in results],
+                      "next_page_token": results.next_page_token}
+        if results.shards_total:  # answered by a router
             data.update(shards_total=results.shards_total, shards_answered=results.shards_answered,
                         partial=results.partial)
         print(json.dumps(data))
         return 0
     print(f"\nQuery: {label}\n")
     for rank, r in enumerate(results, 1):
-        print(f"Match {rank}: {r.uri or r.id} (id: {r.id}, score: {r.score:.4f})")
-    if getattr(results, "partial", False):
+        folded = f", {len(r.collapsed_ids)} near duplicates folded" if r.collapsed_ids else ""
+        print(f"Match {rank}: {r.uri or r.id} (id: {r.id}, score: {r.score:.4f}{folded})")
+    if results.partial:
         print(f"(partial: {results.shards_answered} of {results.shards_total} shards answered)")
     if not results:
         print("no matches (is the index empty?)")
+    if results.next_page_token:
+        print(f"\nnext page: --page-token {results.next_page_token}")
     return 0
 
 

@@ -7,6 +7,7 @@ token; gRPC errors become `ClipsearchError` subclasses.
 
 from __future__ import annotations
 
+import struct
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterable, Sequence, TypeVar
@@ -17,9 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from .connection import DEFAULT_SERVER, Connection
 from .errors import InvalidArgumentError, UnavailableError, from_rpc_error
 from .fields import from_values, to_values
-from .types import (Failure, ImageInput, IndexStats, Progress, QueueStatus, SearchResult, SearchResults, Submission,
-                    Thumbnail,
-                    WorkerStatus)
+from .types import (Failure, ImageInput, IndexStats, Progress, Query, QueueStatus, SearchPage, SearchResult, Submission,
+                    Term, Thumbnail, WorkerStatus)
 from .v1 import (
     index_service_pb2 as index_pb,
     index_service_pb2_grpc as index_grpc,
@@ -51,27 +51,29 @@ def _stubs(channel: Any) -> dict[str, Any]:
     }
 
 
-def _results(reply: Any) -> list[SearchResult]:
-    """The matches as a SearchResults list, with the router's shard counts (zero from a server)."""
-    return SearchResults([SearchResult(r.id, float(r.score), r.uri, dict(r.metadata), from_values(r.fields), r.thumbnail,
-                                       r.thumbnail_mime_type) for r in reply.results],
-                         reply.shards_total, reply.shards_answered, reply.partial)
+def _results(reply: Any) -> SearchPage:
+    """A page of matches, with the next page's token and, through a router, the shard counts."""
+    return SearchPage([SearchResult(r.id, float(r.score), r.uri, dict(r.metadata), from_values(r.fields),
+                                    list(r.collapsed_ids), r.thumbnail, r.thumbnail_mime_type) for r in reply.results],
+                      reply.next_page_token, reply.shards_total, reply.shards_answered, reply.partial)
 
 
 def _text_search(text: str, k: int, where: types_pb2.Filter | None = None, min_score: float | None = None,
-                 include_thumbnails: bool = False) -> _Call[list[SearchResult]]:
-    request = search_pb.TextSearchRequest(text=text, k=k, filter=where, min_score=min_score,
-                                          include_thumbnails=include_thumbnails)
+                 page_token: str = "", collapse_threshold: float | None = None,
+                 include_thumbnails: bool = False) -> _Call[SearchPage]:
+    request = search_pb.TextSearchRequest(text=text, k=k, filter=where, min_score=min_score, page_token=page_token,
+                                          collapse_threshold=collapse_threshold, include_thumbnails=include_thumbnails)
     return _Call("search", "TextSearch", request, _results)
 
 
 def _image_search(image: bytes | None, uri: str | None, image_id: str | None, k: int,
-                  where: types_pb2.Filter | None = None, min_score: float | None = None,
-                  include_thumbnails: bool = False) -> _Call[list[SearchResult]]:
+                  where: types_pb2.Filter | None = None, min_score: float | None = None, page_token: str = "",
+                  collapse_threshold: float | None = None, include_thumbnails: bool = False) -> _Call[SearchPage]:
     given = {name: value for name, value in (("image", image), ("uri", uri), ("id", image_id)) if value is not None}
     if len(given) != 1:
         raise InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, "give exactly one of image, uri or id")
-    request = search_pb.ImageSearchRequest(k=k, filter=where, min_score=min_score,
+    request = search_pb.ImageSearchRequest(k=k, filter=where, min_score=min_score, page_token=page_token,
+                                           collapse_threshold=collapse_threshold,
                                            include_thumbnails=include_thumbnails, **given)
     return _Call("search", "ImageSearch", request, _results)
 
@@ -82,6 +84,38 @@ def _thumbnails(ids: Sequence[str], allow_missing: bool) -> _Call[dict[str, Thum
 
     request = search_pb.GetThumbnailsRequest(ids=list(ids), allow_missing=allow_missing)
     return _Call("search", "GetThumbnails", request, parse)
+
+
+def _vector_bytes(vector: Any) -> bytes:
+    """float32 little-endian bytes of a vector given as bytes or a sequence of floats."""
+    if isinstance(vector, (bytes, bytearray)):
+        return bytes(vector)
+    values = [float(x) for x in vector]
+    return struct.pack(f"<{len(values)}f", *values)
+
+
+def _kind(item: Query | Term, kinds: tuple[str, ...], what: str) -> dict[str, Any]:
+    given = {name: getattr(item, name) for name in kinds if getattr(item, name) is not None}
+    if len(given) != 1:
+        raise InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: give exactly one of {', '.join(kinds)}")
+    if "vector" in given:
+        given["vector"] = _vector_bytes(given["vector"])
+    return given
+
+
+def _batch_query(i: int, q: Query) -> search_pb.BatchQuery:
+    given = _kind(q, ("text", "image", "uri", "id", "vector", "terms"), f"queries[{i}]")
+    if "terms" in given:
+        given["terms"] = search_pb.WeightedTerms(terms=[
+            search_pb.QueryTerm(weight=t.weight, **_kind(t, ("text", "image", "uri", "id", "vector"), f"queries[{i}].terms[{j}]"))
+            for j, t in enumerate(given["terms"])])
+    return search_pb.BatchQuery(k=q.k, filter=q.where, min_score=q.min_score, page_token=q.page_token,
+                                collapse_threshold=q.collapse_threshold, **given)
+
+
+def _batch_search(queries: Sequence[Query]) -> _Call[list[SearchPage]]:
+    request = search_pb.BatchSearchRequest(queries=[_batch_query(i, q) for i, q in enumerate(queries)])
+    return _Call("search", "BatchSearch", request, lambda reply: [_results(r) for r in reply.results])
 
 
 def _submit(images: Iterable[ImageInput], batch_id: str, request_id: str | None) -> _Call[Submission]:
@@ -168,18 +202,26 @@ class Client(_Base):
         return call.parse(reply)
 
     def text_search(self, text: str, k: int = 10, *, where: types_pb2.Filter | None = None,
-                    min_score: float | None = None, include_thumbnails: bool = False,
-                    timeout: float | None = None) -> list[SearchResult]:
-        """The k images that best match `text`, best first. `include_thumbnails` fills each result's
-        thumbnail (k at most 100 then)."""
-        return self._invoke(_text_search(text, k, where, min_score, include_thumbnails), timeout)
+                    min_score: float | None = None, page_token: str = "", collapse_threshold: float | None = None,
+                    include_thumbnails: bool = False, timeout: float | None = None) -> SearchPage:
+        """The k images that best match `text`, best first (a list with `.next_page_token`; pass it back
+        as `page_token` for the next page). `collapse_threshold` (cosine) folds near duplicates into
+        the best of each group (see SearchResult.collapsed_ids). `include_thumbnails` fills each
+        result's thumbnail (k at most 100 then)."""
+        return self._invoke(_text_search(text, k, where, min_score, page_token, collapse_threshold,
+                                         include_thumbnails), timeout)
 
     def image_search(self, image: bytes | None = None, *, uri: str | None = None, id: str | None = None,  # noqa: A002
-                     k: int = 10, where: types_pb2.Filter | None = None,
-                     min_score: float | None = None, include_thumbnails: bool = False,
-                     timeout: float | None = None) -> list[SearchResult]:
+                     k: int = 10, where: types_pb2.Filter | None = None, min_score: float | None = None,
+                     page_token: str = "", collapse_threshold: float | None = None, include_thumbnails: bool = False,
+                     timeout: float | None = None) -> SearchPage:
         """The k images most similar to a query image given as bytes, a uri, or an indexed image's id."""
-        return self._invoke(_image_search(image, uri, id, k, where, min_score, include_thumbnails), timeout)
+        return self._invoke(_image_search(image, uri, id, k, where, min_score, page_token, collapse_threshold,
+                                          include_thumbnails), timeout)
+
+    def batch_search(self, queries: Sequence[Query], *, timeout: float | None = None) -> list[SearchPage]:
+        """Runs 1 to 64 queries (text, image, uri, id, vector or weighted terms) in one call; one page per query."""
+        return self._invoke(_batch_search(queries), timeout)
 
     def thumbnails(self, ids: Sequence[str], *, allow_missing: bool = False,
                    timeout: float | None = None) -> dict[str, Thumbnail]:
@@ -266,15 +308,22 @@ class AsyncClient(_Base):
         return call.parse(reply)
 
     async def text_search(self, text: str, k: int = 10, *, where: types_pb2.Filter | None = None,
-                          min_score: float | None = None, include_thumbnails: bool = False,
-                          timeout: float | None = None) -> list[SearchResult]:
-        return await self._invoke(_text_search(text, k, where, min_score, include_thumbnails), timeout)
+                          min_score: float | None = None, page_token: str = "",
+                          collapse_threshold: float | None = None, include_thumbnails: bool = False,
+                          timeout: float | None = None) -> SearchPage:
+        return await self._invoke(_text_search(text, k, where, min_score, page_token, collapse_threshold,
+                                               include_thumbnails), timeout)
 
     async def image_search(self, image: bytes | None = None, *, uri: str | None = None, id: str | None = None,  # noqa: A002
-                           k: int = 10, where: types_pb2.Filter | None = None,
-                           min_score: float | None = None, include_thumbnails: bool = False,
-                           timeout: float | None = None) -> list[SearchResult]:
-        return await self._invoke(_image_search(image, uri, id, k, where, min_score, include_thumbnails), timeout)
+                           k: int = 10, where: types_pb2.Filter | None = None, min_score: float | None = None,
+                           page_token: str = "", collapse_threshold: float | None = None,
+                           include_thumbnails: bool = False, timeout: float | None = None) -> SearchPage:
+        return await self._invoke(
+            _image_search(image, uri, id, k, where, min_score, page_token, collapse_threshold, include_thumbnails),
+            timeout)
+
+    async def batch_search(self, queries: Sequence[Query], *, timeout: float | None = None) -> list[SearchPage]:
+        return await self._invoke(_batch_search(queries), timeout)
 
     async def thumbnails(self, ids: Sequence[str], *, allow_missing: bool = False,
                          timeout: float | None = None) -> dict[str, Thumbnail]:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Failure", "ImageInput", "IndexStats", "Progress", "QueueStatus", "SearchResult", "SearchResults", "Submission",
-           "Thumbnail",
-           "WorkerStatus"]
+__all__ = ["Failure", "ImageInput", "IndexStats", "Progress", "Query", "QueueStatus", "SearchPage", "SearchResult",
+           "Submission", "Term", "Thumbnail", "WorkerStatus"]
 
 
 @dataclass(frozen=True)
@@ -20,6 +19,8 @@ class SearchResult:
     metadata: dict[str, str] = field(default_factory=dict)
     # Typed fields: str, int, float, bool, datetime (UTC) or list of str; metadata entries included as str.
     fields: dict[str, Any] = field(default_factory=dict)
+    # With collapse_threshold: ids of the near duplicates left out in favour of this result.
+    collapsed_ids: list[str] = field(default_factory=list)
     # The image's thumbnail (WebP or JPEG bytes) when the search asked for it and the image has one.
     thumbnail: bytes = b""
     thumbnail_mime_type: str = ""
@@ -34,17 +35,51 @@ class Thumbnail:
     mime_type: str
 
 
-class SearchResults(list):  # type: ignore[type-arg]
-    """The matches of one search, best first (a list of SearchResult), and, when a router answered, how
-    many shards there are (`shards_total`, 0 when a server answered directly), how many answered, and
-    whether the results are partial (some shard missing)."""
+class SearchPage(list):  # type: ignore[type-arg]
+    """A page of results (a list of SearchResult, best first) and the token of the next page.
 
-    def __init__(self, results: list[SearchResult], shards_total: int = 0, shards_answered: int = 0,
-                 partial: bool = False) -> None:
+    `next_page_token` is "" on the last page; else pass it as `page_token` with the same query to get
+    the next page. When a router answered: how many shards there are (`shards_total`; 0 when a server
+    answered directly), how many answered, and whether the results are partial (some shard missing)."""
+
+    def __init__(self, results: Any = (), next_page_token: str = "", shards_total: int = 0,
+                 shards_answered: int = 0, partial: bool = False) -> None:
         super().__init__(results)
+        self.next_page_token = next_page_token
         self.shards_total = shards_total
         self.shards_answered = shards_answered
         self.partial = partial
+
+
+@dataclass(frozen=True)
+class Term:
+    """One weighted term of a multi-term query: exactly one of text, image (bytes), uri, id or vector
+    (floats, the model's dim), and a weight (non-zero, within +-100; negative steers away)."""
+
+    text: str | None = None
+    image: bytes | None = None
+    uri: str | None = None
+    id: str | None = None
+    vector: Any = None  # a sequence of floats, or float32 little-endian bytes
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Query:
+    """One query of `batch_search`: exactly one of text, image, uri, id, vector or terms, with its own
+    k, filter (`where`), min_score, page_token and collapse_threshold."""
+
+    text: str | None = None
+    image: bytes | None = None
+    uri: str | None = None
+    id: str | None = None
+    vector: Any = None  # a sequence of floats, or float32 little-endian bytes
+    terms: list[Term] | None = None
+    k: int = 10
+    where: Any = None  # a clipsearch.v1.types_pb2.Filter (see clipsearch.where)
+    min_score: float | None = None
+    page_token: str = ""
+    collapse_threshold: float | None = None
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--snapshot-interval", 60.0, "seconds between index snapshots (when it changed)", (SERVER,), type=float),
     Option("--compact-ratio", 0.2, "rebuild the graph when this share of it is tombstones", (SERVER,), type=float),
     Option("--compact-min", 1000, "... and at least this many entries are tombstones", (SERVER,), type=int),
-    Option("--filter-exact-max", 40_000, "a filtered search matching at most this many images scans them exactly "
+    Option("--filter-exact-max", 10_000, "a filtered search matching at most this many images scans them exactly "
            "instead of searching the HNSW graph", (SERVER,), type=int),
     Option("--seal-at", 20_000, "new vectors wait in an exact growing part (searched with the graph) and are "
            "moved into the HNSW graph in the background once this many have come (and at each snapshot)",

@@ -6,6 +6,9 @@ Owns the rules that span both layers:
 - replaced and deleted images are tombstoned in the index and filtered out of every search;
 - a search joins index hits with the store; when tombstone filtering comes back short it widens a
   bounded number of rounds, then scans the live vectors exactly (never more than EXACT_SCAN_MAX);
+- `search_many` runs several query vectors' first round as one batched index search (one faiss call,
+  or one matrix product for an exact scan); a row that comes back short is completed by the single-query
+  path. Pages, batches, multi-term vectors and collapse are built on it in query.py;
 - a filtered search (`search_among`) gets the matching labels from the store's field index (filters.py)
   and plans per query: an exact scan over those labels' vectors when they are at most
   `filter_exact_max`, else the HNSW graph restricted to them with efSearch raised by 1/selectivity,
@@ -63,6 +66,7 @@ class Hit:
     uri: str
     metadata: dict[str, str]
     fields: dict = field(default_factory=dict)  # typed fields (fields.Fields), metadata included as strings
+    label: int = -1  # the image's label in the index (query.py re-scores and collapses by it)
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,7 @@ class Collection:
         params: HnswParams = HnswParams(),
         compact_ratio: float = 0.2,
         compact_min: int = 1000,
-        filter_exact_max: int = 40_000,
+        filter_exact_max: int = 10_000,
         seal_at: int = 20_000,
         store: ImageStore | None = None,
         shard: ShardSpec = ShardSpec(),
@@ -115,6 +119,7 @@ class Collection:
         self.index = self._load()
         self._indexed_below = self.store.next_label()  # every label below it is in the index (or stale)
         self._live = int(self.store.count())
+        self.generation = 0  # bumped by every write: cached filter results of an older generation are stale
         self._saved_at = (self.index.sealed_below, self.index.tombstones)
         log.info("collection ready: %d images, model %s, dim %d", self._live, model, dim)
 
@@ -219,6 +224,7 @@ class Collection:
             self._indexed_below = max(self._indexed_below, int(labels.max()) + 1)
         self.index.remove(stale)
         self._live += len(added) - len(stale)
+        self.generation += 1  # fields may have changed too: cached filter results are stale
 
     def apply_changes(self, changes: Sequence[Change], position: int) -> None:
         """Applies changes replicated from the shared store: to the mirror store (with `position`, in one
@@ -234,6 +240,7 @@ class Collection:
             removed = self.store.delete(ids)
             self.index.remove(label for _, label in removed)
             self._live -= len(removed)
+            self.generation += 1
         self._maybe_compact()
         return [image_id for image_id, _ in removed]
 
@@ -262,42 +269,64 @@ class Collection:
         """The k best among the live images with these labels (a filter's matches), best first.
         Returns min(k, number of them) hits: exact scan when few, else HNSW restricted to them, with an
         exact scan when the graph comes back short."""
-        index = self.index
-        matching = matching[matching < self._indexed_below]  # committed but not yet indexed: not yet searchable
         if exclude_id:
             label = self.store.label_of(exclude_id)
             matching = matching[matching != label] if label is not None else matching
+        return self.search_many(query[None, :], k, matching, exclude_id)[0]
+
+    def search_many(self, queries: np.ndarray, k: int, matching: np.ndarray | None = None,
+                    exclude_id: str | None = None) -> list[list[Hit]]:
+        """The k best for each query row (among the `matching` labels when given), best first. The
+        first round is one batched search for all rows; a row that comes back short is completed
+        alone (widening, then an exact scan), so each row gets min(k, reachable) hits."""
+        index = self.index
+        if matching is None:
+            scores, labels = index.search(queries, k)
+            rows = [self._join(s.tolist(), l.tolist(), exclude_id) for s, l in zip(scores, labels)]
+            reachable = min(k, max(self._live - (1 if exclude_id else 0), 0))
+            return [hits if len(hits) >= reachable else self.search(q, k, exclude_id)
+                    for q, hits in zip(queries, rows)]
+        matching = matching[matching < self._indexed_below]  # committed but not yet indexed: not yet searchable
         want = min(k, len(matching))
         if want == 0:
-            return []
-        if len(matching) > self.filter_exact_max:
-            selectivity = len(matching) / max(index.ntotal, 1)
-            ef = min(max(index.ntotal, k), int(math.ceil(max(self.params.ef_search, k) / selectivity)))
-            scores, labels = index.search(query[None, :], k, SearchParams(ef_search=ef, include=matching))
-            hits = self._join(scores[0].tolist(), labels[0].tolist(), exclude_id)
-            if len(hits) >= want:
-                return hits[:k]
-            log.info("filtered graph search came back short (%d of %d); exact scan over %d matches",
-                     len(hits), want, len(matching))
-        return self._exact_among(index, query, k, matching, exclude_id)
+            return [[] for _ in queries]
+        if len(matching) <= self.filter_exact_max:
+            return self._exact_among(index, queries, k, matching, exclude_id)
+        selectivity = len(matching) / max(index.ntotal, 1)
+        ef = min(max(index.ntotal, k), int(math.ceil(max(self.params.ef_search, k) / selectivity)))
+        scores, labels = index.search(queries, k, SearchParams(ef_search=ef, include=matching))
+        out = []
+        for q, s, l in zip(queries, scores, labels):
+            hits = self._join(s.tolist(), l.tolist(), exclude_id)
+            if len(hits) < want:
+                log.info("filtered graph search came back short (%d of %d); exact scan over %d matches",
+                         len(hits), want, len(matching))
+                hits = self._exact_among(index, q[None, :], k, matching, exclude_id)[0]
+            out.append(hits[:k])
+        return out
 
-    def _exact_among(self, index: SegmentedIndex, query: np.ndarray, k: int, matching: np.ndarray,
-                     exclude_id: str | None) -> list[Hit]:
+    def vectors_of(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, unit vectors) of those labels the index holds, in no particular order."""
+        return self.index.vectors(labels)
+
+    def _exact_among(self, index: SegmentedIndex, queries: np.ndarray, k: int, matching: np.ndarray,
+                     exclude_id: str | None) -> list[list[Hit]]:
+        """Each query row's k best among `matching`, by one matrix product per chunk of vectors."""
         chunks = (index.vectors(matching[start:start + 50_000]) for start in range(0, len(matching), 50_000))
-        scores, labels = _top(chunks, query, k + 8)  # a few spare for images deleted since the filter ran
-        return self._join(scores, labels, exclude_id)[:k]
+        tops = _top(chunks, queries, k + 8)  # a few spare for images deleted since the filter ran
+        return [self._join(scores, labels, exclude_id)[:k] for scores, labels in tops]
 
     def _join(self, scores: list[float], labels: list[int], exclude_id: str | None) -> list[Hit]:
         live: dict[int, StoredImage] = self.store.by_labels([x for x in labels if x >= 0])  # stale labels are absent
         return [
-            Hit(live[label].id, float(score), live[label].uri, live[label].metadata, live[label].fields)
+            Hit(live[label].id, float(score), live[label].uri, live[label].metadata, live[label].fields, label)
             for score, label in zip(scores, labels)
             if label in live and live[label].id != exclude_id
         ]
 
     def _exact(self, query: np.ndarray, want: int, exclude_id: str | None) -> list[Hit]:
         """The `want` best live images by a scan over every live vector in the store."""
-        scores, labels = _top(self.store.iter_vectors(self.dim), query, want)
+        scores, labels = _top(self.store.iter_vectors(self.dim), query[None, :], want)[0]
         return self._join(scores, labels, exclude_id)
 
     def vector_of(self, image_id: str) -> np.ndarray:
@@ -403,17 +432,24 @@ def index_spec(params: HnswParams) -> str:
     return f"HNSW{params.m},Flat"
 
 
-def _top(chunks: Iterable[tuple[np.ndarray, np.ndarray]], query: np.ndarray, want: int) -> tuple[list[float], list[int]]:
-    """The `want` best (score, label) pairs over (labels, vectors) chunks, by score then label,
-    keeping at most `want` candidates between chunks."""
-    unit = normalize(query[None, :])[0]
-    best_scores = np.empty(0, dtype=np.float32)
-    best_labels = np.empty(0, dtype=np.int64)
+def _top(chunks: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.ndarray,
+         want: int) -> list[tuple[list[float], list[int]]]:
+    """For each query row, the `want` best (score, label) pairs over (labels, vectors) chunks, by score
+    then label: one matrix product per chunk for all rows, at most `want` candidates kept between chunks."""
+    units = normalize(np.atleast_2d(queries))
+    best_scores = [np.empty(0, dtype=np.float32) for _ in units]
+    best_labels = [np.empty(0, dtype=np.int64) for _ in units]
     for labels, vectors in chunks:
-        best_scores = np.concatenate([best_scores, vectors @ unit])
-        best_labels = np.concatenate([best_labels, labels])
-        if len(best_scores) > want:
-            keep = np.argpartition(-best_scores, want)[:want]
-            best_scores, best_labels = best_scores[keep], best_labels[keep]
-    order = np.lexsort((best_labels, -best_scores))
-    return best_scores[order].tolist(), best_labels[order].tolist()
+        scores = vectors @ units.T
+        for row in range(len(units)):
+            row_scores = np.concatenate([best_scores[row], scores[:, row]])
+            row_labels = np.concatenate([best_labels[row], labels])
+            if len(row_scores) > want:
+                keep = np.argpartition(-row_scores, want)[:want]
+                row_scores, row_labels = row_scores[keep], row_labels[keep]
+            best_scores[row], best_labels[row] = row_scores, row_labels
+    out = []
+    for row_scores, row_labels in zip(best_scores, best_labels):
+        order = np.lexsort((row_labels, -row_scores))
+        out.append((row_scores[order].tolist(), row_labels[order].tolist()))
+    return out

@@ -1,4 +1,4 @@
-"""The search engine: query encoding with the CLIP model plus collection lookups, off the event loop.
+"""The search engine: query encoding with the CLIP model plus planned searches (query.py), off the event loop.
 
 The gRPC layer calls these coroutines with validated arguments. Model and FAISS work is blocking,
 so it runs in a thread pool; the asyncio loop only routes requests. With a shared PostgreSQL store
@@ -18,11 +18,10 @@ from clipsearch_core.model import ClipEncoder
 from clipsearch_core.settings import default
 from clipsearch_core.images import LoadLimits, decode_image, read_uri
 
-from clipsearch.v1.types_pb2 import Filter
-
-from . import filters
+from . import query
 from .batching import MicroBatcher, TextBatcher
-from .collection import Collection, CollectionStats, Hit
+from .collection import Collection, CollectionStats
+from .query import Page, Query
 from .errors import Unavailable
 from .replication import Replica
 from .store import ImageRecord
@@ -55,6 +54,7 @@ class Engine:
         self.collection = collection
         self.limits = limits
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engine")
+        self._labels = query.LabelCache()  # filters' matching labels, per write generation
         # Writes are serialized by the collection anyway; their own thread keeps them from queueing
         # behind searches in the shared pool.
         self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-write")
@@ -69,34 +69,28 @@ class Engine:
     async def _write(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._writes, fn)
 
-    def _search(self, vector: np.ndarray, k: int, flt: Filter | None, exclude_id: str | None = None) -> list[Hit]:
-        """Unfiltered, or among the filter's matches (evaluated as a whole from the field index)."""
-        if flt is None:
-            return self.collection.search(vector, k, exclude_id=exclude_id)
-        matching = filters.matching_labels(self.collection.store, flt)
-        return self.collection.search_among(vector, k, matching, exclude_id=exclude_id)
+    async def text_vector(self, text: str) -> np.ndarray:
+        """The text's unit query vector (micro-batched, cached)."""
+        return await self.texts.vector(text)
 
-    async def text_search(self, text: str, k: int, flt: Filter | None = None) -> list[Hit]:
-        vector = await self.texts.vector(text)
-        return await self._run(lambda: self._search(vector, k, flt))
+    async def image_vector_bytes(self, data: bytes) -> np.ndarray:
+        return await self._image_vector(lambda: data)
 
-    async def image_search_bytes(self, data: bytes, k: int, flt: Filter | None = None) -> list[Hit]:
-        return await self._image_search(lambda: data, k, flt)
+    async def image_vector_uri(self, uri: str) -> np.ndarray:
+        return await self._image_vector(lambda: read_uri(uri, self.limits))
 
-    async def image_search_uri(self, uri: str, k: int, flt: Filter | None = None) -> list[Hit]:
-        return await self._image_search(lambda: read_uri(uri, self.limits), k, flt)
-
-    async def _image_search(self, read: Callable[[], bytes], k: int, flt: Filter | None) -> list[Hit]:
+    async def _image_vector(self, read: Callable[[], bytes]) -> np.ndarray:
         """Reads and decodes in the pool (concurrently with other queries), encodes in a micro-batch."""
         tensor = await self._run(lambda: self.encoder.preprocess(decode_image(read(), self.limits)))
-        vector = await self.images.vector(tensor)
-        return await self._run(lambda: self._search(vector, k, flt))
+        return await self.images.vector(tensor)
 
-    async def image_search_id(self, image_id: str, k: int, flt: Filter | None = None) -> list[Hit]:
-        def work() -> list[Hit]:
-            return self._search(self.collection.vector_of(image_id), k, flt, exclude_id=image_id)
+    async def id_vector(self, image_id: str) -> np.ndarray:
+        """The stored vector of an indexed image (NotFound when there is none)."""
+        return await self._run(lambda: self.collection.vector_of(image_id))
 
-        return await self._run(work)
+    async def search(self, queries: Sequence[Query]) -> list[Page]:
+        """Pages of results for query vectors (query.py: filters once per group, batched first round)."""
+        return await self._run(lambda: query.run(self.collection, queries, self._labels))
 
     async def thumbnails(self, ids: Sequence[str]) -> dict[str, tuple[bytes, str]]:
         """id -> (thumbnail, MIME type) for those of `ids` that have one."""

@@ -38,7 +38,7 @@ OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 # Methods a read token may call (searches, statistics, progress), and methods that change state.
 READ_METHODS = frozenset({
-    "TextSearch", "ImageSearch", "GetThumbnails", "GetIndexStats", "GetIngestProgress", "ListFailures",
+    "TextSearch", "ImageSearch", "BatchSearch", "GetThumbnails", "GetIndexStats", "GetIngestProgress", "ListFailures",
     "GetQueueStatus",
 })
 WRITE_METHODS = frozenset({"SubmitImages", "UpsertVectors", "DeleteImages", "RetryFailures"})

@@ -27,11 +27,11 @@ from clipsearch.v1 import (
 )
 
 from . import fields as typed
-from . import filters
+from . import search_api
 from . import validation as check
-from .collection import Hit
 from .engine import Engine, EngineSlot
 from .errors import InvalidArgument, NotFound, ResourceExhausted, status_for
+from .query import Page
 from .ingest import Ingestor, QueuedImage
 from .metrics import RPC_LATENCY, RPCS
 from .store import ImageRecord
@@ -79,19 +79,14 @@ def _rpc(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
     return wrapper
 
 
-def _results(hits: list[Hit], min_score: float | None = None) -> list[types_pb2.SearchResult]:
-    if min_score is not None:  # hits are best first: the rest are all below
-        hits = [h for h in hits if h.score >= min_score]
-    return [types_pb2.SearchResult(id=h.id, score=h.score, uri=h.uri, metadata=h.metadata, fields=h.fields)
-            for h in hits]
-
-
-async def _with_thumbnails(engine: Engine, results: list[types_pb2.SearchResult]) -> list[types_pb2.SearchResult]:
-    """Sets each result's inline thumbnail (left empty for images without one)."""
-    found = await engine.thumbnails([r.id for r in results])
-    for r in results:
-        if r.id in found:
-            r.thumbnail, r.thumbnail_mime_type = found[r.id]
+async def _results(engine: Engine, page: Page, include_thumbnails: bool) -> list[types_pb2.SearchResult]:
+    """A page's protobuf results, each with its inline thumbnail when asked for (empty for images without one)."""
+    results = search_api.results(page)
+    if include_thumbnails:
+        found = await engine.thumbnails([r.id for r in results])
+        for r in results:
+            if r.id in found:
+                r.thumbnail, r.thumbnail_mime_type = found[r.id]
     return results
 
 
@@ -99,45 +94,37 @@ class SearchServicer(search_grpc.SearchServiceServicer):
     def __init__(self, slot: EngineSlot) -> None:
         self._slot = slot
 
-    async def _results(self, engine: Engine, hits: list[Hit], min_score: float | None,
-                       include_thumbnails: bool) -> list[types_pb2.SearchResult]:
-        results = _results(hits, min_score)
-        return await _with_thumbnails(engine, results) if include_thumbnails else results
-
     @_rpc
     async def TextSearch(
         self, request: search_pb.TextSearchRequest, context: grpc.aio.ServicerContext
     ) -> search_pb.TextSearchResponse:
-        text, min_score = check.text(request.text), check.min_score(request)
-        k = check.k_with_thumbnails(request.k, request.include_thumbnails)
-        flt = filters.check(request.filter) if request.HasField("filter") else None
         engine = self._slot.get()
+        check.k_with_thumbnails(request.k, request.include_thumbnails)
         await engine.wait_position(check.min_position(request.min_position))
-        hits = await engine.text_search(text, k, flt)
-        return search_pb.TextSearchResponse(results=await self._results(engine, hits, min_score,
-                                                                         request.include_thumbnails))
+        page, = await engine.search([await search_api.build(engine, request, "text")])
+        return search_pb.TextSearchResponse(results=await _results(engine, page, request.include_thumbnails),
+                                            next_page_token=page.next_page_token)
 
     @_rpc
     async def ImageSearch(
         self, request: search_pb.ImageSearchRequest, context: grpc.aio.ServicerContext
     ) -> search_pb.ImageSearchResponse:
-        k, min_score = check.k_with_thumbnails(request.k, request.include_thumbnails), check.min_score(request)
-        flt = filters.check(request.filter) if request.HasField("filter") else None
-        which = request.WhichOneof("query")
         engine = self._slot.get()
+        check.k_with_thumbnails(request.k, request.include_thumbnails)
         await engine.wait_position(check.min_position(request.min_position))
-        if which == "image":
-            if not request.image:
-                raise InvalidArgument("image is empty (0 bytes)")
-            hits = await engine.image_search_bytes(request.image, k, flt)
-        elif which == "uri":
-            hits = await engine.image_search_uri(check.uri(request.uri), k, flt)
-        elif which == "id":
-            hits = await engine.image_search_id(check.image_id(request.id), k, flt)
-        else:
-            raise InvalidArgument("set exactly one of image, uri or id")
-        return search_pb.ImageSearchResponse(results=await self._results(engine, hits, min_score,
-                                                                          request.include_thumbnails))
+        page, = await engine.search([await search_api.build(engine, request, request.WhichOneof("query"))])
+        return search_pb.ImageSearchResponse(results=await _results(engine, page, request.include_thumbnails),
+                                             next_page_token=page.next_page_token)
+
+    @_rpc
+    async def BatchSearch(
+        self, request: search_pb.BatchSearchRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb.BatchSearchResponse:
+        engine = self._slot.get()
+        found = await engine.search(await search_api.batch(engine, request))
+        return search_pb.BatchSearchResponse(results=[
+            search_pb.BatchResult(results=search_api.results(page), next_page_token=page.next_page_token)
+            for page in found])
 
     @_rpc
     async def GetThumbnails(

@@ -7,6 +7,8 @@
 //   4. SearchService.ImageSearch      by the id of the first image, k = 1
 //   5. SearchService.GetThumbnails    of the first image (its size, MIME type and first bytes)
 //   6. SearchService.TextSearch       with k = 0, which must fail with INVALID_ARGUMENT
+//   7. SearchService.TextSearch       with a filter (metadata shape in circle, square), k = 1, then
+//                                     the next page with its next_page_token, until the token is empty
 // It prints one JSON object with every result and exits 0, or prints a message to stderr and exits
 // non-zero on anything unexpected.
 //
@@ -156,6 +158,17 @@ async function main() {
     if (err.code !== grpc.status.INVALID_ARGUMENT) throw err;
     out.bad_request = { code: err.code, code_name: grpc.status[err.code], details: err.details };
   }
+
+  // Pages of one filtered query: each page's next_page_token fetches the next; "" marks the last.
+  const filter = { match: { field: "shape", any_of: { values: ["circle", "square"] } } };
+  const pages = [];
+  let pageToken = "";
+  do {
+    const page = await call(search, "TextSearch", { text: args.text, k: 1, filter, page_token: pageToken });
+    pages.push({ results: results(page), next_page_token: page.next_page_token });
+    pageToken = page.next_page_token;
+  } while (pageToken && pages.length < 10);
+  out.filtered_pages = pages;
 
   ingest.close();
   search.close();

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from clipsearch.v1 import types_pb2 as clipsearch_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"clipsearch/v1/search_service.proto\x12\rclipsearch.v1\x1a\x19\x63lipsearch/v1/types.proto\"\xc3\x01\n\x11TextSearchRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12%\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x15.clipsearch.v1.Filter\x12\x16\n\tmin_score\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x14\n\x0cmin_position\x18\x10 \x01(\x03\x12\x16\n\x0e\x66orbid_partial\x18\x11 \x01(\x08\x12\x1a\n\x12include_thumbnails\x18\x12 \x01(\x08\x42\x0c\n\n_min_score\"\x82\x01\n\x12TextSearchResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.clipsearch.v1.SearchResult\x12\x14\n\x0cshards_total\x18\n \x01(\x05\x12\x17\n\x0fshards_answered\x18\x0b \x01(\x05\x12\x0f\n\x07partial\x18\x0c \x01(\x08\"\xed\x01\n\x12ImageSearchRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\r\n\x03uri\x18\x02 \x01(\tH\x00\x12\x0c\n\x02id\x18\x03 \x01(\tH\x00\x12\t\n\x01k\x18\x04 \x01(\x05\x12%\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x15.clipsearch.v1.Filter\x12\x16\n\tmin_score\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\x14\n\x0cmin_position\x18\x10 \x01(\x03\x12\x16\n\x0e\x66orbid_partial\x18\x11 \x01(\x08\x12\x1a\n\x12include_thumbnails\x18\x12 \x01(\x08\x42\x07\n\x05queryB\x0c\n\n_min_score\"\x83\x01\n\x13ImageSearchResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.clipsearch.v1.SearchResult\x12\x14\n\x0cshards_total\x18\n \x01(\x05\x12\x17\n\x0fshards_answered\x18\x0b \x01(\x05\x12\x0f\n\x07partial\x18\x0c \x01(\x08\":\n\x14GetThumbnailsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\"]\n\x15GetThumbnailsResponse\x12\x31\n\nthumbnails\x18\x01 \x03(\x0b\x32\x1d.clipsearch.v1.ImageThumbnail\x12\x11\n\tnot_found\x18\x02 \x03(\t\"I\n\x0eImageThumbnail\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\tthumbnail\x18\x02 \x01(\x0b\x32\x18.clipsearch.v1.Thumbnail2\x94\x02\n\rSearchService\x12Q\n\nTextSearch\x12 .clipsearch.v1.TextSearchRequest\x1a!.clipsearch.v1.TextSearchResponse\x12T\n\x0bImageSearch\x12!.clipsearch.v1.ImageSearchRequest\x1a\".clipsearch.v1.ImageSearchResponse\x12Z\n\rGetThumbnails\x12#.clipsearch.v1.GetThumbnailsRequest\x1a$.clipsearch.v1.GetThumbnailsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"clipsearch/v1/search_service.proto\x12\rclipsearch.v1\x1a\x19\x63lipsearch/v1/types.proto\"\x8f\x02\n\x11TextSearchRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12%\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x15.clipsearch.v1.Filter\x12\x16\n\tmin_score\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x14\n\x0cmin_position\x18\x10 \x01(\x03\x12\x16\n\x0e\x66orbid_partial\x18\x11 \x01(\x08\x12\x1a\n\x12include_thumbnails\x18\x12 \x01(\x08\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x1f\n\x12\x63ollapse_threshold\x18\x06 \x01(\x02H\x01\x88\x01\x01\x42\x0c\n\n_min_scoreB\x15\n\x13_collapse_threshold\"\x9b\x01\n\x12TextSearchResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.clipsearch.v1.SearchResult\x12\x14\n\x0cshards_total\x18\n \x01(\x05\x12\x17\n\x0fshards_answered\x18\x0b \x01(\x05\x12\x0f\n\x07partial\x18\x0c \x01(\x08\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb9\x02\n\x12ImageSearchRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\r\n\x03uri\x18\x02 \x01(\tH\x00\x12\x0c\n\x02id\x18\x03 \x01(\tH\x00\x12\t\n\x01k\x18\x04 \x01(\x05\x12%\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x15.clipsearch.v1.Filter\x12\x16\n\tmin_score\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\x14\n\x0cmin_position\x18\x10 \x01(\x03\x12\x16\n\x0e\x66orbid_partial\x18\x11 \x01(\x08\x12\x1a\n\x12include_thumbnails\x18\x12 \x01(\x08\x12\x12\n\npage_token\x18\x07 \x01(\t\x12\x1f\n\x12\x63ollapse_threshold\x18\x08 \x01(\x02H\x02\x88\x01\x01\x42\x07\n\x05queryB\x0c\n\n_min_scoreB\x15\n\x13_collapse_threshold\"\x9c\x01\n\x13ImageSearchResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.clipsearch.v1.SearchResult\x12\x14\n\x0cshards_total\x18\n \x01(\x05\x12\x17\n\x0fshards_answered\x18\x0b \x01(\x05\x12\x0f\n\x07partial\x18\x0c \x01(\x08\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\":\n\x14GetThumbnailsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\"]\n\x15GetThumbnailsResponse\x12\x31\n\nthumbnails\x18\x01 \x03(\x0b\x32\x1d.clipsearch.v1.ImageThumbnail\x12\x11\n\tnot_found\x18\x02 \x03(\t\"I\n\x0eImageThumbnail\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\tthumbnail\x18\x02 \x01(\x0b\x32\x18.clipsearch.v1.Thumbnail\"@\n\x12\x42\x61tchSearchRequest\x12*\n\x07queries\x18\x01 \x03(\x0b\x32\x19.clipsearch.v1.BatchQuery\"\xb8\x02\n\nBatchQuery\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x0f\n\x05image\x18\x02 \x01(\x0cH\x00\x12\r\n\x03uri\x18\x03 \x01(\tH\x00\x12\x0c\n\x02id\x18\x04 \x01(\tH\x00\x12\x10\n\x06vector\x18\x05 \x01(\x0cH\x00\x12-\n\x05terms\x18\x06 \x01(\x0b\x32\x1c.clipsearch.v1.WeightedTermsH\x00\x12\t\n\x01k\x18\x07 \x01(\x05\x12%\n\x06\x66ilter\x18\x08 \x01(\x0b\x32\x15.clipsearch.v1.Filter\x12\x16\n\tmin_score\x18\t \x01(\x02H\x01\x88\x01\x01\x12\x12\n\npage_token\x18\n \x01(\t\x12\x1f\n\x12\x63ollapse_threshold\x18\x0b \x01(\x02H\x02\x88\x01\x01\x42\x07\n\x05queryB\x0c\n\n_min_scoreB\x15\n\x13_collapse_threshold\"8\n\rWeightedTerms\x12\'\n\x05terms\x18\x01 \x03(\x0b\x32\x18.clipsearch.v1.QueryTerm\"\x83\x01\n\tQueryTerm\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x0f\n\x05image\x18\x02 \x01(\x0cH\x00\x12\r\n\x03uri\x18\x03 \x01(\tH\x00\x12\x0c\n\x02id\x18\x04 \x01(\tH\x00\x12\x10\n\x06vector\x18\x05 \x01(\x0cH\x00\x12\x13\n\x06weight\x18\x06 \x01(\x02H\x01\x88\x01\x01\x42\x06\n\x04termB\t\n\x07_weight\"B\n\x13\x42\x61tchSearchResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.clipsearch.v1.BatchResult\"T\n\x0b\x42\x61tchResult\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.clipsearch.v1.SearchResult\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xea\x02\n\rSearchService\x12Q\n\nTextSearch\x12 .clipsearch.v1.TextSearchRequest\x1a!.clipsearch.v1.TextSearchResponse\x12T\n\x0bImageSearch\x12!.clipsearch.v1.ImageSearchRequest\x1a\".clipsearch.v1.ImageSearchResponse\x12Z\n\rGetThumbnails\x12#.clipsearch.v1.GetThumbnailsRequest\x1a$.clipsearch.v1.GetThumbnailsResponse\x12T\n\x0b\x42\x61tchSearch\x12!.clipsearch.v1.BatchSearchRequest\x1a\".clipsearch.v1.BatchSearchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,19 +33,31 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'clipsearch.v1.search_servic
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TEXTSEARCHREQUEST']._serialized_start=81
-  _globals['_TEXTSEARCHREQUEST']._serialized_end=276
-  _globals['_TEXTSEARCHRESPONSE']._serialized_start=279
-  _globals['_TEXTSEARCHRESPONSE']._serialized_end=409
-  _globals['_IMAGESEARCHREQUEST']._serialized_start=412
-  _globals['_IMAGESEARCHREQUEST']._serialized_end=649
-  _globals['_IMAGESEARCHRESPONSE']._serialized_start=652
-  _globals['_IMAGESEARCHRESPONSE']._serialized_end=783
-  _globals['_GETTHUMBNAILSREQUEST']._serialized_start=785
-  _globals['_GETTHUMBNAILSREQUEST']._serialized_end=843
-  _globals['_GETTHUMBNAILSRESPONSE']._serialized_start=845
-  _globals['_GETTHUMBNAILSRESPONSE']._serialized_end=938
-  _globals['_IMAGETHUMBNAIL']._serialized_start=940
-  _globals['_IMAGETHUMBNAIL']._serialized_end=1013
-  _globals['_SEARCHSERVICE']._serialized_start=1016
-  _globals['_SEARCHSERVICE']._serialized_end=1292
+  _globals['_TEXTSEARCHREQUEST']._serialized_end=352
+  _globals['_TEXTSEARCHRESPONSE']._serialized_start=355
+  _globals['_TEXTSEARCHRESPONSE']._serialized_end=510
+  _globals['_IMAGESEARCHREQUEST']._serialized_start=513
+  _globals['_IMAGESEARCHREQUEST']._serialized_end=826
+  _globals['_IMAGESEARCHRESPONSE']._serialized_start=829
+  _globals['_IMAGESEARCHRESPONSE']._serialized_end=985
+  _globals['_GETTHUMBNAILSREQUEST']._serialized_start=987
+  _globals['_GETTHUMBNAILSREQUEST']._serialized_end=1045
+  _globals['_GETTHUMBNAILSRESPONSE']._serialized_start=1047
+  _globals['_GETTHUMBNAILSRESPONSE']._serialized_end=1140
+  _globals['_IMAGETHUMBNAIL']._serialized_start=1142
+  _globals['_IMAGETHUMBNAIL']._serialized_end=1215
+  _globals['_BATCHSEARCHREQUEST']._serialized_start=1217
+  _globals['_BATCHSEARCHREQUEST']._serialized_end=1281
+  _globals['_BATCHQUERY']._serialized_start=1284
+  _globals['_BATCHQUERY']._serialized_end=1596
+  _globals['_WEIGHTEDTERMS']._serialized_start=1598
+  _globals['_WEIGHTEDTERMS']._serialized_end=1654
+  _globals['_QUERYTERM']._serialized_start=1657
+  _globals['_QUERYTERM']._serialized_end=1788
+  _globals['_BATCHSEARCHRESPONSE']._serialized_start=1790
+  _globals['_BATCHSEARCHRESPONSE']._serialized_end=1856
+  _globals['_BATCHRESULT']._serialized_start=1858
+  _globals['_BATCHRESULT']._serialized_end=1942
+  _globals['_SEARCHSERVICE']._serialized_start=1945
+  _globals['_SEARCHSERVICE']._serialized_end=2307
 # @@protoc_insertion_point(module_scope)

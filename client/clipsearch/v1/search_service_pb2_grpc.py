@@ -54,6 +54,11 @@ class SearchServiceStub:
                 request_serializer=clipsearch_dot_v1_dot_search__service__pb2.GetThumbnailsRequest.SerializeToString,
                 response_deserializer=clipsearch_dot_v1_dot_search__service__pb2.GetThumbnailsResponse.FromString,
                 _registered_method=True)
+        self.BatchSearch = channel.unary_unary(
+                '/clipsearch.v1.SearchService/BatchSearch',
+                request_serializer=clipsearch_dot_v1_dot_search__service__pb2.BatchSearchRequest.SerializeToString,
+                response_deserializer=clipsearch_dot_v1_dot_search__service__pb2.BatchSearchResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -67,7 +72,8 @@ class SearchServiceServicer:
     def TextSearch(self, request, context):
         """Finds the k images most similar to a text description.
         Errors: INVALID_ARGUMENT for empty/whitespace text, text over 1000 characters, k outside [1, 1000],
-        or an invalid filter.
+        an invalid filter, a page_token that is malformed, of another query or past the depth limit, or a
+        collapse_threshold outside (0, 1].
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -77,7 +83,8 @@ class SearchServiceServicer:
         """Finds the k images most similar to a query image given as bytes, as a location, or as
         the id of an already indexed image ("more like this"; the query image itself is left out).
         Errors: INVALID_ARGUMENT for a missing query, undecodable image bytes, a location that is
-        not allowed or cannot be read, k outside [1, 1000] or an invalid filter; NOT_FOUND for an unknown id.
+        not allowed or cannot be read, k outside [1, 1000], an invalid filter, page_token or
+        collapse_threshold (as TextSearch); NOT_FOUND for an unknown id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -88,6 +95,19 @@ class SearchServiceServicer:
         All or nothing, like a batch get: NOT_FOUND naming the ids that have no thumbnail (unknown or
         deleted ids, or images indexed with thumbnails turned off) unless allow_missing is set.
         Errors: INVALID_ARGUMENT for no ids, more than 100 ids, or an invalid id; NOT_FOUND as above.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchSearch(self, request, context):
+        """Runs 1 to 64 queries in one call, each with its own kind (text, image bytes, location, id, raw
+        vector, or weighted terms), k, filter, min_score, page token and collapse threshold. Queries with
+        the same filter (or none) are searched together in one index search where the plan allows.
+        Results come back in the order of the queries.
+        Errors: the whole call fails (no partial results) with INVALID_ARGUMENT naming the query by its
+        index ("queries[3].k must be ...") for any invalid query, NOT_FOUND naming the query for an
+        unknown id; INVALID_ARGUMENT for 0 or more than 64 queries.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -110,6 +130,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.GetThumbnails,
                     request_deserializer=clipsearch_dot_v1_dot_search__service__pb2.GetThumbnailsRequest.FromString,
                     response_serializer=clipsearch_dot_v1_dot_search__service__pb2.GetThumbnailsResponse.SerializeToString,
+            ),
+            'BatchSearch': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchSearch,
+                    request_deserializer=clipsearch_dot_v1_dot_search__service__pb2.BatchSearchRequest.FromString,
+                    response_serializer=clipsearch_dot_v1_dot_search__service__pb2.BatchSearchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -198,6 +223,33 @@ class SearchService:
             '/clipsearch.v1.SearchService/GetThumbnails',
             clipsearch_dot_v1_dot_search__service__pb2.GetThumbnailsRequest.SerializeToString,
             clipsearch_dot_v1_dot_search__service__pb2.GetThumbnailsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchSearch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipsearch.v1.SearchService/BatchSearch',
+            clipsearch_dot_v1_dot_search__service__pb2.BatchSearchRequest.SerializeToString,
+            clipsearch_dot_v1_dot_search__service__pb2.BatchSearchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63lipsearch/v1/types.proto\x12\rclipsearch.v1\"\xd2\x02\n\x0cSearchResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0b\n\x03uri\x18\x03 \x01(\t\x12;\n\x08metadata\x18\x04 \x03(\x0b\x32).clipsearch.v1.SearchResult.MetadataEntry\x12\x37\n\x06\x66ields\x18\x05 \x03(\x0b\x32\'.clipsearch.v1.SearchResult.FieldsEntry\x12\x11\n\tthumbnail\x18\x08 \x01(\x0c\x12\x1b\n\x13thumbnail_mime_type\x18\t \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x43\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.clipsearch.v1.Value:\x02\x38\x01\",\n\tThumbnail\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\tmime_type\x18\x02 \x01(\t\"\xae\x01\n\x05Value\x12\x16\n\x0cstring_value\x18\x01 \x01(\tH\x00\x12\x13\n\tint_value\x18\x02 \x01(\x03H\x00\x12\x15\n\x0b\x66loat_value\x18\x03 \x01(\x01H\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x12\x11\n\x07time_ms\x18\x05 \x01(\x03H\x00\x12\x30\n\x0bstring_list\x18\x06 \x01(\x0b\x32\x19.clipsearch.v1.StringListH\x00\x42\x06\n\x04kind\"\x1c\n\nStringList\x12\x0e\n\x06values\x18\x01 \x03(\t\"\x9a\x02\n\x06\x46ilter\x12(\n\x03\x61ll\x18\x01 \x01(\x0b\x32\x19.clipsearch.v1.FilterListH\x00\x12(\n\x03\x61ny\x18\x02 \x01(\x0b\x32\x19.clipsearch.v1.FilterListH\x00\x12$\n\x03not\x18\x03 \x01(\x0b\x32\x15.clipsearch.v1.FilterH\x00\x12%\n\x05match\x18\x04 \x01(\x0b\x32\x14.clipsearch.v1.MatchH\x00\x12%\n\x05range\x18\x05 \x01(\x0b\x32\x14.clipsearch.v1.RangeH\x00\x12.\n\ntime_range\x18\x06 \x01(\x0b\x32\x18.clipsearch.v1.TimeRangeH\x00\x12\x10\n\x06\x65xists\x18\x07 \x01(\tH\x00\x42\x06\n\x04kind\"4\n\nFilterList\x12&\n\x07\x66ilters\x18\x01 \x03(\x0b\x32\x15.clipsearch.v1.Filter\"r\n\x05Match\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12+\n\x06\x61ny_of\x18\x02 \x01(\x0b\x32\x19.clipsearch.v1.StringListH\x00\x12\x11\n\x07integer\x18\x03 \x01(\x03H\x00\x12\x11\n\x07\x62oolean\x18\x04 \x01(\x08H\x00\x42\x07\n\x05value\"z\n\x05Range\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0f\n\x02gt\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03gte\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x0f\n\x02lt\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x10\n\x03lte\x18\x05 \x01(\x01H\x03\x88\x01\x01\x42\x05\n\x03_gtB\x06\n\x04_gteB\x05\n\x03_ltB\x06\n\x04_lte\"\x96\x01\n\tTimeRange\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x12\n\x05gt_ms\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x13\n\x06gte_ms\x18\x03 \x01(\x03H\x01\x88\x01\x01\x12\x12\n\x05lt_ms\x18\x04 \x01(\x03H\x02\x88\x01\x01\x12\x13\n\x06lte_ms\x18\x05 \x01(\x03H\x03\x88\x01\x01\x42\x08\n\x06_gt_msB\t\n\x07_gte_msB\x08\n\x06_lt_msB\t\n\x07_lte_ms\"&\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63lipsearch/v1/types.proto\x12\rclipsearch.v1\"\xe9\x02\n\x0cSearchResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0b\n\x03uri\x18\x03 \x01(\t\x12;\n\x08metadata\x18\x04 \x03(\x0b\x32).clipsearch.v1.SearchResult.MetadataEntry\x12\x37\n\x06\x66ields\x18\x05 \x03(\x0b\x32\'.clipsearch.v1.SearchResult.FieldsEntry\x12\x15\n\rcollapsed_ids\x18\x06 \x03(\t\x12\x11\n\tthumbnail\x18\x08 \x01(\x0c\x12\x1b\n\x13thumbnail_mime_type\x18\t \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x43\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.clipsearch.v1.Value:\x02\x38\x01\",\n\tThumbnail\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\tmime_type\x18\x02 \x01(\t\"\xae\x01\n\x05Value\x12\x16\n\x0cstring_value\x18\x01 \x01(\tH\x00\x12\x13\n\tint_value\x18\x02 \x01(\x03H\x00\x12\x15\n\x0b\x66loat_value\x18\x03 \x01(\x01H\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x12\x11\n\x07time_ms\x18\x05 \x01(\x03H\x00\x12\x30\n\x0bstring_list\x18\x06 \x01(\x0b\x32\x19.clipsearch.v1.StringListH\x00\x42\x06\n\x04kind\"\x1c\n\nStringList\x12\x0e\n\x06values\x18\x01 \x03(\t\"\x9a\x02\n\x06\x46ilter\x12(\n\x03\x61ll\x18\x01 \x01(\x0b\x32\x19.clipsearch.v1.FilterListH\x00\x12(\n\x03\x61ny\x18\x02 \x01(\x0b\x32\x19.clipsearch.v1.FilterListH\x00\x12$\n\x03not\x18\x03 \x01(\x0b\x32\x15.clipsearch.v1.FilterH\x00\x12%\n\x05match\x18\x04 \x01(\x0b\x32\x14.clipsearch.v1.MatchH\x00\x12%\n\x05range\x18\x05 \x01(\x0b\x32\x14.clipsearch.v1.RangeH\x00\x12.\n\ntime_range\x18\x06 \x01(\x0b\x32\x18.clipsearch.v1.TimeRangeH\x00\x12\x10\n\x06\x65xists\x18\x07 \x01(\tH\x00\x42\x06\n\x04kind\"4\n\nFilterList\x12&\n\x07\x66ilters\x18\x01 \x03(\x0b\x32\x15.clipsearch.v1.Filter\"r\n\x05Match\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12+\n\x06\x61ny_of\x18\x02 \x01(\x0b\x32\x19.clipsearch.v1.StringListH\x00\x12\x11\n\x07integer\x18\x03 \x01(\x03H\x00\x12\x11\n\x07\x62oolean\x18\x04 \x01(\x08H\x00\x42\x07\n\x05value\"z\n\x05Range\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0f\n\x02gt\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03gte\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x0f\n\x02lt\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x10\n\x03lte\x18\x05 \x01(\x01H\x03\x88\x01\x01\x42\x05\n\x03_gtB\x06\n\x04_gteB\x05\n\x03_ltB\x06\n\x04_lte\"\x96\x01\n\tTimeRange\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x12\n\x05gt_ms\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x13\n\x06gte_ms\x18\x03 \x01(\x03H\x01\x88\x01\x01\x12\x12\n\x05lt_ms\x18\x04 \x01(\x03H\x02\x88\x01\x01\x12\x13\n\x06lte_ms\x18\x05 \x01(\x03H\x03\x88\x01\x01\x42\x08\n\x06_gt_msB\t\n\x07_gte_msB\x08\n\x06_lt_msB\t\n\x07_lte_ms\"&\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,27 +36,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHRESULT_FIELDSENTRY']._loaded_options = None
   _globals['_SEARCHRESULT_FIELDSENTRY']._serialized_options = b'8\001'
   _globals['_SEARCHRESULT']._serialized_start=45
-  _globals['_SEARCHRESULT']._serialized_end=383
-  _globals['_SEARCHRESULT_METADATAENTRY']._serialized_start=267
-  _globals['_SEARCHRESULT_METADATAENTRY']._serialized_end=314
-  _globals['_SEARCHRESULT_FIELDSENTRY']._serialized_start=316
-  _globals['_SEARCHRESULT_FIELDSENTRY']._serialized_end=383
-  _globals['_THUMBNAIL']._serialized_start=385
-  _globals['_THUMBNAIL']._serialized_end=429
-  _globals['_VALUE']._serialized_start=432
-  _globals['_VALUE']._serialized_end=606
-  _globals['_STRINGLIST']._serialized_start=608
-  _globals['_STRINGLIST']._serialized_end=636
-  _globals['_FILTER']._serialized_start=639
-  _globals['_FILTER']._serialized_end=921
-  _globals['_FILTERLIST']._serialized_start=923
-  _globals['_FILTERLIST']._serialized_end=975
-  _globals['_MATCH']._serialized_start=977
-  _globals['_MATCH']._serialized_end=1091
-  _globals['_RANGE']._serialized_start=1093
-  _globals['_RANGE']._serialized_end=1215
-  _globals['_TIMERANGE']._serialized_start=1218
-  _globals['_TIMERANGE']._serialized_end=1368
-  _globals['_MODELINFO']._serialized_start=1370
-  _globals['_MODELINFO']._serialized_end=1408
+  _globals['_SEARCHRESULT']._serialized_end=406
+  _globals['_SEARCHRESULT_METADATAENTRY']._serialized_start=290
+  _globals['_SEARCHRESULT_METADATAENTRY']._serialized_end=337
+  _globals['_SEARCHRESULT_FIELDSENTRY']._serialized_start=339
+  _globals['_SEARCHRESULT_FIELDSENTRY']._serialized_end=406
+  _globals['_THUMBNAIL']._serialized_start=408
+  _globals['_THUMBNAIL']._serialized_end=452
+  _globals['_VALUE']._serialized_start=455
+  _globals['_VALUE']._serialized_end=629
+  _globals['_STRINGLIST']._serialized_start=631
+  _globals['_STRINGLIST']._serialized_end=659
+  _globals['_FILTER']._serialized_start=662
+  _globals['_FILTER']._serialized_end=944
+  _globals['_FILTERLIST']._serialized_start=946
+  _globals['_FILTERLIST']._serialized_end=998
+  _globals['_MATCH']._serialized_start=1000
+  _globals['_MATCH']._serialized_end=1114
+  _globals['_RANGE']._serialized_start=1116
+  _globals['_RANGE']._serialized_end=1238
+  _globals['_TIMERANGE']._serialized_start=1241
+  _globals['_TIMERANGE']._serialized_end=1391
+  _globals['_MODELINFO']._serialized_start=1393
+  _globals['_MODELINFO']._serialized_end=1431
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SearchResult(_message.Message):
-    __slots__ = ("id", "score", "uri", "metadata", "fields", "thumbnail", "thumbnail_mime_type")
+    __slots__ = ("id", "score", "uri", "metadata", "fields", "collapsed_ids", "thumbnail", "thumbnail_mime_type")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class SearchResult(_message.Message):
     URI_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     FIELDS_FIELD_NUMBER: _ClassVar[int]
+    COLLAPSED_IDS_FIELD_NUMBER: _ClassVar[int]
     THUMBNAIL_FIELD_NUMBER: _ClassVar[int]
     THUMBNAIL_MIME_TYPE_FIELD_NUMBER: _ClassVar[int]
     id: str
@@ -34,9 +35,10 @@ class SearchResult(_message.Message):
     uri: str
     metadata: _containers.ScalarMap[str, str]
     fields: _containers.MessageMap[str, Value]
+    collapsed_ids: _containers.RepeatedScalarFieldContainer[str]
     thumbnail: bytes
     thumbnail_mime_type: str
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., uri: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., fields: _Optional[_Mapping[str, Value]] = ..., thumbnail: _Optional[bytes] = ..., thumbnail_mime_type: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., uri: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., fields: _Optional[_Mapping[str, Value]] = ..., collapsed_ids: _Optional[_Iterable[str]] = ..., thumbnail: _Optional[bytes] = ..., thumbnail_mime_type: _Optional[str] = ...) -> None: ...
 
 class Thumbnail(_message.Message):
     __slots__ = ("data", "mime_type")
