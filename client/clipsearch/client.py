@@ -55,7 +55,8 @@ def _results(reply: Any) -> SearchPage:
     """A page of matches, with the next page's token and, through a router, the shard counts."""
     return SearchPage([SearchResult(r.id, float(r.score), r.uri, dict(r.metadata), from_values(r.fields),
                                     list(r.collapsed_ids), r.thumbnail, r.thumbnail_mime_type) for r in reply.results],
-                      reply.next_page_token, reply.shards_total, reply.shards_answered, reply.partial)
+                      reply.next_page_token, getattr(reply, "shards_total", 0), getattr(reply, "shards_answered", 0),
+                      getattr(reply, "partial", False))  # a BatchResult has no shard counts
 
 
 def _text_search(text: str, k: int, where: types_pb2.Filter | None = None, min_score: float | None = None,
