@@ -162,6 +162,55 @@ def test_filters_thresholds_and_image_queries_merge_exactly(cluster: Cluster) ->
     _same(_pairs(replies[0]), _pairs(replies[1]))
 
 
+def _all_pages(cluster: Cluster, address: str, text: str, k: int, **kw: object) -> tuple[list[tuple[str, float]], int]:
+    """Every result of a query, page after page of size k (bounded), and the number of pages."""
+    found: list[tuple[str, float]] = []
+    token, count = "", 0
+    for count in range(1, 100):
+        reply = cluster.search(address, text, k, page_token=token, **kw)
+        found += _pairs(reply)
+        token = reply.next_page_token
+        if not token:
+            break
+    return found, count
+
+
+def test_pages_through_the_router_equal_a_single_servers_order(cluster: Cluster) -> None:
+    for text in QUERIES[:2]:
+        routed, pages_routed = _all_pages(cluster, cluster.router, text, 7)
+        single, _ = _all_pages(cluster, cluster.single, text, 7)
+        assert len({i for i, _ in routed}) == len(routed) == len(cluster.ids)  # no image twice, none skipped
+        _same(routed, single)
+        assert pages_routed == -(-len(cluster.ids) // 7)
+    red = types_pb2.Filter(match=types_pb2.Match(field="color", any_of=types_pb2.StringList(values=["red"])))
+    routed, _ = _all_pages(cluster, cluster.router, "a circle", 5, filter=red, min_score=0.0)
+    single, _ = _all_pages(cluster, cluster.single, "a circle", 5, filter=red, min_score=0.0)
+    assert routed and len({i for i, _ in routed}) == len(routed)
+    _same(routed, single)
+    first = cluster.search(cluster.router, "a circle", 5)
+    with pytest.raises(grpc.RpcError) as err:  # a token of another query is refused
+        cluster.search(cluster.router, "a square", 5, page_token=first.next_page_token)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "another query" in (err.value.details() or "")
+
+
+def test_batch_search_through_the_router_merges_each_query(cluster: Cluster) -> None:
+    request = search_pb.BatchSearchRequest(queries=[search_pb.BatchQuery(text=text, k=9) for text in QUERIES])
+    replies = []
+    for address in (cluster.router, cluster.single):
+        with grpc.insecure_channel(address) as channel:
+            replies.append(search_grpc.SearchServiceStub(channel).BatchSearch(request, timeout=20))
+    routed, single = replies
+    assert (routed.shards_total, routed.shards_answered, routed.partial) == (2, 2, False)
+    assert len(routed.results) == len(QUERIES)
+    for a, b in zip(routed.results, single.results):
+        _same(_pairs(a), _pairs(b))
+        assert bool(a.next_page_token) == bool(b.next_page_token)
+    by_id = search_pb.BatchSearchRequest(queries=[search_pb.BatchQuery(id=cluster.ids[0], k=3)])
+    with grpc.insecure_channel(cluster.router) as channel, pytest.raises(grpc.RpcError) as err:
+        search_grpc.SearchServiceStub(channel).BatchSearch(by_id, timeout=20)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
 def test_search_by_id_asks_the_owning_shard_only(cluster: Cluster) -> None:
     image_id = cluster.ids[0]
     with grpc.insecure_channel(cluster.router) as channel:

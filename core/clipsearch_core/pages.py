@@ -22,10 +22,12 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import InvalidArgument
 
-__all__ = ["MAX_DEPTH", "MAX_TOKEN_CHARS", "Cursor", "after", "decode", "encode", "fingerprint"]
+__all__ = ["MAX_DEPTH", "MAX_TOKEN_CHARS", "Cursor", "after", "decode", "encode", "fingerprint", "next_token",
+           "request_fingerprint"]
 
 MAX_DEPTH = 10_000  # results reachable by paging one query: returned + k <= MAX_DEPTH
 MAX_TOKEN_CHARS = 1024
@@ -50,6 +52,27 @@ def fingerprint(*parts: bytes | str) -> str:
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
     return h.hexdigest()
+
+
+def request_fingerprint(request: Any, kind: str) -> str:
+    """The fingerprint of a (validated) TextSearch/ImageSearch request or BatchSearch query whose query
+    oneof is `kind`: its kind and content, filter, min_score and collapse threshold (k may change between
+    pages). The servers and the router compute it alike, so a router's token is valid on every shard."""
+    value = getattr(request, kind)
+    content = value.strip() if kind == "text" else (
+        value.SerializeToString(deterministic=True) if kind == "terms" else value)
+    flt = b"f" + request.filter.SerializeToString(deterministic=True) if request.HasField("filter") else b""
+    min_score = float(request.min_score) if request.HasField("min_score") else None
+    collapse = float(request.collapse_threshold) if request.HasField("collapse_threshold") else None
+    return fingerprint(kind, content, flt, repr(min_score), repr(collapse))
+
+
+def next_token(last_score: float, last_id: str, returned: int, query: str, more: bool) -> str:
+    """The next_page_token after a page whose last result is (last_score, last_id), `returned` results
+    having been returned so far: empty when nothing more matches (`more` false) or the depth limit is reached."""
+    if not more or returned >= MAX_DEPTH:
+        return ""
+    return encode(Cursor(float(last_score), last_id, returned, query))
 
 
 def encode(cursor: Cursor) -> str:

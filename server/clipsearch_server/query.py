@@ -41,11 +41,11 @@ from clipsearch.v1.types_pb2 import Filter
 from . import filters
 from .collection import Collection, Hit
 from .errors import InvalidArgument
+from .validation import MAX_BATCH
 
 __all__ = ["MAX_BATCH", "MAX_FETCH", "MAX_TERMS", "MAX_WEIGHT", "MIN_TERMS_NORM", "LabelCache", "Page", "Query",
            "combine", "filter_key", "run"]
 
-MAX_BATCH = 64  # queries per BatchSearch
 MAX_TERMS = 16  # terms per weighted query
 MAX_WEIGHT = 100.0  # |weight| of a term
 MIN_TERMS_NORM = 1e-6  # a weighted sum shorter than this has no direction

@@ -43,7 +43,7 @@ from clipsearch.v1 import (
     search_service_pb2_grpc as search_grpc,
     types_pb2,
 )
-from clipsearch_core import settings
+from clipsearch_core import pages, settings
 from clipsearch_core.errors import ServiceError
 from clipsearch_core.logs import setup_logging
 from clipsearch_core.shards import shard_of
@@ -175,6 +175,20 @@ def merge(replies: Sequence[Sequence[types_pb2.SearchResult]], k: int) -> list[t
     return every[:k]
 
 
+def merge_page(request: Any, kind: str, shard_pages: Sequence[Any]) -> tuple[list[types_pb2.SearchResult], str]:
+    """The global page of one query from the shards' pages (each shard got the same request and page
+    token: the best k after the same cursor) and the global next_page_token. More results exist when a
+    shard said so or some shard result did not make the page; the token is the cursor after the page's
+    last result, with the fingerprint every shard computes for this query (pages.request_fingerprint)."""
+    fingerprint = pages.request_fingerprint(request, kind)
+    before = pages.decode(request.page_token, fingerprint, request.k).returned if request.page_token else 0
+    page = merge([p.results for p in shard_pages], request.k)
+    more = any(p.next_page_token for p in shard_pages) or sum(len(p.results) for p in shard_pages) > len(page)
+    if not page:
+        return page, ""
+    return page, pages.next_token(page[-1].score, page[-1].id, before + len(page), fingerprint, more)
+
+
 class RouterSearch(search_grpc.SearchServiceServicer):
     """SearchService: fan out to every shard, merge, say how many shards answered."""
 
@@ -215,10 +229,41 @@ class RouterSearch(search_grpc.SearchServiceServicer):
     async def _search(self, method: str, request: Any, reply_type: Any, context: grpc.aio.ServicerContext,
                       shards: Sequence[Shard] | None = None) -> Any:
         shards = list(shards or self._cluster.shards)
+        kind = "text" if method == "TextSearch" else request.WhichOneof("query")
+        if kind is None or request.k < 1:
+            raise InvalidArgument("set a query and k >= 1")  # the servers say it in detail; the merge needs both
+        if request.page_token:
+            pages.decode(request.page_token, pages.request_fingerprint(request, kind), request.k)  # fail fast
         replies, _ = await self._fan_out(method, request, reply_type, shards, request.forbid_partial, context)
         total = self._cluster.count
-        return reply_type(results=merge([r.results for r in replies], request.k), shards_total=total,
+        results, token = merge_page(request, kind, replies)
+        return reply_type(results=results, next_page_token=token, shards_total=total,
                           shards_answered=len(replies), partial=len(replies) < total)
+
+    @_edge
+    async def BatchSearch(self, request: search_pb.BatchSearchRequest,
+                          context: grpc.aio.ServicerContext) -> search_pb.BatchSearchResponse:
+        check.count(len(request.queries), check.MAX_BATCH, "queries")
+        kinds = [q.WhichOneof("query") for q in request.queries]
+        for i, (q, kind) in enumerate(zip(request.queries, kinds)):
+            if kind is None or q.k < 1:
+                raise InvalidArgument(f"queries[{i}]: set a query and k >= 1")
+            by_id = kind == "id" or (kind == "terms" and any(t.WhichOneof("term") == "id" for t in q.terms.terms))
+            if by_id and self._cluster.count > 1:
+                raise FailedPrecondition(
+                    f"queries[{i}] searches by image id, but through a router with {self._cluster.count} shards only "
+                    "the shard holding that id has its vector: use ImageSearch by id, or send the vector itself")
+            if q.page_token:
+                pages.decode(q.page_token, pages.request_fingerprint(q, kind), q.k)
+        replies, _ = await self._fan_out("BatchSearch", request, search_pb.BatchSearchResponse,
+                                         list(self._cluster.shards), request.forbid_partial, context)
+        total = self._cluster.count
+        results = []
+        for i, (q, kind) in enumerate(zip(request.queries, kinds)):
+            page, token = merge_page(q, kind, [r.results[i] for r in replies])
+            results.append(search_pb.BatchResult(results=page, next_page_token=token))
+        return search_pb.BatchSearchResponse(results=results, shards_total=total, shards_answered=len(replies),
+                                             partial=len(replies) < total)
 
     @_edge
     async def TextSearch(self, request: search_pb.TextSearchRequest,

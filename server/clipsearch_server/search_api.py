@@ -24,7 +24,7 @@ from . import filters
 from . import validation as check
 from .engine import Engine
 from .errors import InvalidArgument, ServiceError
-from .query import MAX_BATCH, MAX_TERMS, MAX_WEIGHT, Page, Query, combine, filter_key
+from .query import MAX_BATCH, MAX_TERMS, MAX_WEIGHT, Page, Query, combine
 
 __all__ = ["batch", "build", "fingerprint_of", "results"]
 
@@ -72,16 +72,9 @@ async def _build(engine: Engine, request: Any, kind: str | None) -> Query:
 
 
 def fingerprint_of(request: Any, kind: str) -> str:
-    """The page-token fingerprint of a (validated) TextSearch/ImageSearch request or batch query whose query
-    oneof is `kind`: its kind and content, filter, min_score and collapse threshold. A router that merges
-    shards' pages encodes its next_page_token with it."""
-    value = getattr(request, kind)
-    content = value.strip() if kind == "text" else (
-        value.SerializeToString(deterministic=True) if kind == "terms" else value)
-    flt = request.filter if request.HasField("filter") else None
-    min_score = float(request.min_score) if request.HasField("min_score") else None
-    collapse = float(request.collapse_threshold) if request.HasField("collapse_threshold") else None
-    return pages.fingerprint(kind, content, filter_key(flt), repr(min_score), repr(collapse))
+    """The page-token fingerprint of a request (clipsearch_core.pages.request_fingerprint, which the
+    router uses too when it merges the shards' pages)."""
+    return pages.request_fingerprint(request, kind)
 
 
 def _kinds(request: Any) -> list[str]:

@@ -121,6 +121,7 @@ class SearchServicer(search_grpc.SearchServiceServicer):
         self, request: search_pb.BatchSearchRequest, context: grpc.aio.ServicerContext
     ) -> search_pb.BatchSearchResponse:
         engine = self._slot.get()
+        await engine.wait_position(check.min_position(request.min_position))
         found = await engine.search(await search_api.batch(engine, request))
         return search_pb.BatchSearchResponse(results=[
             search_pb.BatchResult(results=search_api.results(page), next_page_token=page.next_page_token)

@@ -149,6 +149,7 @@ def min_position(value: int, field: str = "min_position") -> int:
 
 # --- thumbnails ----------------------------------------------------------------------------------
 
+MAX_BATCH = 64  # queries per BatchSearch
 MAX_THUMBNAIL_BYTES = 256 * 1024
 THUMBNAIL_MIME_TYPES = ("image/webp", "image/jpeg", "image/png")
 MAX_THUMBNAIL_IDS = 100  # per GetThumbnails call

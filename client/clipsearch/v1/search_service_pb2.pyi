@@ -108,10 +108,14 @@ class ImageThumbnail(_message.Message):
     def __init__(self, id: _Optional[str] = ..., thumbnail: _Optional[_Union[_types_pb2.Thumbnail, _Mapping]] = ...) -> None: ...
 
 class BatchSearchRequest(_message.Message):
-    __slots__ = ("queries",)
+    __slots__ = ("queries", "min_position", "forbid_partial")
     QUERIES_FIELD_NUMBER: _ClassVar[int]
+    MIN_POSITION_FIELD_NUMBER: _ClassVar[int]
+    FORBID_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     queries: _containers.RepeatedCompositeFieldContainer[BatchQuery]
-    def __init__(self, queries: _Optional[_Iterable[_Union[BatchQuery, _Mapping]]] = ...) -> None: ...
+    min_position: int
+    forbid_partial: bool
+    def __init__(self, queries: _Optional[_Iterable[_Union[BatchQuery, _Mapping]]] = ..., min_position: _Optional[int] = ..., forbid_partial: _Optional[bool] = ...) -> None: ...
 
 class BatchQuery(_message.Message):
     __slots__ = ("text", "image", "uri", "id", "vector", "terms", "k", "filter", "min_score", "page_token", "collapse_threshold")
@@ -162,10 +166,16 @@ class QueryTerm(_message.Message):
     def __init__(self, text: _Optional[str] = ..., image: _Optional[bytes] = ..., uri: _Optional[str] = ..., id: _Optional[str] = ..., vector: _Optional[bytes] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class BatchSearchResponse(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "shards_total", "shards_answered", "partial")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[BatchResult]
-    def __init__(self, results: _Optional[_Iterable[_Union[BatchResult, _Mapping]]] = ...) -> None: ...
+    shards_total: int
+    shards_answered: int
+    partial: bool
+    def __init__(self, results: _Optional[_Iterable[_Union[BatchResult, _Mapping]]] = ..., shards_total: _Optional[int] = ..., shards_answered: _Optional[int] = ..., partial: _Optional[bool] = ...) -> None: ...
 
 class BatchResult(_message.Message):
     __slots__ = ("results", "next_page_token")
