@@ -117,6 +117,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--max-deliveries", 5, "deliveries of a job before it is dead-lettered as failed", (WORKER,), type=int),
     Option("--device-decode", False, "decode JPEGs on the model's device (nvJPEG on CUDA) instead of PIL", (WORKER,),
            type=bool),
+    Option("--decode-overlap", "auto", "decode the next batch while the model encodes this one: on, off, or auto "
+           "(on, unless the model runs on the CPU with a thread per core: decoding would only slow it down)",
+           (WORKER,), choices=("auto", "on", "off")),
 )
 
 _BY_FLAG = {o.flag: o for o in OPTIONS}
