@@ -230,9 +230,11 @@ class Worker:
         this thread runs the model on the current one (at most `_PREFETCH + 1` batches in hand); without
         decode overlap it reads and decodes the next batch only once the current one is finished.
         """
-        log.info("worker %s consuming %s", self.config.consumer, self.keys.jobs)
+        overlap = self.config.overlaps(self.encoder.device)
+        log.info("worker %s consuming %s (decoding beside the model: %s)", self.config.consumer, self.keys.jobs,
+                 "on" if overlap else "off")
         batches: "stdqueue.Queue[_Batch | None]" = stdqueue.Queue()
-        slots = threading.Semaphore(1 + (_PREFETCH if self.config.overlaps(self.encoder.device) else 0))
+        slots = threading.Semaphore(1 + (_PREFETCH if overlap else 0))
         halt = threading.Event()  # stops the feeder: set on `stop` or on a fatal error
         feeder = threading.Thread(target=self._feed, args=(stop, halt, batches, slots), name="feeder", daemon=True)
         feeder.start()
