@@ -141,6 +141,7 @@ def main() -> None:
     parser.add_argument("--worker-args", default="", help="extra worker arguments for every run")
     parser.add_argument("--name", default="feed")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the started processes on `kill` too
 
     photos = [photo_jpeg(i, 640, 480) for i in range(args.unique)]
     rows = []

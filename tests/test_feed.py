@@ -52,7 +52,8 @@ def test_worker_with_decode_processes(stack: Stack, procs: list[Proc], tmp_path:
             hit = client.image_search(data, k=1)[0]
             assert hit.id in (f"path-{i}", f"up-{i}") and hit.score > 0.99, (i, hit)
     decoders = [p for p in children(worker.popen.pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
-    assert decoders  # the decoding really ran in (spawned, on demand: up to 2) processes
+    assert decoders  # the decoding really ran in (spawned) processes
+    assert "2 decode processes started" in worker.output()  # both started with the worker, not on demand
     assert worker.stop() == 0
     assert "stopped after 14 jobs" in worker.output()
 
