@@ -32,6 +32,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+import clipsearch_core  # noqa: F401 - first: its OpenMP wait policy must be set before torch loads
 import torch
 from PIL import Image
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import clipsearch_core  # noqa: F401 - first: its OpenMP wait policy must be set before torch loads
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
