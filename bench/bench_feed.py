@@ -7,15 +7,18 @@ Images: `--unique` distinct 640x480 photo-like JPEGs (~165 KB), written `--image
 a temp dir with different names. Each run starts its own Redis, server and one worker (1 torch thread),
 submits every image in chunks of 64 through the Python client, either by path (worker --allowed-root)
 or by upload, waits until all are indexed, and reports images/s and CPU ms per image of the worker
-(with its decode processes), server, Redis and the submitting process. A run is `mode:N`, N the
-worker's --decode-processes (0: decode threads in the worker process). The same run also measures,
-in this process, one thread's PIL draft decode + preprocess per image and the forward pass alone.
+(with its decode processes), server, Redis and the submitting process. A run is `mode:N[:T]`, N the
+worker's --decode-processes (0: T decode threads in the worker process, default --decode-threads).
+The same run also measures, in this process, one thread's PIL draft decode + preprocess per image and
+the forward pass alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,34 +55,49 @@ def tree_cpu(pid: int, seen: dict[int, float]) -> float:
 
 
 def stage_costs(model: str, photos: list[bytes], batch: int) -> dict[str, float]:
-    """ms per image of one thread's decode + preprocess, and of the forward pass alone (1 torch thread)."""
+    """CPU ms per image (this process's CPU time, so that other load on the machine does not count) of one
+    thread's decode + preprocess, and of the forward pass alone (1 torch thread)."""
     encoder = load_encoder(ModelSpec(model, "none", "cpu"), threads=1)
     limits = LoadLimits()
-    t = time.perf_counter()
+    t = time.process_time()
     tensors = [encoder.preprocess_uint8(decode_image(p, limits, draft_size=encoder.image_size)) for p in photos]
-    decode = (time.perf_counter() - t) * 1000 / len(photos)
+    decode = (time.process_time() - t) * 1000 / len(photos)
     encoder.encode_images(tensors[:batch])
-    t = time.perf_counter()
+    t = time.process_time()
     for start in range(0, len(tensors), batch):
         encoder.encode_images(tensors[start:start + batch])
-    forward = (time.perf_counter() - t) * 1000 / len(tensors)
-    return {"decode+preprocess ms/img (1 thread)": decode, "forward ms/img": forward}
+    forward = (time.process_time() - t) * 1000 / len(tensors)
+    return {"decode+preprocess cpu ms/img (1 thread)": decode, "forward cpu ms/img": forward}
 
 
-def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, processes: int) -> dict[str, float]:
-    label = f"{mode}-{processes}"
+def profile(folder: str, name: str, pid: int) -> subprocess.Popen:
+    """py-spy sampling a process (and its decode processes) without pausing it, until SIGINT: raw
+    collapsed stacks in folder/name.txt (one line per stack, idle threads left out)."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    return subprocess.Popen([str(spy), "record", "--pid", str(pid), "--nonblocking", "--subprocesses", "--rate", "200",
+                             "--format", "raw", "--output", str(Path(folder) / f"{name}.txt")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, processes: int, threads: int,
+        attempt: int) -> dict[str, float]:
+    label = f"{mode}-p{processes}-t{threads}"
     redis, url = start_redis(tmp / "logs")
-    stack = Stack(model=args.model, redis_url=url, log_dir=tmp / "logs", prefix=f"feed-{label}")
-    server, address = stack.start_server(tmp / f"data-{label}", timeout=300)
-    extra = ["--batch-size", str(args.batch), "--decode-threads", str(args.decode_threads),
+    stack = Stack(model=args.model, redis_url=url, log_dir=tmp / "logs", prefix=f"feed-{label}-{attempt}")
+    server, address = stack.start_server(tmp / f"data-{label}-{attempt}", timeout=300)
+    extra = ["--batch-size", str(args.batch), "--decode-threads", str(threads),
              "--allowed-root", str(files[0].parent)]
     if processes:
         extra += ["--decode-processes", str(processes)]
+    extra += args.worker_args.split()
     worker = stack.start_worker(address, extra)
     try:
         wait_for(lambda: "ready" in worker.output(), 300, "worker", worker.popen)
         time.sleep(1.0)  # decode processes started
         client = Client(address, timeout=120)
+        spies = [profile(args.profile, f"{label}-{attempt}-{name}", proc.popen.pid) for name, proc in
+                 (("worker", worker), ("server", server))] if args.profile else []
         procs = {"worker": worker.popen.pid, "server": server.popen.pid, "redis": redis.popen.pid,
                  "submitter": os.getpid()}
         seen: dict[str, dict[int, float]] = {k: {} for k in procs}
@@ -99,6 +117,9 @@ def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, proce
         cpu = {f"{k} cpu ms/img": (tree_cpu(pid, seen[k]) - before[k]) * 1000 / len(files) for k, pid in procs.items()}
         assert progress.indexed == len(files), progress
         client.close()
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its samples and exits
+            spy.wait(timeout=60)
         return {"run": label, "img/s": len(files) / elapsed, "submit s": submitted, **cpu}
     finally:
         worker.stop()
@@ -114,9 +135,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--decode-threads", type=int, default=1, help="worker --decode-threads (with 0 processes)")
     parser.add_argument("--runs", default="path:0,path:1,path:2,upload:0,upload:2",
-                        help="comma-separated mode:decode_processes, mode path or upload")
+                        help="comma-separated mode:decode_processes[:decode_threads], mode path or upload; a run "
+                             "named twice is measured twice (interleave A,B,A,B to compare under drift)")
+    parser.add_argument("--profile", default="", help="folder for py-spy profiles of each run's worker and server")
+    parser.add_argument("--worker-args", default="", help="extra worker arguments for every run")
     parser.add_argument("--name", default="feed")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the started processes on `kill` too
 
     photos = [photo_jpeg(i, 640, 480) for i in range(args.unique)]
     rows = []
@@ -129,9 +154,10 @@ def main() -> None:
             path.write_bytes(photos[i % len(photos)])
             files.append(path)
         stages = stage_costs(args.model, photos, args.batch)
-        for spec in args.runs.split(","):
-            mode, _, processes = spec.partition(":")
-            rows.append(run(args, files, Path(tmp), mode, int(processes or 0)))
+        for attempt, spec in enumerate(args.runs.split(",")):
+            mode, processes, threads, *_ = f"{spec}::".split(":")
+            rows.append(run(args, files, Path(tmp), mode, int(processes or 0), int(threads or args.decode_threads),
+                            attempt))
             print(rows[-1], flush=True)
     kb = sum(map(len, photos)) / len(photos) / 1024
     print(f"\n== feed, {args.images} JPEGs 640x480 of {kb:.0f} KB, batch {args.batch}, {os.cpu_count()} cores ==")

@@ -3,6 +3,12 @@ clients, against the same encode + search done in-process, and against encoding 
 query at a time (no truncation, no batching) as the baseline for throughput.
 
     python bench/bench_query.py [--model ViT-B-32 --pretrained none] [--vectors 100000]
+    python bench/bench_query.py --decompose [--pin] [--vectors 20000] [--queries 200]
+
+--decompose: where the time of one TextSearch goes, measured interleaved query by query (in-process
+encode + search, in-process search alone, TextSearch over gRPC, the same with a repeated text, which
+the server's cache answers without encoding, and a bare gRPC health check), so that drift between
+them does not decide the differences.
 
 Every query text is distinct (no cache hits). The index holds random unit vectors of the model's
 dimension, written through the real UpsertVectors API.
@@ -20,6 +26,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import clipsearch_core  # noqa: F401 - first: its OpenMP wait policy must be set before torch loads
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,6 +73,80 @@ def load(address: str, call, queries: list, clients: int) -> dict:  # type: igno
     return {"clients": clients, "qps": len(queries) / (time.perf_counter() - t), **percentiles(latencies)}
 
 
+def decompose(args: argparse.Namespace, server_cores: set[int] | None, client_cores: set[int] | None) -> None:
+    """One TextSearch's time split into encode, search and the per-call path, interleaved query by query."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    def on(cores: set[int] | None) -> None:
+        if cores:
+            os.sched_setaffinity(0, cores)
+
+    on(server_cores)
+    encoder = load_encoder(ModelSpec(args.model, args.pretrained, args.device))
+    vectors = np.random.default_rng(0).standard_normal((args.vectors, encoder.dim)).astype("<f4")
+    samples: dict[str, list[float]] = {k: [] for k in ("inproc", "search", "grpc", "cached", "health")}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        col = Collection(tmp / "inproc", encoder.identity, encoder.dim, HnswParams())
+        col.upsert([ImageRecord(f"v{i}", vectors[i]) for i in range(args.vectors)])
+        redis, url = start_redis(tmp / "logs")
+        stack = Stack(model=args.model, redis_url=url, log_dir=tmp / "logs", prefix="bench-decompose")
+        stack.common = lambda: ["--model", args.model, "--pretrained", args.pretrained, "--redis-url", url,  # type: ignore[method-assign]
+                                "--redis-prefix", stack.prefix, "--device", args.device,
+                                *(["--threads", "1"] if server_cores else [])]
+        server, address = stack.start_server(tmp / "data", timeout=600)
+        on(client_cores)
+        try:
+            with Client(address) as client, grpc.insecure_channel(address) as channel:
+                stats = client.stats()
+                stub = index_service_pb2_grpc.IndexServiceStub(channel)
+                health = health_pb2_grpc.HealthStub(channel)
+                for start in range(0, args.vectors, 4000):
+                    stub.UpsertVectors(index_service_pb2.UpsertVectorsRequest(
+                        model=types_pb2.ModelInfo(name=stats.model, dim=stats.dim),
+                        records=[index_service_pb2.VectorRecord(id=f"v{i}", vector=vectors[i].tobytes())
+                                 for i in range(start, min(args.vectors, start + 4000))]), timeout=600)
+                client.text_search("repeated", k=10)
+                vector = encoder.encode_text(["repeated"])[0]
+                time.sleep(3)  # the server seals what it was sent before the timed loop
+                for i, (a, b) in enumerate(zip(texts(args.queries, 1), texts(args.queries, 2))):
+                    on(server_cores)
+                    t = time.perf_counter()
+                    col.search(encoder.encode_text([a])[0], 10)
+                    samples["inproc"].append(time.perf_counter() - t)
+                    t = time.perf_counter()
+                    col.search(vector, 10)
+                    samples["search"].append(time.perf_counter() - t)
+                    on(client_cores)
+                    for name, call in (("grpc", lambda: client.text_search(b, k=10)),
+                                       ("cached", lambda: client.text_search("repeated", k=10)),
+                                       ("health", lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=10))):
+                        t = time.perf_counter()
+                        call()
+                        samples[name].append(time.perf_counter() - t)
+        finally:
+            server.stop()
+            redis.stop()
+            col.close()
+    p50 = {name: float(np.percentile(values, 50)) * 1000 for name, values in samples.items()}
+    rows = [{"what": what, **percentiles(samples[name])} for name, what in (
+        ("inproc", "in-process encode + search"), ("search", "in-process search alone"),
+        ("grpc", "TextSearch over gRPC"), ("cached", "TextSearch over gRPC, repeated text (cache: no encode)"),
+        ("health", "gRPC health check (bare call)"))]
+    split = {"encode ms (inproc - search)": p50["inproc"] - p50["search"],
+             "per-call path ms (cached - search)": p50["cached"] - p50["search"],
+             "bare gRPC call ms": p50["health"],
+             "gRPC - in-process ms": p50["grpc"] - p50["inproc"],
+             "textsearch_p50_grpc_vs_inprocess": p50["grpc"] / p50["inproc"]}
+    print(f"\n== TextSearch decomposed, {args.model} ({args.pretrained}), {args.vectors} vectors, "
+          f"{'pinned' if server_cores else 'not pinned'}, {args.queries} interleaved rounds ==")
+    table(rows, ["what", "p50_ms", "p99_ms", "n"])
+    for k, v in split.items():
+        print(f"{k}: {v:.2f}")
+    save(args.name, {"model": args.model, "vectors": args.vectors, "pinned": bool(server_cores), "rows": rows,
+                     "split": split})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="ViT-B-32")
@@ -77,8 +158,14 @@ def main() -> None:
     parser.add_argument("--pin", action="store_true",
                         help="server and in-process reference on core 0 with 1 torch thread, clients on core 1: "
                              "per-call overhead without CPU contention")
+    parser.add_argument("--decompose", action="store_true",
+                        help="split one TextSearch's time (encode, search, per-call path), interleaved")
     args = parser.parse_args()
     server_cores, client_cores = ({0}, {1}) if args.pin else (None, None)
+    if args.decompose:
+        if server_cores:
+            torch.set_num_threads(1)
+        return decompose(args, server_cores, client_cores)
     if server_cores:
         os.sched_setaffinity(0, server_cores)  # the in-process reference and the server run here
         torch.set_num_threads(1)

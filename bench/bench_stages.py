@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import clipsearch_core  # noqa: F401 - first: its OpenMP wait policy must be set before torch loads
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent

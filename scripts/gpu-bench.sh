@@ -66,7 +66,7 @@ for model in $MODELS; do
     flag=(); [ $decode = device ] && flag=(--device-decode)
     step "ingest-$model-$decode" "$LIMIT" $PY bench/bench_ingest.py --model "$model" --device "$DEVICE" \
       --images "$IMAGES" --unique "$UNIQUE" --batch "$BATCH" --decode-threads $((CORES - 4 > 2 ? CORES - 4 : 2)) \
-      --sets photos "${flag[@]}" --name "ingest-$model-$decode"
+      --sets photos --rounds 1 "${flag[@]}" --name "ingest-$model-$decode"
   done
 done
 step query $((LIMIT + 60)) $PY bench/bench_query.py --model ViT-B-32 --device "$DEVICE" --vectors "$VECTORS" \

@@ -3,14 +3,16 @@ every behaviour of the per-image path (failures with reasons, exactly-once count
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import redis as redislib
 
 from clipsearch import Client, ImageInput
-from clipsearch_core import jobqueue
+from clipsearch_core import jobqueue, settings
 from clipsearch_core.jobqueue import Job, Keys
+from clipsearch_worker.worker import WorkerConfig
 from tests.data import wait_until
 from tests.photos import photo_jpeg
 from tests.procs import Proc, Stack
@@ -50,7 +52,8 @@ def test_worker_with_decode_processes(stack: Stack, procs: list[Proc], tmp_path:
             hit = client.image_search(data, k=1)[0]
             assert hit.id in (f"path-{i}", f"up-{i}") and hit.score > 0.99, (i, hit)
     decoders = [p for p in children(worker.popen.pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
-    assert decoders  # the decoding really ran in (spawned, on demand: up to 2) processes
+    assert decoders  # the decoding really ran in (spawned) processes
+    assert "2 decode processes started" in worker.output()  # both started with the worker, not on demand
     assert worker.stop() == 0
     assert "stopped after 14 jobs" in worker.output()
 
@@ -75,3 +78,34 @@ def test_batched_finish_counts_each_job_once(redis_url: str) -> None:
     assert int(r.get(keys.queued_bytes)) == 0 and r.xlen(keys.jobs) == 0
     assert r.xpending(keys.jobs, jobqueue.GROUP)["pending"] == 0
     assert isinstance(r, redislib.Redis)
+
+
+def test_decode_overlap_is_off_only_for_a_model_with_every_core() -> None:
+    def config(overlap: str, threads: int) -> WorkerConfig:
+        argv = ["--decode-overlap", overlap, "--threads", str(threads)]
+        return WorkerConfig.from_args(settings.parse("worker", argv, "t", "t"))
+
+    cores = len(os.sched_getaffinity(0))
+    assert not config("auto", 0).overlaps("cpu")  # torch's default: a thread per core, decoding would slow it
+    assert not config("auto", cores).overlaps("cpu")
+    assert config("auto", 0).overlaps("cuda")
+    assert config("auto", cores - 1).overlaps("cpu") == (cores > 1)
+    assert config("on", 0).overlaps("cpu") and not config("off", 1).overlaps("cuda")
+
+
+def test_worker_without_decode_overlap_indexes_every_image(stack: Stack, procs: list[Proc], tmp_path: Path) -> None:
+    photos = [photo_jpeg(seed, 320, 240) for seed in range(7)]
+    server, address = stack.start_server(tmp_path / "data")
+    procs.append(server)
+    worker = stack.start_worker(address, ["--decode-overlap", "off", "--batch-size", "2", "--decode-threads", "2"])
+    procs.append(worker)
+    with Client(address) as client:
+        inputs = [ImageInput(image=p, id=f"img-{i}") for i, p in enumerate(photos)]
+        batch = client.submit([*inputs, ImageInput(image=photos[0][:500], id="broken")]).batch_id
+        progress = wait_until(client, batch, 120)
+        assert (progress.indexed, progress.failed) == (7, 1), progress
+        for i, data in enumerate(photos):
+            hit = client.image_search(data, k=1)[0]
+            assert hit.id == f"img-{i}" and hit.score > 0.99, (i, hit)
+    assert "decoding beside the model: off" in worker.output()
+    assert worker.stop() == 0

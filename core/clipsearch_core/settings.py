@@ -142,6 +142,9 @@ OPTIONS: tuple[Option, ...] = (
            "enlarged); 0 turns thumbnails off", (WORKER,), type=int),
     Option("--thumbnail-format", "webp", "encoding of the thumbnails", (WORKER,), choices=("webp", "jpeg")),
     Option("--thumbnail-quality", 75, "encoder quality of the thumbnails, 1-100", (WORKER,), type=int),
+    Option("--decode-overlap", "auto", "decode the next batch while the model encodes this one: on, off, or auto "
+           "(on, unless the model runs on the CPU with a thread per core: decoding would only slow it down)",
+           (WORKER,), choices=("auto", "on", "off")),
 )
 
 _BY_FLAG = {o.flag: o for o in OPTIONS}

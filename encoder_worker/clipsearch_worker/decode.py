@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
+import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -76,9 +78,30 @@ def make_pool(context: DecodeContext, threads: int, processes: int) -> Executor:
     """`processes` decode processes (spawned: no state inherited from the model's threads), or
     `threads` threads in this process when processes is 0."""
     if processes > 0:
-        return ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
+        pool = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_init, initargs=(context,))
+        _start(pool, processes)
+        return pool
     return ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="decode")
+
+
+def _start(pool: ProcessPoolExecutor, processes: int, timeout_s: float = 120.0) -> None:
+    """Starts every decode process now (each imports its libraries, about a second of CPU), so that the
+    first batches do not wait for them; bounded: a pool still short of processes starts them on demand."""
+    started = time.monotonic()
+    seen: set[int] = set()
+    try:
+        while len(seen) < processes and time.monotonic() - started < timeout_s:
+            seen.update(f.result(timeout=timeout_s) for f in [pool.submit(_pid) for _ in range(processes)])
+    except Exception as exc:  # noqa: BLE001 - a pool that broke is restarted when a chunk finds it broken
+        log.warning("decode processes did not start (%s: %s)", type(exc).__name__, exc)
+        return
+    log.info("%d decode processes started in %.1fs", len(seen), time.monotonic() - started)
+
+
+def _pid() -> int:
+    time.sleep(0.05)  # long enough that the other processes take the other calls
+    return os.getpid()
 
 
 def prepare_chunk(items: Sequence[Item], context: DecodeContext | None = None) -> list[Prepared]:

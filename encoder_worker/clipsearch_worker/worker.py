@@ -98,6 +98,10 @@ class WorkerConfig:
     batch_size: images per forward pass (and per Redis read).
     decode_threads: threads that read, decode and preprocess images beside the model (decode_processes 0).
     decode_processes: processes that do so instead (0: the threads), so that decoding uses more cores.
+    decode_overlap: "on": the next batch is read and decoded while the model encodes this one; "off": only
+        between forward passes (decoding then has every core); "auto": on unless the model runs on the CPU
+        with at least one thread per core (`model_threads`), where decoding beside it only slows it down.
+    model_threads: the model's CPU threads (torch's default is one per core).
     visibility_timeout_s: a job pending this long with a worker that stopped heartbeating is taken over.
     worker_ttl_s: a worker whose heartbeat is older than this is dead: its jobs are taken over at once.
     """
@@ -117,6 +121,8 @@ class WorkerConfig:
     device_decode: bool  # decode JPEGs on the model's device (nvJPEG on CUDA)
     decode_processes: int = 0
     thumbnail: ThumbnailSpec = ThumbnailSpec()  # the thumbnail sent with each vector (size 0: none)
+    decode_overlap: str = "auto"
+    model_threads: int = 0
     block_ms: int = 1000
     push_timeout_s: float = 60.0
 
@@ -140,10 +146,23 @@ class WorkerConfig:
             device_decode=args.device_decode,
             decode_processes=args.decode_processes,
             thumbnail=ThumbnailSpec.from_args(args),
+            decode_overlap=args.decode_overlap,
+            model_threads=args.threads or _cores(),
         )
 
+    def overlaps(self, device: str) -> bool:
+        """Whether decoding runs beside the model (see decode_overlap)."""
+        if self.decode_overlap != "auto":
+            return self.decode_overlap == "on"
+        return not (device == "cpu" and self.model_threads >= _cores())
 
-_PREFETCH = 1  # batches read and decoding while the model works on the current one
+
+def _cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+_PREFETCH = 1  # batches read and decoding while the model works on the current one (decode_overlap)
 
 
 @dataclass
@@ -211,11 +230,14 @@ class Worker:
         Raises WorkerFatal for unrecoverable configuration errors.
 
         A feeder thread reads the next batch from Redis and starts decoding it in the pool while
-        this thread runs the model on the current one (at most `_PREFETCH + 1` batches in hand).
+        this thread runs the model on the current one (at most `_PREFETCH + 1` batches in hand); without
+        decode overlap it reads and decodes the next batch only once the current one is finished.
         """
-        log.info("worker %s consuming %s", self.config.consumer, self.keys.jobs)
+        overlap = self.config.overlaps(self.encoder.device)
+        log.info("worker %s consuming %s (decoding beside the model: %s)", self.config.consumer, self.keys.jobs,
+                 "on" if overlap else "off")
         batches: "stdqueue.Queue[_Batch | None]" = stdqueue.Queue()
-        slots = threading.Semaphore(_PREFETCH + 1)
+        slots = threading.Semaphore(1 + (_PREFETCH if overlap else 0))
         halt = threading.Event()  # stops the feeder: set on `stop` or on a fatal error
         feeder = threading.Thread(target=self._feed, args=(stop, halt, batches, slots), name="feeder", daemon=True)
         feeder.start()
