@@ -2,8 +2,9 @@
 
 Routes (all read-only; the page holds the server's token, so it listens on 127.0.0.1 by default):
   GET  /               the page (Jinja2, autoescaped); ?q=TEXT runs that search on load, ?id=ID "more like this"
-  GET  /api/search     ?q=TEXT or ?id=ID, &k=N, &where=EXPR[;EXPR...] -> JSON results
-  POST /api/search     multipart form: image (file), k, where -> JSON results of an image search
+  GET  /api/search     ?q=TEXT or ?id=ID, &k=N, &where=EXPR[;EXPR...], &page_token=T -> JSON results and
+                       next_page_token (the "More" button passes it back for the next page)
+  POST /api/search     multipart form: image (file), k, where, page_token -> the same, for an image search
   GET  /thumb          ?id=ID -> the image's thumbnail (GetThumbnails), 404 when it has none
 Errors of the service come back as JSON {"error": message, "code": gRPC status name} with an HTTP
 status (400 invalid query, 404 unknown id, 503 unavailable, 502 otherwise), and the page shows them.
@@ -33,7 +34,7 @@ from ..where import fields_to_json, where_filter
 __all__ = ["MAX_UPLOAD_BYTES", "PAGE", "make_app", "serve"]
 
 HERE = Path(__file__).resolve().parent
-PAGE = 20  # results per page: the "more" button asks for PAGE more
+PAGE = 20  # results per page: the "more" button follows the page token for PAGE more
 MAX_K = 1000  # the service's limit on k
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024  # the server's default upload limit
 
@@ -81,7 +82,7 @@ def _result(r: SearchResult) -> dict[str, Any]:
 async def index(request: web.Request) -> web.Response:
     template = request.app[_TEMPLATES].get_template("index.html")
     html = template.render(q=request.query.get("q", ""), id=request.query.get("id", ""),
-                           where=request.query.get("where", ""), page=PAGE, max_k=MAX_K)
+                           where=request.query.get("where", ""), page=PAGE)
     return web.Response(text=html, content_type="text/html")
 
 
@@ -95,15 +96,17 @@ async def search(request: web.Request) -> web.Response:
                 return _error("choose an image file to search with", "INVALID_ARGUMENT", 400)
             data = upload.file.read()
             k, where = _k(str(form.get("k", "")) or None), _where(str(form.get("where", "")))
-            results = await client.image_search(data, k=k, where=where)
+            token = str(form.get("page_token", ""))
+            results = await client.image_search(data, k=k, where=where, page_token=token)
             query = {"image": upload.filename or "uploaded image"}
         else:
             k, where = _k(request.query.get("k")), _where(request.query.get("where"))
+            token = request.query.get("page_token", "")
             if request.query.get("id"):
-                results = await client.image_search(id=request.query["id"], k=k, where=where)
+                results = await client.image_search(id=request.query["id"], k=k, where=where, page_token=token)
                 query = {"id": request.query["id"]}
             elif request.query.get("q", "").strip():
-                results = await client.text_search(request.query["q"], k=k, where=where)
+                results = await client.text_search(request.query["q"], k=k, where=where, page_token=token)
                 query = {"q": request.query["q"]}
             else:
                 return _error("type what to look for, or choose an image", "INVALID_ARGUMENT", 400)
@@ -111,7 +114,8 @@ async def search(request: web.Request) -> web.Response:
         return _error(str(exc), "INVALID_ARGUMENT", 400)
     except ClipsearchError as exc:
         return _service_error(exc)
-    return web.json_response({"query": query, "k": k, "results": [_result(r) for r in results]})
+    return web.json_response({"query": query, "k": k, "results": [_result(r) for r in results],
+                              "next_page_token": results.next_page_token})
 
 
 async def thumb(request: web.Request) -> web.Response:

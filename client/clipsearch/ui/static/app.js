@@ -5,10 +5,10 @@
 const $ = (id) => document.getElementById(id);
 const config = $("config").dataset;
 const PAGE = Number(config.page);
-const MAX_K = Number(config.maxK);
 
 let current = null; // {kind: "text" | "id" | "image", value, file}
-let shownK = PAGE;
+let nextToken = ""; // the page token of the results after those shown ("" on the last page)
+let shown = 0; // results shown so far (ranks continue across pages)
 let sequence = 0; // answers to superseded requests are dropped
 
 function showError(message) {
@@ -27,16 +27,17 @@ function describe(query) {
   return `images like ${query.value}`;
 }
 
-function request(query, k) {
+function request(query, token) {
   const where = $("where").value;
   if (query.kind === "image") {
     const form = new FormData();
     form.append("image", query.file, query.file.name);
-    form.append("k", String(k));
+    form.append("k", String(PAGE));
     form.append("where", where);
+    form.append("page_token", token);
     return fetch("/api/search", { method: "POST", body: form });
   }
-  const params = new URLSearchParams({ k: String(k), where });
+  const params = new URLSearchParams({ k: String(PAGE), where, page_token: token });
   params.set(query.kind === "text" ? "q" : "id", query.value);
   return fetch(`/api/search?${params}`);
 }
@@ -49,16 +50,16 @@ function rememberInUrl(query) {
   history.replaceState(null, "", query.kind === "image" ? "/" : `/?${params}`);
 }
 
-async function run(query, k) {
+// Runs a search: a new one (token ""), or the next page of the current one (appended to the grid).
+async function run(query, token = "") {
   const mine = ++sequence;
   current = query;
-  shownK = k;
   clearError();
   $("status").textContent = `Searching ${describe(query)}…`;
   rememberInUrl(query);
   let data;
   try {
-    const response = await request(query, k);
+    const response = await request(query, token);
     const text = await response.text();
     try {
       data = JSON.parse(text);
@@ -77,8 +78,9 @@ async function run(query, k) {
     showError(data.code ? `${data.code}: ${data.error}` : data.error);
     return;
   }
-  render(data.results, query);
-  $("more").hidden = !(data.results.length === k && k < MAX_K);
+  render(data.results, query, token !== "");
+  nextToken = data.next_page_token || "";
+  $("more").hidden = !nextToken;
 }
 
 function card(result, rank) {
@@ -123,22 +125,26 @@ function card(result, rank) {
     info.append(meta);
   }
   item.append(frame, info);
-  item.addEventListener("click", () => run({ kind: "id", value: result.id }, PAGE));
+  item.addEventListener("click", () => run({ kind: "id", value: result.id }));
   return item;
 }
 
-function render(results, query) {
-  $("grid").replaceChildren(...results.map((r, i) => card(r, i + 1)));
-  $("status").textContent = results.length
-    ? `${results.length} results for ${describe(query)}`
+function render(results, query, append) {
+  const first = append ? shown : 0;
+  const cards = results.map((r, i) => card(r, first + i + 1));
+  if (append) $("grid").append(...cards);
+  else $("grid").replaceChildren(...cards);
+  shown = first + results.length;
+  $("status").textContent = shown
+    ? `${shown} results for ${describe(query)}`
     : `No results for ${describe(query)} (is the index empty, or the filter too strict?)`;
 }
 
 $("search-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const text = $("q").value.trim();
-  if (text) run({ kind: "text", value: text }, PAGE);
-  else if (current) run(current, PAGE);
+  if (text) run({ kind: "text", value: text });
+  else if (current) run(current);
   else showError("Type what to look for, or choose an image.");
 });
 
@@ -148,11 +154,11 @@ function searchWithFile(file) {
     showError(`${file.name} is not an image`);
     return;
   }
-  run({ kind: "image", value: file.name, file }, PAGE);
+  run({ kind: "image", value: file.name, file });
 }
 
 $("image").addEventListener("change", () => searchWithFile($("image").files[0]));
-$("more").addEventListener("click", () => current && run(current, Math.min(shownK + PAGE, MAX_K)));
+$("more").addEventListener("click", () => current && nextToken && run(current, nextToken));
 
 // An image dropped anywhere on the page (the dashed box shows where) searches for similar ones.
 const drop = $("drop");
@@ -168,5 +174,5 @@ document.body.addEventListener("drop", (event) => {
 });
 
 // /?q=TEXT runs that search at once; /?id=ID shows images like that one.
-if ($("q").value.trim()) run({ kind: "text", value: $("q").value.trim() }, PAGE);
-else if (config.id) run({ kind: "id", value: config.id }, PAGE);
+if ($("q").value.trim()) run({ kind: "text", value: $("q").value.trim() });
+else if (config.id) run({ kind: "id", value: config.id });
