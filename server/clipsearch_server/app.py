@@ -90,7 +90,7 @@ class RunningServer:
         encoder = await asyncio.to_thread(load_encoder, config.model, config.threads or None)
         collection = await asyncio.to_thread(
             Collection, config.data_dir, encoder.identity, encoder.dim, config.hnsw,
-            config.compact_ratio, config.compact_min, config.filter_exact_max, config.seal_at,
+            config.compact_ratio, config.compact_min, config.filter_exact_max, config.seal_at, config.kind,
         )
         self.slot.engine = Engine(encoder, collection, config.image_limits, text_batch=config.text_batch,
                                   image_batch=config.image_batch)

@@ -11,7 +11,10 @@ from clipsearch_core.model import ModelSpec
 from clipsearch_core.settings import default
 from clipsearch_core.shards import ShardSpec
 
-from .index import HnswParams
+from clipsearch_core.errors import InvalidArgument
+
+from .index import HnswParams, IndexOptions
+from .kinds import KindOptions, parse_bytes
 
 __all__ = ["DEFAULT_PORT", "ServerConfig"]
 
@@ -42,6 +45,7 @@ class ServerConfig:
     metrics_port: Prometheus /metrics port (0: off).
     store: the source of truth ('' = SQLite in data_dir, or a postgresql:// URL).
     shard: the part of the collection this server holds.
+    kind: the index kind (--index), --memory-budget, --train-min, --nprobe and --rerank (kinds.py).
     """
 
     host: str
@@ -72,6 +76,7 @@ class ServerConfig:
     metrics_port: int
     store: str = ""
     shard: ShardSpec = ShardSpec()
+    kind: KindOptions = KindOptions()
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ServerConfig":
@@ -105,4 +110,15 @@ class ServerConfig:
             metrics_port=args.metrics_port,
             store=args.store,
             shard=ShardSpec.parse(args.shard),
+            kind=_kind_options(args),
         )
+
+
+def _kind_options(args: argparse.Namespace) -> KindOptions:
+    try:
+        budget = parse_bytes(args.memory_budget)
+    except ValueError as exc:
+        raise InvalidArgument(f"--memory-budget: {exc}") from None
+    if args.train_min < 1 or args.nprobe < 1 or args.rerank < 0:
+        raise InvalidArgument("--train-min and --nprobe must be at least 1, --rerank at least 0")
+    return KindOptions(args.index, budget, args.train_min, IndexOptions(args.nprobe, args.rerank))

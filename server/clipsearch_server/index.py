@@ -40,7 +40,7 @@ from .files import replace_durably
 from .vectorfile import VectorFile
 
 __all__ = ["FaissIndex", "HnswIndex", "HnswParams", "IndexOptions", "SearchParams", "VectorIndex", "load_index",
-           "make_index", "normalize", "validate_spec"]
+           "make_index", "needs_training", "normalize", "validate_spec"]
 
 
 @dataclass(frozen=True)
@@ -597,3 +597,8 @@ def load_index(spec: str, path: Path, params: HnswParams = HnswParams(), options
 def set_threads(n: int) -> None:
     """Sets the number of OpenMP threads FAISS uses for one call."""
     faiss.omp_set_num_threads(n)
+
+
+def needs_training(spec: str, dim: int) -> bool:
+    """Whether an index of this spec must be trained before vectors are added."""
+    return not _HNSW_FLAT.match(spec) and not _factory(spec, dim).is_trained

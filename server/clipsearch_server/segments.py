@@ -1,4 +1,4 @@
-"""The segmented index: a sealed HNSW part plus a small growing part, so snapshots never stall writes.
+"""The segmented index: a sealed part (HNSW or any other kind) plus a small growing part, so snapshots never stall writes.
 
 Design (after Milvus' sealed and growing segments):
 - `add` puts new vectors into the growing part, an exact flat inner-product index (`FlatIndex`, numpy)
@@ -6,8 +6,9 @@ Design (after Milvus' sealed and growing segments):
   for anything that holds the graph: a snapshot serializing it, or a seal adding to it.
 - `search` searches both parts and merges the two result lists by score, then label (a label in both,
   briefly during a seal, counts once). `SearchParams.include` (filters) applies to both parts.
-- `remove` tombstones the label in the sealed part (its IDSelector filters it out) and deletes the row
-  from the growing part; it does both because a seal may be carrying the label over right now.
+- `remove` removes (or tombstones) the label in the sealed part and deletes the row from the growing
+  part; it does both because a seal may be carrying the label over right now, and a seal removes
+  again, after its adds, the labels removed while it ran (kinds that delete for real would keep them).
 - `seal` copies the growing rows, adds them to the HNSW graph in chunks (each chunk takes the graph's
   write lock, so searches interleave), then drops them from the growing part and advances
   `sealed_below`: every label below it is in the sealed part or was removed; labels only grow.
@@ -25,7 +26,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .index import HnswIndex, SearchParams, normalize
+from .index import SearchParams, VectorIndex, normalize
 
 __all__ = ["FlatIndex", "SegmentedIndex"]
 
@@ -99,15 +100,17 @@ class FlatIndex:
 
 
 class SegmentedIndex:
-    """A sealed `HnswIndex` (labels below `sealed_below`) plus a growing `FlatIndex` (newer labels)."""
+    """A sealed index of any kind (labels below `sealed_below`) plus a growing `FlatIndex` (newer labels)."""
 
-    def __init__(self, sealed: HnswIndex, sealed_below: int) -> None:
+    def __init__(self, sealed: VectorIndex, sealed_below: int) -> None:
         self.sealed = sealed
         self.growing = FlatIndex(sealed.dim)
         self.dim = sealed.dim
         self.params = sealed.params
         self.sealed_below = sealed_below
         self._sealing = threading.Lock()  # one seal or one snapshot write at a time
+        self._removals = threading.Lock()  # orders a remove against the start and end of a seal
+        self._removed_while_sealing: set[int] | None = None  # None: no seal is carrying rows over
 
     @property
     def description(self) -> str:
@@ -133,8 +136,11 @@ class SegmentedIndex:
     def remove(self, labels: Iterable[int]) -> None:
         labels = [int(x) for x in labels]
         if labels:
-            self.sealed.remove(labels)
-            self.growing.remove(labels)
+            with self._removals:
+                if self._removed_while_sealing is not None:
+                    self._removed_while_sealing.update(labels)
+                self.sealed.remove(labels)
+                self.growing.remove(labels)
 
     def search(self, queries: np.ndarray, k: int, params: SearchParams = SearchParams()) -> tuple[np.ndarray, np.ndarray]:
         """Both parts' k best, merged by score then label; missing results are -1."""
@@ -169,16 +175,21 @@ class SegmentedIndex:
     def seal(self, chunk: int = SEAL_CHUNK) -> int:
         """Moves the growing rows into the HNSW graph, `chunk` at a time. Returns how many moved."""
         with self._sealing:
-            labels, vectors = self.growing.contents()
+            with self._removals:
+                labels, vectors = self.growing.contents()
+                self._removed_while_sealing = set()
             for start in range(0, len(labels), chunk):
                 self.sealed.add(labels[start:start + chunk], vectors[start:start + chunk])
+            with self._removals:  # kinds that delete for real (IVF) would resurrect rows removed meanwhile
+                removed, self._removed_while_sealing = self._removed_while_sealing, None
+                self.sealed.remove(sorted(removed))
             if len(labels):
                 self.sealed_below = max(self.sealed_below, int(labels.max()) + 1)
                 self.growing.remove(labels.tolist())
             return len(labels)
 
     @contextmanager
-    def sealed_part(self) -> Iterator[tuple[HnswIndex, int]]:
+    def sealed_part(self) -> Iterator[tuple[VectorIndex, int]]:
         """(sealed part, the label bound it covers), held still for a snapshot: seals wait meanwhile,
         writes go on (to the growing part) and so do searches."""
         with self._sealing:
