@@ -113,6 +113,7 @@ class Collection:
         self._write_lock = threading.RLock()  # one writer at a time: store, then index
         self._compacting = threading.Lock()  # one background rebuild (compaction, training) at a time
         self._rebuilding: str | None = None  # the running rebuild's reason
+        self._failed_at = 0  # live count when a training failed: not tried again before it doubles
         self._compactor: threading.Thread | None = None
         self._sealer_running = threading.Lock()
         self._sealer: threading.Thread | None = None
@@ -181,7 +182,7 @@ class Collection:
         live = self.store.count()
         spec = self._choose(live).spec
         trains = self._trains[spec]
-        if trains and live < self.kind.train_min:
+        if trains and live < kinds.train_min_for(self.kind, spec):
             spec, trains = kinds.EXACT, False  # too small to train: served exactly
         index = make_index(spec, self.dim, self.params, self.kind.search, self.vector_file,
                            trained_on=live if trains else 0)
@@ -407,6 +408,8 @@ class Collection:
         if index.tombstones >= max(self.compact_min, self.compact_ratio * index.ntotal):
             return "compaction"
         sealed = index.sealed
+        if self._failed_at and self._live < 2 * self._failed_at:
+            return None
         return kinds.rebuild_reason(self.kind, sealed.spec, sealed.trained_on, self._live,
                                     self._choose(self._live).spec)
 
@@ -436,6 +439,8 @@ class Collection:
             self.snapshot(force=True)
         except Exception:
             log.exception("%s failed; the current index stays in use", reason)
+            if reason != "compaction":
+                self._failed_at = max(self._live, 1)
         finally:
             self._rebuilding = None
             self._compacting.release()

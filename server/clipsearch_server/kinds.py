@@ -4,9 +4,11 @@ builds and validates the specs).
 
 - hnsw      HNSW{M},Flat: exact vectors in the graph, 4d + 8M + 16 bytes per vector in RAM; no training.
 - hnsw-sq8  HNSW{M},SQ8: 1 byte per dimension + links (d + 8M + 16 B), exact vectors on disk for re-ranking.
-- ivf-pq    IVF{nlist}_HNSW32,PQ{d/4}x4fs: 4-bit fast-scan PQ codes (d/8 B) + id (8 B) in RAM, an HNSW
-            coarse quantizer over nlist centroids, candidates re-ranked with exact vectors read through mmap.
-            nlist = the power of two nearest 4 * sqrt(n), at most n / 39 (faiss' points per centroid).
+- ivf-pq    IVF{nlist}_HNSW32,PQ{d/8}np: 8-bit PQ codes (np: no polysemous training, which is slow) (d/8 B) + id (8 B) in RAM, an HNSW coarse
+            quantizer over nlist centroids, candidates re-ranked with exact vectors read through mmap; real
+            deletes. nlist = the power of two nearest 4 * sqrt(n), at most n / 39 (faiss' points per
+            centroid). Not fast-scan (PQ..x4fs): faiss 1.15 corrupts fast-scan lists that get vectors
+            added after a remove_ids, so a fast-scan factory string keeps tombstones instead.
 - auto      plans for twice the current size (at least --train-min) and takes the first of hnsw,
             hnsw-sq8, ivf-pq whose bytes per vector fit --memory-budget (ivf-pq when none does), like
             autofaiss; it chooses again at every rebuild, and rebuilds when the choice changes.
@@ -29,6 +31,7 @@ from .index import IndexOptions
 __all__ = ["Choice", "IndexReport", "KindOptions", "RETRAIN_GROWTH", "choose", "family", "parse_bytes", "rebuild_reason"]
 
 NAMED = ("hnsw", "hnsw-sq8", "ivf-pq")
+PQ_TRAIN_MIN = 256  # 8-bit PQ trains 256 centroids per sub-quantizer: at least that many vectors
 RETRAIN_GROWTH = 10  # retrain once the collection holds this many times the vectors the index was trained for
 EXACT = "Flat"  # the spec that serves a collection too small to train
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -87,8 +90,8 @@ def nlist_for(n: int) -> int:
 
 
 def pq_m_for(dim: int) -> int:
-    """PQ sub-quantizers: one per 4 dimensions (d/8 bytes with 4-bit codes), a divisor of dim."""
-    return next(m for m in range(max(dim // 4, 1), 0, -1) if dim % m == 0)
+    """PQ sub-quantizers (bytes per code): one per 8 dimensions, a divisor of dim."""
+    return next(m for m in range(max(dim // 8, 1), 0, -1) if dim % m == 0)
 
 
 def bytes_per_vector(kind: str, dim: int, m: int, n: int) -> float:
@@ -98,7 +101,7 @@ def bytes_per_vector(kind: str, dim: int, m: int, n: int) -> float:
     if kind == "hnsw-sq8":
         return dim + 8 * m + 16
     nlist = nlist_for(n)
-    return pq_m_for(dim) / 2 + 8 + 1 + nlist * (4 * dim + 8 * 32) / max(n, 1)
+    return pq_m_for(dim) + 8 + 1 + nlist * (4 * dim + 8 * 32) / max(n, 1)
 
 
 def spec_of(kind: str, dim: int, m: int, n: int) -> str:
@@ -108,7 +111,7 @@ def spec_of(kind: str, dim: int, m: int, n: int) -> str:
     if kind == "hnsw-sq8":
         return f"HNSW{m},SQ8"
     if kind == "ivf-pq":
-        return f"IVF{nlist_for(n)}_HNSW32,PQ{pq_m_for(dim)}x4fs"
+        return f"IVF{nlist_for(n)}_HNSW32,PQ{pq_m_for(dim)}np"
     return kind
 
 
@@ -129,6 +132,11 @@ def choose(options: KindOptions, n: int, dim: int, m: int) -> Choice:
                   f"ivf-pq, the smallest, needs {need * plan / 2**30:.2f} GiB")
 
 
+def train_min_for(options: KindOptions, spec: str) -> int:
+    """Vectors needed before `spec` is trained: --train-min, and at least PQ_TRAIN_MIN for ivf-pq."""
+    return max(options.train_min, PQ_TRAIN_MIN) if family(spec) == "ivf-pq" else options.train_min
+
+
 def family(spec: str) -> str:
     """The named kind a spec belongs to ('flat' for the exact phase, 'factory' for any other string)."""
     if spec == EXACT:
@@ -137,7 +145,7 @@ def family(spec: str) -> str:
         return "hnsw"
     if re.fullmatch(r"HNSW\d+,SQ8", spec):
         return "hnsw-sq8"
-    if re.fullmatch(r"IVF\d+_HNSW32,PQ\d+x4fs", spec):
+    if re.fullmatch(r"IVF\d+_HNSW32,PQ\d+np", spec):
         return "ivf-pq"
     return "factory"
 
@@ -146,7 +154,7 @@ def rebuild_reason(options: KindOptions, current_spec: str, trained_on: int, liv
     """Why the index serving `current_spec` should be rebuilt for `live` vectors (None: it should not).
     The exact phase ends at --train-min; a trained index is retrained after RETRAIN_GROWTH x growth;
     auto switches kind when its choice changes."""
-    if current_spec == EXACT != target and live >= options.train_min:
+    if current_spec == EXACT != target and live >= train_min_for(options, target):
         return "training"
     if trained_on and live >= RETRAIN_GROWTH * trained_on:
         return "retraining"

@@ -40,38 +40,41 @@ class FlatIndex:
     def __init__(self, dim: int) -> None:
         self.dim = dim
         self._lock = threading.Lock()
-        self._labels = np.empty(0, dtype=np.int64)
-        self._vectors = np.empty((64, dim), dtype=np.float32)  # rows [:len(_labels)] are in use
+        # (labels, buffer): rows [:len(labels)] of the buffer are in use. Replaced as one tuple (a reader
+        # never pairs one version's labels with another's rows); a buffer never changes below len(labels).
+        self._state = (np.empty(0, dtype=np.int64), np.empty((64, dim), dtype=np.float32))
 
     @property
     def ntotal(self) -> int:
-        return len(self._labels)
+        return len(self._state[0])
 
     def _view(self) -> tuple[np.ndarray, np.ndarray]:
-        labels, vectors = self._labels, self._vectors  # replaced as a whole, never changed below n
+        labels, vectors = self._state
         return labels, vectors[:len(labels)]
 
     def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
         labels = np.asarray(labels, dtype=np.int64)
         with self._lock:
-            n, m = len(self._labels), len(labels)
-            if n + m > len(self._vectors):
-                grown = np.empty((max(2 * len(self._vectors), n + m), self.dim), dtype=np.float32)
-                grown[:n] = self._vectors[:n]
-                self._vectors = grown
-            self._vectors[n:n + m] = normalize(vectors)
-            self._labels = np.concatenate([self._labels, labels])
+            held, buffer = self._state
+            n, m = len(held), len(labels)
+            if n + m > len(buffer):
+                grown = np.empty((max(2 * len(buffer), n + m), self.dim), dtype=np.float32)
+                grown[:n] = buffer[:n]
+                buffer = grown
+            buffer[n:n + m] = normalize(vectors)
+            self._state = (np.concatenate([held, labels]), buffer)
 
     def remove(self, labels: Iterable[int]) -> None:
         gone = np.fromiter(labels, dtype=np.int64)
         with self._lock:
-            keep = ~np.isin(self._labels, gone)
+            held, buffer = self._state
+            keep = ~np.isin(held, gone)
             if keep.all():
                 return
-            rows = self._vectors[:len(self._labels)][keep]
-            self._vectors = np.empty((max(64, 2 * len(rows)), self.dim), dtype=np.float32)
-            self._vectors[:len(rows)] = rows
-            self._labels = self._labels[keep]
+            rows = buffer[:len(held)][keep]
+            fresh = np.empty((max(64, 2 * len(rows)), self.dim), dtype=np.float32)
+            fresh[:len(rows)] = rows
+            self._state = (held[keep], fresh)
 
     def contents(self) -> tuple[np.ndarray, np.ndarray]:
         """A copy of every (label, vector) row now held."""

@@ -33,6 +33,7 @@ from .collection import Hit
 from .engine import EngineSlot
 from .errors import InvalidArgument, ResourceExhausted, status_for
 from .ingest import Ingestor, QueuedImage
+from .kinds import IndexReport
 from .metrics import RPC_LATENCY, RPCS
 from .store import ImageRecord
 
@@ -245,7 +246,7 @@ class IndexServicer(index_grpc.IndexServiceServicer):
         self, request: index_pb.GetIndexStatsRequest, context: grpc.aio.ServicerContext
     ) -> index_pb.GetIndexStatsResponse:
         s = await self._slot.get().stats()
-        return index_pb.GetIndexStatsResponse(
+        reply = index_pb.GetIndexStatsResponse(
             count=s.count,
             model=types_pb2.ModelInfo(name=s.model, dim=s.dim),
             index_type=s.index_type,
@@ -254,3 +255,18 @@ class IndexServicer(index_grpc.IndexServiceServicer):
             ef_search=s.params.ef_search,
             stale_entries=s.stale_entries,
         )
+        if s.index is not None:
+            reply.MergeFrom(index_report(s.index))
+        return reply
+
+
+_TRAINING = {"not-needed": index_pb.INDEX_TRAINING_NOT_NEEDED, "waiting-for-data": index_pb.INDEX_TRAINING_WAITING_FOR_DATA,
+             "training": index_pb.INDEX_TRAINING_TRAINING, "trained": index_pb.INDEX_TRAINING_TRAINED}
+
+
+def index_report(r: IndexReport) -> index_pb.GetIndexStatsResponse:
+    """GetIndexStats fields 8-19: the index kind, its parameters, measured memory and training state."""
+    return index_pb.GetIndexStatsResponse(
+        index_kind=r.kind, index_spec=r.spec, nlist=r.nlist, nprobe=r.nprobe, rerank=r.rerank,
+        memory_bytes=r.memory_bytes, bytes_per_vector=r.bytes_per_vector, disk_bytes=r.disk_bytes,
+        training=_TRAINING[r.training], trained_on=r.trained_on, train_min=r.train_min, index_choice=r.choice)
