@@ -36,8 +36,8 @@ def test_kind_rules() -> None:
     assert kinds.parse_bytes("8GiB") == 8 * 2**30 and kinds.parse_bytes("1.5TB") == 1_500_000_000_000
     with pytest.raises(ValueError, match="not a size"):
         kinds.parse_bytes("lots")
-    assert kinds.nlist_for(1_000_000) == 4096 and kinds.nlist_for(400) == 8 and kinds.nlist_for(10) == 1
-    assert kinds.spec_of("ivf-pq", 512, 32, 1_000_000) == "IVF4096_HNSW32,PQ64np"
+    assert kinds.nlist_for(1_000_000) == 1024 and kinds.nlist_for(400) == 8 and kinds.nlist_for(10) == 1
+    assert kinds.spec_of("ivf-pq", 512, 32, 1_000_000) == "IVF1024_HNSW32,PQ64np"
     pick = {budget: kinds.choose(KindOptions("auto", kinds.parse_bytes(budget), 20_000), 10_000_000, 512, 32)
             for budget in ("64GiB", "20GiB", "2GiB", "100MiB")}
     assert [kinds.family(c.spec) for c in pick.values()] == ["hnsw", "hnsw-sq8", "ivf-pq", "ivf-pq"]

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 WIDEN_ROUNDS = 3  # index searches per query before falling back to an exact scan (fetch doubles each round)
 EXACT_SCAN_MAX = 200_000  # live images up to which a short search is completed by an exact scan
-TRAIN_SAMPLE_MAX = 200_000  # vectors a kind is trained on, at most (a strided sample of the store)
+TRAIN_SAMPLE_MAX = 100_000  # vectors a kind is trained on, at most (a strided sample of the store)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ builds and validates the specs).
 - hnsw-sq8  HNSW{M},SQ8: 1 byte per dimension + links (d + 8M + 16 B), exact vectors on disk for re-ranking.
 - ivf-pq    IVF{nlist}_HNSW32,PQ{d/8}np: 8-bit PQ codes (np: no polysemous training, which is slow) (d/8 B) + id (8 B) in RAM, an HNSW coarse
             quantizer over nlist centroids, candidates re-ranked with exact vectors read through mmap; real
-            deletes. nlist = the power of two nearest 4 * sqrt(n), at most n / 39 (faiss' points per
+            deletes. nlist = the power of two nearest sqrt(n), at most n / 39 (faiss' points per
             centroid). Not fast-scan (PQ..x4fs): faiss 1.15 corrupts fast-scan lists that get vectors
             added after a remove_ids, so a fast-scan factory string keeps tombstones instead.
 - auto      plans for twice the current size (at least --train-min) and takes the first of hnsw,
@@ -83,8 +83,9 @@ class IndexReport:
 
 
 def nlist_for(n: int) -> int:
-    """IVF lists for n vectors: the power of two nearest 4 * sqrt(n), at most n / 39, from 1 to 65,536."""
-    nearest = 2 ** round(math.log2(max(4 * math.sqrt(max(n, 1)), 1)))
+    """IVF lists for n vectors: the power of two nearest sqrt(n), at most n / 39, from 1 to 65,536.
+    (autofaiss takes 4-16 sqrt(n); re-ranking tolerates longer lists, and training stays affordable.)"""
+    nearest = 2 ** round(math.log2(max(math.sqrt(max(n, 1)), 1)))
     trainable = 2 ** int(math.log2(max(n // 39, 1)))
     return max(1, min(nearest, trainable, 65_536))
 
