@@ -461,8 +461,8 @@ class FaissIndex(_Tombstoned):
     def vectors(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         labels = np.asarray(labels, dtype=np.int64)
         present = self._present
-        labels = np.ascontiguousarray(labels[(labels < len(present)) & present[np.minimum(labels, len(present) - 1)]]
-                                      if len(present) else labels[:0])
+        inside = labels[(labels >= 0) & (labels < len(present))]
+        labels = np.ascontiguousarray(inside[present[inside]])
         if self._file is not None:
             return labels, self._file.read(labels)
         with self._lock.read():
