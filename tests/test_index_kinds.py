@@ -48,6 +48,8 @@ def test_kind_rules() -> None:
     assert kinds.rebuild_reason(opts, "IVF4_HNSW32,PQ8np", 300, 2999, "IVF64_HNSW32,PQ8np") is None
     assert kinds.rebuild_reason(opts, "IVF4_HNSW32,PQ8np", 300, 3000, "IVF64_HNSW32,PQ8np") == "retraining"
     assert kinds.train_min_for(KindOptions("ivf-pq", train_min=100), "IVF4_HNSW32,PQ8np") == 256
+    assert kinds.train_sample_for("IVF32768_HNSW32,PQ64np", 100_000) == 1_310_720
+    assert kinds.train_sample_for("HNSW32,SQ8", 100_000) == 100_000
 
 
 def test_empty_collection_trains_and_retrains_while_searches_and_writes_run(tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 WIDEN_ROUNDS = 3  # index searches per query before falling back to an exact scan (fetch doubles each round)
 EXACT_SCAN_MAX = 200_000  # live images up to which a short search is completed by an exact scan
-TRAIN_SAMPLE_MAX = 100_000  # vectors a kind is trained on, at most (a strided sample of the store)
+TRAIN_SAMPLE_MAX = 100_000  # vectors a kind is trained on (a strided sample), more for IVF with many lists
 
 
 @dataclass(frozen=True)
@@ -188,15 +188,15 @@ class Collection:
                            trained_on=live if trains else 0)
         if trains:
             started = time.monotonic()
-            sample = self._sample(upto)
+            sample = self._sample(upto, kinds.train_sample_for(spec, TRAIN_SAMPLE_MAX))
             index.train(sample)
             log.info("trained %s on %d vectors in %.2fs", spec, len(sample), time.monotonic() - started)
         self._add_from_store(index, 0, upto)
         return index
 
-    def _sample(self, upto: int) -> np.ndarray:
-        """At most TRAIN_SAMPLE_MAX store vectors below `upto`, evenly strided."""
-        step = max(1, math.ceil(self.store.count() / TRAIN_SAMPLE_MAX))
+    def _sample(self, upto: int, size: int) -> np.ndarray:
+        """About `size` store vectors below `upto`, evenly strided."""
+        step = max(1, math.ceil(self.store.count() / size))
         parts = [vectors[::step] for _, vectors in self.store.iter_vectors(self.dim, 0, upto)]
         return np.concatenate(parts) if parts else np.empty((0, self.dim), dtype=np.float32)
 

@@ -566,7 +566,7 @@ def _factory(spec: str, dim: int) -> object:
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1].split(": ", 1)[-1] if str(exc).strip() else "rejected by faiss"
         raise ValueError(f"unknown index spec {spec!r} for dimension {dim}: {reason}; use hnsw, hnsw-sq8, ivf-pq, "
-                         "auto, or a faiss index_factory string (e.g. 'HNSW32,SQ8', 'IVF1024,PQ64x4fs')") from None
+                         "auto, or a faiss index_factory string (e.g. 'HNSW32,SQ8', 'IVF1024,PQ64')") from None
 
 
 _HNSW_FLAT = re.compile(r"^HNSW(\d+),Flat$")

@@ -133,6 +133,12 @@ def choose(options: KindOptions, n: int, dim: int, m: int) -> Choice:
                   f"ivf-pq, the smallest, needs {need * plan / 2**30:.2f} GiB")
 
 
+def train_sample_for(spec: str, cap: int) -> int:
+    """Vectors to train `spec` on: `cap`, or 40 per IVF list when that is more (faiss wants 39)."""
+    match = re.search(r"IVF(\d+)", spec)
+    return max(cap, 40 * int(match.group(1))) if match else cap
+
+
 def train_min_for(options: KindOptions, spec: str) -> int:
     """Vectors needed before `spec` is trained: --train-min, and at least PQ_TRAIN_MIN for ivf-pq."""
     return max(options.train_min, PQ_TRAIN_MIN) if family(spec) == "ivf-pq" else options.train_min
