@@ -127,6 +127,23 @@ def test_empty_collection_trains_and_retrains_while_searches_and_writes_run(tmp_
         Collection(tmp_path / "other", "m@1", dim, PARAMS, kind=KindOptions("IVF9,PQ7"))
 
 
+def test_auto_picks_from_the_budget_and_says_why(tmp_path: Path) -> None:
+    dim = 32
+    vectors = unit(np.random.default_rng(4), 600, dim)
+    roomy = Collection(tmp_path / "roomy", "m@1", dim, PARAMS, kind=KindOptions("auto", kinds.parse_bytes("1GiB"), 300))
+    roomy.upsert([ImageRecord(str(i), vectors[i]) for i in range(600)])
+    report = roomy.stats().index
+    assert report.spec == "HNSW16,Flat" and report.training == "not-needed" and "auto: hnsw needs" in report.choice
+    roomy.close()
+    tight = Collection(tmp_path / "tight", "m@1", dim, PARAMS, kind=KindOptions("auto", kinds.parse_bytes("8KiB"), 300))
+    tight.upsert([ImageRecord(str(i), vectors[i]) for i in range(600)])
+    tight.wait_for_compaction(60)
+    report = tight.stats().index
+    assert kinds.family(report.spec) == "ivf-pq" and report.training == "trained" and "nothing fits" in report.choice
+    assert tight.search(vectors[5], 1)[0].id == "5"
+    tight.close()
+
+
 # --- through the whole stack: server processes, gRPC ----------------------------------------------
 
 N = 400

@@ -126,11 +126,19 @@ def choose(options: KindOptions, n: int, dim: int, m: int) -> Choice:
         if need * plan <= options.memory_budget:
             return Choice(spec_of(kind, dim, m, n),
                           f"auto: {kind} needs {need:.0f} B/vector x {plan} planned vectors = "
-                          f"{need * plan / 2**30:.2f} GiB <= budget {options.memory_budget / 2**30:.2f} GiB")
+                          f"{_size(need * plan)} <= budget {_size(options.memory_budget)}")
     need = bytes_per_vector("ivf-pq", dim, m, plan)
     return Choice(spec_of("ivf-pq", dim, m, n),
-                  f"auto: nothing fits the budget {options.memory_budget / 2**30:.2f} GiB for {plan} planned vectors; "
-                  f"ivf-pq, the smallest, needs {need * plan / 2**30:.2f} GiB")
+                  f"auto: nothing fits the budget {_size(options.memory_budget)} for {plan} planned vectors; "
+                  f"ivf-pq, the smallest, needs {_size(need * plan)}")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def train_sample_for(spec: str, cap: int) -> int:
