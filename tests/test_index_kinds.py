@@ -166,7 +166,7 @@ def exact_top(vectors: np.ndarray, query: np.ndarray, allowed: list[int], k: int
 @pytest.mark.parametrize("kind", ["hnsw", "hnsw-sq8", "ivf-pq", "IVF4,SQ8"])
 def test_each_kind_through_the_stack(kind: str, stack: Stack, procs: list[Proc], tmp_path: Path) -> None:
     extra = ["--index", kind, "--train-min", "300", "--seal-at", "50", "--hnsw-m", "16", "--ef-search", "128",
-             "--nprobe", "8"]
+             "--nprobe", "8", "--filter-exact-max", "10"]  # filters go through each kind's selector
     data = tmp_path / "data"
     server, address = stack.start_server(data, extra=extra)
     procs.append(server)
