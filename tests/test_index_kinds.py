@@ -121,6 +121,12 @@ def test_empty_collection_trains_and_retrains_while_searches_and_writes_run(tmp_
     assert reopened.loaded_from_snapshot and reopened.index.sealed.spec == report.spec
     assert [[int(h.id) for h in reopened.search(q, 10)]  for q in queries] == found
     reopened.close()
+    (tmp_path / "snapshot.json").unlink()  # cold start without a snapshot: trained again from the store
+    rebuilt = Collection(tmp_path, "m@1", dim, PARAMS, seal_at=200, kind=options)
+    assert not rebuilt.loaded_from_snapshot and kinds.family(rebuilt.index.sealed.spec) == "ivf-pq"
+    again = [[int(h.id) for h in rebuilt.search(q, 10)] for q in queries]
+    assert np.mean([len(set(f) & e) / 10 for f, e in zip(again, exact)]) >= 0.9
+    rebuilt.close()
     with pytest.raises(FailedPrecondition, match="created with --index ivf-pq; this server runs --index hnsw"):
         Collection(tmp_path, "m@1", dim, PARAMS, kind=KindOptions("hnsw"))
     with pytest.raises(FailedPrecondition, match="unknown index spec 'IVF9,PQ7'"):
