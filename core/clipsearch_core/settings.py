@@ -92,8 +92,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--memory-budget", "8GiB", "RAM the index may use, for --index auto (e.g. 512MiB, 8GiB, 1.5TB)", (SERVER,)),
     Option("--train-min", 20_000, "vectors a collection needs before a kind that must be trained (SQ8, IVF, PQ) is "
            "trained; below, it is served exactly", (SERVER,), type=int),
-    Option("--nprobe", 32, "IVF lists scanned per query (IVF kinds)", (SERVER,), type=int),
-    Option("--rerank", 10, "compressed kinds fetch this many candidates per result and re-score them with the exact "
+    Option("--nprobe", 16, "IVF lists scanned per query (IVF kinds)", (SERVER,), type=int),
+    Option("--rerank", 20, "compressed kinds fetch this many candidates per result and re-score them with the exact "
            "vectors (0: no re-ranking)", (SERVER,), type=int),
     Option("--max-queue-jobs", 1_000_000, "SubmitImages fails with RESOURCE_EXHAUSTED beyond this many queued jobs",
            (SERVER,), type=int),
