@@ -2,7 +2,7 @@
 # Runs every benchmark (results: bench/results/*.json, plot: docs/index-recall-qps.png; figures go
 # into docs/BENCHMARKS.md by hand). Takes about an hour on a 2-core CPU, mostly the 1M-vector index.
 #   ./scripts/bench.sh               # everything
-#   ./scripts/bench.sh ingest query  # a subset: index, ingest, stages, feed, query, coldstart, writes, snapshots, catchup, router
+#   ./scripts/bench.sh ingest query  # a subset: index, kinds, ingest, stages, feed, query, coldstart, writes, snapshots, catchup, router
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -11,6 +11,7 @@ PY=.venv/bin/python
 parts=("$@")
 has() { [ ${#parts[@]} -eq 0 ] || [[ " ${parts[*]} " == *" $1 "* ]]; }
 has index && $PY bench/bench_index.py --n 100000 --n 1000000 --queries 300
+has kinds && $PY bench/bench_indexes.py --n 1000000 --n-graph 100000 --queries 200
 has ingest && $PY bench/bench_ingest.py --images 192
 has stages && $PY bench/bench_stages.py --model ViT-B-32 --device cpu --images 128 --batch 32 --processes 1,2
 has feed && $PY bench/bench_feed.py

@@ -88,6 +88,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("--seal-at", 20_000, "new vectors wait in an exact growing part (searched with the graph) and are "
            "moved into the HNSW graph in the background once this many have come (and at each snapshot)",
            (SERVER,), type=int),
+    Option("--index", "hnsw", "index kind, fixed when the collection is created: hnsw (HNSW32,Flat), hnsw-sq8, "
+           "ivf-pq (IVF + HNSW coarse quantizer + 4-bit fast-scan PQ, re-ranked with exact vectors read through mmap), "
+           "auto (picked from --memory-budget and the collection's size), or a faiss index_factory string",
+           (SERVER,)),
+    Option("--memory-budget", "8GiB", "RAM the index may use, for --index auto (e.g. 512MiB, 8GiB, 1.5TB)", (SERVER,)),
+    Option("--train-min", 20_000, "vectors a collection needs before a kind that must be trained (SQ8, IVF, PQ) is "
+           "trained; below, it is served exactly", (SERVER,), type=int),
+    Option("--nprobe", 16, "IVF lists scanned per query (IVF kinds)", (SERVER,), type=int),
+    Option("--rerank", 20, "compressed kinds fetch this many candidates per result and re-score them with the exact "
+           "vectors (0: no re-ranking)", (SERVER,), type=int),
     Option("--max-queue-jobs", 1_000_000, "SubmitImages fails with RESOURCE_EXHAUSTED beyond this many queued jobs",
            (SERVER,), type=int),
     Option("--max-queue-bytes", 2 * 1024**3, "same, for inline image bytes waiting in Redis", (SERVER,), type=int),

@@ -36,7 +36,7 @@ from clipsearch_core import jobqueue
 from clipsearch_core.model import load_encoder
 
 from . import index as index_module
-from .collection import Collection, index_spec
+from .collection import Collection
 from .config import ServerConfig
 from .engine import Engine, EngineSlot
 from .ingest import Ingestor
@@ -114,7 +114,7 @@ class RunningServer:
         collection = await asyncio.to_thread(
             Collection, config.data_dir, encoder.identity, encoder.dim, config.hnsw,
             config.compact_ratio, config.compact_min, config.filter_exact_max, config.seal_at,
-            replica.mirror if replica is not None else None, shard=config.shard,
+            replica.mirror if replica is not None else None, shard=config.shard, kind=config.kind,
         )
         engine = Engine(encoder, collection, config.image_limits, text_batch=config.text_batch,
                         image_batch=config.image_batch)
@@ -136,7 +136,7 @@ class RunningServer:
         pg = PgStore(config.store)
         replica = Replica(pg, Store(config.data_dir / "images.sqlite3"), config.shard)
         try:
-            replica.prepare(model, dim, index_spec(config.hnsw))
+            replica.prepare(model, dim, config.kind.kind)
             if config.shared_snapshots:
                 self._share = share_for(config.shared_snapshots, pg.collection_id, config.shard)
                 self._share.fetch(config.data_dir)  # an empty data directory starts from the latest one

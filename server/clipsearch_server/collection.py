@@ -27,6 +27,11 @@ Owns the rules that span both layers:
   the store while searches go on against the old one, then swaps it in;
 - with a shared PostgreSQL store the store given is this server's local mirror, and changes arrive
   through `apply_changes` (replication.py) instead of `upsert`/`delete`.
+- the index kind (`--index`, kinds.py) is recorded in the store when the collection is created and
+  refused on mismatch like the model. Kinds that need training are served by an exact index until
+  `train_min` vectors, then trained and swapped in by the same background rebuild (after catching up
+  with the writes made meanwhile), and retrained after 10x growth; their exact vectors live in
+  `vectors.f32` (vectorfile.py), read through mmap for re-ranking and exact scans.
 """
 
 from __future__ import annotations
@@ -44,10 +49,13 @@ import numpy as np
 from clipsearch_core.shards import ShardSpec
 
 from .errors import FailedPrecondition, NotFound
-from .index import HnswIndex, HnswParams, SearchParams, make_index, normalize
+from . import kinds
+from .index import HnswParams, SearchParams, VectorIndex, load_index, make_index, needs_training, normalize
+from .kinds import IndexReport, KindOptions
 from .segments import SegmentedIndex
 from .snapshots import Snapshots
 from .store import Change, ImageRecord, ImageStore, StoredImage, Store, UpsertResult
+from .vectorfile import VectorFile
 
 __all__ = ["Collection", "CollectionStats", "Hit"]
 
@@ -55,6 +63,7 @@ log = logging.getLogger(__name__)
 
 WIDEN_ROUNDS = 3  # index searches per query before falling back to an exact scan (fetch doubles each round)
 EXACT_SCAN_MAX = 200_000  # live images up to which a short search is completed by an exact scan
+TRAIN_SAMPLE_MAX = 100_000  # vectors a kind is trained on (a strided sample), more for IVF with many lists
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,7 @@ class CollectionStats:
     index_type: str
     params: HnswParams
     stale_entries: int
+    index: IndexReport | None = None
 
 
 class Collection:
@@ -94,6 +104,7 @@ class Collection:
         seal_at: int = 20_000,
         store: ImageStore | None = None,
         shard: ShardSpec = ShardSpec(),
+        kind: KindOptions = KindOptions(),
     ) -> None:
         self.model = model
         self.dim = dim
@@ -103,16 +114,21 @@ class Collection:
         self.compact_min = compact_min
         self.filter_exact_max = filter_exact_max
         self.seal_at = seal_at
-        self.spec = index_spec(params)
+        self.kind = kind
+        self._trains: dict[str, bool] = {}  # spec -> whether it needs training (cached faiss probe)
         self.store = store if store is not None else Store(self.data_dir / "images.sqlite3")
-        self.snapshots = Snapshots(self.data_dir, self.spec, params)
-        self.loaded_from_snapshot = False
-        self._snapshot_seq = 0
         self.shard = shard
         self._bind_model()
+        self._bind_kind()
         self._bind_shard()
+        self.vector_file = VectorFile(self.data_dir / "vectors.f32", dim) if kind.kind != "hnsw" else None
+        self.snapshots = Snapshots(self.data_dir, self._read_snapshot, f"HNSW{params.m},Flat")
+        self.loaded_from_snapshot = False
+        self._snapshot_seq = 0
         self._write_lock = threading.RLock()  # one writer at a time: store, then index
-        self._compacting = threading.Lock()
+        self._compacting = threading.Lock()  # one background rebuild (compaction, training) at a time
+        self._rebuilding: str | None = None  # the running rebuild's reason
+        self._failed_at = 0  # live count when a training failed: not tried again before it doubles
         self._compactor: threading.Thread | None = None
         self._sealer_running = threading.Lock()
         self._sealer: threading.Thread | None = None
@@ -121,7 +137,9 @@ class Collection:
         self._live = int(self.store.count())
         self.generation = 0  # bumped by every write: cached filter results of an older generation are stale
         self._saved_at = (self.index.sealed_below, self.index.tombstones)
-        log.info("collection ready: %d images, model %s, dim %d", self._live, model, dim)
+        log.info("collection ready: %d images, model %s, dim %d, index %s", self._live, model, dim,
+                 self.index.sealed.description)
+        self._maybe_compact()  # e.g. grown past --train-min while the server was down
 
     # --- start-up ------------------------------------------------------------------------------
 
@@ -163,16 +181,75 @@ class Collection:
                 f"(e.g. {wrong[0]!r}); send writes through the router (`clipsearch router`), which routes each id"
             )
 
+    def _bind_kind(self) -> None:
+        """Checks --index (a factory string must build at this dimension) and records it with the
+        collection, or refuses a server started with another kind than the collection's."""
+        try:
+            self._choose(0)
+        except ValueError as exc:
+            raise FailedPrecondition(f"--index {self.kind.kind!r}: {exc}") from None
+        stored = self.store.get_meta("index_kind")
+        if stored is None:
+            stored = "hnsw" if self.store.count() else self.kind.kind  # collections from before --index: HNSW
+            self.store.set_meta("index_kind", stored)
+        if stored != self.kind.kind:
+            raise FailedPrecondition(
+                f"the collection in {self.data_dir} was created with --index {stored}; this server runs "
+                f"--index {self.kind.kind}. Start it with --index {stored}, or use another --data-dir "
+                "(a new kind means re-ingesting into a new collection).")
+
+    def _choose(self, n: int) -> kinds.Choice:
+        """The spec the collection should have at n vectors (raises ValueError for a bad factory string)."""
+        choice = kinds.choose(self.kind, n, self.dim, self.params.m)
+        if choice.spec not in self._trains:
+            self._trains[choice.spec] = needs_training(choice.spec, self.dim)
+        return choice
+
+    def _read_snapshot(self, spec: str, path: Path, trained_on: int) -> VectorIndex:
+        """Loads a snapshot this configuration can serve (else ValueError: the index is rebuilt from the
+        store): the spec it would build (any nlist for ivf-pq), the exact phase of a kind that trains,
+        or, with auto, any named kind (a background rebuild switches it when the choice changed)."""
+        target = self._choose(self.store.count()).spec
+        family = kinds.family(spec)
+        same = spec == target or family == kinds.family(target) == "ivf-pq"
+        exact_phase = spec == kinds.EXACT and self._trains[target]
+        switching = self.kind.kind == "auto" and family in (*kinds.NAMED, "flat")
+        if not (same or exact_phase or switching):
+            raise ValueError(f"snapshot holds {spec!r}; this configuration builds {target!r}")
+        return load_index(spec, path, self.params, self.kind.search, self.vector_file, trained_on)
+
+    def _build(self, upto: int) -> VectorIndex:
+        """A new sealed index of the spec the collection's size calls for, trained on a sample of the
+        store when its kind needs it, holding the store's rows below `upto` (the long part: no lock)."""
+        live = self.store.count()
+        spec = self._choose(live).spec
+        trains = self._trains[spec]
+        if trains and live < kinds.train_min_for(self.kind, spec):
+            spec, trains = kinds.EXACT, False  # too small to train: served exactly
+        index = make_index(spec, self.dim, self.params, self.kind.search, self.vector_file,
+                           trained_on=live if trains else 0)
+        if trains:
+            started = time.monotonic()
+            sample = self._sample(upto, kinds.train_sample_for(spec, TRAIN_SAMPLE_MAX))
+            index.train(sample)
+            log.info("trained %s on %d vectors in %.2fs", spec, len(sample), time.monotonic() - started)
+        self._add_from_store(index, 0, upto)
+        return index
+
+    def _sample(self, upto: int, size: int) -> np.ndarray:
+        """About `size` store vectors below `upto`, evenly strided."""
+        step = max(1, math.ceil(self.store.count() / size))
+        parts = [vectors[::step] for _, vectors in self.store.iter_vectors(self.dim, 0, upto)]
+        return np.concatenate(parts) if parts else np.empty((0, self.dim), dtype=np.float32)
+
     def _load(self) -> SegmentedIndex:
         """The latest snapshot plus newer store rows in the growing part, or a fresh build from the store."""
         started = time.monotonic()
         sealed, covered = self.snapshots.read(self.dim)
         self.loaded_from_snapshot = sealed is not None
-        if sealed is None:  # build the graph directly: the whole store would not be a small growing part
-            sealed = make_index(self.spec, self.dim, self.params)
+        if sealed is None:  # build the index directly: the whole store would not be a small growing part
             covered = self.store.next_label()
-            self._add_from_store(sealed, 0, covered)
-        assert isinstance(sealed, HnswIndex)
+            sealed = self._build(covered)
         index = SegmentedIndex(sealed, covered)
         added = self._add_from_store(index, covered, None)
         stale = np.setdiff1d(index.labels(), self.store.live_labels(), assume_unique=True)
@@ -183,7 +260,7 @@ class Collection:
         )
         return index
 
-    def _add_from_store(self, index: HnswIndex | SegmentedIndex, start: int, stop: int | None) -> int:
+    def _add_from_store(self, index: VectorIndex | SegmentedIndex, start: int, stop: int | None) -> int:
         added = 0
         for labels, vectors in self.store.iter_vectors(self.dim, start, stop):
             index.add(labels, vectors)
@@ -343,7 +420,27 @@ class Collection:
             index_type=self.index.description,
             params=self.params,
             stale_entries=self.index.tombstones,
+            index=self._index_report(),
         )
+
+    def _index_report(self) -> IndexReport:
+        index, rebuilding = self.index, self._rebuilding
+        sealed = index.sealed
+        choice = self._choose(self._live)
+        if rebuilding in ("training", "retraining"):
+            training = "training"
+        elif sealed.spec == kinds.EXACT and self._trains[choice.spec]:
+            training = "waiting-for-data"
+        else:
+            training = "trained" if sealed.trained_on else "not-needed"
+        memory = index.memory_bytes()
+        return IndexReport(
+            kind=self.kind.kind, spec=sealed.spec, nlist=getattr(sealed, "nlist", 0),
+            nprobe=self.kind.search.nprobe if getattr(sealed, "nlist", 0) else 0,
+            rerank=self.kind.search.rerank if sealed.disk_bytes() else 0,
+            memory_bytes=memory, disk_bytes=sealed.disk_bytes(),
+            bytes_per_vector=memory / max(index.ntotal, 1), training=training, trained_on=sealed.trained_on,
+            train_min=self.kind.train_min, choice=choice.why)
 
     # --- snapshots and compaction --------------------------------------------------------------
 
@@ -385,33 +482,46 @@ class Collection:
             raise
         return True
 
-    def _maybe_compact(self) -> None:
+    def _rebuild_reason(self) -> str | None:
         index = self.index
-        if index.tombstones < max(self.compact_min, self.compact_ratio * index.ntotal):
-            return
-        if self._compacting.acquire(blocking=False):
-            self._compactor = threading.Thread(target=self._compact, name="compaction", daemon=True)
+        if index.tombstones >= max(self.compact_min, self.compact_ratio * index.ntotal):
+            return "compaction"
+        sealed = index.sealed
+        if self._failed_at and self._live < 2 * self._failed_at:
+            return None
+        return kinds.rebuild_reason(self.kind, sealed.spec, sealed.trained_on, self._live,
+                                    self._choose(self._live).spec)
+
+    def _maybe_compact(self) -> None:
+        """Starts a background rebuild when tombstones pile up or the kind's training calls for one."""
+        reason = self._rebuild_reason()
+        if reason is not None and self._compacting.acquire(blocking=False):
+            self._rebuilding = reason
+            self._compactor = threading.Thread(target=self._compact, args=(reason,), name=reason, daemon=True)
             self._compactor.start()
 
-    def _compact(self) -> None:
-        """Rebuilds the graph without tombstones; searches and writes go on meanwhile."""
+    def _compact(self, reason: str = "compaction") -> None:
+        """Rebuilds the index from the store (without tombstones; trained when its kind needs it) while
+        searches and writes go on against the current one, catches up with the writes made meanwhile,
+        then swaps it in."""
         try:
             started = time.monotonic()
-            graph = make_index(self.spec, self.dim, self.params)
             upto = self.store.next_label()
-            self._add_from_store(graph, 0, upto)  # the long part: no lock held
-            assert isinstance(graph, HnswIndex)
-            fresh = SegmentedIndex(graph, upto)
+            fresh = SegmentedIndex(self._build(upto), upto)  # the long part: no lock held
             with self._write_lock:  # catch up with writes made meanwhile (into the growing part), then swap
                 self._add_from_store(fresh, upto, None)
                 stale = np.setdiff1d(fresh.labels(), self.store.live_labels(), assume_unique=True)
                 fresh.remove(stale.tolist())
                 old, self.index = self.index, fresh
-            log.info("compaction: %d -> %d entries in %.2fs", old.ntotal, fresh.ntotal, time.monotonic() - started)
+            log.info("%s: %d -> %d entries (%s) in %.2fs", reason, old.ntotal, fresh.ntotal,
+                     fresh.sealed.description, time.monotonic() - started)
             self.snapshot(force=True)
         except Exception:
-            log.exception("compaction failed; the current index stays in use")
+            log.exception("%s failed; the current index stays in use", reason)
+            if reason != "compaction":
+                self._failed_at = max(self._live, 1)
         finally:
+            self._rebuilding = None
             self._compacting.release()
 
     def wait_for_compaction(self, timeout: float | None = None) -> None:
@@ -425,11 +535,6 @@ class Collection:
         if sealer is not None:
             sealer.join()
         self.store.close()
-
-
-def index_spec(params: HnswParams) -> str:
-    """The FAISS spec of a collection's graph (also recorded in a shared store, pgstore.py)."""
-    return f"HNSW{params.m},Flat"
 
 
 def _top(chunks: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.ndarray,

@@ -11,7 +11,10 @@ from clipsearch_core.model import ModelSpec
 from clipsearch_core.settings import default
 from clipsearch_core.shards import ShardSpec
 
-from .index import HnswParams
+from clipsearch_core.errors import InvalidArgument
+
+from .index import HnswParams, IndexOptions
+from .kinds import KindOptions, parse_bytes
 
 __all__ = ["DEFAULT_PORT", "ServerConfig"]
 
@@ -44,6 +47,7 @@ class ServerConfig:
     shard: the part of the collection this server holds.
     max_lag_s / read_wait_s / shared_snapshots: replicas on a PostgreSQL store (health lag bound, how long a
     search with min_position waits, where snapshots are shared: a directory, s3://bucket/prefix, or '').
+    kind: the index kind (--index), --memory-budget, --train-min, --nprobe and --rerank (kinds.py).
     """
 
     host: str
@@ -77,6 +81,7 @@ class ServerConfig:
     max_lag_s: float = 5.0
     read_wait_s: float = 5.0
     shared_snapshots: str = ""
+    kind: KindOptions = KindOptions()
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ServerConfig":
@@ -113,4 +118,15 @@ class ServerConfig:
             max_lag_s=args.max_lag,
             read_wait_s=args.read_wait,
             shared_snapshots=args.shared_snapshots,
+            kind=_kind_options(args),
         )
+
+
+def _kind_options(args: argparse.Namespace) -> KindOptions:
+    try:
+        budget = parse_bytes(args.memory_budget)
+    except ValueError as exc:
+        raise InvalidArgument(f"--memory-budget: {exc}") from None
+    if args.train_min < 1 or args.nprobe < 1 or args.rerank < 0:
+        raise InvalidArgument("--train-min and --nprobe must be at least 1, --rerank at least 0")
+    return KindOptions(args.index, budget, args.train_min, IndexOptions(args.nprobe, args.rerank))

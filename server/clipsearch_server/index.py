@@ -1,10 +1,15 @@
 """The vector index seam: the abstract `VectorIndex`, its kinds, and the only faiss import of clipsearch.
 
 Vectors are L2-normalized and compared by inner product, so scores are cosine similarities.
-Labels are the caller's int64 labels. A kind is built from an index spec string by `make_index`
-("HNSW32,Flat" today; IVF-PQ and HNSW-SQ8 plug into `_KINDS` later without touching the collection).
+Labels are the caller's int64 labels. A kind is built from a faiss index_factory spec string by
+`make_index`: "HNSW32,Flat" is `HnswIndex` (exact vectors in the graph); every other spec ("Flat",
+"HNSW32,SQ8", "IVF1024_HNSW32,PQ64x4fs", any factory string) is a `FaissIndex`, which keeps the exact
+vectors in a `VectorFile` on disk (mmap) to re-rank its candidates and serve exact scans. Which spec a
+collection uses, and when it is trained, is decided in kinds.py and collection.py.
 
-HNSW cannot remove vectors, so `remove` records tombstones that every search filters out with an
+IVF kinds delete for real (`remove_ids`) and search with `SearchParametersIVF` (nprobe, selector).
+
+HNSW and flat kinds cannot remove vectors, so `remove` records tombstones that every search filters out with an
 IDSelector (the graph still routes through them); the owner rebuilds the index once they pile up.
 The selector is built under the write lock whenever the tombstones change and handed to each search
 as an immutable `_Exclusion` the search holds for the whole faiss call (faiss keeps no reference to
@@ -18,12 +23,13 @@ New vectors reach the graph through the segmented index (segments.py), not one u
 from __future__ import annotations
 
 import abc
+import math
 import re
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import faiss
 import numpy as np
@@ -31,8 +37,10 @@ import numpy as np
 from clipsearch_core.settings import default
 
 from .files import replace_durably
+from .vectorfile import VectorFile
 
-__all__ = ["HnswIndex", "HnswParams", "SearchParams", "VectorIndex", "load_index", "make_index", "normalize"]
+__all__ = ["FaissIndex", "HnswIndex", "HnswParams", "IndexOptions", "SearchParams", "VectorIndex", "load_index",
+           "make_index", "needs_training", "normalize", "validate_spec"]
 
 
 @dataclass(frozen=True)
@@ -46,13 +54,23 @@ class HnswParams:
 
 
 @dataclass(frozen=True)
+class IndexOptions:
+    """Search options of the compressed kinds. nprobe: IVF lists scanned per query (scaled like ef_search
+    when a search asks for more effort); rerank: candidates fetched per result and re-scored with the
+    exact vectors (0: no re-ranking)."""
+
+    nprobe: int = default("--nprobe")
+    rerank: int = default("--rerank")
+
+
+@dataclass(frozen=True)
 class SearchParams:
     """Per-search options. ef_search: beam width for this call (None: the index's own, raised to k).
     include: int64 labels the results are restricted to (None: all); tombstones stay excluded.
     The graph walk still visits other nodes, so a small `include` needs a larger ef_search (or an exact
     scan over `vectors(include)`): faiss stops after ef_search candidates, short of k if few pass."""
 
-    ef_search: int | None = None
+    ef_search: int | None = None  # for IVF kinds, nprobe scales by ef_search / the index's own ef_search
     include: np.ndarray | None = None
 
 
@@ -144,9 +162,14 @@ class _Inclusion:
 
 class VectorIndex(abc.ABC):
     """An inner-product index over unit vectors addressed by int64 labels, with tombstones.
-    Thread-safe: searches run in parallel; add/remove/train are exclusive."""
+    Thread-safe: searches run in parallel; add/remove/train are exclusive.
+    spec: the faiss factory string it was built from; trained_on: the collection size it was trained
+    for (0: it needs no training)."""
 
     dim: int
+    spec: str
+    params: HnswParams
+    trained_on: int = 0
 
     @property
     @abc.abstractmethod
@@ -163,7 +186,7 @@ class VectorIndex(abc.ABC):
 
     @property
     def is_trained(self) -> bool:
-        """False for kinds that need `train` before `add` (IVF); HNSW-Flat is always trained."""
+        """False for kinds that need `train` before `add` (IVF, SQ, PQ); HNSW-Flat is always trained."""
         return True
 
     def train(self, vectors: np.ndarray) -> None:
@@ -175,7 +198,7 @@ class VectorIndex(abc.ABC):
 
     @abc.abstractmethod
     def remove(self, labels: Iterable[int]) -> None:
-        """Tombstones labels: searches never return them again."""
+        """Removes labels (or tombstones them): searches never return them again."""
 
     @abc.abstractmethod
     def search(self, queries: np.ndarray, k: int, params: SearchParams = SearchParams()) -> tuple[np.ndarray, np.ndarray]:
@@ -195,27 +218,65 @@ class VectorIndex(abc.ABC):
 
     @abc.abstractmethod
     def memory_bytes(self) -> int:
-        """Approximate memory the index uses, in bytes."""
+        """Memory the index uses, in bytes (from the sizes of its structures)."""
+
+    def disk_bytes(self) -> int:
+        """Bytes the index reads from disk through mmap (its exact vectors), 0 when all is in RAM."""
+        return 0
 
 
-class HnswIndex(VectorIndex):
+class _Tombstoned(VectorIndex):
+    """The lock, tombstones and selectors shared by the faiss kinds."""
+
+    def __init__(self) -> None:
+        self._lock = _RWLock()
+        self._tombstones: set[int] = set()
+        self._exclusion: _Exclusion | None = None  # rebuilt under the write lock when tombstones change
+
+    @property
+    def tombstones(self) -> int:
+        return len(self._tombstones)
+
+    def remove(self, labels: Iterable[int]) -> None:
+        new = {int(x) for x in labels} - self._tombstones
+        if not new:
+            return
+        with self._lock.write():
+            self._tombstones.update(new)
+            self._exclusion = _Exclusion.of(self._tombstones)
+
+    @contextmanager
+    def _selector(self, include: np.ndarray | None) -> Iterator[object]:
+        """The faiss selector for one search (None: all), with every object it points to held until the
+        search returns. Call under the read lock."""
+        exclusion = self._exclusion
+        inclusion = _Inclusion.of(include)
+        if inclusion is not None and exclusion is not None:
+            both = faiss.IDSelectorAnd(inclusion.selector, exclusion.selector)
+            yield both
+            del both
+        else:
+            yield None if inclusion is None and exclusion is None else (inclusion or exclusion).selector
+        del exclusion, inclusion
+
+
+class HnswIndex(_Tombstoned):
     """HNSW-Flat: an inner-product HNSW graph over unit vectors (IndexIDMap2 over IndexHNSWFlat)."""
 
     def __init__(self, dim: int, params: HnswParams = HnswParams(), _loaded: object = None) -> None:
+        super().__init__()
         self.dim = dim
         self.params = params
+        self.spec = f"HNSW{params.m},Flat"
         if _loaded is None:
             hnsw = faiss.IndexHNSWFlat(dim, params.m, faiss.METRIC_INNER_PRODUCT)
             hnsw.hnsw.efConstruction = params.ef_construction
             self._index = faiss.IndexIDMap2(hnsw)
         else:
             self._index = _loaded
-        self._lock = _RWLock()
-        self._tombstones: set[int] = set()
-        self._exclusion: _Exclusion | None = None  # rebuilt under the write lock when tombstones change
 
     @classmethod
-    def load(cls, path: Path, params: HnswParams) -> "HnswIndex":
+    def load(cls, path: Path, params: HnswParams, **_: object) -> "HnswIndex":
         """Reads an index written by `save`. Raises ValueError if it was built with another M."""
         loaded = faiss.read_index(str(path))
         hnsw = faiss.downcast_index(loaded.index)
@@ -238,10 +299,6 @@ class HnswIndex(VectorIndex):
         return int(self._index.ntotal)
 
     @property
-    def tombstones(self) -> int:
-        return len(self._tombstones)
-
-    @property
     def description(self) -> str:
         return f"HNSW{self.params.m},Flat (inner product)"
 
@@ -262,14 +319,6 @@ class HnswIndex(VectorIndex):
                 labels = labels[np.isin(labels, faiss.vector_to_array(self._index.id_map))]
                 return labels, self._index.reconstruct_batch(labels)
 
-    def remove(self, labels: Iterable[int]) -> None:
-        new = {int(x) for x in labels} - self._tombstones
-        if not new:
-            return
-        with self._lock.write():
-            self._tombstones.update(new)
-            self._exclusion = _Exclusion.of(self._tombstones)
-
     def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
         vectors = normalize(vectors)
         if vectors.shape[1] != self.dim:
@@ -279,49 +328,280 @@ class HnswIndex(VectorIndex):
 
     def search(self, queries: np.ndarray, k: int, params: SearchParams = SearchParams()) -> tuple[np.ndarray, np.ndarray]:
         queries = normalize(queries)
-        with self._lock.read():
-            exclusion = self._exclusion  # held by this frame until faiss returns
+        with self._lock.read(), self._selector(params.include) as selector:
             search_params = faiss.SearchParametersHNSW(efSearch=max(params.ef_search or self.params.ef_search, k))
-            include = _Inclusion.of(params.include)  # held by this frame until faiss returns
-            both = None
-            if include is not None and exclusion is not None:
-                both = faiss.IDSelectorAnd(include.selector, exclusion.selector)
-                search_params.sel = both
-            elif include is not None or exclusion is not None:
-                search_params.sel = (include or exclusion).selector
+            if selector is not None:
+                search_params.sel = selector
             scores, labels = self._index.search(queries, k, params=search_params)
-            del search_params, exclusion, include, both
+            del search_params
         return scores, labels
 
 
-_SPEC = re.compile(r"^HNSW(\d+),Flat$")
-_KINDS: dict[str, tuple[re.Pattern[str], Callable[[re.Match[str], int, HnswParams], VectorIndex],
-                        Callable[[Path, HnswParams], VectorIndex]]] = {
-    "HNSW-Flat": (_SPEC, lambda m, dim, p: HnswIndex(dim, HnswParams(int(m.group(1)), p.ef_construction, p.ef_search)),
-                  HnswIndex.load),
-}
+class FaissIndex(_Tombstoned):
+    """Any other kind, from a faiss factory string, over unit vectors by inner product ("Flat" for exact
+    serving, "HNSW32,SQ8", "IVF1024_HNSW32,PQ64x4fs", ...).
+
+    IVF kinds hold the labels as their own ids and delete with `remove_ids` (no tombstones; fast-scan
+    IVF kinds excepted, see `_deletes`); the others sit in an IndexIDMap2 and keep tombstones. Except for "Flat", which holds exact vectors itself, the
+    exact vectors are written to `vectors` (a VectorFile on disk): with `options.rerank` > 0 a search
+    fetches k * rerank candidates from the codes and re-scores them with the exact vectors."""
+
+    def __init__(self, dim: int, spec: str, params: HnswParams = HnswParams(), options: IndexOptions = IndexOptions(),
+                 vectors: VectorFile | None = None, trained_on: int = 0, _loaded: object = None) -> None:
+        super().__init__()
+        self.dim, self.spec, self.params, self.options, self.trained_on = dim, spec, params, options, trained_on
+        built = _factory(spec, dim) if _loaded is None else _loaded
+        self._file = None if spec == "Flat" else vectors
+        if spec != "Flat" and vectors is None:
+            raise ValueError(f"index kind {spec!r} needs a vector file for its exact vectors")
+        self._ivf = faiss.try_extract_index_ivf(built)
+        self._native = self._ivf is not None and not isinstance(built, faiss.IndexRefine)
+        # faiss 1.15's remove_ids on fast-scan (4-bit, packed) lists corrupts codes added afterwards
+        # (measured: 3.5% of vectors no longer found themselves), so those kinds keep tombstones
+        self._deletes = self._native and not isinstance(faiss.downcast_index(self._ivf), faiss.IndexIVFFastScan)
+        if _loaded is None and not self._native:
+            built = faiss.IndexIDMap2(built)
+        self._index = built
+        inner = faiss.downcast_index(built.index) if isinstance(built, faiss.IndexIDMap2) else built
+        self._graph = isinstance(inner, faiss.IndexHNSW)
+        if self._graph and _loaded is None:
+            inner.hnsw.efConstruction = params.ef_construction
+        self._quantizer_graph = self._ivf is not None and isinstance(faiss.downcast_index(self._ivf.quantizer),
+                                                                     faiss.IndexHNSW)
+        self._present = np.zeros(0, dtype=bool)  # by label: held by the index (tombstoned or not)
+        self._memory: tuple[int, int] = (-1, 0)  # (ntotal, bytes) of the last measure
+        if _loaded is not None:
+            self._mark(self._stored_ids(), True)
+
+    @classmethod
+    def load(cls, path: Path, params: HnswParams, spec: str = "", options: IndexOptions = IndexOptions(),
+             vectors: VectorFile | None = None, trained_on: int = 0) -> "FaissIndex":
+        """Reads an index written by `save` (its spec and training size come from the snapshot pointer)."""
+        loaded = faiss.read_index(str(path))
+        return cls(int(loaded.d), spec, params, options, vectors, trained_on, _loaded=loaded)
+
+    def save(self, path: Path) -> None:
+        if self._file is not None:
+            self._file.flush()  # every label the file will cover has its exact row on disk
+        tmp = path.with_name(path.name + ".tmp")
+        with self._lock.read():
+            faiss.write_index(self._index, str(tmp))
+        replace_durably(tmp, path)
+
+    @property
+    def _reranks(self) -> bool:
+        return self._file is not None and self.options.rerank > 0
+
+    @property
+    def description(self) -> str:
+        rerank = f", {self.options.rerank}x candidates re-ranked with exact vectors" if self._reranks else ""
+        return f"{self.spec} (inner product{rerank})"
+
+    @property
+    def ntotal(self) -> int:
+        return int(self._index.ntotal)
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self._index.is_trained)
+
+    @property
+    def nlist(self) -> int:
+        return int(self._ivf.nlist) if self._ivf is not None else 0
+
+    def train(self, vectors: np.ndarray) -> None:
+        with self._lock.write():
+            self._index.train(normalize(vectors))
+
+    def _mark(self, labels: np.ndarray, present: bool) -> None:
+        if len(labels) and int(labels.max()) >= len(self._present):
+            grown = np.zeros(max(int(labels.max()) + 1, 2 * len(self._present)), dtype=bool)
+            grown[:len(self._present)] = self._present
+            self._present = grown
+        self._present[labels[labels < len(self._present)]] = present
+
+    def _stored_ids(self) -> np.ndarray:
+        if not self._native:
+            return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        lists = self._ivf.invlists
+        parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+                 for i in range(self._ivf.nlist) if lists.list_size(i)]
+        return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)
+
+    def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+        vectors = normalize(vectors)
+        if vectors.shape[1] != self.dim:
+            raise ValueError(f"vectors have dimension {vectors.shape[1]}, index has {self.dim}")
+        labels = np.ascontiguousarray(labels, dtype=np.int64)
+        if self._file is not None:
+            self._file.write(labels, vectors)  # before the codes: a search that finds a label reads its row
+        with self._lock.write():
+            self._index.add_with_ids(vectors, labels)
+            self._mark(labels, True)
+
+    def remove(self, labels: Iterable[int]) -> None:
+        if not self._deletes:
+            super().remove(labels)
+            return
+        ids = np.fromiter(labels, dtype=np.int64)
+        with self._lock.write():
+            ids = ids[ids < len(self._present)]
+            ids = ids[self._present[ids]]
+            if len(ids):
+                self._index.remove_ids(faiss.IDSelectorBatch(ids))
+                self._mark(ids, False)
+
+    @property
+    def tombstones(self) -> int:
+        return 0 if self._deletes else len(self._tombstones)
+
+    def labels(self) -> np.ndarray:
+        return np.flatnonzero(self._present).astype(np.int64)
+
+    def vectors(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.asarray(labels, dtype=np.int64)
+        present = self._present
+        inside = labels[(labels >= 0) & (labels < len(present))]
+        labels = np.ascontiguousarray(inside[present[inside]])
+        if self._file is not None:
+            return labels, self._file.read(labels)
+        with self._lock.read():
+            return labels, self._index.reconstruct_batch(labels)
+
+    def search(self, queries: np.ndarray, k: int, params: SearchParams = SearchParams()) -> tuple[np.ndarray, np.ndarray]:
+        queries = normalize(queries)
+        fetch = k * self.options.rerank if self._reranks else k
+        effort = (params.ef_search or self.params.ef_search) / self.params.ef_search
+        with self._lock.read(), self._selector(params.include) as selector:
+            quantizer_params = None
+            if self._native:
+                nprobe = min(self.nlist, max(1, math.ceil(self.options.nprobe * effort)))
+                search_params = faiss.SearchParametersIVF(nprobe=nprobe)
+                if self._quantizer_graph:
+                    quantizer_params = faiss.SearchParametersHNSW(efSearch=max(2 * nprobe, 64))
+                    search_params.quantizer_params = quantizer_params
+            elif self._graph:
+                search_params = faiss.SearchParametersHNSW(efSearch=max(math.ceil(self.params.ef_search * effort), fetch))
+            else:
+                search_params = faiss.SearchParameters()
+            if selector is not None:
+                search_params.sel = selector
+            try:
+                scores, labels = self._index.search(queries, fetch, params=search_params)
+            except RuntimeError as exc:  # a factory kind that takes no search parameters: filter afterwards
+                if "invalid search params" not in str(exc):
+                    raise
+                scores, labels = self._post_filtered(queries, fetch, params.include)
+            del search_params, quantizer_params
+        if not self._reranks:
+            return scores, labels
+        return self._rerank(queries, labels, k)
+
+    def _post_filtered(self, queries: np.ndarray, fetch: int, include: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Search without a selector, over-fetching by the tombstones, then drop the excluded labels (may
+        come back short: the collection completes short searches exactly). Call under the read lock."""
+        wide = min(self.ntotal, fetch + len(self._tombstones) + (self.ntotal - len(include) if include is not None else 0))
+        scores, labels = self._index.search(queries, max(wide, fetch))
+        keep = ~np.isin(labels, np.fromiter(self._tombstones, dtype=np.int64)) & (labels >= 0)
+        if include is not None:
+            keep &= np.isin(labels, include)
+        out_scores = np.full((len(queries), fetch), -np.inf, dtype=np.float32)
+        out_labels = np.full((len(queries), fetch), -1, dtype=np.int64)
+        for q in range(len(queries)):
+            row_scores, row_labels = scores[q][keep[q]][:fetch], labels[q][keep[q]][:fetch]
+            out_scores[q, :len(row_labels)], out_labels[q, :len(row_labels)] = row_scores, row_labels
+        return out_scores, out_labels
+
+    def _rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k best of each query's candidates by exact score (ties: smaller label first)."""
+        assert self._file is not None
+        out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        out_labels = np.full((len(queries), k), -1, dtype=np.int64)
+        for q in range(len(queries)):
+            found = np.sort(candidates[q][candidates[q] >= 0])  # sorted: rows are read in file order
+            scores = self._file.read(found) @ queries[q]
+            order = np.lexsort((found, -scores))[:k]
+            out_scores[q, :len(order)] = scores[order]
+            out_labels[q, :len(order)] = found[order]
+        return out_scores, out_labels
+
+    def memory_bytes(self) -> int:
+        with self._lock.read():
+            ntotal = self.ntotal
+            if self._memory[0] != ntotal:  # walking the inverted lists costs nlist calls: once per size
+                self._memory = (ntotal, _structure_bytes(self._index))
+            return self._memory[1] + len(self._present) + 8 * len(self._tombstones)
+
+    def disk_bytes(self) -> int:
+        return self._file.disk_bytes if self._file is not None else 0
 
 
-def _kind(spec: str) -> tuple[re.Match[str], Callable, Callable]:
-    for pattern, build, load in _KINDS.values():
-        match = pattern.match(spec)
-        if match:
-            return match, build, load
-    raise ValueError(f"unknown index spec {spec!r}; known kinds: {', '.join(_KINDS)} (e.g. 'HNSW32,Flat')")
+def _structure_bytes(index: object) -> int:
+    """Bytes held by a faiss index's main structures: codes, ids, graph links, inverted lists."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexIDMap2):
+        return _structure_bytes(index.index) + 8 * int(index.id_map.size()) + 16 * int(index.ntotal)
+    if isinstance(index, faiss.IndexPreTransform):
+        return _structure_bytes(index.index)
+    if isinstance(index, faiss.IndexRefine):
+        return _structure_bytes(index.base_index) + _structure_bytes(index.refine_index)
+    if isinstance(index, faiss.IndexHNSW):
+        hnsw = index.hnsw
+        links = 4 * int(hnsw.neighbors.size()) + 4 * int(hnsw.levels.size()) + 8 * int(hnsw.offsets.size())
+        return links + _structure_bytes(index.storage)
+    if isinstance(index, faiss.IndexIVF):
+        lists = faiss.downcast_InvertedLists(index.invlists)
+        sizes = np.array([lists.list_size(i) for i in range(index.nlist)], dtype=np.int64)
+        if isinstance(lists, faiss.BlockInvertedLists):
+            codes = int((-(-sizes // lists.n_per_block)).sum()) * int(lists.block_size)
+        else:
+            codes = int(sizes.sum()) * int(index.code_size)
+        return codes + 8 * int(sizes.sum()) + _structure_bytes(index.quantizer)
+    return int(index.ntotal) * int(index.sa_code_size())
 
 
-def make_index(spec: str, dim: int, params: HnswParams = HnswParams()) -> VectorIndex:
-    """A new empty index of the kind `spec` names, e.g. make_index("HNSW32,Flat", 512, params)."""
-    match, build, _ = _kind(spec)
-    return build(match, dim, params)
+def _factory(spec: str, dim: int) -> object:
+    try:
+        return faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1].split(": ", 1)[-1] if str(exc).strip() else "rejected by faiss"
+        raise ValueError(f"unknown index spec {spec!r} for dimension {dim}: {reason}; use hnsw, hnsw-sq8, ivf-pq, "
+                         "auto, or a faiss index_factory string (e.g. 'HNSW32,SQ8', 'IVF1024,PQ64')") from None
 
 
-def load_index(spec: str, path: Path, params: HnswParams = HnswParams()) -> VectorIndex:
+_HNSW_FLAT = re.compile(r"^HNSW(\d+),Flat$")
+
+
+def validate_spec(spec: str, dim: int) -> None:
+    """Raises ValueError with a clear message if faiss cannot build `spec` at this dimension."""
+    if not _HNSW_FLAT.match(spec):
+        _factory(spec, dim)
+
+
+def make_index(spec: str, dim: int, params: HnswParams = HnswParams(), options: IndexOptions = IndexOptions(),
+               vectors: VectorFile | None = None, trained_on: int = 0) -> VectorIndex:
+    """A new empty index of the kind `spec` names, e.g. make_index("HNSW32,Flat", 512, params).
+    Every spec but HNSW-Flat and Flat needs `vectors`, the file of its exact vectors."""
+    match = _HNSW_FLAT.match(spec)
+    if match:
+        return HnswIndex(dim, HnswParams(int(match.group(1)), params.ef_construction, params.ef_search))
+    return FaissIndex(dim, spec, params, options, vectors, trained_on)
+
+
+def load_index(spec: str, path: Path, params: HnswParams = HnswParams(), options: IndexOptions = IndexOptions(),
+               vectors: VectorFile | None = None, trained_on: int = 0) -> VectorIndex:
     """Reads an index of the kind `spec` names, written by its `save`."""
-    _, _, load = _kind(spec)
-    return load(path, params)
+    match = _HNSW_FLAT.match(spec)
+    if match:
+        return HnswIndex.load(path, HnswParams(int(match.group(1)), params.ef_construction, params.ef_search))
+    return FaissIndex.load(path, params, spec, options, vectors, trained_on)
 
 
 def set_threads(n: int) -> None:
     """Sets the number of OpenMP threads FAISS uses for one call."""
     faiss.omp_set_num_threads(n)
+
+
+def needs_training(spec: str, dim: int) -> bool:
+    """Whether an index of this spec must be trained before vectors are added."""
+    return not _HNSW_FLAT.match(spec) and not _factory(spec, dim).is_trained

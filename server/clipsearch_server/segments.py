@@ -1,4 +1,4 @@
-"""The segmented index: a sealed HNSW part plus a small growing part, so snapshots never stall writes.
+"""The segmented index: a sealed part (HNSW or any other kind) plus a small growing part, so snapshots never stall writes.
 
 Design (after Milvus' sealed and growing segments):
 - `add` puts new vectors into the growing part, an exact flat inner-product index (`FlatIndex`, numpy)
@@ -6,8 +6,9 @@ Design (after Milvus' sealed and growing segments):
   for anything that holds the graph: a snapshot serializing it, or a seal adding to it.
 - `search` searches both parts and merges the two result lists by score, then label (a label in both,
   briefly during a seal, counts once). `SearchParams.include` (filters) applies to both parts.
-- `remove` tombstones the label in the sealed part (its IDSelector filters it out) and deletes the row
-  from the growing part; it does both because a seal may be carrying the label over right now.
+- `remove` removes (or tombstones) the label in the sealed part and deletes the row from the growing
+  part; it does both because a seal may be carrying the label over right now, and a seal removes
+  again, after its adds, the labels removed while it ran (kinds that delete for real would keep them).
 - `seal` copies the growing rows, adds them to the HNSW graph in chunks (each chunk takes the graph's
   write lock, so searches interleave), then drops them from the growing part and advances
   `sealed_below`: every label below it is in the sealed part or was removed; labels only grow.
@@ -25,7 +26,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .index import HnswIndex, SearchParams, normalize
+from .index import SearchParams, VectorIndex, normalize
 
 __all__ = ["FlatIndex", "SegmentedIndex"]
 
@@ -39,38 +40,41 @@ class FlatIndex:
     def __init__(self, dim: int) -> None:
         self.dim = dim
         self._lock = threading.Lock()
-        self._labels = np.empty(0, dtype=np.int64)
-        self._vectors = np.empty((64, dim), dtype=np.float32)  # rows [:len(_labels)] are in use
+        # (labels, buffer): rows [:len(labels)] of the buffer are in use. Replaced as one tuple (a reader
+        # never pairs one version's labels with another's rows); a buffer never changes below len(labels).
+        self._state = (np.empty(0, dtype=np.int64), np.empty((64, dim), dtype=np.float32))
 
     @property
     def ntotal(self) -> int:
-        return len(self._labels)
+        return len(self._state[0])
 
     def _view(self) -> tuple[np.ndarray, np.ndarray]:
-        labels, vectors = self._labels, self._vectors  # replaced as a whole, never changed below n
+        labels, vectors = self._state
         return labels, vectors[:len(labels)]
 
     def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
         labels = np.asarray(labels, dtype=np.int64)
         with self._lock:
-            n, m = len(self._labels), len(labels)
-            if n + m > len(self._vectors):
-                grown = np.empty((max(2 * len(self._vectors), n + m), self.dim), dtype=np.float32)
-                grown[:n] = self._vectors[:n]
-                self._vectors = grown
-            self._vectors[n:n + m] = normalize(vectors)
-            self._labels = np.concatenate([self._labels, labels])
+            held, buffer = self._state
+            n, m = len(held), len(labels)
+            if n + m > len(buffer):
+                grown = np.empty((max(2 * len(buffer), n + m), self.dim), dtype=np.float32)
+                grown[:n] = buffer[:n]
+                buffer = grown
+            buffer[n:n + m] = normalize(vectors)
+            self._state = (np.concatenate([held, labels]), buffer)
 
     def remove(self, labels: Iterable[int]) -> None:
         gone = np.fromiter(labels, dtype=np.int64)
         with self._lock:
-            keep = ~np.isin(self._labels, gone)
+            held, buffer = self._state
+            keep = ~np.isin(held, gone)
             if keep.all():
                 return
-            rows = self._vectors[:len(self._labels)][keep]
-            self._vectors = np.empty((max(64, 2 * len(rows)), self.dim), dtype=np.float32)
-            self._vectors[:len(rows)] = rows
-            self._labels = self._labels[keep]
+            rows = buffer[:len(held)][keep]
+            fresh = np.empty((max(64, 2 * len(rows)), self.dim), dtype=np.float32)
+            fresh[:len(rows)] = rows
+            self._state = (held[keep], fresh)
 
     def contents(self) -> tuple[np.ndarray, np.ndarray]:
         """A copy of every (label, vector) row now held."""
@@ -99,15 +103,17 @@ class FlatIndex:
 
 
 class SegmentedIndex:
-    """A sealed `HnswIndex` (labels below `sealed_below`) plus a growing `FlatIndex` (newer labels)."""
+    """A sealed index of any kind (labels below `sealed_below`) plus a growing `FlatIndex` (newer labels)."""
 
-    def __init__(self, sealed: HnswIndex, sealed_below: int) -> None:
+    def __init__(self, sealed: VectorIndex, sealed_below: int) -> None:
         self.sealed = sealed
         self.growing = FlatIndex(sealed.dim)
         self.dim = sealed.dim
         self.params = sealed.params
         self.sealed_below = sealed_below
         self._sealing = threading.Lock()  # one seal or one snapshot write at a time
+        self._removals = threading.Lock()  # orders a remove against the start and end of a seal
+        self._removed_while_sealing: set[int] | None = None  # None: no seal is carrying rows over
 
     @property
     def description(self) -> str:
@@ -133,8 +139,11 @@ class SegmentedIndex:
     def remove(self, labels: Iterable[int]) -> None:
         labels = [int(x) for x in labels]
         if labels:
-            self.sealed.remove(labels)
-            self.growing.remove(labels)
+            with self._removals:
+                if self._removed_while_sealing is not None:
+                    self._removed_while_sealing.update(labels)
+                self.sealed.remove(labels)
+                self.growing.remove(labels)
 
     def search(self, queries: np.ndarray, k: int, params: SearchParams = SearchParams()) -> tuple[np.ndarray, np.ndarray]:
         """Both parts' k best, merged by score then label; missing results are -1."""
@@ -169,16 +178,21 @@ class SegmentedIndex:
     def seal(self, chunk: int = SEAL_CHUNK) -> int:
         """Moves the growing rows into the HNSW graph, `chunk` at a time. Returns how many moved."""
         with self._sealing:
-            labels, vectors = self.growing.contents()
+            with self._removals:
+                labels, vectors = self.growing.contents()
+                self._removed_while_sealing = set()
             for start in range(0, len(labels), chunk):
                 self.sealed.add(labels[start:start + chunk], vectors[start:start + chunk])
+            with self._removals:  # kinds that delete for real (IVF) would resurrect rows removed meanwhile
+                removed, self._removed_while_sealing = self._removed_while_sealing, None
+                self.sealed.remove(sorted(removed))
             if len(labels):
                 self.sealed_below = max(self.sealed_below, int(labels.max()) + 1)
                 self.growing.remove(labels.tolist())
             return len(labels)
 
     @contextmanager
-    def sealed_part(self) -> Iterator[tuple[HnswIndex, int]]:
+    def sealed_part(self) -> Iterator[tuple[VectorIndex, int]]:
         """(sealed part, the label bound it covers), held still for a snapshot: seals wait meanwhile,
         writes go on (to the growing part) and so do searches."""
         with self._sealing:

@@ -33,6 +33,7 @@ from .engine import Engine, EngineSlot
 from .errors import InvalidArgument, NotFound, ResourceExhausted, status_for
 from .query import Page
 from .ingest import Ingestor, QueuedImage
+from .kinds import IndexReport
 from .metrics import RPC_LATENCY, RPCS
 from .store import ImageRecord
 
@@ -280,7 +281,7 @@ class IndexServicer(index_grpc.IndexServiceServicer):
         engine = self._slot.get()
         s = await engine.stats()
         r = engine.replication()
-        return index_pb.GetIndexStatsResponse(
+        reply = index_pb.GetIndexStatsResponse(
             store_kind=r.store_kind,
             applied_position=r.applied_position,
             store_position=r.store_position,
@@ -295,3 +296,18 @@ class IndexServicer(index_grpc.IndexServiceServicer):
             shard_index=engine.collection.shard.index,
             shard_count=engine.collection.shard.count,
         )
+        if s.index is not None:
+            reply.MergeFrom(index_report(s.index))
+        return reply
+
+
+_TRAINING = {"not-needed": index_pb.INDEX_TRAINING_NOT_NEEDED, "waiting-for-data": index_pb.INDEX_TRAINING_WAITING_FOR_DATA,
+             "training": index_pb.INDEX_TRAINING_TRAINING, "trained": index_pb.INDEX_TRAINING_TRAINED}
+
+
+def index_report(r: IndexReport) -> index_pb.GetIndexStatsResponse:
+    """GetIndexStats fields 8-19: the index kind, its parameters, measured memory and training state."""
+    return index_pb.GetIndexStatsResponse(
+        index_kind=r.kind, index_spec=r.spec, nlist=r.nlist, nprobe=r.nprobe, rerank=r.rerank,
+        memory_bytes=r.memory_bytes, bytes_per_vector=r.bytes_per_vector, disk_bytes=r.disk_bytes,
+        training=_TRAINING[r.training], trained_on=r.trained_on, train_min=r.train_min, index_choice=r.choice)

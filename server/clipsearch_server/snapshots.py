@@ -1,7 +1,9 @@
 """Index snapshot files and their pointer, in a collection's data directory.
 
 A snapshot is `index-<L>.faiss` (the index covering every label below L) plus `snapshot.json`, the
-pointer naming the current file. Only the sealed HNSW part of the segmented index is written
+pointer naming the current file with the index's faiss spec and the collection size it was trained for
+(kinds.py); the owner's `loader` reads it and may refuse it (then the index is rebuilt from the store).
+Only the sealed part of the segmented index is written
 (segments.py): held still by `sealed_part()` (seals wait; writes go to the growing part and searches go
 on), not copied; L is the label bound it covers, and newer rows are replayed from the store on start.
 The caller passes a sequence number taken under its write lock.
@@ -16,9 +18,10 @@ import json
 import logging
 import threading
 from pathlib import Path
+from typing import Callable
 
 from .files import write_text_durably
-from .index import HnswParams, VectorIndex, load_index
+from .index import VectorIndex
 from .segments import SegmentedIndex
 
 __all__ = ["SNAPSHOT_POINTER", "Snapshots"]
@@ -31,10 +34,12 @@ SNAPSHOT_POINTER = "snapshot.json"
 class Snapshots:
     """Reads and writes the snapshots of one data directory."""
 
-    def __init__(self, data_dir: Path, spec: str, params: HnswParams) -> None:
+    def __init__(self, data_dir: Path, loader: Callable[[str, Path, int], VectorIndex], default_spec: str) -> None:
+        """loader(spec, path, trained_on) reads one index file, raising ValueError to refuse it;
+        default_spec: the spec of pointers written before specs were recorded."""
         self.data_dir = Path(data_dir)
-        self.spec = spec
-        self.params = params
+        self.loader = loader
+        self.default_spec = default_spec
         self._lock = threading.Lock()
         self._written = -1  # sequence number of the last snapshot written
 
@@ -55,7 +60,8 @@ class Snapshots:
             return None, 0
         try:
             info = json.loads(self.pointer.read_text())
-            index = load_index(self.spec, self.data_dir / info["file"], self.params)
+            index = self.loader(str(info.get("spec", self.default_spec)), self.data_dir / info["file"],
+                                int(info.get("trained_on", 0)))
             if index.dim != dim:
                 raise ValueError(f"snapshot has dim {index.dim}")
             return index, int(info["covers_labels_below"])
@@ -73,7 +79,8 @@ class Snapshots:
                 name = f"index-{covered}.faiss"
                 sealed.save(self.data_dir / name)  # atomic: temp file, fsync, rename
                 ntotal = sealed.ntotal
-            write_text_durably(self.pointer, json.dumps({"file": name, "covers_labels_below": covered}))
+            write_text_durably(self.pointer, json.dumps({"file": name, "covers_labels_below": covered,
+                                                         "spec": sealed.spec, "trained_on": sealed.trained_on}))
             self._written = sequence
             keep = self.current_file() or name
             for old in self.data_dir.glob("index-*.faiss"):

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from clipsearch.v1 import types_pb2 as clipsearch_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!clipsearch/v1/index_service.proto\x12\rclipsearch.v1\x1a\x19\x63lipsearch/v1/types.proto\"\xe9\x02\n\x0cVectorRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x01(\x0c\x12\x0b\n\x03uri\x18\x03 \x01(\t\x12;\n\x08metadata\x18\x04 \x03(\x0b\x32).clipsearch.v1.VectorRecord.MetadataEntry\x12\x17\n\x0fsubmitted_at_ms\x18\x05 \x01(\x04\x12\x37\n\x06\x66ields\x18\x06 \x03(\x0b\x32\'.clipsearch.v1.VectorRecord.FieldsEntry\x12+\n\tthumbnail\x18\x07 \x01(\x0b\x32\x18.clipsearch.v1.Thumbnail\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x43\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.clipsearch.v1.Value:\x02\x38\x01\"m\n\x14UpsertVectorsRequest\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.clipsearch.v1.ModelInfo\x12,\n\x07records\x18\x02 \x03(\x0b\x32\x1b.clipsearch.v1.VectorRecord\";\n\x15UpsertVectorsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\x12\x10\n\x08position\x18\x02 \x01(\x03\"\x16\n\x14GetIndexStatsRequest\"\xcf\x02\n\x15GetIndexStatsResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12\'\n\x05model\x18\x02 \x01(\x0b\x32\x18.clipsearch.v1.ModelInfo\x12\x12\n\nindex_type\x18\x03 \x01(\t\x12\x0e\n\x06hnsw_m\x18\x04 \x01(\x05\x12\x17\n\x0f\x65\x66_construction\x18\x05 \x01(\x05\x12\x11\n\tef_search\x18\x06 \x01(\x05\x12\x15\n\rstale_entries\x18\x07 \x01(\x03\x12\x12\n\nstore_kind\x18\x14 \x01(\t\x12\x18\n\x10\x61pplied_position\x18\x15 \x01(\x03\x12\x16\n\x0estore_position\x18\x16 \x01(\x03\x12\x0e\n\x06lag_ms\x18\x17 \x01(\x03\x12\x13\n\x0bshard_index\x18\x19 \x01(\x05\x12\x13\n\x0bshard_count\x18\x1a \x01(\x05\x12\x17\n\x0fshards_answered\x18\x1b \x01(\x05\"\"\n\x13\x44\x65leteImagesRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"L\n\x14\x44\x65leteImagesResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x03(\t\x12\x11\n\tnot_found\x18\x02 \x03(\t\x12\x10\n\x08position\x18\x03 \x01(\x03\x32\x9f\x02\n\x0cIndexService\x12Z\n\rUpsertVectors\x12#.clipsearch.v1.UpsertVectorsRequest\x1a$.clipsearch.v1.UpsertVectorsResponse\x12Z\n\rGetIndexStats\x12#.clipsearch.v1.GetIndexStatsRequest\x1a$.clipsearch.v1.GetIndexStatsResponse\x12W\n\x0c\x44\x65leteImages\x12\".clipsearch.v1.DeleteImagesRequest\x1a#.clipsearch.v1.DeleteImagesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!clipsearch/v1/index_service.proto\x12\rclipsearch.v1\x1a\x19\x63lipsearch/v1/types.proto\"\xe9\x02\n\x0cVectorRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x01(\x0c\x12\x0b\n\x03uri\x18\x03 \x01(\t\x12;\n\x08metadata\x18\x04 \x03(\x0b\x32).clipsearch.v1.VectorRecord.MetadataEntry\x12\x17\n\x0fsubmitted_at_ms\x18\x05 \x01(\x04\x12\x37\n\x06\x66ields\x18\x06 \x03(\x0b\x32\'.clipsearch.v1.VectorRecord.FieldsEntry\x12+\n\tthumbnail\x18\x07 \x01(\x0b\x32\x18.clipsearch.v1.Thumbnail\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x43\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.clipsearch.v1.Value:\x02\x38\x01\"m\n\x14UpsertVectorsRequest\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.clipsearch.v1.ModelInfo\x12,\n\x07records\x18\x02 \x03(\x0b\x32\x1b.clipsearch.v1.VectorRecord\";\n\x15UpsertVectorsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\x12\x10\n\x08position\x18\x02 \x01(\x03\"\x16\n\x14GetIndexStatsRequest\"\xd7\x04\n\x15GetIndexStatsResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12\'\n\x05model\x18\x02 \x01(\x0b\x32\x18.clipsearch.v1.ModelInfo\x12\x12\n\nindex_type\x18\x03 \x01(\t\x12\x0e\n\x06hnsw_m\x18\x04 \x01(\x05\x12\x17\n\x0f\x65\x66_construction\x18\x05 \x01(\x05\x12\x11\n\tef_search\x18\x06 \x01(\x05\x12\x15\n\rstale_entries\x18\x07 \x01(\x03\x12\x12\n\nstore_kind\x18\x14 \x01(\t\x12\x18\n\x10\x61pplied_position\x18\x15 \x01(\x03\x12\x16\n\x0estore_position\x18\x16 \x01(\x03\x12\x0e\n\x06lag_ms\x18\x17 \x01(\x03\x12\x13\n\x0bshard_index\x18\x19 \x01(\x05\x12\x13\n\x0bshard_count\x18\x1a \x01(\x05\x12\x17\n\x0fshards_answered\x18\x1b \x01(\x05\x12\x12\n\nindex_kind\x18\x08 \x01(\t\x12\x12\n\nindex_spec\x18\t \x01(\t\x12\r\n\x05nlist\x18\n \x01(\x05\x12\x0e\n\x06nprobe\x18\x0b \x01(\x05\x12\x0e\n\x06rerank\x18\x0c \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\r \x01(\x03\x12\x18\n\x10\x62ytes_per_vector\x18\x0e \x01(\x01\x12\x12\n\ndisk_bytes\x18\x0f \x01(\x03\x12.\n\x08training\x18\x10 \x01(\x0e\x32\x1c.clipsearch.v1.IndexTraining\x12\x12\n\ntrained_on\x18\x11 \x01(\x03\x12\x11\n\ttrain_min\x18\x12 \x01(\x03\x12\x14\n\x0cindex_choice\x18\x13 \x01(\t\"\"\n\x13\x44\x65leteImagesRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"L\n\x14\x44\x65leteImagesResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x03(\t\x12\x11\n\tnot_found\x18\x02 \x03(\t\x12\x10\n\x08position\x18\x03 \x01(\x03*\xac\x01\n\rIndexTraining\x12\x1e\n\x1aINDEX_TRAINING_UNSPECIFIED\x10\x00\x12\x1d\n\x19INDEX_TRAINING_NOT_NEEDED\x10\x01\x12#\n\x1fINDEX_TRAINING_WAITING_FOR_DATA\x10\x02\x12\x1b\n\x17INDEX_TRAINING_TRAINING\x10\x03\x12\x1a\n\x16INDEX_TRAINING_TRAINED\x10\x04\x32\x9f\x02\n\x0cIndexService\x12Z\n\rUpsertVectors\x12#.clipsearch.v1.UpsertVectorsRequest\x1a$.clipsearch.v1.UpsertVectorsResponse\x12Z\n\rGetIndexStats\x12#.clipsearch.v1.GetIndexStatsRequest\x1a$.clipsearch.v1.GetIndexStatsResponse\x12W\n\x0c\x44\x65leteImages\x12\".clipsearch.v1.DeleteImagesRequest\x1a#.clipsearch.v1.DeleteImagesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VECTORRECORD_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_VECTORRECORD_FIELDSENTRY']._loaded_options = None
   _globals['_VECTORRECORD_FIELDSENTRY']._serialized_options = b'8\001'
+  _globals['_INDEXTRAINING']._serialized_start=1356
+  _globals['_INDEXTRAINING']._serialized_end=1528
   _globals['_VECTORRECORD']._serialized_start=80
   _globals['_VECTORRECORD']._serialized_end=441
   _globals['_VECTORRECORD_METADATAENTRY']._serialized_start=325
@@ -49,11 +51,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETINDEXSTATSREQUEST']._serialized_start=615
   _globals['_GETINDEXSTATSREQUEST']._serialized_end=637
   _globals['_GETINDEXSTATSRESPONSE']._serialized_start=640
-  _globals['_GETINDEXSTATSRESPONSE']._serialized_end=975
-  _globals['_DELETEIMAGESREQUEST']._serialized_start=977
-  _globals['_DELETEIMAGESREQUEST']._serialized_end=1011
-  _globals['_DELETEIMAGESRESPONSE']._serialized_start=1013
-  _globals['_DELETEIMAGESRESPONSE']._serialized_end=1089
-  _globals['_INDEXSERVICE']._serialized_start=1092
-  _globals['_INDEXSERVICE']._serialized_end=1379
+  _globals['_GETINDEXSTATSRESPONSE']._serialized_end=1239
+  _globals['_DELETEIMAGESREQUEST']._serialized_start=1241
+  _globals['_DELETEIMAGESREQUEST']._serialized_end=1275
+  _globals['_DELETEIMAGESRESPONSE']._serialized_start=1277
+  _globals['_DELETEIMAGESRESPONSE']._serialized_end=1353
+  _globals['_INDEXSERVICE']._serialized_start=1531
+  _globals['_INDEXSERVICE']._serialized_end=1818
 # @@protoc_insertion_point(module_scope)

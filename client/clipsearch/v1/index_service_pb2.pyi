@@ -1,11 +1,25 @@
 from clipsearch.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class IndexTraining(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INDEX_TRAINING_UNSPECIFIED: _ClassVar[IndexTraining]
+    INDEX_TRAINING_NOT_NEEDED: _ClassVar[IndexTraining]
+    INDEX_TRAINING_WAITING_FOR_DATA: _ClassVar[IndexTraining]
+    INDEX_TRAINING_TRAINING: _ClassVar[IndexTraining]
+    INDEX_TRAINING_TRAINED: _ClassVar[IndexTraining]
+INDEX_TRAINING_UNSPECIFIED: IndexTraining
+INDEX_TRAINING_NOT_NEEDED: IndexTraining
+INDEX_TRAINING_WAITING_FOR_DATA: IndexTraining
+INDEX_TRAINING_TRAINING: IndexTraining
+INDEX_TRAINING_TRAINED: IndexTraining
 
 class VectorRecord(_message.Message):
     __slots__ = ("id", "vector", "uri", "metadata", "submitted_at_ms", "fields", "thumbnail")
@@ -60,7 +74,7 @@ class GetIndexStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetIndexStatsResponse(_message.Message):
-    __slots__ = ("count", "model", "index_type", "hnsw_m", "ef_construction", "ef_search", "stale_entries", "store_kind", "applied_position", "store_position", "lag_ms", "shard_index", "shard_count", "shards_answered")
+    __slots__ = ("count", "model", "index_type", "hnsw_m", "ef_construction", "ef_search", "stale_entries", "store_kind", "applied_position", "store_position", "lag_ms", "shard_index", "shard_count", "shards_answered", "index_kind", "index_spec", "nlist", "nprobe", "rerank", "memory_bytes", "bytes_per_vector", "disk_bytes", "training", "trained_on", "train_min", "index_choice")
     COUNT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INDEX_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +89,18 @@ class GetIndexStatsResponse(_message.Message):
     SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
     SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
     SHARDS_ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    INDEX_KIND_FIELD_NUMBER: _ClassVar[int]
+    INDEX_SPEC_FIELD_NUMBER: _ClassVar[int]
+    NLIST_FIELD_NUMBER: _ClassVar[int]
+    NPROBE_FIELD_NUMBER: _ClassVar[int]
+    RERANK_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PER_VECTOR_FIELD_NUMBER: _ClassVar[int]
+    DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_FIELD_NUMBER: _ClassVar[int]
+    TRAINED_ON_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_MIN_FIELD_NUMBER: _ClassVar[int]
+    INDEX_CHOICE_FIELD_NUMBER: _ClassVar[int]
     count: int
     model: _types_pb2.ModelInfo
     index_type: str
@@ -89,7 +115,19 @@ class GetIndexStatsResponse(_message.Message):
     shard_index: int
     shard_count: int
     shards_answered: int
-    def __init__(self, count: _Optional[int] = ..., model: _Optional[_Union[_types_pb2.ModelInfo, _Mapping]] = ..., index_type: _Optional[str] = ..., hnsw_m: _Optional[int] = ..., ef_construction: _Optional[int] = ..., ef_search: _Optional[int] = ..., stale_entries: _Optional[int] = ..., store_kind: _Optional[str] = ..., applied_position: _Optional[int] = ..., store_position: _Optional[int] = ..., lag_ms: _Optional[int] = ..., shard_index: _Optional[int] = ..., shard_count: _Optional[int] = ..., shards_answered: _Optional[int] = ...) -> None: ...
+    index_kind: str
+    index_spec: str
+    nlist: int
+    nprobe: int
+    rerank: int
+    memory_bytes: int
+    bytes_per_vector: float
+    disk_bytes: int
+    training: IndexTraining
+    trained_on: int
+    train_min: int
+    index_choice: str
+    def __init__(self, count: _Optional[int] = ..., model: _Optional[_Union[_types_pb2.ModelInfo, _Mapping]] = ..., index_type: _Optional[str] = ..., hnsw_m: _Optional[int] = ..., ef_construction: _Optional[int] = ..., ef_search: _Optional[int] = ..., stale_entries: _Optional[int] = ..., store_kind: _Optional[str] = ..., applied_position: _Optional[int] = ..., store_position: _Optional[int] = ..., lag_ms: _Optional[int] = ..., shard_index: _Optional[int] = ..., shard_count: _Optional[int] = ..., shards_answered: _Optional[int] = ..., index_kind: _Optional[str] = ..., index_spec: _Optional[str] = ..., nlist: _Optional[int] = ..., nprobe: _Optional[int] = ..., rerank: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., bytes_per_vector: _Optional[float] = ..., disk_bytes: _Optional[int] = ..., training: _Optional[_Union[IndexTraining, str]] = ..., trained_on: _Optional[int] = ..., train_min: _Optional[int] = ..., index_choice: _Optional[str] = ...) -> None: ...
 
 class DeleteImagesRequest(_message.Message):
     __slots__ = ("ids",)
