@@ -22,7 +22,7 @@ from .errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from .types import Failure, ImageInput, IndexStats, Progress, SearchResult, SearchResults, Submission, Thumbnail
+from .types import Deletion, Failure, ImageInput, IndexStats, Progress, SearchResult, SearchResults, Submission, Thumbnail
 
 __all__ = [
     "DEFAULT_SERVER",
@@ -31,6 +31,7 @@ __all__ = [
     "Connection",
     "ClipsearchError",
     "DeadlineExceededError",
+    "Deletion",
     "FailedPreconditionError",
     "Failure",
     "ImageInput",

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from .connection import DEFAULT_SERVER, Connection
 from .errors import InvalidArgumentError, UnavailableError, from_rpc_error
 from .fields import from_values, to_values
-from .types import (Failure, ImageInput, IndexStats, Progress, QueueStatus, SearchResult, SearchResults, Submission,
+from .types import (Deletion, Failure, ImageInput, IndexStats, Progress, QueueStatus, SearchResult, SearchResults, Submission,
                     Thumbnail,
                     WorkerStatus)
 from .v1 import (
@@ -59,20 +59,24 @@ def _results(reply: Any) -> list[SearchResult]:
 
 
 def _text_search(text: str, k: int, where: types_pb2.Filter | None = None, min_score: float | None = None,
-                 include_thumbnails: bool = False) -> _Call[list[SearchResult]]:
+                 include_thumbnails: bool = False, min_position: int = 0,
+                 forbid_partial: bool = False) -> _Call[list[SearchResult]]:
     request = search_pb.TextSearchRequest(text=text, k=k, filter=where, min_score=min_score,
-                                          include_thumbnails=include_thumbnails)
+                                          include_thumbnails=include_thumbnails, min_position=min_position,
+                                          forbid_partial=forbid_partial)
     return _Call("search", "TextSearch", request, _results)
 
 
 def _image_search(image: bytes | None, uri: str | None, image_id: str | None, k: int,
                   where: types_pb2.Filter | None = None, min_score: float | None = None,
-                  include_thumbnails: bool = False) -> _Call[list[SearchResult]]:
+                  include_thumbnails: bool = False, min_position: int = 0,
+                  forbid_partial: bool = False) -> _Call[list[SearchResult]]:
     given = {name: value for name, value in (("image", image), ("uri", uri), ("id", image_id)) if value is not None}
     if len(given) != 1:
         raise InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, "give exactly one of image, uri or id")
     request = search_pb.ImageSearchRequest(k=k, filter=where, min_score=min_score,
-                                           include_thumbnails=include_thumbnails, **given)
+                                           include_thumbnails=include_thumbnails, min_position=min_position,
+                                           forbid_partial=forbid_partial, **given)
     return _Call("search", "ImageSearch", request, _results)
 
 
@@ -116,9 +120,9 @@ def _retry(batch_id: str, ids: Sequence[str]) -> _Call[tuple[list[str], list[str
     return _Call("ingest", "RetryFailures", request, lambda r: (list(r.retried), list(r.expired)))
 
 
-def _delete(ids: Sequence[str]) -> _Call[tuple[list[str], list[str]]]:
+def _delete(ids: Sequence[str]) -> _Call[Deletion]:
     request = index_pb.DeleteImagesRequest(ids=list(ids))
-    return _Call("index", "DeleteImages", request, lambda r: (list(r.deleted), list(r.not_found)))
+    return _Call("index", "DeleteImages", request, lambda r: Deletion(list(r.deleted), list(r.not_found), r.position))
 
 
 def _queue_status() -> _Call[QueueStatus]:
@@ -132,7 +136,7 @@ def _queue_status() -> _Call[QueueStatus]:
 def _stats() -> _Call[IndexStats]:
     def parse(s: Any) -> IndexStats:
         return IndexStats(s.count, s.model.name, s.model.dim, s.index_type, s.hnsw_m, s.ef_construction,
-                          s.ef_search, s.stale_entries)
+                          s.ef_search, s.stale_entries, s.store_kind, s.applied_position, s.store_position, s.lag_ms)
 
     return _Call("index", "GetIndexStats", index_pb.GetIndexStatsRequest(), parse)
 
@@ -168,18 +172,23 @@ class Client(_Base):
         return call.parse(reply)
 
     def text_search(self, text: str, k: int = 10, *, where: types_pb2.Filter | None = None,
-                    min_score: float | None = None, include_thumbnails: bool = False,
-                    timeout: float | None = None) -> list[SearchResult]:
+                    min_score: float | None = None, include_thumbnails: bool = False, min_position: int = 0,
+                    forbid_partial: bool = False, timeout: float | None = None) -> list[SearchResult]:
         """The k images that best match `text`, best first. `include_thumbnails` fills each result's
-        thumbnail (k at most 100 then)."""
-        return self._invoke(_text_search(text, k, where, min_score, include_thumbnails), timeout)
+        thumbnail (k at most 100 then). `min_position`: a write's `position` (read your writes: the server
+        first applies the shared store that far, else UnavailableError). `forbid_partial`: through a
+        router, UnavailableError instead of partial results when a shard does not answer."""
+        return self._invoke(_text_search(text, k, where, min_score, include_thumbnails, min_position,
+                                         forbid_partial), timeout)
 
     def image_search(self, image: bytes | None = None, *, uri: str | None = None, id: str | None = None,  # noqa: A002
                      k: int = 10, where: types_pb2.Filter | None = None,
-                     min_score: float | None = None, include_thumbnails: bool = False,
-                     timeout: float | None = None) -> list[SearchResult]:
-        """The k images most similar to a query image given as bytes, a uri, or an indexed image's id."""
-        return self._invoke(_image_search(image, uri, id, k, where, min_score, include_thumbnails), timeout)
+                     min_score: float | None = None, include_thumbnails: bool = False, min_position: int = 0,
+                     forbid_partial: bool = False, timeout: float | None = None) -> list[SearchResult]:
+        """The k images most similar to a query image given as bytes, a uri, or an indexed image's id
+        (other arguments as in `text_search`)."""
+        return self._invoke(_image_search(image, uri, id, k, where, min_score, include_thumbnails, min_position,
+                                          forbid_partial), timeout)
 
     def thumbnails(self, ids: Sequence[str], *, allow_missing: bool = False,
                    timeout: float | None = None) -> dict[str, Thumbnail]:
@@ -208,8 +217,9 @@ class Client(_Base):
         """Queues failed images again (all, one batch's, or `ids`). Returns (retried ids, expired ids)."""
         return self._invoke(_retry(batch_id, ids), timeout)
 
-    def delete(self, ids: Sequence[str], *, timeout: float | None = None) -> tuple[list[str], list[str]]:
-        """Deletes images by id. Returns (deleted ids, ids that were not found). Idempotent."""
+    def delete(self, ids: Sequence[str], *, timeout: float | None = None) -> Deletion:
+        """Deletes images by id. Returns (deleted ids, ids that were not found), a `Deletion` whose
+        `position` is the read-your-writes token (0 with the SQLite store). Idempotent."""
         return self._invoke(_delete(ids), timeout)
 
     def stats(self, *, timeout: float | None = None) -> IndexStats:
@@ -266,15 +276,17 @@ class AsyncClient(_Base):
         return call.parse(reply)
 
     async def text_search(self, text: str, k: int = 10, *, where: types_pb2.Filter | None = None,
-                          min_score: float | None = None, include_thumbnails: bool = False,
-                          timeout: float | None = None) -> list[SearchResult]:
-        return await self._invoke(_text_search(text, k, where, min_score, include_thumbnails), timeout)
+                          min_score: float | None = None, include_thumbnails: bool = False, min_position: int = 0,
+                          forbid_partial: bool = False, timeout: float | None = None) -> list[SearchResult]:
+        return await self._invoke(_text_search(text, k, where, min_score, include_thumbnails, min_position,
+                                               forbid_partial), timeout)
 
     async def image_search(self, image: bytes | None = None, *, uri: str | None = None, id: str | None = None,  # noqa: A002
                            k: int = 10, where: types_pb2.Filter | None = None,
-                           min_score: float | None = None, include_thumbnails: bool = False,
-                           timeout: float | None = None) -> list[SearchResult]:
-        return await self._invoke(_image_search(image, uri, id, k, where, min_score, include_thumbnails), timeout)
+                           min_score: float | None = None, include_thumbnails: bool = False, min_position: int = 0,
+                           forbid_partial: bool = False, timeout: float | None = None) -> list[SearchResult]:
+        return await self._invoke(_image_search(image, uri, id, k, where, min_score, include_thumbnails,
+                                                min_position, forbid_partial), timeout)
 
     async def thumbnails(self, ids: Sequence[str], *, allow_missing: bool = False,
                          timeout: float | None = None) -> dict[str, Thumbnail]:
@@ -295,7 +307,7 @@ class AsyncClient(_Base):
                              timeout: float | None = None) -> tuple[list[str], list[str]]:
         return await self._invoke(_retry(batch_id, ids), timeout)
 
-    async def delete(self, ids: Sequence[str], *, timeout: float | None = None) -> tuple[list[str], list[str]]:
+    async def delete(self, ids: Sequence[str], *, timeout: float | None = None) -> Deletion:
         return await self._invoke(_delete(ids), timeout)
 
     async def stats(self, *, timeout: float | None = None) -> IndexStats:

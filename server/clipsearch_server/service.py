@@ -31,7 +31,7 @@ from . import filters
 from . import validation as check
 from .collection import Hit
 from .engine import Engine, EngineSlot
-from .errors import InvalidArgument, NotFound, ResourceExhausted, status_for
+from .errors import InvalidArgument, ResourceExhausted, status_for
 from .ingest import Ingestor, QueuedImage
 from .metrics import RPC_LATENCY, RPCS
 from .store import ImageRecord
@@ -148,10 +148,7 @@ class SearchServicer(search_grpc.SearchServiceServicer):
         found = await self._slot.get().thumbnails(ids)
         missing = [image_id for image_id in ids if image_id not in found]
         if missing and not request.allow_missing:
-            shown = ", ".join(repr(m) for m in missing[:10]) + (f" and {len(missing) - 10} more"
-                                                                  if len(missing) > 10 else "")
-            raise NotFound(f"no thumbnail for {shown}: unknown or deleted ids, or images indexed with thumbnails "
-                           "turned off (set allow_missing to get the others)")
+            raise check.missing_thumbnails(missing)
         return search_pb.GetThumbnailsResponse(
             thumbnails=[search_pb.ImageThumbnail(id=image_id, thumbnail=types_pb2.Thumbnail(
                 data=found[image_id][0], mime_type=found[image_id][1])) for image_id in ids if image_id in found],
