@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import signal
 import sqlite3
 import sys
 import threading
@@ -399,6 +400,9 @@ def pair(pg: PgCluster, tiny_model: str, redis_url: str, tmp_path_factory: pytes
         started.append(router)
         yield Pair(a, b, address, router)
     finally:
+        for proc in started:  # all shut down at once, then each is waited for (bounded)
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGTERM)
         for proc in reversed(started):
             proc.stop(timeout=15)
 
