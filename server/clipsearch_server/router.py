@@ -192,7 +192,7 @@ def merge(replies: Sequence[Sequence[types_pb2.SearchResult]], k: int) -> list[t
 
 
 class RouterSearch(search_grpc.SearchServiceServicer):
-    """SearchService: fan out to every shard, merge, say how many shards answered."""
+    """SearchService: fan out to every shard, merge, say how many shards answered; thumbnails by owning shard."""
 
     def __init__(self, cluster: Cluster, shard_timeout_s: float) -> None:
         self._cluster = cluster
@@ -254,7 +254,6 @@ class RouterSearch(search_grpc.SearchServiceServicer):
                 "with the image itself (image or uri)")
         return await self._search("ImageSearch", request, search_pb.ImageSearchResponse, context, [owner])
 
-
     @_edge
     async def GetThumbnails(self, request: search_pb.GetThumbnailsRequest,
                             context: grpc.aio.ServicerContext) -> search_pb.GetThumbnailsResponse:
@@ -285,12 +284,12 @@ class RouterIndex(index_grpc.IndexServiceServicer):
         self._replica_writes = replica_writes
         self._shared_store: dict[int, bool] = {}  # "auto": shard index -> its replicas share a store
 
-    async def _to_every_replica(self, shard: Shard, metadata: Metadata) -> bool:
+    async def _to_every_replica(self, shard: Shard, timeout: float, metadata: Metadata) -> bool:
         """Whether a write goes to every replica of `shard` (own stores) or to one (a shared store)."""
         if self._replica_writes != "auto":
             return self._replica_writes == "all"
         if shard.index not in self._shared_store:
-            reply = await shard.call(_INDEX + "GetIndexStats", b"", self._timeout, metadata)
+            reply = await shard.call(_INDEX + "GetIndexStats", b"", min(timeout, self._timeout), metadata)
             kind = index_pb.GetIndexStatsResponse.FromString(reply).store_kind
             self._shared_store[shard.index] = kind == "postgresql"
             log.info("%s: store %s, writes go to %s replica", shard.name, kind or "sqlite",
@@ -303,7 +302,7 @@ class RouterIndex(index_grpc.IndexServiceServicer):
 
         async def one(index: int, payload: bytes) -> bytes:
             shard = self._cluster.shards[index]
-            send = shard.call_all if await self._to_every_replica(shard, metadata) else shard.call
+            send = shard.call_all if await self._to_every_replica(shard, timeout, metadata) else shard.call
             return await send(_INDEX + method, payload, timeout, metadata)
 
         indexes = list(parts)
