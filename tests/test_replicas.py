@@ -379,8 +379,8 @@ def test_snapshot_share_round_trip(kind: str, tmp_path: Path, monkeypatch: pytes
 
 @dataclass
 class Pair:
-    a: Replica_
-    b: Replica_  # started with --read-wait 1
+    a: Replica_  # both started with --read-wait 1
+    b: Replica_
     router: str
     router_proc: Proc
 
@@ -388,15 +388,17 @@ class Pair:
 @pytest.fixture(scope="module")
 def pair(pg: PgCluster, tiny_model: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     """Replicas A and B of one shard on a fresh database, and a router in front of both with the default
-    --replica-writes (auto)."""
+    --replica-writes (auto). Health checks are rare (10 s), so that what a call does to a replica's health
+    shows in the next call."""
     tmp = tmp_path_factory.mktemp("pair")
     stack = Stack(model=tiny_model, redis_url=redis_url, log_dir=tmp / "logs", prefix="pg-pair")
     started: list[Proc] = []
     try:
         url = pg.create_database()
-        a = start(stack, started, tmp / "a", url)
+        a = start(stack, started, tmp / "a", url, ["--read-wait", "1"])
         b = start(stack, started, tmp / "b", url, ["--read-wait", "1"])
-        router, address = start_router(stack, [f"{a.address},{b.address}"], ["--health-interval", "0.3"])
+        router, address = start_router(stack, [f"{a.address},{b.address}"],
+                                       ["--health-interval", "10", "--shard-timeout", "3"])
         started.append(router)
         yield Pair(a, b, address, router)
     finally:
@@ -495,3 +497,22 @@ def test_the_router_writes_once_to_a_shared_store(pair: Pair) -> None:
     with Client(pair.router, timeout=10) as client:  # forbid_partial through the client and the router
         whole = client.text_search("a red circle", k=3, forbid_partial=True, min_position=gone.position)
         assert (whole.shards_total, whole.shards_answered, whole.partial) == (1, 1, False)
+
+
+def test_an_unreachable_position_takes_no_replica_out_of_the_router(pair: Pair) -> None:
+    """Each replica answers UNAVAILABLE after its 1 s --read-wait; the router tries both, fails the call,
+    and keeps both in rotation (a replica that failed with UNAVAILABLE otherwise counts as down until the
+    next health check, 10 s away)."""
+    with grpc.insecure_channel(pair.router) as channel:  # a plain stub: no client retries
+        stub = search_grpc.SearchServiceStub(channel)
+        head = pair.a.stats().store_position
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.TextSearch(search_pb.TextSearchRequest(text="a red circle", k=3, min_position=head + 10_000),
+                            timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "position" in (err.value.details() or "")
+        assert time.monotonic() - started < 3  # both replicas asked, within the shard timeout
+        for _ in range(4):  # both replicas still in the rotation
+            reply = stub.TextSearch(search_pb.TextSearchRequest(text="a red circle", k=3, forbid_partial=True),
+                                    timeout=10)
+            assert reply.shards_answered == 1

@@ -7,7 +7,9 @@ several search servers holding the shards of one collection.
   deadline); a shard missing then is left out and the response says so (shards_total,
   shards_answered, partial), unless the request sets forbid_partial: then the call fails with
   UNAVAILABLE as soon as a shard is known missing. An ImageSearch by id searches only the shard that
-  holds the id (the others do not have its vector): partial with several shards.
+  holds the id (the others do not have its vector): partial with several shards. A search with a
+  min_position that a replica has not reached within its --read-wait (UNAVAILABLE) moves on to the
+  next replica without marking the first unhealthy (it is not down, only behind for that request).
 - UpsertVectors and DeleteImages are split by `shard_of(id, N)`; each part goes to the owning shard:
   to every replica (`replica_writes="all"`, each replica has its own SQLite store) or to one
   (`"one"`, replicas sharing a PostgreSQL store); `"auto"` (the default) asks each shard once, at its
@@ -204,7 +206,8 @@ class RouterSearch(search_grpc.SearchServiceServicer):
         missing shard fails the call at once (the other calls are cancelled)."""
         payload, metadata = request.SerializeToString(), _forwarded(context)
         timeout = _budget(context, self._timeout)
-        tasks = [asyncio.create_task(s.call(_SEARCH + method, payload, timeout, metadata)) for s in shards]
+        mark_down = request.min_position == 0  # see cluster.first_answer
+        tasks = [asyncio.create_task(s.call(_SEARCH + method, payload, timeout, metadata, mark_down)) for s in shards]
         replies: list[Any] = []
         missing: list[ShardDown] = []
         try:
