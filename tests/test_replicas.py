@@ -13,7 +13,9 @@ of our own (tests/pg.py), real server processes on loopback ports, writes throug
 - with two replicas and a router on one store (module fixture `pair`): thumbnails travel with their
   image to the other replica (replaced and deleted with it); the Python client reads its writes on the
   other replica with `min_position` and gets the delete's position; the router detects the shared
-  store and writes once, returns the position, and passes the store fields of GetIndexStats on.
+  store and writes once, returns the position, and passes the store fields of GetIndexStats on; a
+  search with an unreachable min_position takes no replica out of the router's rotation;
+- two shards of one store behind a router: a split write's position covers both parts.
 """
 
 from __future__ import annotations
@@ -516,3 +518,36 @@ def test_an_unreachable_position_takes_no_replica_out_of_the_router(pair: Pair) 
             reply = stub.TextSearch(search_pb.TextSearchRequest(text="a red circle", k=3, forbid_partial=True),
                                     timeout=10)
             assert reply.shards_answered == 1
+
+
+def test_two_shards_on_one_store_behind_the_router(pg: PgCluster, stack: Stack, procs: list[Proc],
+                                                   tmp_path: Path) -> None:
+    """A router write split over two shards of one store returns a position that covers both parts: a
+    search and GetThumbnails through the router with it see every record, each shard holds its own."""
+    url = pg.create_database()
+    shards = [start(stack, procs, tmp_path / f"s{i}", url, ["--shard", f"{i}/2"]) for i in range(2)]
+    router, address = start_router(stack, [s.address for s in shards])
+    procs.append(router)
+    dim = shards[0].stats().model.dim
+    ids = [f"two-{i}" for i in range(10)]
+    assert {shard_of(i, 2) for i in ids} == {0, 1}
+    vectors = np.random.default_rng(8).standard_normal((10, dim)).astype(np.float32)
+    thumbs = {i: _webp((25 * n, 0, 0)) for n, i in enumerate(ids)}
+    with grpc.insecure_channel(address) as channel:
+        reply = index_grpc.IndexServiceStub(channel).UpsertVectors(index_pb.UpsertVectorsRequest(
+            model=shards[0].stats().model, records=[index_pb.VectorRecord(
+                id=i, vector=v.tobytes(), thumbnail=types_pb2.Thumbnail(data=thumbs[i], mime_type="image/webp"))
+                for i, v in zip(ids, vectors)]), timeout=30)
+        # a fresh store's positions start at 1: after both parts the head is 11 (the earlier part's is lower)
+        assert (reply.upserted, reply.position) == (10, 11)
+        search = search_grpc.SearchServiceStub(channel)
+        found = search.TextSearch(search_pb.TextSearchRequest(text="a red circle", k=20, min_position=reply.position,
+                                                              forbid_partial=True), timeout=10)
+        assert sorted(r.id for r in found.results) == sorted(ids) and found.shards_answered == 2
+        got = search.GetThumbnails(search_pb.GetThumbnailsRequest(ids=ids[::-1]), timeout=10)
+        assert [(t.id, t.thumbnail.data) for t in got.thumbnails] == [(i, thumbs[i]) for i in ids[::-1]]
+        routed = index_grpc.IndexServiceStub(channel).GetIndexStats(index_pb.GetIndexStatsRequest(), timeout=10)
+    assert (routed.count, routed.shard_count, routed.store_kind) == (10, 2, "postgresql")
+    assert routed.applied_position >= reply.position
+    for index, server in enumerate(shards):
+        assert server.stats().count == sum(shard_of(i, 2) == index for i in ids)
