@@ -2,13 +2,16 @@
 being searchable on a server that did not make it (LISTEN/NOTIFY wake-up, feed read, mirror commit,
 index add).
 
-    python bench/bench_catchup.py [--vectors 10000] [--writes 300] [--batch 16] [--model SPEC]
+    python bench/bench_catchup.py [--vectors 10000] [--writes 300] [--batch 16] [--thumbnail-bytes 0] [--model SPEC]
 
 Starts its own PostgreSQL cluster (tests/pg.py) and one search server on it. The bench process is the
 other writer: it commits batches of random unit vectors straight through `PgStore.upsert` (the code a
 server runs for UpsertVectors), takes the time when the commit returned, then polls the server's
 GetIndexStats every millisecond until `applied_position` reaches the write's position, and checks
 the image is searchable (ImageSearch by id). Writes are spaced by --gap seconds (default 0.05).
+With --thumbnail-bytes N every measured record carries a thumbnail of N bytes (a 256 px WebP is about
+2-10 KB), which travels through the feed to the replica's mirror; the run then also checks that the
+replica serves the last one (GetThumbnails).
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ def main() -> None:
     parser.add_argument("--writes", type=int, default=300, help="measured writes")
     parser.add_argument("--batch", type=int, default=16, help="records per measured write")
     parser.add_argument("--gap", type=float, default=0.05, help="seconds between measured writes")
+    parser.add_argument("--thumbnail-bytes", type=int, default=0, help="size of each measured record's thumbnail "
+                        "(0: none)")
     parser.add_argument("--model", default=TINY, help="model spec of the server (default: the tests' tiny model)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-catchup-"))
@@ -75,7 +80,9 @@ def main() -> None:
         seconds: list[float] = []
         for w in range(args.writes):
             ids = [f"w{w}-{i}" for i in range(args.batch)]
-            _, position = pg.upsert([ImageRecord(i, v) for i, v in zip(ids, unit(rng, args.batch, dim))])
+            thumb = {"thumbnail": rng.bytes(args.thumbnail_bytes), "thumbnail_mime_type": "image/webp"} \
+                if args.thumbnail_bytes else {}
+            _, position = pg.upsert([ImageRecord(i, v, **thumb) for i, v in zip(ids, unit(rng, args.batch, dim))])
             committed = time.perf_counter()
             while stats(index_pb.GetIndexStatsRequest(), timeout=10).applied_position < position:
                 time.sleep(0.001)
@@ -83,11 +90,14 @@ def main() -> None:
             hit = search.ImageSearch(search_pb.ImageSearchRequest(id=ids[-1], k=1), timeout=10)
             assert len(hit.results) == 1
             time.sleep(args.gap)
+        if args.thumbnail_bytes:
+            served = search.GetThumbnails(search_pb.GetThumbnailsRequest(ids=[ids[-1]]), timeout=10)
+            assert len(served.thumbnails[0].thumbnail.data) == args.thumbnail_bytes
         result = {"vectors": args.vectors, "writes": args.writes, "batch": args.batch, "dim": dim,
-                  "catchup": percentiles(seconds)}
+                  "thumbnail_bytes": args.thumbnail_bytes, "catchup": percentiles(seconds)}
         print(f"commit -> searchable on the replica: p50 {result['catchup']['p50_ms']:.1f} ms, "
               f"p99 {result['catchup']['p99_ms']:.1f} ms, max {max(seconds) * 1000:.1f} ms")
-        save("catchup", result)
+        save("catchup" + (f"-thumbnails-{args.thumbnail_bytes}" if args.thumbnail_bytes else ""), result)
         pg.close()
     finally:
         if server is not None:

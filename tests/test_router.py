@@ -248,6 +248,36 @@ def test_the_cli_json_carries_the_shard_counts(cluster: Cluster) -> None:
     assert [r["id"] for r in data["results"]] == [i for i, _ in _pairs(cluster.search(cluster.single, "a red circle", 3))]
 
 
+def test_thumbnails_through_the_router(cluster: Cluster) -> None:
+    """GetThumbnails asks each id's shard and answers in request order, NOT_FOUND as a server does;
+    searches pass include_thumbnails on. The worker made the thumbnails (on by default)."""
+    picked = [next(i for i in reversed(cluster.ids) if shard_of(i, 2) == s) for s in (1, 0)]
+    with grpc.insecure_channel(cluster.router) as channel:
+        stub = search_grpc.SearchServiceStub(channel)
+        got = stub.GetThumbnails(search_pb.GetThumbnailsRequest(ids=[*picked, picked[0]]), timeout=10)
+        assert [t.id for t in got.thumbnails] == [*picked, picked[0]]
+        for image_id, owner in zip(picked, (cluster.shard1[0][1], cluster.shard0[1])):
+            with grpc.insecure_channel(owner) as direct:
+                own = search_grpc.SearchServiceStub(direct).GetThumbnails(
+                    search_pb.GetThumbnailsRequest(ids=[image_id]), timeout=10).thumbnails[0].thumbnail
+            assert own.data and {t.id: t.thumbnail for t in got.thumbnails}[image_id] == own
+        with pytest.raises(grpc.RpcError) as err:
+            stub.GetThumbnails(search_pb.GetThumbnailsRequest(ids=[picked[0], "never-indexed"]), timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND and "'never-indexed'" in (err.value.details() or "")
+        some = stub.GetThumbnails(search_pb.GetThumbnailsRequest(ids=["never-indexed", picked[1]], allow_missing=True),
+                                  timeout=10)
+        assert [t.id for t in some.thumbnails] == [picked[1]] and list(some.not_found) == ["never-indexed"]
+        for request in (search_pb.GetThumbnailsRequest(), search_pb.GetThumbnailsRequest(ids=["x"] * 101)):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.GetThumbnails(request, timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    inline = cluster.search(cluster.router, "a red circle", 10, include_thumbnails=True)
+    assert [r.id for r in inline.results] == [r.id for r in cluster.search(cluster.router, "a red circle", 10).results]
+    assert all(r.thumbnail and r.thumbnail_mime_type == "image/webp" for r in inline.results)
+    stats = cluster.stats(cluster.router)
+    assert (stats.store_kind, stats.applied_position, stats.lag_ms) == ("sqlite", 0, 0)
+
+
 def test_deletes_go_to_the_owning_shards(cluster: Cluster) -> None:
     victims = [next(i for i in cluster.ids if shard_of(i, 2) == s) for s in (0, 1)]
     with grpc.insecure_channel(cluster.router) as channel:

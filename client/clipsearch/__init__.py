@@ -22,7 +22,8 @@ from .errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from .types import Failure, ImageInput, IndexStats, Progress, Query, SearchPage, SearchResult, Submission, Term, Thumbnail
+from .types import (Deletion, Failure, ImageInput, IndexStats, Progress, Query, SearchPage, SearchResult, Submission,
+                    Term, Thumbnail)
 
 __all__ = [
     "DEFAULT_SERVER",
@@ -31,6 +32,7 @@ __all__ = [
     "Connection",
     "ClipsearchError",
     "DeadlineExceededError",
+    "Deletion",
     "FailedPreconditionError",
     "Failure",
     "ImageInput",

@@ -18,8 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from .connection import DEFAULT_SERVER, Connection
 from .errors import InvalidArgumentError, UnavailableError, from_rpc_error
 from .fields import from_values, to_values
-from .types import (Failure, ImageInput, IndexStats, Progress, Query, QueueStatus, SearchPage, SearchResult, Submission,
-                    Term, Thumbnail, WorkerStatus)
+from .types import (Deletion, Failure, ImageInput, IndexStats, Progress, Query, QueueStatus, SearchPage, SearchResult,
+                    Submission, Term, Thumbnail, WorkerStatus)
 from .v1 import (
     index_service_pb2 as index_pb,
     index_service_pb2_grpc as index_grpc,
@@ -51,31 +51,34 @@ def _stubs(channel: Any) -> dict[str, Any]:
     }
 
 
-def _results(reply: Any) -> SearchPage:
-    """A page of matches, with the next page's token and, through a router, the shard counts."""
+def _results(reply: Any, counts: Any = None) -> SearchPage:
+    """A page of matches, with the next page's token and, through a router, the shard counts (of `counts`:
+    the reply itself, or for a BatchSearch page the whole BatchSearchResponse)."""
+    counts = reply if counts is None else counts
     return SearchPage([SearchResult(r.id, float(r.score), r.uri, dict(r.metadata), from_values(r.fields),
                                     list(r.collapsed_ids), r.thumbnail, r.thumbnail_mime_type) for r in reply.results],
-                      reply.next_page_token, getattr(reply, "shards_total", 0), getattr(reply, "shards_answered", 0),
-                      getattr(reply, "partial", False))  # a BatchResult has no shard counts
+                      reply.next_page_token, counts.shards_total, counts.shards_answered, counts.partial)
 
 
 def _text_search(text: str, k: int, where: types_pb2.Filter | None = None, min_score: float | None = None,
-                 page_token: str = "", collapse_threshold: float | None = None,
-                 include_thumbnails: bool = False) -> _Call[SearchPage]:
+                 page_token: str = "", collapse_threshold: float | None = None, include_thumbnails: bool = False,
+                 min_position: int = 0, forbid_partial: bool = False) -> _Call[SearchPage]:
     request = search_pb.TextSearchRequest(text=text, k=k, filter=where, min_score=min_score, page_token=page_token,
-                                          collapse_threshold=collapse_threshold, include_thumbnails=include_thumbnails)
+                                          collapse_threshold=collapse_threshold, include_thumbnails=include_thumbnails,
+                                          min_position=min_position, forbid_partial=forbid_partial)
     return _Call("search", "TextSearch", request, _results)
 
 
 def _image_search(image: bytes | None, uri: str | None, image_id: str | None, k: int,
                   where: types_pb2.Filter | None = None, min_score: float | None = None, page_token: str = "",
-                  collapse_threshold: float | None = None, include_thumbnails: bool = False) -> _Call[SearchPage]:
+                  collapse_threshold: float | None = None, include_thumbnails: bool = False, min_position: int = 0,
+                  forbid_partial: bool = False) -> _Call[SearchPage]:
     given = {name: value for name, value in (("image", image), ("uri", uri), ("id", image_id)) if value is not None}
     if len(given) != 1:
         raise InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, "give exactly one of image, uri or id")
     request = search_pb.ImageSearchRequest(k=k, filter=where, min_score=min_score, page_token=page_token,
-                                           collapse_threshold=collapse_threshold,
-                                           include_thumbnails=include_thumbnails, **given)
+                                           collapse_threshold=collapse_threshold, include_thumbnails=include_thumbnails,
+                                           min_position=min_position, forbid_partial=forbid_partial, **given)
     return _Call("search", "ImageSearch", request, _results)
 
 
@@ -114,9 +117,11 @@ def _batch_query(i: int, q: Query) -> search_pb.BatchQuery:
                                 collapse_threshold=q.collapse_threshold, **given)
 
 
-def _batch_search(queries: Sequence[Query]) -> _Call[list[SearchPage]]:
-    request = search_pb.BatchSearchRequest(queries=[_batch_query(i, q) for i, q in enumerate(queries)])
-    return _Call("search", "BatchSearch", request, lambda reply: [_results(r) for r in reply.results])
+def _batch_search(queries: Sequence[Query], min_position: int = 0,
+                  forbid_partial: bool = False) -> _Call[list[SearchPage]]:
+    request = search_pb.BatchSearchRequest(queries=[_batch_query(i, q) for i, q in enumerate(queries)],
+                                           min_position=min_position, forbid_partial=forbid_partial)
+    return _Call("search", "BatchSearch", request, lambda reply: [_results(r, reply) for r in reply.results])
 
 
 def _submit(images: Iterable[ImageInput], batch_id: str, request_id: str | None) -> _Call[Submission]:
@@ -151,9 +156,9 @@ def _retry(batch_id: str, ids: Sequence[str]) -> _Call[tuple[list[str], list[str
     return _Call("ingest", "RetryFailures", request, lambda r: (list(r.retried), list(r.expired)))
 
 
-def _delete(ids: Sequence[str]) -> _Call[tuple[list[str], list[str]]]:
+def _delete(ids: Sequence[str]) -> _Call[Deletion]:
     request = index_pb.DeleteImagesRequest(ids=list(ids))
-    return _Call("index", "DeleteImages", request, lambda r: (list(r.deleted), list(r.not_found)))
+    return _Call("index", "DeleteImages", request, lambda r: Deletion(list(r.deleted), list(r.not_found), r.position))
 
 
 def _queue_status() -> _Call[QueueStatus]:
@@ -167,7 +172,7 @@ def _queue_status() -> _Call[QueueStatus]:
 def _stats() -> _Call[IndexStats]:
     def parse(s: Any) -> IndexStats:
         return IndexStats(s.count, s.model.name, s.model.dim, s.index_type, s.hnsw_m, s.ef_construction,
-                          s.ef_search, s.stale_entries)
+                          s.ef_search, s.stale_entries, s.store_kind, s.applied_position, s.store_position, s.lag_ms)
 
     return _Call("index", "GetIndexStats", index_pb.GetIndexStatsRequest(), parse)
 
@@ -204,25 +209,30 @@ class Client(_Base):
 
     def text_search(self, text: str, k: int = 10, *, where: types_pb2.Filter | None = None,
                     min_score: float | None = None, page_token: str = "", collapse_threshold: float | None = None,
-                    include_thumbnails: bool = False, timeout: float | None = None) -> SearchPage:
+                    include_thumbnails: bool = False, min_position: int = 0, forbid_partial: bool = False,
+                    timeout: float | None = None) -> SearchPage:
         """The k images that best match `text`, best first (a list with `.next_page_token`; pass it back
         as `page_token` for the next page). `collapse_threshold` (cosine) folds near duplicates into
         the best of each group (see SearchResult.collapsed_ids). `include_thumbnails` fills each
-        result's thumbnail (k at most 100 then)."""
+        result's thumbnail (k at most 100 then). `min_position`: a write's `position` (read your writes:
+        the server first applies the shared store that far, else UnavailableError). `forbid_partial`:
+        through a router, UnavailableError instead of partial results when a shard does not answer."""
         return self._invoke(_text_search(text, k, where, min_score, page_token, collapse_threshold,
-                                         include_thumbnails), timeout)
+                                         include_thumbnails, min_position, forbid_partial), timeout)
 
     def image_search(self, image: bytes | None = None, *, uri: str | None = None, id: str | None = None,  # noqa: A002
                      k: int = 10, where: types_pb2.Filter | None = None, min_score: float | None = None,
                      page_token: str = "", collapse_threshold: float | None = None, include_thumbnails: bool = False,
-                     timeout: float | None = None) -> SearchPage:
-        """The k images most similar to a query image given as bytes, a uri, or an indexed image's id."""
+                     min_position: int = 0, forbid_partial: bool = False, timeout: float | None = None) -> SearchPage:
+        """The k images most similar to a query image given as bytes, a uri, or an indexed image's id
+        (other arguments as in `text_search`)."""
         return self._invoke(_image_search(image, uri, id, k, where, min_score, page_token, collapse_threshold,
-                                          include_thumbnails), timeout)
+                                          include_thumbnails, min_position, forbid_partial), timeout)
 
-    def batch_search(self, queries: Sequence[Query], *, timeout: float | None = None) -> list[SearchPage]:
+    def batch_search(self, queries: Sequence[Query], *, min_position: int = 0, forbid_partial: bool = False,
+                     timeout: float | None = None) -> list[SearchPage]:
         """Runs 1 to 64 queries (text, image, uri, id, vector or weighted terms) in one call; one page per query."""
-        return self._invoke(_batch_search(queries), timeout)
+        return self._invoke(_batch_search(queries, min_position, forbid_partial), timeout)
 
     def thumbnails(self, ids: Sequence[str], *, allow_missing: bool = False,
                    timeout: float | None = None) -> dict[str, Thumbnail]:
@@ -251,8 +261,9 @@ class Client(_Base):
         """Queues failed images again (all, one batch's, or `ids`). Returns (retried ids, expired ids)."""
         return self._invoke(_retry(batch_id, ids), timeout)
 
-    def delete(self, ids: Sequence[str], *, timeout: float | None = None) -> tuple[list[str], list[str]]:
-        """Deletes images by id. Returns (deleted ids, ids that were not found). Idempotent."""
+    def delete(self, ids: Sequence[str], *, timeout: float | None = None) -> Deletion:
+        """Deletes images by id. Returns (deleted ids, ids that were not found), a `Deletion` whose
+        `position` is the read-your-writes token (0 with the SQLite store). Idempotent."""
         return self._invoke(_delete(ids), timeout)
 
     def stats(self, *, timeout: float | None = None) -> IndexStats:
@@ -311,20 +322,23 @@ class AsyncClient(_Base):
     async def text_search(self, text: str, k: int = 10, *, where: types_pb2.Filter | None = None,
                           min_score: float | None = None, page_token: str = "",
                           collapse_threshold: float | None = None, include_thumbnails: bool = False,
+                          min_position: int = 0, forbid_partial: bool = False,
                           timeout: float | None = None) -> SearchPage:
         return await self._invoke(_text_search(text, k, where, min_score, page_token, collapse_threshold,
-                                               include_thumbnails), timeout)
+                                               include_thumbnails, min_position, forbid_partial), timeout)
 
     async def image_search(self, image: bytes | None = None, *, uri: str | None = None, id: str | None = None,  # noqa: A002
                            k: int = 10, where: types_pb2.Filter | None = None, min_score: float | None = None,
                            page_token: str = "", collapse_threshold: float | None = None,
-                           include_thumbnails: bool = False, timeout: float | None = None) -> SearchPage:
+                           include_thumbnails: bool = False, min_position: int = 0, forbid_partial: bool = False,
+                           timeout: float | None = None) -> SearchPage:
         return await self._invoke(
-            _image_search(image, uri, id, k, where, min_score, page_token, collapse_threshold, include_thumbnails),
-            timeout)
+            _image_search(image, uri, id, k, where, min_score, page_token, collapse_threshold, include_thumbnails,
+                          min_position, forbid_partial), timeout)
 
-    async def batch_search(self, queries: Sequence[Query], *, timeout: float | None = None) -> list[SearchPage]:
-        return await self._invoke(_batch_search(queries), timeout)
+    async def batch_search(self, queries: Sequence[Query], *, min_position: int = 0, forbid_partial: bool = False,
+                           timeout: float | None = None) -> list[SearchPage]:
+        return await self._invoke(_batch_search(queries, min_position, forbid_partial), timeout)
 
     async def thumbnails(self, ids: Sequence[str], *, allow_missing: bool = False,
                          timeout: float | None = None) -> dict[str, Thumbnail]:
@@ -345,7 +359,7 @@ class AsyncClient(_Base):
                              timeout: float | None = None) -> tuple[list[str], list[str]]:
         return await self._invoke(_retry(batch_id, ids), timeout)
 
-    async def delete(self, ids: Sequence[str], *, timeout: float | None = None) -> tuple[list[str], list[str]]:
+    async def delete(self, ids: Sequence[str], *, timeout: float | None = None) -> Deletion:
         return await self._invoke(_delete(ids), timeout)
 
     async def stats(self, *, timeout: float | None = None) -> IndexStats:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Failure", "ImageInput", "IndexStats", "Progress", "Query", "QueueStatus", "SearchPage", "SearchResult",
-           "Submission", "Term", "Thumbnail", "WorkerStatus"]
+__all__ = ["Deletion", "Failure", "ImageInput", "IndexStats", "Progress", "Query", "QueueStatus", "SearchPage",
+           "SearchResult", "Submission", "Term", "Thumbnail", "WorkerStatus"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,21 @@ class SearchPage(list):  # type: ignore[type-arg]
         self.shards_total = shards_total
         self.shards_answered = shards_answered
         self.partial = partial
+
+
+class Deletion(tuple):  # type: ignore[type-arg]
+    """What DeleteImages did: unpacks as (deleted ids, ids not found), and `position`, the store position
+    after the delete (pass it as `min_position` of a search, on any replica, to see the delete; 0 with
+    the SQLite store)."""
+
+    deleted: list[str]
+    not_found: list[str]
+    position: int
+
+    def __new__(cls, deleted: list[str], not_found: list[str], position: int = 0) -> "Deletion":
+        self = super().__new__(cls, (deleted, not_found))
+        self.deleted, self.not_found, self.position = deleted, not_found, position
+        return self
 
 
 @dataclass(frozen=True)
@@ -140,6 +155,13 @@ class IndexStats:
     ef_construction: int
     ef_search: int
     stale_entries: int
+    # The source of truth ("sqlite" or "postgresql"), and with PostgreSQL the position this server
+    # (through a router: the least caught-up shard asked) has applied, the newest it knows of, and how
+    # long it has been behind, in ms.
+    store_kind: str = ""
+    applied_position: int = 0
+    store_position: int = 0
+    lag_ms: int = 0
 
 
 @dataclass(frozen=True)

@@ -145,9 +145,10 @@ OPTIONS: tuple[Option, ...] = (
            "caller's deadline", (ROUTER,), type=float, up=False),
     Option("--health-interval", 1.0, "seconds between health checks of each replica; an unhealthy replica gets no "
            "calls until it answers SERVING again", (ROUTER,), type=float, up=False),
-    Option("--replica-writes", "all", "all: writes go to every replica of the owning shard (each has its own "
-           "SQLite store); one: to one replica (they share a PostgreSQL --store)", (ROUTER,), choices=("all", "one"),
-           up=False),
+    Option("--replica-writes", "auto", "all: writes go to every replica of the owning shard (each has its own "
+           "SQLite store); one: to one replica (they share a PostgreSQL --store); auto: asks each shard's store "
+           "kind at its first write and picks one for postgresql, else all", (ROUTER,),
+           choices=("auto", "all", "one"), up=False),
     Option("--thumbnail-size", 256, "longest side, in pixels, of the thumbnail stored with each image (never "
            "enlarged); 0 turns thumbnails off", (WORKER,), type=int),
     Option("--thumbnail-format", "webp", "encoding of the thumbnails", (WORKER,), choices=("webp", "jpeg")),

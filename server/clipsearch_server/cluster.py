@@ -48,9 +48,12 @@ class ShardDown(Exception):
 
 
 async def first_answer(replicas: Sequence["Replica"], what: str, path: str, request: bytes, timeout: float | None,
-                       metadata: Metadata, index: int = -1) -> bytes:
+                       metadata: Metadata, index: int = -1, mark_down: bool = True) -> bytes:
     """The reply of the first of `replicas` that answers; UNAVAILABLE moves on to the next while time is
-    left. Raises ShardDown when none could; any other error of a replica is raised as it came."""
+    left, and marks the replica unhealthy unless `mark_down` is false (a search waiting for a
+    min_position: a replica not caught up yet in --read-wait is UNAVAILABLE for that request only, and
+    a client must not be able to take every replica out with an unreachable position). Raises ShardDown
+    when none could; any other error of a replica is raised as it came."""
     deadline = None if timeout is None else time.monotonic() + timeout
     tried: list[str] = []
     for replica in replicas:
@@ -64,7 +67,8 @@ async def first_answer(replicas: Sequence["Replica"], what: str, path: str, requ
                 raise ShardDown(what, f"did not answer within {timeout:.2f}s", index) from exc
             if exc.code() != grpc.StatusCode.UNAVAILABLE:
                 raise
-            replica.mark(False, f"{path.rsplit('/', 1)[-1]}: UNAVAILABLE: {exc.details()}")
+            if mark_down:
+                replica.mark(False, f"{path.rsplit('/', 1)[-1]}: UNAVAILABLE: {exc.details()}")
             tried.append(f"{replica.address}: {exc.details()}")
     if not tried:
         raise ShardDown(what, "has no healthy replica" if deadline is None or deadline > time.monotonic()
@@ -154,9 +158,11 @@ class Shard:
     def name(self) -> str:
         return f"shard {self.index} ({', '.join(r.address for r in self.replicas)})"
 
-    async def call(self, path: str, request: bytes, timeout: float | None, metadata: Metadata) -> bytes:
+    async def call(self, path: str, request: bytes, timeout: float | None, metadata: Metadata,
+                   mark_down: bool = True) -> bytes:
         """The reply of one replica, with failover (see `first_answer`)."""
-        return await first_answer(self.candidates(), self.name, path, request, timeout, metadata, self.index)
+        return await first_answer(self.candidates(), self.name, path, request, timeout, metadata, self.index,
+                                  mark_down)
 
     async def call_all(self, path: str, request: bytes, timeout: float | None, metadata: Metadata) -> bytes:
         """Sends the call to every replica (each must succeed); returns the first replica's reply.

@@ -17,6 +17,11 @@ position below the token has applied the write.
 
 Deletes win over earlier submissions exactly as in the SQLite store (store.py): `deletions` keeps
 each deleted id's time and an upsert of an image submitted at or before it is skipped.
+
+Thumbnails (made by the workers) live in their own table keyed by image id, as in SQLite: an upsert
+sets or removes the image's thumbnail, a delete removes it. They travel in the feed with their image's
+row (a thumbnail only changes with an upsert, which gives the row a new position), so each replica's
+mirror serves GetThumbnails for its shard.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ CREATE TABLE IF NOT EXISTS deletions (
     deleted_at_ms bigint NOT NULL
 );
 CREATE INDEX IF NOT EXISTS deletions_feed ON deletions (shard, position);
+CREATE TABLE IF NOT EXISTS thumbnails (id text PRIMARY KEY, mime_type text NOT NULL, data bytea NOT NULL);
 INSERT INTO meta(key, value) VALUES ('next_position', '1') ON CONFLICT (key) DO NOTHING;
 """
 
@@ -164,8 +170,9 @@ class PgStore:
                 with conn.transaction():
                     head = int(conn.execute("SELECT value FROM meta WHERE key = 'next_position'").fetchone()[0])
                     images = conn.execute(
-                        "SELECT position, id, label, vector, uri, metadata, fields FROM images"
-                        " WHERE shard = %s AND position >= %s AND position < %s ORDER BY position LIMIT %s",
+                        "SELECT i.position, i.id, i.label, i.vector, i.uri, i.metadata, i.fields, t.data, t.mime_type"
+                        " FROM images i LEFT JOIN thumbnails t ON t.id = i.id"
+                        " WHERE i.shard = %s AND i.position >= %s AND i.position < %s ORDER BY i.position LIMIT %s",
                         (shard.index, after, head, limit)).fetchall()
                     gone = conn.execute(
                         "SELECT position, id FROM deletions WHERE shard = %s AND position >= %s AND position < %s"
@@ -178,7 +185,8 @@ class PgStore:
         if len(gone) == limit:
             upto = min(upto, int(gone[-1][0]) + 1)
         changes = [Change(int(r[0]), r[1], int(r[2]), np.frombuffer(r[3], dtype="<f4").astype(np.float32), r[4],
-                          json.loads(r[5]), typed.from_json(r[6])) for r in images if r[0] < upto]
+                          json.loads(r[5]), typed.from_json(r[6]), bytes(r[7] or b""), r[8] or "")
+                   for r in images if r[0] < upto]
         changes += [Change(int(r[0]), r[1]) for r in gone if r[0] < upto]
         changes.sort(key=lambda c: c.position)
         return Feed(changes, max(upto, after), head)
@@ -207,6 +215,7 @@ class Writer:
             "SELECT id, deleted_at_ms FROM deletions WHERE id = ANY(%s)", (ids,))}
         skipped: list[str] = []
         rows = []
+        thumbnails: dict[str, tuple[bytes, str]] = {}  # id -> (data, MIME type); empty data: none
         for rec in records:
             if rec.submitted_at_ms > 0 and deleted.get(rec.id, -1) >= rec.submitted_at_ms:
                 skipped.append(rec.id)
@@ -218,13 +227,25 @@ class Writer:
             rows.append((rec.id, label, shard_of(rec.id, self.shards), self.position, rec.uri,
                          json.dumps(rec.metadata, sort_keys=True, separators=(",", ":")),
                          typed.to_json(rec.fields), blob, now))
+            thumbnails[rec.id] = (rec.thumbnail, rec.thumbnail_mime_type)
             self.position += 1
         conn.cursor().executemany(
             "INSERT INTO images(id, label, shard, position, uri, metadata, fields, vector, updated_ms)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET label = EXCLUDED.label,"
             " position = EXCLUDED.position, uri = EXCLUDED.uri, metadata = EXCLUDED.metadata,"
             " fields = EXCLUDED.fields, vector = EXCLUDED.vector, updated_ms = EXCLUDED.updated_ms", rows)
+        self._set_thumbnails(thumbnails)
         return skipped
+
+    def _set_thumbnails(self, thumbnails: dict[str, tuple[bytes, str]]) -> None:
+        """Stores each image's thumbnail (the last one given for its id), or removes it when empty."""
+        removed = [i for i, (data, _) in thumbnails.items() if not data]
+        if removed:
+            self.conn.execute("DELETE FROM thumbnails WHERE id = ANY(%s)", (removed,))
+        self.conn.cursor().executemany(
+            "INSERT INTO thumbnails(id, mime_type, data) VALUES (%s, %s, %s) ON CONFLICT (id) DO UPDATE"
+            " SET mime_type = EXCLUDED.mime_type, data = EXCLUDED.data",
+            [(i, mime_type, data) for i, (data, mime_type) in thumbnails.items() if data])
 
     def delete(self, ids: Sequence[str], now_ms: int | None = None) -> list[str]:
         """Deletes images by id, one position per id; returns the ids that existed. Every id's deletion
@@ -234,6 +255,7 @@ class Writer:
         conn = self.conn
         conn.execute("DELETE FROM deletions WHERE deleted_at_ms < %s", (now - DELETION_MEMORY_MS,))
         existed = {r[0] for r in conn.execute("DELETE FROM images WHERE id = ANY(%s) RETURNING id", (unique,))}
+        conn.execute("DELETE FROM thumbnails WHERE id = ANY(%s)", (unique,))
         rows = [(image_id, shard_of(image_id, self.shards), self.position + i, now) for i, image_id in enumerate(unique)]
         conn.cursor().executemany(
             "INSERT INTO deletions(id, shard, position, deleted_at_ms) VALUES (%s, %s, %s, %s)"

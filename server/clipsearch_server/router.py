@@ -7,13 +7,22 @@ several search servers holding the shards of one collection.
   deadline); a shard missing then is left out and the response says so (shards_total,
   shards_answered, partial), unless the request sets forbid_partial: then the call fails with
   UNAVAILABLE as soon as a shard is known missing. An ImageSearch by id searches only the shard that
-  holds the id (the others do not have its vector): partial with several shards.
+  holds the id (the others do not have its vector): partial with several shards. A search with a
+  min_position that a replica has not reached within its --read-wait (UNAVAILABLE) moves on to the
+  next replica without marking the first unhealthy (it is not down, only behind for that request).
 - UpsertVectors and DeleteImages are split by `shard_of(id, N)`; each part goes to the owning shard:
   to every replica (`replica_writes="all"`, each replica has its own SQLite store) or to one
-  (`"one"`, replicas sharing a PostgreSQL store). A part that fails fails the call with the server's
-  code (writes are idempotent: the worker retries the whole call).
-- GetIndexStats sums counts over the shards that answer. IngestService calls go to any one server
-  (they share the Redis queue), forwarded as bytes.
+  (`"one"`, replicas sharing a PostgreSQL store); `"auto"` (the default) asks each shard once, at its
+  first write, for its GetIndexStats.store_kind and picks "one" for "postgresql", else "all". A part
+  that fails fails the call with the server's code (writes are idempotent: the worker retries the whole
+  call). The reply's `position` (read-your-writes token) is the largest of the parts' (positions are
+  global in a shared store, so it covers every part).
+- GetThumbnails is split by owning shard the same way (one replica each), reassembled in request order;
+  ids without a thumbnail are NOT_FOUND unless allow_missing, as on a server. Searches forward
+  include_thumbnails and min_position unchanged (the request travels as bytes).
+- GetIndexStats sums counts over the shards that answer; of the store fields it reports the store kind,
+  the smallest applied position, the largest store position and the largest lag of the replicas asked.
+  IngestService calls go to any one server (they share the Redis queue), forwarded as bytes.
 - The caller's `authorization` header and deadline travel with every call; a server's error comes
   back with its code and message. The router itself checks no token: the servers do.
 """
@@ -78,7 +87,8 @@ class RouterConfig:
     shards: per shard, in shard order, the addresses of its replicas.
     shard_timeout_s: how long each shard has to answer a search or a stats call.
     health_interval_s: seconds between health checks of each replica.
-    replica_writes: "all" (every replica of the owning shard) or "one" (replicas share a store).
+    replica_writes: "all" (every replica of the owning shard), "one" (replicas share a store) or "auto"
+        (by each shard's store kind, asked at its first write).
     upstream: TLS to the servers and the message size limit.
     metrics_port: Prometheus /metrics port (0: off).
     """
@@ -88,7 +98,7 @@ class RouterConfig:
     shards: list[list[str]]
     shard_timeout_s: float = 2.0
     health_interval_s: float = 1.0
-    replica_writes: str = "all"
+    replica_writes: str = "auto"
     upstream: Upstream = Upstream()
     grace_s: float = 10.0
     tls_cert: Path | None = None
@@ -167,6 +177,14 @@ def _budget(context: grpc.aio.ServicerContext, cap: float | None) -> float | Non
     return left if cap is None else min(left, cap)
 
 
+def by_shard(ids: Sequence[str], count: int) -> dict[int, list[int]]:
+    """Positions of the ids in a request, grouped by owning shard (of `count`)."""
+    groups: dict[int, list[int]] = {}
+    for i, image_id in enumerate(ids):
+        groups.setdefault(shard_of(image_id, count), []).append(i)
+    return groups
+
+
 def merge(replies: Sequence[Sequence[types_pb2.SearchResult]], k: int) -> list[types_pb2.SearchResult]:
     """The global top k of the shards' top k lists, in (score desc, id asc) order. Exact: each image is
     in one shard, and each shard returned its own best k."""
@@ -190,7 +208,7 @@ def merge_page(request: Any, kind: str, shard_pages: Sequence[Any]) -> tuple[lis
 
 
 class RouterSearch(search_grpc.SearchServiceServicer):
-    """SearchService: fan out to every shard, merge, say how many shards answered."""
+    """SearchService: fan out to every shard, merge, say how many shards answered; thumbnails by owning shard."""
 
     def __init__(self, cluster: Cluster, shard_timeout_s: float) -> None:
         self._cluster = cluster
@@ -202,7 +220,8 @@ class RouterSearch(search_grpc.SearchServiceServicer):
         missing shard fails the call at once (the other calls are cancelled)."""
         payload, metadata = request.SerializeToString(), _forwarded(context)
         timeout = _budget(context, self._timeout)
-        tasks = [asyncio.create_task(s.call(_SEARCH + method, payload, timeout, metadata)) for s in shards]
+        mark_down = request.min_position == 0  # see cluster.first_answer
+        tasks = [asyncio.create_task(s.call(_SEARCH + method, payload, timeout, metadata, mark_down)) for s in shards]
         replies: list[Any] = []
         missing: list[ShardDown] = []
         try:
@@ -283,6 +302,26 @@ class RouterSearch(search_grpc.SearchServiceServicer):
                 "with the image itself (image or uri)")
         return await self._search("ImageSearch", request, search_pb.ImageSearchResponse, context, [owner])
 
+    @_edge
+    async def GetThumbnails(self, request: search_pb.GetThumbnailsRequest,
+                            context: grpc.aio.ServicerContext) -> search_pb.GetThumbnailsResponse:
+        check.count(len(request.ids), check.MAX_THUMBNAIL_IDS, "ids")
+        ids = [check.image_id(image_id, f"ids[{i}]") for i, image_id in enumerate(request.ids)]
+        metadata, timeout = _forwarded(context), _budget(context, self._timeout)
+        groups = by_shard(ids, self._cluster.count)
+        parts = [search_pb.GetThumbnailsRequest(ids=sorted({ids[i] for i in positions}), allow_missing=True)
+                 for positions in groups.values()]
+        replies = await asyncio.gather(*(
+            self._cluster.shards[index].call(_SEARCH + "GetThumbnails", part.SerializeToString(), timeout, metadata)
+            for index, part in zip(groups, parts)))
+        found = {t.id: t.thumbnail for r in replies for t in search_pb.GetThumbnailsResponse.FromString(r).thumbnails}
+        missing = [image_id for image_id in ids if image_id not in found]
+        if missing and not request.allow_missing:
+            raise check.missing_thumbnails(missing)
+        return search_pb.GetThumbnailsResponse(
+            thumbnails=[search_pb.ImageThumbnail(id=image_id, thumbnail=found[image_id]) for image_id in ids
+                        if image_id in found], not_found=missing)
+
 
 class RouterIndex(index_grpc.IndexServiceServicer):
     """IndexService: writes split by owning shard; statistics summed over the shards."""
@@ -290,14 +329,20 @@ class RouterIndex(index_grpc.IndexServiceServicer):
     def __init__(self, cluster: Cluster, shard_timeout_s: float, replica_writes: str) -> None:
         self._cluster = cluster
         self._timeout = shard_timeout_s
-        self._all = replica_writes == "all"
+        self._replica_writes = replica_writes
+        self._shared_store: dict[int, bool] = {}  # "auto": shard index -> its replicas share a store
 
-    def _by_shard(self, ids: Sequence[str]) -> dict[int, list[int]]:
-        """Positions of the ids in the request, grouped by owning shard."""
-        groups: dict[int, list[int]] = {}
-        for i, image_id in enumerate(ids):
-            groups.setdefault(shard_of(image_id, self._cluster.count), []).append(i)
-        return groups
+    async def _to_every_replica(self, shard: Shard, timeout: float, metadata: Metadata) -> bool:
+        """Whether a write goes to every replica of `shard` (own stores) or to one (a shared store)."""
+        if self._replica_writes != "auto":
+            return self._replica_writes == "all"
+        if shard.index not in self._shared_store:
+            reply = await shard.call(_INDEX + "GetIndexStats", b"", min(timeout, self._timeout), metadata)
+            kind = index_pb.GetIndexStatsResponse.FromString(reply).store_kind
+            self._shared_store[shard.index] = kind == "postgresql"
+            log.info("%s: store %s, writes go to %s replica", shard.name, kind or "sqlite",
+                     "one" if kind == "postgresql" else "every")
+        return not self._shared_store[shard.index]
 
     async def _write(self, method: str, parts: dict[int, bytes], context: grpc.aio.ServicerContext) -> dict[int, bytes]:
         """Sends each shard its part; every part must succeed (the first error is raised)."""
@@ -305,7 +350,7 @@ class RouterIndex(index_grpc.IndexServiceServicer):
 
         async def one(index: int, payload: bytes) -> bytes:
             shard = self._cluster.shards[index]
-            send = shard.call_all if self._all else shard.call
+            send = shard.call_all if await self._to_every_replica(shard, timeout, metadata) else shard.call
             return await send(_INDEX + method, payload, timeout, metadata)
 
         indexes = list(parts)
@@ -320,11 +365,12 @@ class RouterIndex(index_grpc.IndexServiceServicer):
         parts = {
             index: index_pb.UpsertVectorsRequest(model=request.model,
                                                  records=[request.records[i] for i in positions]).SerializeToString()
-            for index, positions in self._by_shard(ids).items()
+            for index, positions in by_shard(ids, self._cluster.count).items()
         }
         replies = await self._write("UpsertVectors", parts, context)
-        upserted = sum(index_pb.UpsertVectorsResponse.FromString(r).upserted for r in replies.values())
-        return index_pb.UpsertVectorsResponse(upserted=upserted)
+        answers = [index_pb.UpsertVectorsResponse.FromString(r) for r in replies.values()]
+        return index_pb.UpsertVectorsResponse(upserted=sum(a.upserted for a in answers),
+                                              position=max(a.position for a in answers))
 
     @_edge
     async def DeleteImages(self, request: index_pb.DeleteImagesRequest,
@@ -332,11 +378,13 @@ class RouterIndex(index_grpc.IndexServiceServicer):
         check.count(len(request.ids), check.MAX_DELETE_IDS, "ids")
         ids = [check.image_id(image_id, f"ids[{i}]") for i, image_id in enumerate(request.ids)]
         parts = {index: index_pb.DeleteImagesRequest(ids=[ids[i] for i in positions]).SerializeToString()
-                 for index, positions in self._by_shard(ids).items()}
+                 for index, positions in by_shard(ids, self._cluster.count).items()}
         replies = await self._write("DeleteImages", parts, context)
-        deleted = {d for r in replies.values() for d in index_pb.DeleteImagesResponse.FromString(r).deleted}
+        answers = [index_pb.DeleteImagesResponse.FromString(r) for r in replies.values()]
+        deleted = {d for a in answers for d in a.deleted}
         return index_pb.DeleteImagesResponse(deleted=[i for i in ids if i in deleted],
-                                             not_found=[i for i in ids if i not in deleted])
+                                             not_found=[i for i in ids if i not in deleted],
+                                             position=max(a.position for a in answers))
 
     @_edge
     async def GetIndexStats(self, request: index_pb.GetIndexStatsRequest,
@@ -365,7 +413,9 @@ class RouterIndex(index_grpc.IndexServiceServicer):
             count=sum(s.count for s in answered), model=first.model, index_type=first.index_type,
             hnsw_m=first.hnsw_m, ef_construction=first.ef_construction, ef_search=first.ef_search,
             stale_entries=sum(s.stale_entries for s in answered), shard_index=0, shard_count=len(shards),
-            shards_answered=len(answered))
+            shards_answered=len(answered), store_kind=first.store_kind,
+            applied_position=min(s.applied_position for s in answered),
+            store_position=max(s.store_position for s in answered), lag_ms=max(s.lag_ms for s in answered))
 
 
 def _ingest_handler(cluster: Cluster) -> grpc.GenericRpcHandler:

@@ -30,7 +30,7 @@ from . import fields as typed
 from . import search_api
 from . import validation as check
 from .engine import Engine, EngineSlot
-from .errors import InvalidArgument, NotFound, ResourceExhausted, status_for
+from .errors import InvalidArgument, ResourceExhausted, status_for
 from .query import Page
 from .ingest import Ingestor, QueuedImage
 from .kinds import IndexReport
@@ -137,10 +137,7 @@ class SearchServicer(search_grpc.SearchServiceServicer):
         found = await self._slot.get().thumbnails(ids)
         missing = [image_id for image_id in ids if image_id not in found]
         if missing and not request.allow_missing:
-            shown = ", ".join(repr(m) for m in missing[:10]) + (f" and {len(missing) - 10} more"
-                                                                  if len(missing) > 10 else "")
-            raise NotFound(f"no thumbnail for {shown}: unknown or deleted ids, or images indexed with thumbnails "
-                           "turned off (set allow_missing to get the others)")
+            raise check.missing_thumbnails(missing)
         return search_pb.GetThumbnailsResponse(
             thumbnails=[search_pb.ImageThumbnail(id=image_id, thumbnail=types_pb2.Thumbnail(
                 data=found[image_id][0], mime_type=found[image_id][1])) for image_id in ids if image_id in found],

@@ -109,6 +109,8 @@ class Change:
     uri: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     fields: typed.Fields = field(default_factory=dict)
+    thumbnail: bytes = b""  # the image's thumbnail as written with it; empty = none (removes the mirror's)
+    thumbnail_mime_type: str = ""
 
 
 class ImageStore(Protocol):
@@ -335,6 +337,7 @@ class Store:
                     old = None if row is None else int(row[0])
                     if old is not None:
                         conn.execute("DELETE FROM fields WHERE label = ?", (old,))
+                    self._set_thumbnail(conn, change.id, change.thumbnail, change.thumbnail_mime_type)
                     if change.vector is None:
                         if old is not None:
                             conn.execute("DELETE FROM images WHERE id = ?", (change.id,))

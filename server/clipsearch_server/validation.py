@@ -7,13 +7,13 @@ field, the value's problem and the limit, so a caller can fix the request.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from clipsearch_core.images import is_supported_uri
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, NotFound
 
 __all__ = [
     "MAX_ID_CHARS",
@@ -26,6 +26,7 @@ __all__ = [
     "request_id",
     "k",
     "metadata",
+    "missing_thumbnails",
     "text",
     "uri",
     "vector",
@@ -165,6 +166,13 @@ def thumbnail(data: bytes, mime_type: str, field: str) -> tuple[bytes, str]:
     if mime_type not in THUMBNAIL_MIME_TYPES:
         raise InvalidArgument(f"{field}.mime_type is {mime_type!r}; use one of {', '.join(THUMBNAIL_MIME_TYPES)}")
     return data, mime_type
+
+
+def missing_thumbnails(missing: Sequence[str]) -> NotFound:
+    """The NOT_FOUND of a GetThumbnails naming (the first 10 of) the ids without a thumbnail."""
+    shown = ", ".join(repr(m) for m in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+    return NotFound(f"no thumbnail for {shown}: unknown or deleted ids, or images indexed with thumbnails turned off "
+                    "(set allow_missing to get the others)")
 
 
 def k_with_thumbnails(value: int, include_thumbnails: bool) -> int:

@@ -95,6 +95,8 @@ class SearchServiceServicer:
         All or nothing, like a batch get: NOT_FOUND naming the ids that have no thumbnail (unknown or
         deleted ids, or images indexed with thumbnails turned off) unless allow_missing is set.
         Errors: INVALID_ARGUMENT for no ids, more than 100 ids, or an invalid id; NOT_FOUND as above.
+        Through a router: each id is asked of the shard holding it; UNAVAILABLE when such a shard does not
+        answer within the router's per-shard deadline (no partial answer).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
