@@ -36,6 +36,7 @@ from clipsearch_core import jobqueue
 from clipsearch_core.model import load_encoder
 
 from . import index as index_module
+from . import program
 from .collection import Collection
 from .config import ServerConfig
 from .engine import Engine, EngineSlot
@@ -251,12 +252,9 @@ async def serve(config: ServerConfig) -> None:
     """Runs the server until SIGINT or SIGTERM, then drains gracefully."""
     running = await create_server(config)
     print(f"clipsearch server listening on port {running.port} (loading)", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = program.stop_signals()
     if running.tokens is not None:
-        loop.add_signal_handler(signal.SIGHUP, running.tokens.reload)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, running.tokens.reload)
     loader = running._tasks[0]
     await asyncio.wait([loader, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     if loader.done() and loader.exception() is not None:

@@ -30,12 +30,8 @@ several search servers holding the shards of one collection.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import signal
 import sys
-import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
@@ -52,15 +48,15 @@ from clipsearch.v1 import (
     search_service_pb2_grpc as search_grpc,
     types_pb2,
 )
-from clipsearch_core import pages, settings
-from clipsearch_core.errors import ServiceError
-from clipsearch_core.logs import setup_logging
+from clipsearch_core import pages
 from clipsearch_core.shards import shard_of
 
+from . import program
 from . import validation as check
+from .boundary import boundary
 from .cluster import Cluster, Metadata, Shard, ShardDown, Upstream, parse_shards
-from .errors import FailedPrecondition, InvalidArgument, Unavailable, status_for
-from .metrics import PARTIAL, RPC_LATENCY, RPCS, serve_metrics
+from .errors import FailedPrecondition, InvalidArgument, Unavailable
+from .metrics import PARTIAL, serve_metrics
 from .security import server_credentials
 
 __all__ = ["RouterConfig", "RunningRouter", "create_router", "main", "serve"]
@@ -122,46 +118,22 @@ class RouterConfig:
         )
 
 
-def _edge(method: Callable[..., Awaitable[Resp]]) -> Callable[..., Awaitable[Resp]]:
-    """The router's API boundary: a server's error goes back with its code, message and trailing
-    metadata (e.g. retry-after-ms); a missing shard is UNAVAILABLE; domain errors map through
-    errors.status_for; anything else is INTERNAL with a logged request id. Counts and times every call
-    by method and code (the server's metrics)."""
-    name = method.__name__
+def _upstream(exc: Exception, context: grpc.aio.ServicerContext) -> tuple[grpc.StatusCode, str] | None:
+    """The router's own errors: a server's error goes back with its code, message and retry-after-ms; a
+    missing shard is UNAVAILABLE."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        trailing = [(k, v) for k, v in (exc.trailing_metadata() or ()) if k == "retry-after-ms"]
+        if trailing:
+            context.set_trailing_metadata(tuple(trailing))
+        return exc.code(), exc.details() or ""
+    if isinstance(exc, ShardDown):
+        return grpc.StatusCode.UNAVAILABLE, f"{exc}; retry"
+    return None
 
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Resp:
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
-            return await method(self, request, context)
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED  # the caller cancelled or its deadline passed
-            raise
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            trailing = [(k, v) for k, v in (exc.trailing_metadata() or ()) if k == "retry-after-ms"]
-            if trailing:
-                context.set_trailing_metadata(tuple(trailing))
-            await context.abort(code, exc.details() or "")
-        except ShardDown as exc:
-            code = grpc.StatusCode.UNAVAILABLE
-            await context.abort(code, f"{exc}; retry")
-        except Exception as exc:  # noqa: BLE001 - this is the boundary
-            known = status_for(exc)
-            if known is not None:
-                code = known
-                await context.abort(code, str(exc))
-            code = grpc.StatusCode.INTERNAL
-            request_id = uuid.uuid4().hex[:16]
-            log.exception("internal error in %s (request id %s)", name, request_id)
-            await context.abort(code, f"internal error (request id {request_id})")
-        finally:
-            RPCS.labels(name, code.name).inc()
-            RPC_LATENCY.labels(name, code.name).observe(time.perf_counter() - started)
-        raise AssertionError("unreachable")
 
-    return wrapper
+# The router's API boundary: upstream errors as above, domain errors through errors.status_for, anything
+# else INTERNAL with a logged request id; every call counted and timed (boundary.py).
+_edge = boundary(_upstream)
 
 
 def _forwarded(context: grpc.aio.ServicerContext) -> Metadata:
@@ -513,27 +485,15 @@ async def serve(config: RouterConfig) -> None:
     log.info("routing on port %d to %d shard(s): %s", running.port, len(config.shards),
              " | ".join(",".join(s) for s in config.shards))
     print(f"clipsearch router listening on port {running.port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await program.stop_signals().wait()
     log.info("shutting down (grace %.1fs)", config.grace_s)
     await running.stop(config.grace_s)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = settings.parse("router", argv, "clipsearch router",
-                          "Route searches and writes to the search servers holding the shards of one collection.")
-    setup_logging(args.log_level, args.log_format)
-    try:
-        asyncio.run(serve(RouterConfig.from_args(args)))
-    except (ServiceError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return program.main("router", argv, "clipsearch router",
+                        "Route searches and writes to the search servers holding the shards of one collection.",
+                        lambda args: serve(RouterConfig.from_args(args)))
 
 
 if __name__ == "__main__":

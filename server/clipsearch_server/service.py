@@ -8,11 +8,7 @@ boundary where exceptions become gRPC statuses (through `errors.status_for`).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import time
-import uuid
-from typing import Any, Awaitable, Callable, TypeVar
 
 import grpc
 
@@ -29,55 +25,19 @@ from clipsearch.v1 import (
 from . import fields as typed
 from . import search_api
 from . import validation as check
+from .boundary import boundary
 from .engine import Engine, EngineSlot
-from .errors import InvalidArgument, ResourceExhausted, status_for
+from .errors import InvalidArgument
 from .query import Page
 from .ingest import Ingestor, QueuedImage
 from .kinds import IndexReport
-from .metrics import RPC_LATENCY, RPCS
 from .store import ImageRecord
 
 __all__ = ["IndexServicer", "IngestServicer", "SearchServicer"]
 
 log = logging.getLogger(__name__)
 
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
-Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
-
-
-def _rpc(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """The API boundary of every handler: maps exceptions to gRPC statuses (unexpected ones become
-    INTERNAL with a request id that is logged with the traceback), and records count and latency
-    by method and status."""
-    name = method.__name__
-
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
-            return await method(self, request, context)
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED  # the caller cancelled or its deadline passed
-            raise
-        except Exception as exc:  # noqa: BLE001 - this is the boundary
-            known = status_for(exc)
-            if known is not None:
-                code = known
-                if isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
-                    context.set_trailing_metadata((("retry-after-ms", str(int(exc.retry_after_s * 1000))),))
-                await context.abort(code, str(exc))
-            code = grpc.StatusCode.INTERNAL
-            request_id = uuid.uuid4().hex[:16]
-            log.exception("internal error in %s (request id %s)", name, request_id)
-            await context.abort(code, f"internal error (request id {request_id})")
-        finally:
-            RPCS.labels(name, code.name).inc()
-            RPC_LATENCY.labels(name, code.name).observe(time.perf_counter() - started)
-        raise AssertionError("unreachable")
-
-    return wrapper
+_rpc = boundary()  # every handler's API boundary: statuses, request ids for internal errors, metrics
 
 
 async def _results(engine: Engine, page: Page, include_thumbnails: bool) -> list[types_pb2.SearchResult]:
