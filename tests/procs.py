@@ -9,9 +9,10 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -146,6 +147,23 @@ class Stack:
     def start_worker(self, server: str, extra: list[str] | None = None, name: str = "worker") -> Proc:
         cmd = [sys.executable, "-m", "clipsearch_worker", *self.common(), "--server", server, *(extra or [])]
         return spawn(name, cmd, self.log_dir, self.extra_env)
+
+
+@contextmanager
+def server_and_worker(stack: Stack, data_dir: Path, worker_args: list[str] | None = None) -> Iterator[tuple[str, list[Proc]]]:
+    """A server and one ready worker (batches of 16 unless `worker_args` says otherwise); yields the
+    server's address and the list of started processes (append more to it: all are stopped at the end)."""
+    started: list[Proc] = []
+    try:
+        server, address = stack.start_server(data_dir)
+        started.append(server)
+        worker = stack.start_worker(address, worker_args or ["--batch-size", "16"])
+        started.append(worker)
+        wait_for(lambda: "ready" in worker.output(), 120, worker.name, worker.popen)
+        yield address, started
+    finally:
+        for proc in reversed(started):
+            proc.stop(timeout=15)
 
 
 def start_router(stack: Stack, shards: list[str], extra: list[str] | None = None,

@@ -21,7 +21,7 @@ from clipsearch.v1 import (index_service_pb2, index_service_pb2_grpc, search_ser
                            search_service_pb2_grpc, types_pb2)
 from clipsearch.v1.types_pb2 import Filter, Match, Range, StringList
 from tests.data import synthetic_inputs, wait_until
-from tests.procs import Proc, Stack, channel_for, wait_for
+from tests.procs import Stack, channel_for, server_and_worker
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -39,13 +39,7 @@ def deployed(tiny_model: str, redis_url: str, tmp_path_factory: pytest.TempPathF
     (3 groups of 3, field dup=yes) written through UpsertVectors."""
     tmp = tmp_path_factory.mktemp("batch")
     stack = Stack(model=tiny_model, redis_url=redis_url, log_dir=tmp / "logs", prefix="batch")
-    started: list[Proc] = []
-    try:
-        server, address = stack.start_server(tmp / "data")
-        started.append(server)
-        worker = stack.start_worker(address, ["--batch-size", "16"])
-        started.append(worker)
-        wait_for(lambda: "ready" in worker.output(), 120, worker.name, worker.popen)
+    with server_and_worker(stack, tmp / "data") as (address, started):
         client = Client(address, timeout=30)
         inputs = [ImageInput(image=b.image, uri=b.uri, id=b.id, metadata=b.metadata, fields={"n": n})
                   for n, b in enumerate(synthetic_inputs(2, seed=5))]
@@ -65,9 +59,6 @@ def deployed(tiny_model: str, redis_url: str, tmp_path_factory: pytest.TempPathF
             model=types_pb2.ModelInfo(name=stats.model, dim=stats.dim), records=records), timeout=10)
         yield Deployed(client, address, len(inputs) + len(records))
         client.close()
-    finally:
-        for proc in reversed(started):
-            proc.stop(timeout=15)
 
 
 def key(results: list[SearchResult]) -> list[tuple[str, float]]:

@@ -19,7 +19,7 @@ from clipsearch import Client, ImageInput, InvalidArgumentError
 from clipsearch.v1 import index_service_pb2, index_service_pb2_grpc, types_pb2
 from clipsearch_server.store import ImageRecord, Store
 from tests.data import synthetic_inputs, wait_until
-from tests.procs import Proc, Stack, channel_for, wait_for
+from tests.procs import Stack, channel_for, server_and_worker
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -35,13 +35,7 @@ class Deployed:
 def deployed(tiny_model: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     tmp = tmp_path_factory.mktemp("fields")
     stack = Stack(model=tiny_model, redis_url=redis_url, log_dir=tmp / "logs", prefix="fields")
-    started: list[Proc] = []
-    try:
-        server, address = stack.start_server(tmp / "data")
-        started.append(server)
-        worker = stack.start_worker(address, ["--batch-size", "16"])
-        started.append(worker)
-        wait_for(lambda: "ready" in worker.output(), 120, worker.name, worker.popen)
+    with server_and_worker(stack, tmp / "data") as (address, started):
         client = Client(address, timeout=30)
         inputs = []
         for n, base in enumerate(synthetic_inputs(2, seed=5)):  # 48 images
@@ -54,9 +48,6 @@ def deployed(tiny_model: str, redis_url: str, tmp_path_factory: pytest.TempPathF
         assert progress.indexed == len(inputs), progress
         yield Deployed(client, address, client.stats().model)
         client.close()
-    finally:
-        for proc in reversed(started):
-            proc.stop(timeout=15)
 
 
 def test_typed_fields_come_back_with_results(deployed: Deployed) -> None:

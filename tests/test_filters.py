@@ -4,7 +4,6 @@ selectivity, through both plans (exact scan and graph with a selector), with tom
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import Callable
 

@@ -21,7 +21,7 @@ from clipsearch_core import jobqueue
 from clipsearch_worker.thumbs import ThumbnailSpec, make_thumbnail
 from tests.data import submit_all, synthetic_inputs, wait_until
 from tests.photos import photo_jpeg
-from tests.procs import Proc, Stack, wait_for
+from tests.procs import Stack, server_and_worker, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -37,22 +37,13 @@ class Deployed:
 def deployed(tiny_model: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     tmp = tmp_path_factory.mktemp("thumbs")
     stack = Stack(model=tiny_model, redis_url=redis_url, log_dir=tmp / "logs", prefix="thumbs")
-    started: list[Proc] = []
-    try:
-        server, address = stack.start_server(tmp / "data")
-        started.append(server)
-        worker = stack.start_worker(address, ["--batch-size", "16"])
-        started.append(worker)
-        wait_for(lambda: "ready" in worker.output(), 120, "worker", worker.popen)
+    with server_and_worker(stack, tmp / "data") as (address, started):
         client = Client(address, timeout=30)
         small = synthetic_inputs(1, seed=5)  # 24 images of 64 x 64
         photos = [ImageInput(image=photo_jpeg(n), uri=f"/photos/{n}.jpg", id=f"photo-{n}") for n in range(PHOTOS)]
         wait_until(client, submit_all(client, small + photos), 120)
         yield Deployed(client, address, small)
         client.close()
-    finally:
-        for proc in reversed(started):
-            proc.stop(timeout=15)
 
 
 def _decoded(data: bytes) -> Image.Image:

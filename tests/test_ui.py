@@ -20,7 +20,7 @@ import pytest
 
 from clipsearch import Client, ImageInput
 from tests.data import png_bytes, submit_all, synthetic_inputs, wait_until
-from tests.procs import Proc, Stack, free_port, spawn, wait_for
+from tests.procs import Proc, Stack, free_port, spawn, wait_for, server_and_worker
 from tests.tinyclip.synthetic import make_image
 
 pytestmark = pytest.mark.timeout(300)
@@ -74,13 +74,7 @@ def page(tiny_model: str, redis_url: str, tmp_path_factory: pytest.TempPathFacto
     tmp = tmp_path_factory.mktemp("ui")
     stack = Stack(model=tiny_model, redis_url=redis_url, log_dir=tmp / "logs", prefix="ui",
                   extra_env={"CLIPSEARCH_AUTH_TOKEN": TOKEN})
-    started: list[Proc] = []
-    try:
-        server, address = stack.start_server(tmp / "data")
-        started.append(server)
-        worker = stack.start_worker(address, ["--batch-size", "16"])
-        started.append(worker)
-        wait_for(lambda: "ready" in worker.output(), 120, "worker", worker.popen)
+    with server_and_worker(stack, tmp / "data") as (address, started):
         hostile = ImageInput(image=png_bytes(make_image("green", "star", random.Random(3))), id="hostile",
                              uri="/x/<img src=x onerror=window.pwned=2>.png", metadata={"kind": "xss", "note": HOSTILE})
         inputs = synthetic_inputs(1, seed=9) + [hostile]
@@ -93,9 +87,6 @@ def page(tiny_model: str, redis_url: str, tmp_path_factory: pytest.TempPathFacto
         tokenless, tokenless_url = _start_ui(address, tmp / "logs", token="")
         started.append(tokenless)
         yield Page(url, dead_url, tokenless_url)
-    finally:
-        for proc in reversed(started):
-            proc.stop(timeout=15)
 
 
 def test_page_escapes_a_hostile_query(page: Page) -> None:

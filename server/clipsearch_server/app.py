@@ -21,8 +21,7 @@ import signal
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2
 
 from clipsearch.v1 import (
     index_service_pb2,
@@ -46,7 +45,7 @@ from .pgstore import PgStore
 from .replication import Replica
 from .snapshot_share import SnapshotShare, share_for
 from .store import Store
-from .security import BearerTokenInterceptor, server_credentials
+from .security import BearerTokenInterceptor
 from .tokens import TokenStore
 from .service import IndexServicer, IngestServicer, SearchServicer
 
@@ -205,19 +204,8 @@ async def create_server(config: ServerConfig) -> RunningServer:
         IngestServicer(ingestor, config.image_limits.max_bytes), server
     )
     index_service_pb2_grpc.add_IndexServiceServicer_to_server(IndexServicer(slot), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
-    address = f"{config.host}:{config.port}"
-    if config.tls_cert and config.tls_key:
-        port = server.add_secure_port(address, server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca))
-    else:
-        port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot listen on {address}")
+    port, health_servicer = program.listen(server, SERVICE_NAMES, config.host, config.port, config.tls_cert,
+                                           config.tls_key, config.tls_client_ca)
     if config.metrics_port:
         keys = jobqueue.Keys(config.redis_prefix)
         serve_metrics(config.metrics_port, [lambda: _index_gauges(slot), lambda: _queue_gauges(ingestor.redis, keys)])

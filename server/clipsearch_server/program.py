@@ -1,9 +1,10 @@
-"""How the server and the router run as programs: options, logging, signals, and exit codes.
+"""How the server and the router run as programs: options, logging, signals, exit codes, and listening.
 
 `main` parses a role's declared options (clipsearch_core.settings), sets up logging and runs the
 program's `serve` coroutine; a start-up error (a ServiceError such as a refused configuration, or an
 OSError such as a port in use) prints `error: ...` and exits 2, Ctrl-C exits 130. `stop_signals`
 returns the event that SIGINT and SIGTERM set, which `serve` waits on before a graceful stop.
+`listen` adds the health service and reflection to a gRPC server and binds its port (TLS when given).
 """
 
 from __future__ import annotations
@@ -12,13 +13,20 @@ import argparse
 import asyncio
 import signal
 import sys
+from pathlib import Path
 from typing import Awaitable, Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from clipsearch_core import settings
 from clipsearch_core.errors import ServiceError
 from clipsearch_core.logs import setup_logging
 
-__all__ = ["main", "stop_signals"]
+from .security import server_credentials
+
+__all__ = ["listen", "main", "stop_signals"]
 
 
 def main(role: str, argv: Sequence[str] | None, prog: str, description: str,
@@ -43,3 +51,22 @@ def stop_signals() -> asyncio.Event:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     return stop
+
+
+def listen(server: grpc.aio.Server, services: Sequence[str], host: str, port: int, tls_cert: Path | None = None,
+           tls_key: Path | None = None, tls_client_ca: Path | None = None) -> tuple[int, health.HealthServicer]:
+    """Adds the health service and reflection (of `services` and those two) to `server` and binds
+    host:port, with TLS when a certificate and key are given; returns the bound port and the health
+    servicer. OSError when the port cannot be bound."""
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    address = f"{host}:{port}"
+    if tls_cert and tls_key:
+        bound = server.add_secure_port(address, server_credentials(tls_cert, tls_key, tls_client_ca))
+    else:
+        bound = server.add_insecure_port(address)
+    if bound == 0:
+        raise OSError(f"cannot listen on {address}")
+    return bound, health_servicer

@@ -37,8 +37,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2
 
 from clipsearch.v1 import (
     index_service_pb2 as index_pb,
@@ -57,7 +56,6 @@ from .boundary import boundary
 from .cluster import Cluster, Metadata, Shard, ShardDown, Upstream, parse_shards
 from .errors import FailedPrecondition, InvalidArgument, Unavailable
 from .metrics import PARTIAL, serve_metrics
-from .security import server_credentials
 
 __all__ = ["RouterConfig", "RunningRouter", "create_router", "main", "serve"]
 
@@ -459,17 +457,8 @@ async def create_router(config: RouterConfig) -> RunningRouter:
     index_grpc.add_IndexServiceServicer_to_server(
         RouterIndex(cluster, config.shard_timeout_s, config.replica_writes), server)
     server.add_generic_rpc_handlers((_ingest_handler(cluster),))
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*_SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
-    address = f"{config.host}:{config.port}"
-    if config.tls_cert and config.tls_key:
-        port = server.add_secure_port(address, server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca))
-    else:
-        port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot listen on {address}")
+    port, health_servicer = program.listen(server, _SERVICES, config.host, config.port, config.tls_cert,
+                                           config.tls_key, config.tls_client_ca)
     if config.metrics_port:
         serve_metrics(config.metrics_port, [lambda: _health_gauges(cluster)])
     running = RunningRouter(server, port, cluster, health_servicer, None)  # type: ignore[arg-type]
