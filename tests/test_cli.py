@@ -63,6 +63,9 @@ def test_up_index_search_stats(tiny_model: str, tmp_path: Path) -> None:
         stats = json.loads(cli("stats", "--json", server=address).stdout)
         assert stats["count"] == len(expected) and stats["dim"] > 0 and stats["model"].startswith("local-dir:")
         assert (stats["pending"], stats["indexed"], stats["failed"]) == (0, len(expected), 0)
+        assert (stats["index_kind"], stats["training"], stats["store"], stats["shard"]) == (
+            "hnsw", "not-needed", "sqlite", "0/1")
+        assert stats["memory_bytes"] > 0 and stats["bytes_per_vector"] > 0 and stats["index_spec"].startswith("HNSW")
 
         # Re-indexing the same files is an upsert: the count does not grow.
         again = cli("index", str(images), server=address)

@@ -376,6 +376,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
         "count": s.count, "model": s.model, "dim": s.dim, "index_type": s.index_type,
         "hnsw_m": s.hnsw_m, "ef_construction": s.ef_construction, "ef_search": s.ef_search,
         "stale_entries": s.stale_entries,
+        "index_kind": s.index_kind, "index_spec": s.index_spec, "training": s.training,
+        "memory_bytes": s.memory_bytes, "bytes_per_vector": round(s.bytes_per_vector, 1), "disk_bytes": s.disk_bytes,
+        "store": s.store_kind, "shard": f"{s.shard_index}/{s.shard_count}",
         "submitted": p.submitted, "pending": p.pending, "indexed": p.indexed, "failed": p.failed,
     }
     if args.json:

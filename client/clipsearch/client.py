@@ -171,8 +171,11 @@ def _queue_status() -> _Call[QueueStatus]:
 
 def _stats() -> _Call[IndexStats]:
     def parse(s: Any) -> IndexStats:
+        training = index_pb.IndexTraining.Name(s.training).removeprefix("INDEX_TRAINING_").lower().replace("_", "-")
         return IndexStats(s.count, s.model.name, s.model.dim, s.index_type, s.hnsw_m, s.ef_construction,
-                          s.ef_search, s.stale_entries, s.store_kind, s.applied_position, s.store_position, s.lag_ms)
+                          s.ef_search, s.stale_entries, s.store_kind, s.applied_position, s.store_position, s.lag_ms,
+                          s.index_kind, s.index_spec, "" if training == "unspecified" else training, s.memory_bytes,
+                          s.bytes_per_vector, s.disk_bytes, s.shard_index, s.shard_count or 1, s.shards_answered)
 
     return _Call("index", "GetIndexStats", index_pb.GetIndexStatsRequest(), parse)
 

@@ -162,6 +162,19 @@ class IndexStats:
     applied_position: int = 0
     store_position: int = 0
     lag_ms: int = 0
+    # The index kind the collection was created with (--index), the faiss spec serving now, its training
+    # state ("not-needed", "waiting-for-data", "training", "trained"), and its measured RAM (bytes, and
+    # per vector) and bytes of exact vectors on disk.
+    index_kind: str = ""
+    index_spec: str = ""
+    training: str = ""
+    memory_bytes: int = 0
+    bytes_per_vector: float = 0.0
+    disk_bytes: int = 0
+    # This server's shard I of N (through a router: N, and how many shards answered).
+    shard_index: int = 0
+    shard_count: int = 1
+    shards_answered: int = 0
 
 
 @dataclass(frozen=True)
