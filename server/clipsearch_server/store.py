@@ -30,6 +30,7 @@ import json
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
@@ -61,6 +62,18 @@ CREATE TABLE IF NOT EXISTS deletions (id TEXT PRIMARY KEY, deleted_at_ms INTEGER
 CREATE TABLE IF NOT EXISTS thumbnails (id TEXT PRIMARY KEY, mime_type TEXT NOT NULL, data BLOB NOT NULL);
 """
 
+
+
+@contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction: BEGIN IMMEDIATE, then COMMIT, or ROLLBACK on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 @dataclass(frozen=True)
 class ImageRecord:
@@ -152,18 +165,13 @@ class Store:
         columns = [r[1] for r in conn.execute("PRAGMA table_info(images)")]
         if not columns or "fields" in columns:
             return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(conn):
             conn.execute("ALTER TABLE images ADD COLUMN fields TEXT NOT NULL DEFAULT '{}'")
             conn.execute("CREATE TABLE IF NOT EXISTS fields"
                          " (label INTEGER NOT NULL, key TEXT NOT NULL, type INTEGER NOT NULL, value)")
             for label, meta in conn.execute("SELECT label, metadata FROM images").fetchall():
                 conn.executemany("INSERT INTO fields(label, key, type, value) VALUES (?, ?, ?, ?)",
                                  [(label, k, typed.T_STRING, v) for k, v in json.loads(meta).items()])
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -192,9 +200,7 @@ class Store:
         skipped: list[str] = []
         now = int(time.time() * 1000)
         with self._write_lock:
-            conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(self._conn()) as conn:
                 next_label = int(self._meta_in_txn(conn, "next_label") or 0)
                 for rec in records:
                     if rec.submitted_at_ms > 0:
@@ -230,10 +236,6 @@ class Store:
                 conn.execute(
                     "INSERT OR REPLACE INTO meta(key, value) VALUES ('next_label', ?)", (str(next_label),)
                 )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
         return UpsertResult(added, stale, skipped)
 
     @staticmethod
@@ -303,9 +305,7 @@ class Store:
         removed: list[tuple[str, int]] = []
         now = int(time.time() * 1000) if now_ms is None else now_ms
         with self._write_lock:
-            conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(self._conn()) as conn:
                 conn.execute("DELETE FROM deletions WHERE deleted_at_ms < ?", (now - DELETION_MEMORY_MS,))
                 for image_id in ids:
                     conn.execute("INSERT OR REPLACE INTO deletions(id, deleted_at_ms) VALUES (?, ?)", (image_id, now))
@@ -314,10 +314,6 @@ class Store:
                     if row is not None:
                         conn.execute("DELETE FROM fields WHERE label = ?", (int(row[0]),))
                         removed.append((image_id, int(row[0])))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
         return removed
 
     def apply(self, changes: Sequence[Change], position: int) -> UpsertResult:
@@ -328,9 +324,7 @@ class Store:
         gone: list[int] = []
         now = int(time.time() * 1000)
         with self._write_lock:
-            conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(self._conn()) as conn:
                 next_label = int(self._meta_in_txn(conn, "next_label") or 0)
                 for change in changes:
                     row = conn.execute("SELECT label FROM images WHERE id = ?", (change.id,)).fetchone()
@@ -358,10 +352,6 @@ class Store:
                         next_label = max(next_label, change.label + 1)
                 conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
                                  [("next_label", str(next_label)), ("applied_position", str(position))])
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
         return UpsertResult(added, gone, [])
 
     def applied_position(self) -> int:
