@@ -178,20 +178,7 @@ async def create_server(config: ServerConfig) -> RunningServer:
         jobqueue.connect(config.redis_url), jobqueue.Keys(config.redis_prefix), config.max_queue_jobs, config.max_queue_bytes
     )
 
-    options = [
-        ("grpc.max_receive_message_length", config.max_message_bytes),
-        ("grpc.max_send_message_length", config.max_message_bytes),
-        # Keepalive that survives load balancers: ping idle connections, accept client pings every
-        # 20 s (clients ping every 30 s), and recycle connections every 30 min so that new server
-        # replicas get traffic, letting running calls finish for 30 s.
-        ("grpc.keepalive_time_ms", 60_000),
-        ("grpc.keepalive_timeout_ms", 20_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
-        ("grpc.http2.max_ping_strikes", 5),
-        ("grpc.max_connection_age_ms", 30 * 60_000),
-        ("grpc.max_connection_age_grace_ms", 30_000),
-    ]
+    options = program.server_options(config.max_message_bytes)
     interceptors = []
     tokens = None
     if config.auth_token or config.tokens_file:

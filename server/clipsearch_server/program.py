@@ -26,7 +26,7 @@ from clipsearch_core.logs import setup_logging
 
 from .security import server_credentials
 
-__all__ = ["listen", "main", "stop_signals"]
+__all__ = ["listen", "main", "server_options", "stop_signals"]
 
 
 def main(role: str, argv: Sequence[str] | None, prog: str, description: str,
@@ -51,6 +51,23 @@ def stop_signals() -> asyncio.Event:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     return stop
+
+
+def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """gRPC server options: message size limits, and keepalive that survives load balancers (ping idle
+    connections, accept client pings every 20 s, as clients ping every 30 s) with connections recycled
+    every 30 min so that new replicas get traffic, letting running calls finish for 30 s."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+        ("grpc.http2.max_ping_strikes", 5),
+        ("grpc.max_connection_age_ms", 30 * 60_000),
+        ("grpc.max_connection_age_grace_ms", 30_000),
+    ]
 
 
 def listen(server: grpc.aio.Server, services: Sequence[str], host: str, port: int, tls_cert: Path | None = None,

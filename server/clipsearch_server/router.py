@@ -441,18 +441,7 @@ async def create_router(config: RouterConfig) -> RunningRouter:
     """Binds the port and starts routing. Health: NOT_SERVING until the first round of replica checks,
     then SERVING while some replica is healthy (a router with some shards down still answers, partially)."""
     cluster = Cluster(config.shards, config.upstream, config.health_interval_s, config.shard_timeout_s)
-    options = [
-        ("grpc.max_receive_message_length", config.upstream.max_message_bytes),
-        ("grpc.max_send_message_length", config.upstream.max_message_bytes),
-        ("grpc.keepalive_time_ms", 60_000),
-        ("grpc.keepalive_timeout_ms", 20_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
-        ("grpc.http2.max_ping_strikes", 5),
-        ("grpc.max_connection_age_ms", 30 * 60_000),
-        ("grpc.max_connection_age_grace_ms", 30_000),
-    ]
-    server = grpc.aio.server(options=options)
+    server = grpc.aio.server(options=program.server_options(config.upstream.max_message_bytes))
     search_grpc.add_SearchServiceServicer_to_server(RouterSearch(cluster, config.shard_timeout_s), server)
     index_grpc.add_IndexServiceServicer_to_server(
         RouterIndex(cluster, config.shard_timeout_s, config.replica_writes), server)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import grpc
 
@@ -55,27 +56,27 @@ class SearchServicer(search_grpc.SearchServiceServicer):
     def __init__(self, slot: EngineSlot) -> None:
         self._slot = slot
 
+    async def _one(self, request: Any, kind: str | None) -> tuple[list[types_pb2.SearchResult], str]:
+        """A TextSearch or ImageSearch (query oneof `kind`): its page of results and next page token."""
+        engine = self._slot.get()
+        check.k_with_thumbnails(request.k, request.include_thumbnails)
+        await engine.wait_position(check.min_position(request.min_position))
+        page, = await engine.search([await search_api.build(engine, request, kind)])
+        return await _results(engine, page, request.include_thumbnails), page.next_page_token
+
     @_rpc
     async def TextSearch(
         self, request: search_pb.TextSearchRequest, context: grpc.aio.ServicerContext
     ) -> search_pb.TextSearchResponse:
-        engine = self._slot.get()
-        check.k_with_thumbnails(request.k, request.include_thumbnails)
-        await engine.wait_position(check.min_position(request.min_position))
-        page, = await engine.search([await search_api.build(engine, request, "text")])
-        return search_pb.TextSearchResponse(results=await _results(engine, page, request.include_thumbnails),
-                                            next_page_token=page.next_page_token)
+        results, token = await self._one(request, "text")
+        return search_pb.TextSearchResponse(results=results, next_page_token=token)
 
     @_rpc
     async def ImageSearch(
         self, request: search_pb.ImageSearchRequest, context: grpc.aio.ServicerContext
     ) -> search_pb.ImageSearchResponse:
-        engine = self._slot.get()
-        check.k_with_thumbnails(request.k, request.include_thumbnails)
-        await engine.wait_position(check.min_position(request.min_position))
-        page, = await engine.search([await search_api.build(engine, request, request.WhichOneof("query"))])
-        return search_pb.ImageSearchResponse(results=await _results(engine, page, request.include_thumbnails),
-                                             next_page_token=page.next_page_token)
+        results, token = await self._one(request, request.WhichOneof("query"))
+        return search_pb.ImageSearchResponse(results=results, next_page_token=token)
 
     @_rpc
     async def BatchSearch(
