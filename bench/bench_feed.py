@@ -4,13 +4,17 @@ almost nothing (the tiny test model), so that what is measured is everything aro
     python bench/bench_feed.py [--images 3000] [--runs path:0,path:1,path:2,upload:2] [--decode-threads 1]
 
 Images: `--unique` distinct 640x480 photo-like JPEGs (~165 KB), written `--images` times in all under
-a temp dir with different names. Each run starts its own Redis, server and one worker (1 torch thread),
-submits every image in chunks of 64 through the Python client, either by path (worker --allowed-root)
-or by upload, waits until all are indexed, and reports images/s and CPU ms per image of the worker
-(with its decode processes), server, Redis and the submitting process. A run is `mode:N[:T]`, N the
-worker's --decode-processes (0: T decode threads in the worker process, default --decode-threads).
+a temp dir with different names. Each run starts its own Redis, server and workers (1 torch thread
+unless --worker-args say otherwise), submits every image in chunks of 64 through the Python client,
+either by path (worker --allowed-root) or by upload, waits until all are indexed, and reports images/s
+and CPU ms per image of the workers (with their decode processes), server, Redis and the submitting
+process. A run is `mode:N[:T[:W]]`, N the worker's --decode-processes (0: T decode threads in the
+worker process, default --decode-threads), W the number of workers (default 1).
 The same run also measures, in this process, one thread's PIL draft decode + preprocess per image and
-the forward pass alone.
+the forward pass alone (`--no-stages` leaves that out, for a large model on a GPU machine).
+
+On a GPU machine: `--model ViT-B-32 --pretrained none --width 1024 --height 768 --batch 256
+--worker-args "--device cuda --threads 0 --device-decode" --no-stages` (scripts/gpu-bench.sh).
 """
 
 from __future__ import annotations
@@ -26,12 +30,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import cpu_seconds, save, table  # noqa: E402
+from bench.common import cpu_seconds, save, scrape, table  # noqa: E402
 from clipsearch import Client, ImageInput  # noqa: E402
 from clipsearch_core.images import LoadLimits, decode_image  # noqa: E402
 from clipsearch_core.model import ModelSpec, load_encoder  # noqa: E402
 from tests.photos import photo_jpeg  # noqa: E402
-from tests.procs import Stack, start_redis, wait_for  # noqa: E402
+from tests.procs import Stack, free_port, start_redis, wait_for  # noqa: E402
 
 TINY = f"local-dir:{ROOT / 'tests' / 'tinyclip' / 'model'}"
 
@@ -44,9 +48,10 @@ def children(pid: int) -> list[int]:
         return []
 
 
-def tree_cpu(pid: int, seen: dict[int, float]) -> float:
-    """CPU seconds of a process and its children; children that exited keep their last reading."""
-    for p in [pid, *children(pid)]:
+def tree_cpu(pid: int, seen: dict[int, float], with_children: bool = True) -> float:
+    """CPU seconds of a process and (unless with_children is false: the submitter, whose children are the
+    other processes) its children; children that exited keep their last reading."""
+    for p in [pid, *(children(pid) if with_children else [])]:
         try:
             seen[p] = cpu_seconds(p)
         except (OSError, IndexError):
@@ -81,27 +86,32 @@ def profile(folder: str, name: str, pid: int) -> subprocess.Popen:
 
 
 def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, processes: int, threads: int,
-        attempt: int) -> dict[str, float]:
-    label = f"{mode}-p{processes}-t{threads}"
+        workers: int, attempt: int) -> dict[str, float]:
+    label = f"{mode}-p{processes}-t{threads}" + (f"-w{workers}" if workers > 1 else "")
     redis, url = start_redis(tmp / "logs")
     stack = Stack(model=args.model, redis_url=url, log_dir=tmp / "logs", prefix=f"feed-{label}-{attempt}")
-    server, address = stack.start_server(tmp / f"data-{label}-{attempt}", timeout=300)
-    extra = ["--batch-size", str(args.batch), "--decode-threads", str(threads),
+    pretrained = ["--pretrained", args.pretrained] if args.pretrained else []
+    server, address = stack.start_server(tmp / f"data-{label}-{attempt}", timeout=300, extra=pretrained)
+    extra = [*pretrained, "--batch-size", str(args.batch), "--decode-threads", str(threads),
              "--allowed-root", str(files[0].parent)]
     if processes:
         extra += ["--decode-processes", str(processes)]
     extra += args.worker_args.split()
-    worker = stack.start_worker(address, extra)
+    ports = [free_port() for _ in range(workers)]
+    started = [stack.start_worker(address, [*extra, "--metrics-port", str(port)], name=f"worker{i}")
+               for i, port in enumerate(ports)]
     try:
-        wait_for(lambda: "ready" in worker.output(), 300, "worker", worker.popen)
+        for worker in started:
+            wait_for(lambda: "ready" in worker.output(), 300, worker.name, worker.popen)
         time.sleep(1.0)  # decode processes started
         client = Client(address, timeout=120)
         spies = [profile(args.profile, f"{label}-{attempt}-{name}", proc.popen.pid) for name, proc in
-                 (("worker", worker), ("server", server))] if args.profile else []
-        procs = {"worker": worker.popen.pid, "server": server.popen.pid, "redis": redis.popen.pid,
-                 "submitter": os.getpid()}
+                 (("worker", started[0]), ("server", server))] if args.profile else []
+        procs = {**{f"worker{i}": w.popen.pid for i, w in enumerate(started)}, "server": server.popen.pid,
+                 "redis": redis.popen.pid, "submitter": os.getpid()}
         seen: dict[str, dict[int, float]] = {k: {} for k in procs}
-        before = {k: tree_cpu(pid, seen[k]) for k, pid in procs.items()}
+        before = {k: tree_cpu(pid, seen[k], k != "submitter") for k, pid in procs.items()}
+        metrics = [scrape(port) for port in ports]
         t = time.perf_counter()
         batch = ""
         for start in range(0, len(files), 64):
@@ -111,10 +121,15 @@ def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, proce
             batch = client.submit(images, batch).batch_id
         submitted = time.perf_counter() - t
         while not (progress := client.progress(batch)).done:
-            tree_cpu(procs["worker"], seen["worker"])
+            for i in range(workers):
+                tree_cpu(procs[f"worker{i}"], seen[f"worker{i}"])
             time.sleep(0.05)
         elapsed = time.perf_counter() - t
-        cpu = {f"{k} cpu ms/img": (tree_cpu(pid, seen[k]) - before[k]) * 1000 / len(files) for k, pid in procs.items()}
+        per_process = {k: (tree_cpu(pid, seen[k], k != "submitter") - before[k]) * 1000 / len(files) for k, pid in procs.items()}
+        encode = sum(scrape(port).get("clipsearch_worker_encode_seconds_sum", 0.0) -
+                     m.get("clipsearch_worker_encode_seconds_sum", 0.0) for port, m in zip(ports, metrics))
+        cpu = {"model busy share": encode / elapsed / workers, "worker cpu ms/img": sum(v for k, v in per_process.items() if k.startswith("worker")),
+               **{f"{k} cpu ms/img": v for k, v in per_process.items() if not k.startswith("worker")}}
         assert progress.indexed == len(files), progress
         client.close()
         for spy in spies:
@@ -122,7 +137,8 @@ def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, proce
             spy.wait(timeout=60)
         return {"run": label, "img/s": len(files) / elapsed, "submit s": submitted, **cpu}
     finally:
-        worker.stop()
+        for worker in started:
+            worker.stop()
         server.stop()
         redis.stop()
 
@@ -130,12 +146,16 @@ def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, proce
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=TINY)
+    parser.add_argument("--pretrained", default="", help="--pretrained of the server and workers (none: random weights)")
     parser.add_argument("--images", type=int, default=3000)
     parser.add_argument("--unique", type=int, default=100)
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--no-stages", action="store_true", help="leave out the in-process decode and forward costs")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--decode-threads", type=int, default=1, help="worker --decode-threads (with 0 processes)")
     parser.add_argument("--runs", default="path:0,path:1,path:2,upload:0,upload:2",
-                        help="comma-separated mode:decode_processes[:decode_threads], mode path or upload; a run "
+                        help="comma-separated mode:decode_processes[:decode_threads[:workers]], mode path or upload; a run "
                              "named twice is measured twice (interleave A,B,A,B to compare under drift)")
     parser.add_argument("--profile", default="", help="folder for py-spy profiles of each run's worker and server")
     parser.add_argument("--worker-args", default="", help="extra worker arguments for every run")
@@ -143,7 +163,7 @@ def main() -> None:
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the started processes on `kill` too
 
-    photos = [photo_jpeg(i, 640, 480) for i in range(args.unique)]
+    photos = [photo_jpeg(i, args.width, args.height) for i in range(args.unique)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
@@ -153,18 +173,20 @@ def main() -> None:
             path = folder / f"photo-{i:05d}.jpg"
             path.write_bytes(photos[i % len(photos)])
             files.append(path)
-        stages = stage_costs(args.model, photos, args.batch)
+        stages = {} if args.no_stages else stage_costs(args.model, photos, args.batch)
         for attempt, spec in enumerate(args.runs.split(",")):
-            mode, processes, threads, *_ = f"{spec}::".split(":")
+            mode, processes, threads, workers, *_ = f"{spec}:::".split(":")
             rows.append(run(args, files, Path(tmp), mode, int(processes or 0), int(threads or args.decode_threads),
-                            attempt))
+                            int(workers or 1), attempt))
             print(rows[-1], flush=True)
     kb = sum(map(len, photos)) / len(photos) / 1024
-    print(f"\n== feed, {args.images} JPEGs 640x480 of {kb:.0f} KB, batch {args.batch}, {os.cpu_count()} cores ==")
+    print(f"\n== feed, {args.model}, {args.images} JPEGs {args.width}x{args.height} of {kb:.0f} KB, batch {args.batch}, "
+          f"{os.cpu_count()} cores, worker args {args.worker_args!r} ==")
     print({k: round(v, 3) for k, v in stages.items()})
-    table(rows, ["run", "img/s", "submit s", "worker cpu ms/img", "server cpu ms/img", "redis cpu ms/img",
+    table(rows, ["run", "img/s", "submit s", "model busy share", "worker cpu ms/img", "server cpu ms/img", "redis cpu ms/img",
                  "submitter cpu ms/img"])
-    save(args.name, {"model": args.model, "images": args.images, "kb_per_image": kb, "batch": args.batch,
+    save(args.name, {"model": args.model, "images": args.images, "size": f"{args.width}x{args.height}",
+                     "worker_args": args.worker_args, "kb_per_image": kb, "batch": args.batch,
                      "decode_threads": args.decode_threads, **stages, "rows": rows})
 
 

@@ -27,7 +27,6 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import cpu_seconds, save, table  # noqa: E402
+from bench.common import cpu_seconds, save, scrape, table  # noqa: E402
 from clipsearch import Client, ImageInput  # noqa: E402
 from clipsearch_core.model import ModelSpec, load_encoder  # noqa: E402
 from tests.photos import photo_jpeg  # noqa: E402
@@ -61,13 +60,6 @@ def seed_loop_rate(encoder, photos: list[bytes]) -> float:  # type: ignore[no-un
         image = Image.open(io.BytesIO(data)).convert("RGB")
         encoder.encode_images([encoder.preprocess(image)])
     return len(photos) / (time.perf_counter() - t)
-
-
-def scrape(port: int) -> dict[str, float]:
-    """Unlabelled samples of a Prometheus /metrics page."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return {name: float(value) for name, _, value in
-            (line.partition(" ") for line in text.splitlines() if line and not line.startswith("#") and "{" not in line)}
 
 
 def parse_variant(spec: str) -> tuple[str, list[str], dict[str, str]]:

@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,13 @@ def machine() -> dict[str, Any]:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu or None, "python": platform.python_version(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Unlabelled samples of a Prometheus /metrics page."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {name: float(value) for name, _, value in
+            (line.partition(" ") for line in text.splitlines() if line and not line.startswith("#") and "{" not in line)}
 
 
 def save(name: str, data: dict[str, Any]) -> Path:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU measurements of docs/BENCHMARKS.md as one bounded script for a lent GPU machine (device
-# tool), which has its own Python with PyTorch and no network: per-stage rates (decode on CPU and on
-# the device, host-to-device copy, model forward), the worker end to end for ViT-B-32 and ViT-L-14
-# with CPU and device JPEG decoding, and TextSearch/ImageSearch latency and throughput.
+# tool), which has its own Python with PyTorch and no network: the worker end to end for ViT-B-32
+# (device and CPU JPEG decoding, one and two workers, thumbnails on and off) and ViT-L-14, the
+# pipeline's own cost with the tiny model as decode processes grow on the machine's cores, and
+# TextSearch/ImageSearch latency and throughput. Per-stage rates: bench/bench_stages.py.
 # Random weights (--pretrained none): no downloads.
 #
 # What the machine lacks travels as wheels in .whl/ (cp312, manylinux x86_64; see
@@ -21,18 +22,18 @@ RESULTS=$(mktemp -d)
 mkdir -p "$OUTDIR"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 CLIPSEARCH_BENCH_RESULTS=$RESULTS
 
-if [ -d .whl ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+WHEELS=${WHEELS:-.whl}   # a rehearsal on another Python passes its own wheels folder
+if [ -d "$WHEELS" ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl \
     || { echo "wheel install failed"; exit 1; }
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD:$PWD/client:$PWD/core:$PWD/server:$PWD/encoder_worker${PYTHONPATH:+:$PYTHONPATH}
 
 if [ -n "${SMALL:-}" ]; then   # rehearsal: every step, tiny sizes
-  MODELS=${MODELS:-ViT-B-32}; IMAGES=${IMAGES:-48}; UNIQUE=8; BATCH=16; PROCS=1,2; VECTORS=2000; QUERIES=16; LIMIT=300
+  IMAGES=64; UNIQUE=8; BATCH=16; TINY_IMAGES=64; VECTORS=2000; QUERIES=16; GPU_PROCS=1
 else
-  MODELS=${MODELS:-"ViT-B-32 ViT-L-14"}; IMAGES=${IMAGES:-2048}; UNIQUE=64; BATCH=256; PROCS=1,4,8,16; VECTORS=50000
-  QUERIES=256; LIMIT=${LIMIT:-90}
+  IMAGES=${IMAGES:-6144}; UNIQUE=64; BATCH=256; TINY_IMAGES=2000; VECTORS=20000; QUERIES=256; GPU_PROCS=14
 fi
 CORES=$(nproc)
 
@@ -43,7 +44,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to the resu
   local t=$SECONDS
   timeout -k 10 "$seconds" "$@" > "$RESULTS/$name.log" 2>&1
   local rc=$?
-  grep -v -e '^wrote ' -e 'No pretrained weights' "$RESULTS/$name.log" | tail -n 25
+  grep -v -e '^wrote ' -e 'No pretrained weights' "$RESULTS/$name.log" | tail -n 14
   echo "--- $name: exit $rc after $((SECONDS - t))s"
   pack
 }
@@ -54,21 +55,22 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to the resu
   $PY -c "import torch, torchvision, numpy, PIL, grpc, google.protobuf as pb, faiss, open_clip; print('python', __import__('sys').version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available(), 'torchvision', torchvision.__version__, 'numpy', numpy.__version__, 'pillow', PIL.__version__, 'grpc', grpc.__version__, 'protobuf', pb.__version__, 'faiss', faiss.__version__, 'open_clip', open_clip.__version__)"
 } 2>&1 | tee "$RESULTS/env.log"
 
-first=1
-for model in $MODELS; do
-  procs=$PROCS; [ $first = 1 ] || procs=$CORES   # the decode curve once; the model's forward for each
-  step "stages-$model" $((LIMIT + 30)) $PY bench/bench_stages.py --model "$model" --device "$DEVICE" \
-    --images "$IMAGES" --unique "$UNIQUE" --batch "$BATCH" --processes "$procs" --name "stages-$model"
-  first=0
-done
-for model in $MODELS; do
-  for decode in cpu device; do
-    flag=(); [ $decode = device ] && flag=(--device-decode)
-    step "ingest-$model-$decode" "$LIMIT" $PY bench/bench_ingest.py --model "$model" --device "$DEVICE" \
-      --images "$IMAGES" --unique "$UNIQUE" --batch "$BATCH" --decode-threads $((CORES - 4 > 2 ? CORES - 4 : 2)) \
-      --sets photos --rounds 1 "${flag[@]}" --name "ingest-$model-$decode"
-  done
-done
-step query $((LIMIT + 60)) $PY bench/bench_query.py --model ViT-B-32 --device "$DEVICE" --vectors "$VECTORS" \
+# The worker end to end (bench/bench_feed.py): submit by path or upload until searchable, 1024x768
+# photo-like JPEGs, images/s, the model's busy share and CPU ms per image of each process.
+GPU=(--model ViT-B-32 --pretrained none --width 1024 --height 768 --images "$IMAGES" --unique "$UNIQUE"
+     --batch "$BATCH" --no-stages)
+ON_GPU="--device $DEVICE --threads 0 --decode-threads $((CORES - 4 > 2 ? CORES - 4 : 2))"
+step feed-B32-device 150 $PY bench/bench_feed.py "${GPU[@]}" --worker-args "$ON_GPU --device-decode" \
+  --runs path:0,path:0::2,upload:0 --name feed-B32-device
+step feed-B32-device-nothumbs 60 $PY bench/bench_feed.py "${GPU[@]}" \
+  --worker-args "$ON_GPU --device-decode --thumbnail-size 0" --runs path:0 --name feed-B32-device-nothumbs
+step feed-B32-cpu 60 $PY bench/bench_feed.py "${GPU[@]}" --worker-args "$ON_GPU" --runs "path:$GPU_PROCS" \
+  --name feed-B32-cpu
+# The pipeline's own cost with the tiny model on the CPU, and how it grows with decode processes.
+step feed-tiny 100 $PY bench/bench_feed.py --images "$TINY_IMAGES" --runs path:0:1,path:1,path:2,path:4,path:8 \
+  --name feed-tiny
+step feed-L14-device 75 $PY bench/bench_feed.py "${GPU[@]}" --model ViT-L-14 --images $((IMAGES / 2)) \
+  --worker-args "$ON_GPU --device-decode" --runs path:0 --name feed-L14-device
+step query 100 $PY bench/bench_query.py --model ViT-B-32 --device "$DEVICE" --vectors "$VECTORS" \
   --queries "$QUERIES" --name query
 echo "results: $OUTDIR/gpu-results.tar.gz"
