@@ -9,7 +9,8 @@ unless --worker-args say otherwise), submits every image in chunks of 64 through
 either by path (worker --allowed-root) or by upload, waits until all are indexed, and reports images/s
 and CPU ms per image of the workers (with their decode processes), server, Redis and the submitting
 process. A run is `mode:N[:T[:W]]`, N the worker's --decode-processes (0: T decode threads in the
-worker process, default --decode-threads), W the number of workers (default 1).
+worker process, default --decode-threads), W the number of workers (default 1), optionally followed
+by worker arguments of that run alone (`path:2 --thumbnail-size 0`).
 The same run also measures, in this process, one thread's PIL draft decode + preprocess per image and
 the forward pass alone (`--no-stages` leaves that out, for a large model on a GPU machine).
 
@@ -86,7 +87,7 @@ def profile(folder: str, name: str, pid: int) -> subprocess.Popen:
 
 
 def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, processes: int, threads: int,
-        workers: int, attempt: int) -> dict[str, float]:
+        workers: int, own_args: str, attempt: int) -> dict[str, float]:
     label = f"{mode}-p{processes}-t{threads}" + (f"-w{workers}" if workers > 1 else "")
     redis, url = start_redis(tmp / "logs")
     stack = Stack(model=args.model, redis_url=url, log_dir=tmp / "logs", prefix=f"feed-{label}-{attempt}")
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, proce
              "--allowed-root", str(files[0].parent)]
     if processes:
         extra += ["--decode-processes", str(processes)]
-    extra += args.worker_args.split()
+    extra += args.worker_args.split() + own_args.split()
     ports = [free_port() for _ in range(workers)]
     started = [stack.start_worker(address, [*extra, "--metrics-port", str(port)], name=f"worker{i}")
                for i, port in enumerate(ports)]
@@ -135,7 +136,7 @@ def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, proce
         for spy in spies:
             spy.send_signal(signal.SIGINT)  # py-spy writes its samples and exits
             spy.wait(timeout=60)
-        return {"run": label, "img/s": len(files) / elapsed, "submit s": submitted, **cpu}
+        return {"run": f"{label} {own_args}".strip(), "img/s": len(files) / elapsed, "submit s": submitted, **cpu}
     finally:
         for worker in started:
             worker.stop()
@@ -175,9 +176,10 @@ def main() -> None:
             files.append(path)
         stages = {} if args.no_stages else stage_costs(args.model, photos, args.batch)
         for attempt, spec in enumerate(args.runs.split(",")):
-            mode, processes, threads, workers, *_ = f"{spec}:::".split(":")
+            shape, _, own_args = spec.strip().partition(" ")
+            mode, processes, threads, workers, *_ = f"{shape}:::".split(":")
             rows.append(run(args, files, Path(tmp), mode, int(processes or 0), int(threads or args.decode_threads),
-                            int(workers or 1), attempt))
+                            int(workers or 1), own_args, attempt))
             print(rows[-1], flush=True)
     kb = sum(map(len, photos)) / len(photos) / 1024
     print(f"\n== feed, {args.model}, {args.images} JPEGs {args.width}x{args.height} of {kb:.0f} KB, batch {args.batch}, "

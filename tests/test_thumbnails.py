@@ -209,3 +209,25 @@ def test_store_keeps_thumbnails_beside_images(tmp_path: Path) -> None:
     store.upsert([ImageRecord("c", vector, thumbnail=b"C1", thumbnail_mime_type="image/png")])
     store.close()
     assert Store(tmp_path / "images.sqlite3").thumbnails(["c"]) == {"c": (b"C1", "image/png")}
+
+
+@pytest.mark.parametrize("width, height, drafted", [(1024, 768, (256, 192)), (640, 480, (320, 240)),
+                                                    (768, 1024, (192, 256)), (200, 150, (200, 150))])
+def test_thumbnail_draft_keeps_only_the_longest_side(width: int, height: int, drafted: tuple[int, int]) -> None:
+    """Without a decode for the model (`--device-decode`, or a model input smaller than the thumbnail) the
+    thumbnail's own JPEG decode scales in the DCT domain while the longest side stays >= the thumbnail's
+    size (both sides >= 256 would decode a 1024x768 photo at 512x384, 4x the pixels); the thumbnail still
+    has the exact size and looks like the image."""
+    from clipsearch_core.images import LoadLimits, decode_image
+    from clipsearch_worker.decode import DecodeContext, thumbnail_of
+
+    data = photo_jpeg(3, width, height)
+    assert decode_image(data, LoadLimits(), longest_side=256).size == drafted
+    spec = ThumbnailSpec()
+    context = DecodeContext(LoadLimits(), 224, lambda image: image, True, spec)
+    thumb = Image.open(io.BytesIO(thumbnail_of(data, None, context) or b""))
+    scale = min(1.0, 256 / max(width, height))
+    assert thumb.format == "WEBP" and thumb.size == (round(width * scale), round(height * scale))
+    reference = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize(thumb.size, Image.Resampling.LANCZOS),
+                           dtype=np.float32)
+    assert np.abs(np.asarray(thumb.convert("RGB"), dtype=np.float32) - reference).mean() < 8

@@ -9,6 +9,7 @@ loopback, link-local and private addresses unless `LoadLimits.network` allows th
 from __future__ import annotations
 
 import io
+import math
 import re
 import urllib.parse
 import warnings
@@ -124,17 +125,22 @@ def check_header(data: bytes, limits: LoadLimits) -> None:
     _open(data, limits)
 
 
-def decode_image(data: bytes, limits: LoadLimits, draft_size: int | None = None) -> Image.Image:
+def decode_image(data: bytes, limits: LoadLimits, draft_size: int | None = None,
+                 longest_side: int | None = None) -> Image.Image:
     """Decodes encoded image bytes to an RGB image: first frame, EXIF orientation applied.
 
     draft_size: for JPEGs, let the decoder scale by 1/2, 1/4 or 1/8 in the DCT domain while both
     sides stay >= draft_size (much less work for large photos; the model's resize does the rest).
+    longest_side: the same, while the longest side stays >= longest_side (a thumbnail's bound).
     """
     image = _open(data, limits)
     try:
         image.seek(0)
         if draft_size and image.format == "JPEG":
             image.draft("RGB", (draft_size, draft_size))
+        elif longest_side and image.format == "JPEG":
+            scale = min(1.0, longest_side / max(image.size))
+            image.draft("RGB", (max(1, math.ceil(image.width * scale)), max(1, math.ceil(image.height * scale))))
         image.load()
         return _to_rgb(ImageOps.exif_transpose(image))
     except Image.DecompressionBombError as exc:

@@ -51,7 +51,7 @@ def thumbnail_of(data: bytes, image: Any, context: DecodeContext) -> bytes | Non
     if not spec.enabled:
         return None
     if image is None or (max(image.size) < spec.size and is_jpeg(data)):
-        image = decode_image(data, context.limits, draft_size=spec.size)
+        image = decode_image(data, context.limits, longest_side=spec.size)
     return make_thumbnail(image, spec)
 
 
