@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,9 +83,36 @@ def profile(folder: str, name: str, pid: int) -> subprocess.Popen:
     collapsed stacks in folder/name.txt (one line per stack, idle threads left out)."""
     Path(folder).mkdir(parents=True, exist_ok=True)
     spy = Path(sys.executable).with_name("py-spy")
+    spy = spy if spy.exists() else Path(shutil.which("py-spy") or "py-spy")  # a lent GPU machine: /tmp/site/bin
     return subprocess.Popen([str(spy), "record", "--pid", str(pid), "--nonblocking", "--subprocesses", "--rate", "200",
                              "--format", "raw", "--output", str(Path(folder) / f"{name}.txt")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+STAGES = ("collect", "device_decode", "encode", "push", "finish")  # the worker's clipsearch_worker_stage_seconds
+GENERIC_FRAMES = {"Thread._bootstrap", "Thread._bootstrap_inner", "Thread.run", "_bootstrap", "_bootstrap_inner", "run",
+                  "_run_module_as_main", "_run_code", "<module>"}
+
+
+def summarize(path: Path, top: int = 12) -> str:
+    """The functions where a profile's samples were taken (the innermost frame), with their share of
+    all samples, and each thread's share (by its own outermost frame, under threading's and runpy's):
+    enough to read in a log."""
+    leaves: Counter[str] = Counter()
+    roots: Counter[str] = Counter()
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = [f.split(" (")[0] for f in stack.split(";")]
+        if len(frames) < 2 or not count.isdigit():
+            continue
+        leaves[frames[-1]] += int(count)
+        inner = [f for f in frames[2:] if f not in GENERIC_FRAMES] or frames[-1:]
+        roots[inner[0]] += int(count)
+    total = sum(leaves.values()) or 1
+    return "\n".join([f"{path.stem}: {total} samples", *(f"  {100 * n / total:5.1f} %  {name}" for name, n in
+                                                          leaves.most_common(top)),
+                       "  threads (by their outermost own frame):", *(f"  {100 * n / total:5.1f} %  {name}" for name, n in
+                                                          roots.most_common(6))])
 
 
 def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, processes: int, threads: int,
@@ -127,15 +156,22 @@ def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, proce
             time.sleep(0.05)
         elapsed = time.perf_counter() - t
         per_process = {k: (tree_cpu(pid, seen[k], k != "submitter") - before[k]) * 1000 / len(files) for k, pid in procs.items()}
-        encode = sum(scrape(port).get("clipsearch_worker_encode_seconds_sum", 0.0) -
-                     m.get("clipsearch_worker_encode_seconds_sum", 0.0) for port, m in zip(ports, metrics))
-        cpu = {"model busy share": encode / elapsed / workers, "worker cpu ms/img": sum(v for k, v in per_process.items() if k.startswith("worker")),
+        ended = [scrape(port) for port in ports]
+
+        def share(sample: str) -> float:  # of the wall time, per worker
+            return sum(e.get(sample, 0.0) - m.get(sample, 0.0) for e, m in zip(ended, metrics)) / elapsed / workers
+
+        stages = {f"{stage} share": share(f'clipsearch_worker_stage_seconds_sum{{stage="{stage}"}}') for stage in STAGES}
+        cpu = {"model busy share": share("clipsearch_worker_encode_seconds_sum"), **stages, "worker cpu ms/img": sum(v for k, v in per_process.items() if k.startswith("worker")),
                **{f"{k} cpu ms/img": v for k, v in per_process.items() if not k.startswith("worker")}}
         assert progress.indexed == len(files), progress
         client.close()
         for spy in spies:
             spy.send_signal(signal.SIGINT)  # py-spy writes its samples and exits
             spy.wait(timeout=60)
+        for name in ("worker", "server") if spies else ():
+            path = Path(args.profile) / f"{label}-{attempt}-{name}.txt"
+            print(summarize(path) if path.exists() else f"no profile {path}", flush=True)
         return {"run": f"{label} {own_args}".strip(), "img/s": len(files) / elapsed, "submit s": submitted, **cpu}
     finally:
         for worker in started:
@@ -185,6 +221,7 @@ def main() -> None:
     print(f"\n== feed, {args.model}, {args.images} JPEGs {args.width}x{args.height} of {kb:.0f} KB, batch {args.batch}, "
           f"{os.cpu_count()} cores, worker args {args.worker_args!r} ==")
     print({k: round(v, 3) for k, v in stages.items()})
+    table(rows, ["run", *(f"{stage} share" for stage in STAGES)])
     table(rows, ["run", "img/s", "submit s", "model busy share", "worker cpu ms/img", "server cpu ms/img", "redis cpu ms/img",
                  "submitter cpu ms/img"])
     save(args.name, {"model": args.model, "images": args.images, "size": f"{args.width}x{args.height}",

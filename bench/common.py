@@ -33,10 +33,10 @@ def machine() -> dict[str, Any]:
 
 
 def scrape(port: int) -> dict[str, float]:
-    """Unlabelled samples of a Prometheus /metrics page."""
+    """The samples of a Prometheus /metrics page: `name` or `name{label="value",...}` -> value."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     return {name: float(value) for name, _, value in
-            (line.partition(" ") for line in text.splitlines() if line and not line.startswith("#") and "{" not in line)}
+            (line.rpartition(" ") for line in text.splitlines() if line and not line.startswith("#"))}
 
 
 def save(name: str, data: dict[str, Any]) -> Path:

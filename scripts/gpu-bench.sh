@@ -12,7 +12,11 @@
 # the other figures. Results: JSON files and logs, packed into $OUT/gpu-results.tar.gz after each step
 # (bench/results/gpu/ without $OUT).
 #
-# Rehearse on CPU (a clean Python 3.12 venv, no network):  PY=/path/to/venv/bin/python DEVICE=cpu SMALL=1 scripts/gpu-bench.sh
+# Rehearse on CPU, no network, with a venv holding only what the lent machine has (torch, torchvision,
+# numpy, Pillow, ...) and the same wheels for its Python in WHEELS:
+#   unshare -n bash -c 'ip link set lo up; PY=/path/venv/bin/python WHEELS=/path/wheels DEVICE=cpu SMALL=1 \
+#     STEPS="feed-B32-device feed-B32-workers feed-B32-profile query feed-B32-cpu feed-tiny feed-L14-device" scripts/gpu-bench.sh'
+
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -33,7 +37,7 @@ export PYTHONPATH=$PWD:$PWD/client:$PWD/core:$PWD/server:$PWD/encoder_worker${PY
 if [ -n "${SMALL:-}" ]; then   # rehearsal: every step, tiny sizes
   IMAGES=64; UNIQUE=8; BATCH=16; TINY_IMAGES=64; VECTORS=2000; QUERIES=16; GPU_PROCS=1
 else
-  IMAGES=${IMAGES:-6144}; UNIQUE=64; BATCH=256; TINY_IMAGES=2000; VECTORS=20000; QUERIES=256; GPU_PROCS=14
+  IMAGES=${IMAGES:-4096}; UNIQUE=64; BATCH=256; TINY_IMAGES=2000; VECTORS=20000; QUERIES=256; GPU_PROCS=14
 fi
 CORES=$(nproc)
 
@@ -56,21 +60,28 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to the resu
 } 2>&1 | tee "$RESULTS/env.log"
 
 # The worker end to end (bench/bench_feed.py): submit by path or upload until searchable, 1024x768
-# photo-like JPEGs, images/s, the model's busy share and CPU ms per image of each process.
+# photo-like JPEGs, images/s, the model's busy share and CPU ms per image of each process. A ViT-B-32
+# run costs about 90 s on the lent H200 machine (writing the files, starting Redis, the server and the
+# workers), so the steps are in order of what matters most; STEPS picks others.
+STEPS=${STEPS:-"feed-B32-device feed-B32-workers feed-B32-profile query"}
+want() { [[ " $STEPS " == *" $1 "* ]]; }
 GPU=(--model ViT-B-32 --pretrained none --width 1024 --height 768 --images "$IMAGES" --unique "$UNIQUE"
      --batch "$BATCH" --no-stages)
-ON_GPU="--device $DEVICE --threads 0 --decode-threads $((CORES - 4 > 2 ? CORES - 4 : 2))"
-step feed-B32-device 150 $PY bench/bench_feed.py "${GPU[@]}" --worker-args "$ON_GPU --device-decode" \
-  --runs path:0,path:0::2,upload:0 --name feed-B32-device
-step feed-B32-device-nothumbs 60 $PY bench/bench_feed.py "${GPU[@]}" \
-  --worker-args "$ON_GPU --device-decode --thumbnail-size 0" --runs path:0 --name feed-B32-device-nothumbs
-step feed-B32-cpu 60 $PY bench/bench_feed.py "${GPU[@]}" --worker-args "$ON_GPU" --runs "path:$GPU_PROCS" \
-  --name feed-B32-cpu
-# The pipeline's own cost with the tiny model on the CPU, and how it grows with decode processes.
-step feed-tiny 100 $PY bench/bench_feed.py --images "$TINY_IMAGES" --runs path:0:1,path:1,path:2,path:4,path:8 \
-  --name feed-tiny
-step feed-L14-device 75 $PY bench/bench_feed.py "${GPU[@]}" --model ViT-L-14 --images $((IMAGES / 2)) \
-  --worker-args "$ON_GPU --device-decode" --runs path:0 --name feed-L14-device
-step query 100 $PY bench/bench_query.py --model ViT-B-32 --device "$DEVICE" --vectors "$VECTORS" \
+ON_GPU="--device $DEVICE --threads 0 --decode-threads $((CORES - 4 > 2 ? CORES - 4 : 2)) --device-decode"
+export PATH=/tmp/site/bin:$PATH   # py-spy from the carried wheels
+want feed-B32-device && step feed-B32-device 200 $PY bench/bench_feed.py "${GPU[@]}" --worker-args "$ON_GPU" \
+  --runs "path:0,path:0 --thumbnail-size 0" --name feed-B32-device
+want feed-B32-workers && step feed-B32-workers 220 $PY bench/bench_feed.py "${GPU[@]}" --worker-args "$ON_GPU" \
+  --runs "path:0::2 --thumbnail-size 0,path:0::4 --thumbnail-size 0" --name feed-B32-workers
+want feed-B32-profile && step feed-B32-profile 110 $PY bench/bench_feed.py "${GPU[@]}" --worker-args "$ON_GPU" \
+  --runs "path:0 --thumbnail-size 0" --profile "$RESULTS/profiles" --name feed-B32-profile
+want query && step query 110 $PY bench/bench_query.py --model ViT-B-32 --device "$DEVICE" --vectors "$VECTORS" \
   --queries "$QUERIES" --name query
+want feed-B32-cpu && step feed-B32-cpu 120 $PY bench/bench_feed.py "${GPU[@]}" \
+  --worker-args "--device $DEVICE --threads 0" --runs "path:$GPU_PROCS" --name feed-B32-cpu
+# The pipeline's own cost with the tiny model on the CPU, and how it grows with decode processes.
+want feed-tiny && step feed-tiny 200 $PY bench/bench_feed.py --images "$TINY_IMAGES" \
+  --runs path:0:1,path:1,path:2,path:4,path:8 --name feed-tiny
+want feed-L14-device && step feed-L14-device 150 $PY bench/bench_feed.py "${GPU[@]}" --model ViT-L-14 \
+  --images $((IMAGES / 2)) --worker-args "$ON_GPU" --runs path:0 --name feed-L14-device
 echo "results: $OUTDIR/gpu-results.tar.gz"

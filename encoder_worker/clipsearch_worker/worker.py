@@ -61,6 +61,11 @@ BATCH_SECONDS = Histogram("clipsearch_worker_batch_seconds", "Time to decode, en
                           buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 ENCODE_SECONDS = Histogram("clipsearch_worker_encode_seconds", "Model forward time of one batch",
                            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+# Where the main thread's time per batch goes, one stage after another: waiting for the decode pool's
+# results (collect), decoding on the device (device_decode), the model (encode, also ENCODE_SECONDS),
+# UpsertVectors until the server answers (push), and the acknowledgement script (finish).
+STAGE_SECONDS = Histogram("clipsearch_worker_stage_seconds", "Main-thread time of one batch, by stage", ["stage"],
+                          buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
 
 _REASON_KINDS = (
     ("gave up", "gave_up"),
@@ -353,8 +358,10 @@ class Worker:
         for job, last in zip(exhausted, jobqueue.last_errors(self.redis, self.keys, exhausted)):
             outcomes.append((job, f"gave up after {job.attempts - 1} attempts: "
                                   f"{last or 'a worker crashed or stalled on this image each time'}"))
-        prepared = self._collect(batch)
-        self._decode_on_device(prepared)
+        with STAGE_SECONDS.labels("collect").time():
+            prepared = self._collect(batch)
+        with STAGE_SECONDS.labels("device_decode").time():
+            self._decode_on_device(prepared)
         good: list[tuple[Job, Any, bytes | None]] = []
         retried: list[tuple[Job, str]] = []
         for job, (kind, value, reason, thumb) in prepared:
@@ -367,13 +374,15 @@ class Worker:
                 outcomes.append((job, reason))
         jobqueue.record_transient_errors(self.redis, self.keys, retried)
         if good:
-            with ENCODE_SECONDS.time():
+            with ENCODE_SECONDS.time(), STAGE_SECONDS.labels("encode").time():
                 vectors = self.encoder.encode_images([tensor for _, tensor, _ in good])
-            error = self._push([job for job, _, _ in good], vectors, [thumb for _, _, thumb in good], stop)
+            with STAGE_SECONDS.labels("push").time():
+                error = self._push([job for job, _, _ in good], vectors, [thumb for _, _, thumb in good], stop)
             if error == "stopped":
                 return  # not acknowledged: another worker (or our restart) will redo them
             outcomes.extend((job, error) for job, _, _ in good)
-        jobqueue.finish(self.redis, self.keys, outcomes)
+        with STAGE_SECONDS.labels("finish").time():
+            jobqueue.finish(self.redis, self.keys, outcomes)
         self.processed += len(outcomes)  # jobs this worker brought to an end (indexed or failed)
         BATCH_SECONDS.observe(time.perf_counter() - batch.started)
         for job, reason in outcomes:
