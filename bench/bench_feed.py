@@ -10,7 +10,8 @@ either by path (worker --allowed-root) or by upload, waits until all are indexed
 and CPU ms per image of the workers (with their decode processes), server, Redis and the submitting
 process. A run is `mode:N[:T[:W]]`, N the worker's --decode-processes (0: T decode threads in the
 worker process, default --decode-threads), W the number of workers (default 1), optionally followed
-by worker arguments of that run alone (`path:2 --thumbnail-size 0`).
+by worker arguments of that run alone (`path:2 --thumbnail-size 0`); a word NAME=value in upper case
+sets an environment variable of the workers instead (`PYTHONPATH=...` runs another checkout's worker).
 The same run also measures, in this process, one thread's PIL draft decode + preprocess per image and
 the forward pass alone (`--no-stages` leaves that out, for a large model on a GPU machine).
 
@@ -126,7 +127,10 @@ def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, proce
              "--allowed-root", str(files[0].parent)]
     if processes:
         extra += ["--decode-processes", str(processes)]
-    extra += args.worker_args.split() + own_args.split()
+    words = args.worker_args.split() + own_args.split()
+    env = dict(w.split("=", 1) for w in words if "=" in w and w.split("=", 1)[0].isupper())
+    extra += [w for w in words if not ("=" in w and w.split("=", 1)[0].isupper())]
+    stack.extra_env = env  # the workers' alone (e.g. PYTHONPATH=<another checkout>: compare two versions)
     ports = [free_port() for _ in range(workers)]
     started = [stack.start_worker(address, [*extra, "--metrics-port", str(port)], name=f"worker{i}")
                for i, port in enumerate(ports)]

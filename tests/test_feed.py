@@ -4,15 +4,18 @@ every behaviour of the per-image path (failures with reasons, exactly-once count
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
+import pytest
 import redis as redislib
 
 from clipsearch import Client, ImageInput
 from clipsearch_core import jobqueue, settings
 from clipsearch_core.jobqueue import Job, Keys
-from clipsearch_worker.worker import WorkerConfig
+from clipsearch_core.model import load_encoder
+from clipsearch_worker.worker import Worker, WorkerConfig
 from tests.data import wait_until
 from tests.photos import photo_jpeg
 from tests.procs import Proc, Stack
@@ -107,5 +110,52 @@ def test_worker_without_decode_overlap_indexes_every_image(stack: Stack, procs: 
         for i, data in enumerate(photos):
             hit = client.image_search(data, k=1)[0]
             assert hit.id == f"img-{i}" and hit.score > 0.99, (i, hit)
-    assert "decoding beside the model: off" in worker.output()
+    assert "decoding and pushing beside the model: off" in worker.output()
     assert worker.stop() == 0
+
+
+@pytest.mark.parametrize("overlap", ["on", "off"])
+def test_a_batch_is_pushed_while_the_next_one_is_encoded(overlap: str, stack: Stack, procs: list[Proc],
+                                                         tmp_path: Path) -> None:
+    """With overlap, the pusher thread sends a batch's vectors (UpsertVectors, then the acknowledgement)
+    while the model encodes the next batch; pushes stay one at a time, in order. Without, nothing
+    overlaps. A real server, Redis and worker loop (in this process, so that each push is slowed down
+    by 0.3 s and the pushes and forward passes can be timed)."""
+    server, address = stack.start_server(tmp_path / "data")
+    procs.append(server)
+    argv = [*stack.common(), "--server", address, "--batch-size", "2", "--decode-threads", "2",
+            "--decode-overlap", overlap, "--thumbnail-size", "0"]
+    config = WorkerConfig.from_args(settings.parse("worker", argv, "t", "t"))
+    worker = Worker(config, load_encoder(config.model, 1))
+    spans: dict[str, list[tuple[float, float]]] = {"push": [], "encode": []}
+
+    def timed(name: str, call):  # type: ignore[no-untyped-def]
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            started = time.perf_counter()
+            if name == "push":
+                time.sleep(0.3)
+            result = call(*args, **kwargs)
+            spans[name].append((started, time.perf_counter()))
+            return result
+        return wrapper
+
+    worker._push = timed("push", worker._push)  # type: ignore[method-assign]
+    worker.encoder.encode_images = timed("encode", worker.encoder.encode_images)  # type: ignore[method-assign]
+    stop = threading.Event()
+    loop = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    loop.start()
+    try:
+        with Client(address) as client:
+            batch = client.submit([ImageInput(image=photo_jpeg(i, 96, 64), id=f"o-{i}") for i in range(8)]).batch_id
+            progress = wait_until(client, batch, 60)
+            assert progress.indexed == 8, progress
+            assert client.stats().count == 8
+    finally:
+        stop.set()
+        loop.join(timeout=30)
+        worker.close()
+    assert not loop.is_alive()
+    pushes = sorted(spans["push"])
+    assert len(pushes) >= 4 and all(a[1] <= b[0] for a, b in zip(pushes, pushes[1:])), pushes  # one at a time
+    during_a_push = [e for e in spans["encode"] if any(p[0] < e[0] < p[1] for p in pushes)]
+    assert bool(during_a_push) == (overlap == "on"), (spans, overlap)

@@ -153,8 +153,9 @@ OPTIONS: tuple[Option, ...] = (
            "enlarged); 0 turns thumbnails off", (WORKER,), type=int),
     Option("--thumbnail-format", "webp", "encoding of the thumbnails", (WORKER,), choices=("webp", "jpeg")),
     Option("--thumbnail-quality", 75, "encoder quality of the thumbnails, 1-100", (WORKER,), type=int),
-    Option("--decode-overlap", "auto", "decode the next batch while the model encodes this one: on, off, or auto "
-           "(on, unless the model runs on the CPU with a thread per core: decoding would only slow it down)",
+    Option("--decode-overlap", "auto", "decode the next batch and push the last one while the model encodes this "
+           "one: on, off, or auto (on, unless the model runs on the CPU with a thread per core: work beside it would "
+           "only slow it down)",
            (WORKER,), choices=("auto", "on", "off")),
 )
 

@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 import queue as stdqueue
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -103,9 +103,10 @@ class WorkerConfig:
     batch_size: images per forward pass (and per Redis read).
     decode_threads: threads that read, decode and preprocess images beside the model (decode_processes 0).
     decode_processes: processes that do so instead (0: the threads), so that decoding uses more cores.
-    decode_overlap: "on": the next batch is read and decoded while the model encodes this one; "off": only
-        between forward passes (decoding then has every core); "auto": on unless the model runs on the CPU
-        with at least one thread per core (`model_threads`), where decoding beside it only slows it down.
+    decode_overlap: "on": the next batch is read and decoded, and the last one pushed, while the model encodes
+        this one; "off": only between forward passes (decoding then has every core); "auto": on unless the
+        model runs on the CPU with at least one thread per core (`model_threads`), where work beside it only
+        slows it down.
     model_threads: the model's CPU threads (torch's default is one per core).
     visibility_timeout_s: a job pending this long with a worker that stopped heartbeating is taken over.
     worker_ttl_s: a worker whose heartbeat is older than this is dead: its jobs are taken over at once.
@@ -179,6 +180,17 @@ class _Batch:
     started: float
 
 
+@dataclass
+class _Encoded:
+    """A batch after the model: the jobs to push with their vectors and thumbnails, and the outcomes
+    already known (failed images, jobs that gave up)."""
+
+    jobs: list[Job]
+    vectors: Any
+    thumbs: list[bytes | None]
+    outcomes: list[tuple[Job, str | None]]
+
+
 def _typed_fields(text: str) -> dict[str, types_pb2.Value]:
     """A job's typed fields (proto3 JSON of each Value, as the server queued them) as protobuf."""
     if not text:
@@ -235,31 +247,52 @@ class Worker:
         Raises WorkerFatal for unrecoverable configuration errors.
 
         A feeder thread reads the next batch from Redis and starts decoding it in the pool while
-        this thread runs the model on the current one (at most `_PREFETCH + 1` batches in hand); without
-        decode overlap it reads and decodes the next batch only once the current one is finished.
+        this thread runs the model on the current one, and a pusher thread sends the previous batch's
+        vectors to the server and acknowledges its jobs (at most `_PREFETCH + 2` batches in hand, pushed
+        in order, one at a time); without overlap it reads, decodes, encodes and pushes one batch after
+        the other.
         """
         overlap = self.config.overlaps(self.encoder.device)
-        log.info("worker %s consuming %s (decoding beside the model: %s)", self.config.consumer, self.keys.jobs,
-                 "on" if overlap else "off")
+        log.info("worker %s consuming %s (decoding and pushing beside the model: %s)", self.config.consumer,
+                 self.keys.jobs, "on" if overlap else "off")
         batches: "stdqueue.Queue[_Batch | None]" = stdqueue.Queue()
-        slots = threading.Semaphore(1 + (_PREFETCH if overlap else 0))
+        slots = threading.Semaphore(1 + (_PREFETCH + 1 if overlap else 0))
         halt = threading.Event()  # stops the feeder: set on `stop` or on a fatal error
         feeder = threading.Thread(target=self._feed, args=(stop, halt, batches, slots), name="feeder", daemon=True)
         feeder.start()
+        pusher = ThreadPoolExecutor(1, thread_name_prefix="pusher") if overlap else None
+        pushing: "Future[None] | None" = None
         try:
             while (batch := batches.get()) is not None:
                 try:
-                    self._finish_batch(batch, stop)
+                    encoded = self._encode_batch(batch)
+                    if pushing is not None:
+                        pushing, previous = None, pushing
+                        previous.result()  # pushes stay in order; a WorkerFatal of the last push stops here
                 except redis.RedisError as exc:
                     log.warning("Redis unavailable while finishing a batch (%s); its jobs stay pending", exc)
+                    self._done(batch, slots)
                     stop.wait(1.0)
-                finally:
-                    self._forget(batch.jobs)
-                    slots.release()
+                    continue
+                except BaseException:
+                    self._done(batch, slots)
+                    raise
+                if pusher is None:
+                    self._complete(batch, encoded, stop, slots)
+                else:
+                    pushing = pusher.submit(self._complete, batch, encoded, stop, slots)
+            if pushing is not None:
+                pushing.result()
         finally:
             halt.set()
+            if pusher is not None:
+                pusher.shutdown(wait=True)  # the last push ends (or fails) before the jobs are released
             feeder.join(timeout=10)
             self._release()
+
+    def _done(self, batch: "_Batch", slots: threading.Semaphore) -> None:
+        self._forget(batch.jobs)
+        slots.release()
 
     def _release(self) -> None:
         """Gives back the jobs this worker took and did not finish (prefetched, interrupted, or left by a
@@ -351,7 +384,8 @@ class Worker:
                 return stale
         return jobqueue.read_jobs(self.redis, self.keys, self.config.consumer, self.config.batch_size, self.config.block_ms)
 
-    def _finish_batch(self, batch: "_Batch", stop: threading.Event) -> None:
+    def _encode_batch(self, batch: "_Batch") -> "_Encoded":
+        """The batch's decoded images through the model, and the outcomes known before the push."""
         outcomes: list[tuple[Job, str | None]] = []
         chunked = {job.entry_id for jobs, _ in batch.chunks for job in jobs}
         exhausted = [job for job in batch.jobs if job.entry_id not in chunked]
@@ -373,16 +407,32 @@ class Worker:
             else:
                 outcomes.append((job, reason))
         jobqueue.record_transient_errors(self.redis, self.keys, retried)
+        vectors = None
         if good:
             with ENCODE_SECONDS.time(), STAGE_SECONDS.labels("encode").time():
                 vectors = self.encoder.encode_images([tensor for _, tensor, _ in good])
-            with STAGE_SECONDS.labels("push").time():
-                error = self._push([job for job, _, _ in good], vectors, [thumb for _, _, thumb in good], stop)
-            if error == "stopped":
-                return  # not acknowledged: another worker (or our restart) will redo them
-            outcomes.extend((job, error) for job, _, _ in good)
-        with STAGE_SECONDS.labels("finish").time():
-            jobqueue.finish(self.redis, self.keys, outcomes)
+        return _Encoded([job for job, _, _ in good], vectors, [thumb for _, _, thumb in good], outcomes)
+
+    def _complete(self, batch: "_Batch", encoded: "_Encoded", stop: threading.Event,
+                  slots: threading.Semaphore) -> None:
+        """Pushes a batch's vectors, acknowledges its jobs and gives its slot back (the pusher thread's
+        work when pushes overlap the model, else the main thread's). Raises WorkerFatal."""
+        try:
+            outcomes = encoded.outcomes
+            if encoded.jobs:
+                with STAGE_SECONDS.labels("push").time():
+                    error = self._push(encoded.jobs, encoded.vectors, encoded.thumbs, stop)
+                if error == "stopped":
+                    return  # not acknowledged: another worker (or our restart) will redo them
+                outcomes = outcomes + [(job, error) for job in encoded.jobs]
+            with STAGE_SECONDS.labels("finish").time():
+                jobqueue.finish(self.redis, self.keys, outcomes)
+        except redis.RedisError as exc:
+            log.warning("Redis unavailable while finishing a batch (%s); its jobs stay pending", exc)
+            stop.wait(1.0)
+            return
+        finally:
+            self._done(batch, slots)
         self.processed += len(outcomes)  # jobs this worker brought to an end (indexed or failed)
         BATCH_SECONDS.observe(time.perf_counter() - batch.started)
         for job, reason in outcomes:
