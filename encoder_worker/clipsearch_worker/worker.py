@@ -28,6 +28,7 @@ import uuid
 import queue as stdqueue
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -191,6 +192,13 @@ class _Encoded:
     outcomes: list[tuple[Job, str | None]]
 
 
+def _wake_on_failure(batches: "stdqueue.Queue[_Batch | None]", push: "Future[None]") -> None:
+    """Ends the main loop's wait for the next batch when a push failed (a WorkerFatal: the worker must
+    stop even if no more jobs come); the loop then raises the push's exception."""
+    if push.exception() is not None:
+        batches.put(None)
+
+
 def _typed_fields(text: str) -> dict[str, types_pb2.Value]:
     """A job's typed fields (proto3 JSON of each Value, as the server queued them) as protobuf."""
     if not text:
@@ -281,8 +289,9 @@ class Worker:
                     self._complete(batch, encoded, stop, slots)
                 else:
                     pushing = pusher.submit(self._complete, batch, encoded, stop, slots)
+                    pushing.add_done_callback(partial(_wake_on_failure, batches))
             if pushing is not None:
-                pushing.result()
+                pushing.result()  # a failed push (WorkerFatal) woke the loop above with None: raised here
         finally:
             halt.set()
             if pusher is not None:
