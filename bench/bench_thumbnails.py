@@ -2,7 +2,8 @@
 make one, for WebP and JPEG at the default 256 px, on the test suite's synthetic shapes (64 x 64 PNG)
 and on photo-like JPEGs (tests/photos.py, 1024 x 768). Two times per image: from the image the worker
 decoded for the model (draft mode; the CPU path: resize + encode) and from the bytes (the
-`--device-decode` path, where the CPU decodes only for the thumbnail: draft decode + resize + encode).
+`--device-decode` path before the device scaled thumbnails: draft decode + resize + encode), and from an
+array the device already scaled (`--device-decode` now: the encode alone).
 The settings of clipsearch_worker.thumbs are compared with the earlier ones (Lanczos without the box
 reduction, libwebp method 4, a draft decode bounded by both sides) in the same run, rounds
 interleaved, medians reported.
@@ -20,12 +21,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.common import save, table  # noqa: E402
 from clipsearch_core.images import LoadLimits, decode_image  # noqa: E402
 from clipsearch_worker import thumbs  # noqa: E402
-from clipsearch_worker.thumbs import ThumbnailSpec, make_thumbnail  # noqa: E402
+from clipsearch_worker.thumbs import ThumbnailSpec, make_thumbnail, thumbnail_from_array  # noqa: E402
 from tests.photos import photo_jpeg  # noqa: E402
 from tests.tinyclip.synthetic import CLASSES, make_image  # noqa: E402
 
@@ -42,6 +46,13 @@ def _synthetic(n: int) -> list[bytes]:
 
 # name: (reducing gap, WebP method, draft decode from bytes bounded by the longest side, else both sides)
 SETTINGS = {"now": (thumbs.REDUCING_GAP, thumbs.WEBP_METHOD, True), "before (gap 2, method 4, both sides)": (2.0, 4, False)}
+
+
+def make_small(image: Image.Image, side: int) -> Image.Image:
+    """The image scaled to a longest side of `side` (never enlarged), as the device does it."""
+    scale = min(1.0, side / max(image.size))
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                        Image.Resampling.BICUBIC)
 
 
 def timed(images: list, make: "callable") -> tuple[float, list[int]]:  # type: ignore[valid-type]
@@ -66,9 +77,10 @@ def main() -> None:
     rows = []
     for name, images in sets.items():
         decoded = [decode_image(data, limits, draft_size=args.size) for data in images]
+        scaled = [np.asarray(make_small(image, args.size)) for image in decoded]  # what the device hands over
         for fmt in ("webp", "jpeg"):
             spec = ThumbnailSpec(size=args.size, format=fmt)
-            times: dict[str, dict[str, list[float]]] = {k: {"image": [], "bytes": []} for k in SETTINGS}
+            times: dict[str, dict[str, list[float]]] = {k: {"image": [], "bytes": [], "array": []} for k in SETTINGS}
             sizes: dict[str, list[int]] = {}
             for _ in range(args.rounds):
                 for setting, (gap, method, longest) in SETTINGS.items():
@@ -78,6 +90,8 @@ def main() -> None:
                     draft = {"longest_side": spec.size} if longest else {"draft_size": spec.size}
                     ms, _ = timed(images, lambda data: make_thumbnail(decode_image(data, limits, **draft), spec))
                     times[setting]["bytes"].append(ms)
+                    ms, _ = timed(scaled, lambda array: thumbnail_from_array(array, spec))
+                    times[setting]["array"].append(ms)
             thumbs.REDUCING_GAP, thumbs.WEBP_METHOD, _ = SETTINGS["now"]
             for setting in SETTINGS:
                 mean = statistics.fmean(sizes[setting])
@@ -85,9 +99,10 @@ def main() -> None:
                              "max_bytes": max(sizes[setting]), "gb_per_million": round(mean * 1e6 / 1e9, 2),
                              "ms_from_decoded": round(statistics.median(times[setting]["image"]), 2),
                              "ms_from_bytes": round(statistics.median(times[setting]["bytes"]), 2),
+                             "ms_from_device_array": round(statistics.median(times[setting]["array"]), 2),
                              "source_mean_bytes": round(statistics.fmean(len(d) for d in images))})
     table(rows, ["images", "format", "settings", "mean_bytes", "max_bytes", "gb_per_million", "ms_from_decoded",
-                 "ms_from_bytes", "source_mean_bytes"])
+                 "ms_from_bytes", "ms_from_device_array", "source_mean_bytes"])
     save("thumbnails", {"size": args.size, "images": args.images, "rows": rows})
 
 

@@ -163,3 +163,27 @@ def test_worker_with_device_decoding(stack: Stack, procs: list[Proc], tmp_path: 
             tops = list(pool.map(lambda p: client.image_search(p, k=1)[0], photos))
         assert [t.id for t in tops] == [f"jpeg-{i}" for i in range(12)]
         assert all(t.score > 0.99 for t in tops)
+        # Thumbnails: scaled on the device from the decode the model used, encoded in the pool; the PNG
+        # (decoded with PIL) gets its own as before.
+        thumbs = client.thumbnails([f"jpeg-{i}" for i in range(12)] + ["png"])
+        for i, data in enumerate(photos):
+            image = Image.open(io.BytesIO(thumbs[f"jpeg-{i}"].data))
+            assert image.format == "WEBP" and image.size == (256, 192)
+            reference = Image.open(io.BytesIO(data)).convert("RGB").resize((256, 192), Image.Resampling.LANCZOS)
+            error = np.abs(np.asarray(image.convert("RGB"), np.float32) - np.asarray(reference, np.float32)).mean()
+            assert error < 8, (i, error)
+        assert Image.open(io.BytesIO(thumbs["png"].data)).size == (32, 32)
+
+
+def test_device_decode_scales_thumbnails_there(encoder: ClipEncoder) -> None:
+    """decode_jpegs_and_thumbnails: the same model inputs as decode_jpegs, and each image scaled down on
+    the device to a longest side of 256 (never enlarged) as an (H, W, 3) uint8 array."""
+    photos = [photo_jpeg(1, 640, 480), photo_jpeg(2, 480, 640), photo_jpeg(3, 200, 100)]
+    inputs, thumbs = encoder.decode_jpegs_and_thumbnails(photos, thumbnail_side=256)
+    assert [t.shape for t in thumbs] == [(192, 256, 3), (256, 192, 3), (100, 200, 3)]
+    assert all(t.dtype == np.uint8 for t in thumbs)
+    alone = encoder.decode_jpegs(photos)
+    assert all(float((a - b).abs().max()) == 0.0 for a, b in zip(inputs, alone))
+    assert encoder.decode_jpegs_and_thumbnails(photos[:1])[1] == [None]
+    full = np.asarray(Image.open(io.BytesIO(photos[2])).convert("RGB"), np.float32)
+    assert np.abs(thumbs[2].astype(np.float32) - full).mean() < 1.0  # 200x100: kept as decoded

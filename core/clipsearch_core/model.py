@@ -140,6 +140,14 @@ class ClipEncoder:
         "torchvision" (torchvision.io, deprecated since torchvision 0.29), or "auto": TorchCodec when it
         is installed, else torchvision.
         """
+        return self.decode_jpegs_and_thumbnails(datas, backend)[0]
+
+    def decode_jpegs_and_thumbnails(self, datas: Sequence[bytes], backend: str = "auto",
+                                    thumbnail_side: int = 0) -> tuple[list[Any], list[np.ndarray | None]]:
+        """`decode_jpegs`, and with thumbnail_side > 0 each decoded image also scaled down on the device
+        (bicubic, antialiased; never enlarged) so that its longest side is thumbnail_side, returned as an
+        (H, W, 3) uint8 array on the CPU for the caller to encode: a thumbnail without a second decode
+        on the CPU. Without thumbnail_side the second list holds None for each image."""
         size = self.image_size
         mean, std = self._device_normalization()
         raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
@@ -153,12 +161,13 @@ class ClipEncoder:
 
             decoded = torchvision.io.decode_jpeg(raw, mode=torchvision.io.ImageReadMode.RGB, device=self.device,
                                                  apply_exif_orientation=True)
-        out = []
+        out, small = [], []
         for image in decoded:
+            small.append(_scaled_down(image, thumbnail_side) if thumbnail_side > 0 else None)
             image = tvf.resize(image, [size], interpolation=tvf.InterpolationMode.BICUBIC, antialias=True)
             image = tvf.center_crop(image, [size, size])
             out.append(((image.float() / 255.0).clamp_(0, 1) - mean) / std)
-        return out
+        return out, [None if t is None else t.permute(1, 2, 0).contiguous().cpu().numpy() for t in small]
 
     def _device_normalization(self) -> tuple[Any, Any]:
         """(mean, std) as (3, 1, 1) tensors on the model's device: the preprocess pipeline's Normalize
@@ -238,6 +247,16 @@ def _split_preprocess(preprocess: Any, device: str) -> tuple[list[Any] | None, A
     mean = torch.tensor(steps[-1].mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     std = torch.tensor(steps[-1].std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     return steps[:-2], mean, std
+
+
+def _scaled_down(image: Any, side: int) -> Any:
+    """A (3, H, W) uint8 image tensor scaled so that its longest side is at most `side` (never enlarged)."""
+    height, width = image.shape[-2:]
+    scale = side / max(height, width)
+    if scale >= 1:
+        return image
+    size = [max(1, round(height * scale)), max(1, round(width * scale))]
+    return tvf.resize(image, size, interpolation=tvf.InterpolationMode.BICUBIC, antialias=True)
 
 
 def _torchcodec_jpeg() -> Any:

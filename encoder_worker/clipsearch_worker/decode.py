@@ -121,7 +121,7 @@ def _prepare(item: Item, context: DecodeContext) -> Prepared:
             data = read_uri(item.uri, context.limits)
         if context.device_decode and is_jpeg(data):
             check_header(data, context.limits)
-            return "jpeg", data, "", thumbnail_of(data, None, context)  # the model's decode happens on the device
+            return "jpeg", data, "", None  # decoded on the device, the thumbnail scaled there too
         image = decode_image(data, context.limits, draft_size=context.draft_size)
         return "input", context.transform(image), "", thumbnail_of(data, image, context)
     except ImageLoadError as exc:

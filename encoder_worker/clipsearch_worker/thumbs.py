@@ -3,7 +3,9 @@
 A thumbnail is the decoded image scaled down so that its longest side is at most `size` pixels (never
 enlarged), encoded as WebP (default) or JPEG. It is made from the image the worker decodes for the
 model when that is large enough (so it costs one resize and one small encode), else from a JPEG draft
-decode at the thumbnail's size (decode.thumbnail_of); the model's own decode is never changed. Options: --thumbnail-size (0 turns thumbnails off), --thumbnail-format,
+decode at the thumbnail's size (decode.thumbnail_of); the model's own decode is never changed. With
+`--device-decode` the device scales the image it decoded for the model, and the CPU only encodes it
+(thumbnail_from_array). Options: --thumbnail-size (0 turns thumbnails off), --thumbnail-format,
 --thumbnail-quality (clipsearch_core.settings).
 """
 
@@ -15,7 +17,7 @@ from typing import Any
 
 from PIL import Image
 
-__all__ = ["MIME_TYPES", "ThumbnailSpec", "make_thumbnail"]
+__all__ = ["MIME_TYPES", "ThumbnailSpec", "make_thumbnail", "thumbnail_from_array"]
 
 MIME_TYPES = {"webp": "image/webp", "jpeg": "image/jpeg"}
 
@@ -64,3 +66,9 @@ def make_thumbnail(image: Image.Image, spec: ThumbnailSpec) -> bytes | None:
     else:
         image.save(buf, format="JPEG", quality=spec.quality, optimize=True)
     return buf.getvalue()
+
+
+def thumbnail_from_array(array: Any, spec: ThumbnailSpec) -> bytes | None:
+    """The encoded thumbnail of an (H, W, 3) uint8 RGB array already scaled on the model's device
+    (`--device-decode`: ClipEncoder.decode_jpegs_and_thumbnails), so only the encode is left."""
+    return make_thumbnail(Image.fromarray(array, "RGB"), spec)

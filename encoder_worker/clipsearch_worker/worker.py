@@ -50,7 +50,7 @@ from clipsearch_core.images import ImageLoadError, LoadLimits, decode_image
 from clipsearch_core.jobqueue import Job, Keys
 
 from .decode import DecodeContext, Item, Prepared, make_pool, prepare_chunk, thumbnail_of
-from .thumbs import ThumbnailSpec
+from .thumbs import ThumbnailSpec, thumbnail_from_array
 
 __all__ = ["Worker", "WorkerConfig", "WorkerFatal", "default_consumer_name"]
 
@@ -183,12 +183,13 @@ class _Batch:
 
 @dataclass
 class _Encoded:
-    """A batch after the model: the jobs to push with their vectors and thumbnails, and the outcomes
-    already known (failed images, jobs that gave up)."""
+    """A batch after the model: the jobs to push with their vectors and thumbnails (bytes, or a Future of
+    them when the pool is still encoding a device-scaled one), and the outcomes already known (failed
+    images, jobs that gave up)."""
 
     jobs: list[Job]
     vectors: Any
-    thumbs: list[bytes | None]
+    thumbs: "list[bytes | None | Future[bytes | None]]"
     outcomes: list[tuple[Job, str | None]]
 
 
@@ -197,6 +198,17 @@ def _wake_on_failure(batches: "stdqueue.Queue[_Batch | None]", push: "Future[Non
     stop even if no more jobs come); the loop then raises the push's exception."""
     if push.exception() is not None:
         batches.put(None)
+
+
+def _thumbnail(job: Job, thumb: "bytes | None | Future[bytes | None]") -> bytes | None:
+    """A thumbnail's bytes; None (the image is indexed without one) if its encode failed."""
+    if not isinstance(thumb, Future):
+        return thumb
+    try:
+        return thumb.result()
+    except Exception as exc:  # noqa: BLE001 - a thumbnail must never fail its image
+        log.warning("thumbnail of image %s not made (%s: %s)", job.id, type(exc).__name__, exc)
+        return None
 
 
 def _typed_fields(text: str) -> dict[str, types_pb2.Value]:
@@ -429,8 +441,9 @@ class Worker:
         try:
             outcomes = encoded.outcomes
             if encoded.jobs:
+                thumbs = [_thumbnail(job, thumb) for job, thumb in zip(encoded.jobs, encoded.thumbs)]
                 with STAGE_SECONDS.labels("push").time():
-                    error = self._push(encoded.jobs, encoded.vectors, encoded.thumbs, stop)
+                    error = self._push(encoded.jobs, encoded.vectors, thumbs, stop)
                 if error == "stopped":
                     return  # not acknowledged: another worker (or our restart) will redo them
                 outcomes = outcomes + [(job, error) for job in encoded.jobs]
@@ -478,10 +491,13 @@ class Worker:
         pending = [i for i, (_, (kind, _, _, _)) in enumerate(prepared) if kind == "jpeg"]
         if not pending:
             return
+        spec = self.config.thumbnail
         try:
-            tensors = self.encoder.decode_jpegs([prepared[i][1][1] for i in pending])
-            for i, tensor in zip(pending, tensors):
-                prepared[i] = (prepared[i][0], ("input", tensor, "", prepared[i][1][3]))
+            tensors, smalls = self.encoder.decode_jpegs_and_thumbnails(
+                [prepared[i][1][1] for i in pending], thumbnail_side=spec.size if spec.enabled else 0)
+            for i, tensor, small in zip(pending, tensors, smalls):  # thumbnails encoded in the pool meanwhile
+                thumb = None if small is None else self._pool.submit(thumbnail_from_array, small, spec)
+                prepared[i] = (prepared[i][0], ("input", tensor, "", thumb))
         except (RuntimeError, ValueError) as exc:
             log.info("batch JPEG decode on %s failed (%s); decoding one by one", self.encoder.device, exc)
             for i in pending:
