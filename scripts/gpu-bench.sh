@@ -15,7 +15,8 @@
 # Rehearse on CPU, no network, with a venv holding only what the lent machine has (torch, torchvision,
 # numpy, Pillow, ...) and the same wheels for its Python in WHEELS:
 #   unshare -n bash -c 'ip link set lo up; PY=/path/venv/bin/python WHEELS=/path/wheels DEVICE=cpu SMALL=1 \
-#     STEPS="feed-B32-device feed-B32-workers feed-B32-profile query feed-B32-cpu feed-tiny feed-L14-device" scripts/gpu-bench.sh'
+#     STEPS="feed-B32-device feed-B32-workers feed-B32-profile query query-decompose feed-B32-cpu feed-tiny feed-L14-device" \
+#     scripts/gpu-bench.sh'
 
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -77,6 +78,9 @@ want feed-B32-profile && step feed-B32-profile 110 $PY bench/bench_feed.py "${GP
   --runs "path:0 --thumbnail-size 0" --profile "$RESULTS/profiles" --name feed-B32-profile
 want query && step query 110 $PY bench/bench_query.py --model ViT-B-32 --device "$DEVICE" --vectors "$VECTORS" \
   --queries "$QUERIES" --name query
+# TextSearch's time split (encode, search, the per-call path), gRPC and in-process alternated.
+want query-decompose && step query-decompose 120 $PY bench/bench_query.py --model ViT-B-32 --device "$DEVICE" \
+  --vectors "$VECTORS" --queries "$QUERIES" --decompose --name query-decompose
 want feed-B32-cpu && step feed-B32-cpu 120 $PY bench/bench_feed.py "${GPU[@]}" \
   --worker-args "--device $DEVICE --threads 0" --runs "path:$GPU_PROCS" --name feed-B32-cpu
 # The pipeline's own cost with the tiny model on the CPU, and how it grows with decode processes.
