@@ -214,7 +214,7 @@ def test_store_keeps_thumbnails_beside_images(tmp_path: Path) -> None:
 @pytest.mark.parametrize("width, height, drafted", [(1024, 768, (256, 192)), (640, 480, (320, 240)),
                                                     (768, 1024, (192, 256)), (200, 150, (200, 150))])
 def test_thumbnail_draft_keeps_only_the_longest_side(width: int, height: int, drafted: tuple[int, int]) -> None:
-    """Without a decode for the model (`--device-decode`, or a model input smaller than the thumbnail) the
+    """When the model's decode is smaller than the thumbnail (the tiny test model's 64 px input) the
     thumbnail's own JPEG decode scales in the DCT domain while the longest side stays >= the thumbnail's
     size (both sides >= 256 would decode a 1024x768 photo at 512x384, 4x the pixels); the thumbnail still
     has the exact size and looks like the image."""
@@ -224,8 +224,10 @@ def test_thumbnail_draft_keeps_only_the_longest_side(width: int, height: int, dr
     data = photo_jpeg(3, width, height)
     assert decode_image(data, LoadLimits(), longest_side=256).size == drafted
     spec = ThumbnailSpec()
-    context = DecodeContext(LoadLimits(), 224, lambda image: image, True, spec)
-    thumb = Image.open(io.BytesIO(thumbnail_of(data, None, context) or b""))
+    context = DecodeContext(LoadLimits(), 64, lambda image: image, False, spec)
+    for_the_model = decode_image(data, LoadLimits(), draft_size=64)
+    assert max(for_the_model.size) < 256
+    thumb = Image.open(io.BytesIO(thumbnail_of(data, for_the_model, context) or b""))
     scale = min(1.0, 256 / max(width, height))
     assert thumb.format == "WEBP" and thumb.size == (round(width * scale), round(height * scale))
     reference = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize(thumb.size, Image.Resampling.LANCZOS),

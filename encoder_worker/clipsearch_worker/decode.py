@@ -46,11 +46,12 @@ class DecodeContext:
 def thumbnail_of(data: bytes, image: Any, context: DecodeContext) -> bytes | None:
     """The thumbnail of an image (None when off), from `image` (decoded for the model) when it is large
     enough, else from a JPEG draft decode at the thumbnail's size. The model's decode is never changed
-    for the thumbnail's sake: vectors stay those the server computes for the same image as a query."""
+    for the thumbnail's sake: vectors stay those the server computes for the same image as a query.
+    (With `--device-decode` the device scales the thumbnail instead: thumbs.thumbnail_from_array.)"""
     spec = context.thumbnail
     if not spec.enabled:
         return None
-    if image is None or (max(image.size) < spec.size and is_jpeg(data)):
+    if max(image.size) < spec.size and is_jpeg(data):
         image = decode_image(data, context.limits, longest_side=spec.size)
     return make_thumbnail(image, spec)
 
