@@ -60,7 +60,7 @@ def test_empty_collection_trains_and_retrains_while_searches_and_writes_run(tmp_
     vectors = unit(rng, n, dim)
     options = KindOptions("ivf-pq", train_min=300, search=IndexOptions(nprobe=64, rerank=40))
     col = Collection(tmp_path, "m@1", dim, PARAMS, seal_at=200, kind=options)
-    assert col.stats().index.training == "waiting-for-data" and col.stats().index.spec == "Flat"
+    assert col.stats(report=True).index.training == "waiting-for-data" and col.stats(report=True).index.spec == "Flat"
     acked = [0]
     deleted: set[int] = set()  # deletes that have returned
     deleting: set[int] = set()  # deletes that have started (a search meanwhile may or may not see them)
@@ -108,7 +108,7 @@ def test_empty_collection_trains_and_retrains_while_searches_and_writes_run(tmp_
         searcher.join(10)
     assert not errors, errors[:5]
     assert "Flat" in specs and any(s.startswith("IVF") for s in specs)
-    report = col.stats().index
+    report = col.stats(report=True).index
     assert report.training == "trained" and report.spec.startswith("IVF") and report.trained_on >= 3000  # retrained
     assert report.disk_bytes >= n * dim * 4 and 0 < report.bytes_per_vector < 4 * dim
     live = np.array(sorted(set(range(n)) - deleted))
@@ -140,13 +140,13 @@ def test_auto_picks_from_the_budget_and_says_why(tmp_path: Path) -> None:
     vectors = unit(np.random.default_rng(4), 600, dim)
     roomy = Collection(tmp_path / "roomy", "m@1", dim, PARAMS, kind=KindOptions("auto", kinds.parse_bytes("1GiB"), 300))
     roomy.upsert([ImageRecord(str(i), vectors[i]) for i in range(600)])
-    report = roomy.stats().index
+    report = roomy.stats(report=True).index
     assert report.spec == "HNSW16,Flat" and report.training == "not-needed" and "auto: hnsw needs" in report.choice
     roomy.close()
     tight = Collection(tmp_path / "tight", "m@1", dim, PARAMS, kind=KindOptions("auto", kinds.parse_bytes("8KiB"), 300))
     tight.upsert([ImageRecord(str(i), vectors[i]) for i in range(600)])
     tight.wait_for_compaction(60)
-    report = tight.stats().index
+    report = tight.stats(report=True).index
     assert kinds.family(report.spec) == "ivf-pq" and report.training == "trained" and "nothing fits" in report.choice
     assert tight.search(vectors[5], 1)[0].id == "5"
     tight.close()

@@ -126,8 +126,8 @@ def test_worker_options_set_the_format_and_size(deployed: Deployed, tiny_model: 
     Redis prefix) that pushes to the same server."""
     stack = Stack(model=tiny_model, redis_url=redis_url, log_dir=tmp_path / "logs", prefix="thumbs-jpeg")
     worker = stack.start_worker(deployed.address, ["--thumbnail-format", "jpeg", "--thumbnail-size", "100"])
+    queue = jobqueue.connect(redis_url)
     try:
-        queue = jobqueue.connect(redis_url)
         job = jobqueue.Job(id="jpeg-photo", has_blob=True, batch_id="b")
         jobqueue.submit(queue, jobqueue.Keys("thumbs-jpeg"), [job], [photo_jpeg(60)], "b")
         wait_for(lambda: "jpeg-photo" in deployed.client.thumbnails(["jpeg-photo"], allow_missing=True), 120,
@@ -135,9 +135,10 @@ def test_worker_options_set_the_format_and_size(deployed: Deployed, tiny_model: 
         thumb = deployed.client.thumbnails(["jpeg-photo"])["jpeg-photo"]
         assert thumb.mime_type == "image/jpeg"
         assert _decoded(thumb.data).format == "JPEG" and _decoded(thumb.data).size == (100, 75)
-        queue.close()
     finally:
-        assert worker.stop() == 0, worker.output()[-3000:]
+        code = worker.stop()
+        queue.close()
+    assert code == 0, worker.output()[-3000:]
 
 
 def _upsert(deployed: Deployed, record: index_pb.VectorRecord) -> None:

@@ -26,8 +26,8 @@ __all__ = ["DecodeContext", "Prepared", "make_pool", "prepare_chunk", "thumbnail
 
 log = logging.getLogger(__name__)
 
-# What one image became: ("input", model input, "", thumbnail) | ("jpeg", bytes, "", thumbnail) to decode
-# on the device | ("transient", None, reason, None): retry later | ("failed", None, reason, None).
+# What one image became: ("input", model input, "", thumbnail) | ("jpeg", bytes, "", None) to decode (and
+# scale its thumbnail) on the device | ("transient", None, reason, None): retry later | ("failed", None, reason, None).
 # thumbnail: the encoded thumbnail bytes, or None when thumbnails are off.
 Prepared = tuple[str, Any, str, "bytes | None"]
 
@@ -51,7 +51,8 @@ def thumbnail_of(data: bytes, image: Any, context: DecodeContext) -> bytes | Non
     spec = context.thumbnail
     if not spec.enabled:
         return None
-    if max(image.size) < spec.size and is_jpeg(data):
+    if max(image.size) < spec.size and min(image.size) >= context.draft_size and is_jpeg(data):
+        # draft-reduced for the model (else both sides would not both be >= its input): decode it again
         image = decode_image(data, context.limits, longest_side=spec.size)
     return make_thumbnail(image, spec)
 

@@ -26,11 +26,11 @@ import threading
 import time
 import uuid
 import queue as stdqueue
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import grpc
 from google.protobuf import json_format
@@ -62,10 +62,11 @@ BATCH_SECONDS = Histogram("clipsearch_worker_batch_seconds", "Time to decode, en
                           buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 ENCODE_SECONDS = Histogram("clipsearch_worker_encode_seconds", "Model forward time of one batch",
                            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-# Where the main thread's time per batch goes, one stage after another: waiting for the decode pool's
-# results (collect), decoding on the device (device_decode), the model (encode, also ENCODE_SECONDS),
-# UpsertVectors until the server answers (push), and the acknowledgement script (finish).
-STAGE_SECONDS = Histogram("clipsearch_worker_stage_seconds", "Main-thread time of one batch, by stage", ["stage"],
+# Where a batch's time goes, one stage after another: waiting for the decode pool's results (collect),
+# decoding on the device (device_decode), the model (encode, also ENCODE_SECONDS), UpsertVectors until the
+# server answers (push), and the acknowledgement script (finish). The first three run on the main thread;
+# push and finish on the pusher thread when decode_overlap is on (beside the next batch's stages).
+STAGE_SECONDS = Histogram("clipsearch_worker_stage_seconds", "Time of one batch, by stage", ["stage"],
                           buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
 
 _REASON_KINDS = (
@@ -244,6 +245,7 @@ class Worker:
         self._in_flight: set[str] = set()  # entry ids of the jobs taken and not yet finished
         self._in_flight_lock = threading.Lock()
         self._closed = threading.Event()
+        self._abort = threading.Event()  # set when run() fails: pushes stop retrying
         self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
         self._heartbeat.start()
 
@@ -276,7 +278,7 @@ class Worker:
         log.info("worker %s consuming %s (decoding and pushing beside the model: %s)", self.config.consumer,
                  self.keys.jobs, "on" if overlap else "off")
         batches: "stdqueue.Queue[_Batch | None]" = stdqueue.Queue()
-        slots = threading.Semaphore(1 + (_PREFETCH + 1 if overlap else 0))
+        slots = threading.Semaphore(_PREFETCH + 2 if overlap else 1)
         halt = threading.Event()  # stops the feeder: set on `stop` or on a fatal error
         feeder = threading.Thread(target=self._feed, args=(stop, halt, batches, slots), name="feeder", daemon=True)
         feeder.start()
@@ -304,6 +306,9 @@ class Worker:
                     pushing.add_done_callback(partial(_wake_on_failure, batches))
             if pushing is not None:
                 pushing.result()  # a failed push (WorkerFatal) woke the loop above with None: raised here
+        except BaseException:
+            self._abort.set()  # a push retrying against an unreachable server gives up: the jobs are released
+            raise
         finally:
             halt.set()
             if pusher is not None:
@@ -375,7 +380,7 @@ class Worker:
         items = [Item(job.id, job.uri, job.has_blob, blob) for job, blob in zip(fresh, blobs)]
         size = max(1, -(-len(items) // (2 * self._lanes)))  # two chunks per lane: the lanes finish together
         context = None if self.config.decode_processes else self._decode  # processes have it already
-        chunks = [(fresh[start:start + size], self._pool.submit(prepare_chunk, items[start:start + size], context))
+        chunks = [(fresh[start:start + size], self._submit(prepare_chunk, items[start:start + size], context))
                   for start in range(0, len(items), size)]
         return _Batch(jobs, chunks, time.perf_counter())
 
@@ -493,15 +498,26 @@ class Worker:
             return
         spec = self.config.thumbnail
         try:
-            tensors, smalls = self.encoder.decode_jpegs_and_thumbnails(
-                [prepared[i][1][1] for i in pending], thumbnail_side=spec.size if spec.enabled else 0)
-            for i, tensor, small in zip(pending, tensors, smalls):  # thumbnails encoded in the pool meanwhile
-                thumb = None if small is None else self._pool.submit(thumbnail_from_array, small, spec)
-                prepared[i] = (prepared[i][0], ("input", tensor, "", thumb))
+            tensors, smalls = self.encoder.decode_jpegs_and_thumbnails([prepared[i][1][1] for i in pending],
+                                                                       thumbnail_side=spec.size)
         except (RuntimeError, ValueError) as exc:
             log.info("batch JPEG decode on %s failed (%s); decoding one by one", self.encoder.device, exc)
             for i in pending:
                 prepared[i] = (prepared[i][0], self._decode_with_pil(bytes(prepared[i][1][1])))
+            return
+        for i, tensor, small in zip(pending, tensors, smalls):  # thumbnails encoded in the pool meanwhile
+            prepared[i] = (prepared[i][0], ("input", tensor, "", None if small is None else self._submit(
+                thumbnail_from_array, small, spec)))
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """fn(*args) in the decode pool; a pool broken by a crashed decode process gives a failed Future
+        (its images are retried, or their thumbnails left out) until `_collect` starts a new pool."""
+        try:
+            return self._pool.submit(fn, *args)
+        except BrokenExecutor as exc:
+            failed: Future = Future()
+            failed.set_exception(exc)
+            return failed
 
     def _decode_with_pil(self, data: bytes) -> Prepared:
         try:
@@ -513,7 +529,7 @@ class Worker:
     def _push(self, jobs: Sequence[Job], vectors: np.ndarray, thumbs: Sequence[bytes | None],
               stop: threading.Event) -> str | None:
         """Upserts vectors (with thumbnails) on the server. Returns None on success, "stopped" if
-        interrupted, or a failure reason."""
+        interrupted (`stop`, or the main loop failing: `_abort`), or a failure reason."""
         mime = self.config.thumbnail.mime_type
         request = index_pb.UpsertVectorsRequest(
             model=self._model,
@@ -538,7 +554,7 @@ class Worker:
                 if code not in _RETRYABLE:
                     return f"the server refused the vector: {code.name}: {exc.details()}"
                 log.warning("push failed (%s: %s); retrying in %.1fs", code.name, exc.details(), delay)
-            if stop.wait(delay):
+            if stop.wait(delay) or self._abort.is_set():
                 return "stopped"
             delay = min(delay * 2, 5.0)
 

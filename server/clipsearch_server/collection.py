@@ -412,7 +412,9 @@ class Collection:
             raise NotFound(f"no indexed image has id {image_id!r}")
         return vector
 
-    def stats(self) -> CollectionStats:
+    def stats(self, report: bool = False) -> CollectionStats:
+        """Counts, and with `report` the index's kind, training state and measured memory (which takes
+        the index's read lock and may walk its lists: GetIndexStats asks for it, metrics do not)."""
         return CollectionStats(
             count=self._live,
             model=self.model,
@@ -420,7 +422,7 @@ class Collection:
             index_type=self.index.description,
             params=self.params,
             stale_entries=self.index.tombstones,
-            index=self._index_report(),
+            index=self._index_report() if report else None,
         )
 
     def _index_report(self) -> IndexReport:

@@ -137,7 +137,7 @@ class Engine:
         return ReplicationStats("postgresql", replica.applied, replica.head, replica.lag_s())
 
     async def stats(self) -> CollectionStats:
-        return await self._run(self.collection.stats)
+        return await self._run(lambda: self.collection.stats(report=True))
 
     async def aclose(self) -> None:
         await self.texts.close()

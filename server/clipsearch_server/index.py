@@ -29,7 +29,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import faiss
 import numpy as np
@@ -40,7 +40,7 @@ from .files import replace_durably
 from .vectorfile import VectorFile
 
 __all__ = ["FaissIndex", "HnswIndex", "HnswParams", "IndexOptions", "SearchParams", "VectorIndex", "load_index",
-           "make_index", "needs_training", "normalize", "validate_spec"]
+           "make_index", "needs_training", "normalize"]
 
 
 @dataclass(frozen=True)
@@ -228,6 +228,8 @@ class VectorIndex(abc.ABC):
 class _Tombstoned(VectorIndex):
     """The lock, tombstones and selectors shared by the faiss kinds."""
 
+    _index: Any  # the faiss index, set by the subclass
+
     def __init__(self) -> None:
         self._lock = _RWLock()
         self._tombstones: set[int] = set()
@@ -236,6 +238,16 @@ class _Tombstoned(VectorIndex):
     @property
     def tombstones(self) -> int:
         return len(self._tombstones)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self._index.ntotal)
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        with self._lock.read():
+            faiss.write_index(self._index, str(tmp))
+        replace_durably(tmp, path)
 
     def remove(self, labels: Iterable[int]) -> None:
         new = {int(x) for x in labels} - self._tombstones
@@ -276,7 +288,7 @@ class HnswIndex(_Tombstoned):
             self._index = _loaded
 
     @classmethod
-    def load(cls, path: Path, params: HnswParams, **_: object) -> "HnswIndex":
+    def load(cls, path: Path, params: HnswParams) -> "HnswIndex":
         """Reads an index written by `save`. Raises ValueError if it was built with another M."""
         loaded = faiss.read_index(str(path))
         hnsw = faiss.downcast_index(loaded.index)
@@ -287,16 +299,6 @@ class HnswIndex(_Tombstoned):
             raise ValueError(f"{path} was built with M={built_m}, configuration says M={params.m}")
         hnsw.hnsw.efConstruction = params.ef_construction
         return cls(int(loaded.d), params, _loaded=loaded)
-
-    def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        with self._lock.read():
-            faiss.write_index(self._index, str(tmp))
-        replace_durably(tmp, path)
-
-    @property
-    def ntotal(self) -> int:
-        return int(self._index.ntotal)
 
     @property
     def description(self) -> str:
@@ -383,10 +385,7 @@ class FaissIndex(_Tombstoned):
     def save(self, path: Path) -> None:
         if self._file is not None:
             self._file.flush()  # every label the file will cover has its exact row on disk
-        tmp = path.with_name(path.name + ".tmp")
-        with self._lock.read():
-            faiss.write_index(self._index, str(tmp))
-        replace_durably(tmp, path)
+        super().save(path)
 
     @property
     def _reranks(self) -> bool:
@@ -396,10 +395,6 @@ class FaissIndex(_Tombstoned):
     def description(self) -> str:
         rerank = f", {self.options.rerank}x candidates re-ranked with exact vectors" if self._reranks else ""
         return f"{self.spec} (inner product{rerank})"
-
-    @property
-    def ntotal(self) -> int:
-        return int(self._index.ntotal)
 
     @property
     def is_trained(self) -> bool:
@@ -451,10 +446,6 @@ class FaissIndex(_Tombstoned):
                 self._index.remove_ids(faiss.IDSelectorBatch(ids))
                 self._mark(ids, False)
 
-    @property
-    def tombstones(self) -> int:
-        return 0 if self._deletes else len(self._tombstones)
-
     def labels(self) -> np.ndarray:
         return np.flatnonzero(self._present).astype(np.int64)
 
@@ -502,7 +493,8 @@ class FaissIndex(_Tombstoned):
         come back short: the collection completes short searches exactly). Call under the read lock."""
         wide = min(self.ntotal, fetch + len(self._tombstones) + (self.ntotal - len(include) if include is not None else 0))
         scores, labels = self._index.search(queries, max(wide, fetch))
-        keep = ~np.isin(labels, np.fromiter(self._tombstones, dtype=np.int64)) & (labels >= 0)
+        dead = self._exclusion.ids if self._exclusion is not None else np.empty(0, dtype=np.int64)
+        keep = ~np.isin(labels, dead) & (labels >= 0)
         if include is not None:
             keep &= np.isin(labels, include)
         out_scores = np.full((len(queries), fetch), -np.inf, dtype=np.float32)
@@ -570,12 +562,6 @@ def _factory(spec: str, dim: int) -> object:
 
 
 _HNSW_FLAT = re.compile(r"^HNSW(\d+),Flat$")
-
-
-def validate_spec(spec: str, dim: int) -> None:
-    """Raises ValueError with a clear message if faiss cannot build `spec` at this dimension."""
-    if not _HNSW_FLAT.match(spec):
-        _factory(spec, dim)
 
 
 def make_index(spec: str, dim: int, params: HnswParams = HnswParams(), options: IndexOptions = IndexOptions(),

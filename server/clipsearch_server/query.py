@@ -212,9 +212,8 @@ def _cut(q: Query, candidates: list[tuple[Hit, np.ndarray]], exhausted: bool) ->
         floor = q.min_score if q.min_score is not None else -math.inf
     certain = exhausted or last_fetched < floor - TIE_EPS
     returned = (q.cursor.returned if q.cursor else 0) + len(kept)
-    token = ""
-    if len(kept) == q.k and (more or not (exhausted or below)) and returned < pages.MAX_DEPTH:
-        token = pages.encode(Cursor(kept[-1].score, kept[-1].id, returned, q.fingerprint))
+    token = pages.next_token(kept[-1].score, kept[-1].id, returned, q.fingerprint,
+                             more or not (exhausted or below)) if len(kept) == q.k else ""
     return Page(kept, token, collapsed), certain
 
 

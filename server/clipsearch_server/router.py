@@ -275,8 +275,7 @@ class RouterSearch(search_grpc.SearchServiceServicer):
     @_edge
     async def GetThumbnails(self, request: search_pb.GetThumbnailsRequest,
                             context: grpc.aio.ServicerContext) -> search_pb.GetThumbnailsResponse:
-        check.count(len(request.ids), check.MAX_THUMBNAIL_IDS, "ids")
-        ids = [check.image_id(image_id, f"ids[{i}]") for i, image_id in enumerate(request.ids)]
+        ids = check.image_ids(request.ids, check.MAX_THUMBNAIL_IDS)
         metadata, timeout = _forwarded(context), _budget(context, self._timeout)
         groups = by_shard(ids, self._cluster.count)
         parts = [search_pb.GetThumbnailsRequest(ids=sorted({ids[i] for i in positions}), allow_missing=True)
@@ -285,9 +284,7 @@ class RouterSearch(search_grpc.SearchServiceServicer):
             self._cluster.shards[index].call(_SEARCH + "GetThumbnails", part.SerializeToString(), timeout, metadata)
             for index, part in zip(groups, parts)))
         found = {t.id: t.thumbnail for r in replies for t in search_pb.GetThumbnailsResponse.FromString(r).thumbnails}
-        missing = [image_id for image_id in ids if image_id not in found]
-        if missing and not request.allow_missing:
-            raise check.missing_thumbnails(missing)
+        missing = check.thumbnails_missing(ids, found, request.allow_missing)
         return search_pb.GetThumbnailsResponse(
             thumbnails=[search_pb.ImageThumbnail(id=image_id, thumbnail=found[image_id]) for image_id in ids
                         if image_id in found], not_found=missing)
@@ -345,8 +342,7 @@ class RouterIndex(index_grpc.IndexServiceServicer):
     @_edge
     async def DeleteImages(self, request: index_pb.DeleteImagesRequest,
                            context: grpc.aio.ServicerContext) -> index_pb.DeleteImagesResponse:
-        check.count(len(request.ids), check.MAX_DELETE_IDS, "ids")
-        ids = [check.image_id(image_id, f"ids[{i}]") for i, image_id in enumerate(request.ids)]
+        ids = check.image_ids(request.ids, check.MAX_DELETE_IDS)
         parts = {index: index_pb.DeleteImagesRequest(ids=[ids[i] for i in positions]).SerializeToString()
                  for index, positions in by_shard(ids, self._cluster.count).items()}
         replies = await self._write("DeleteImages", parts, context)

@@ -93,12 +93,9 @@ class SearchServicer(search_grpc.SearchServiceServicer):
     async def GetThumbnails(
         self, request: search_pb.GetThumbnailsRequest, context: grpc.aio.ServicerContext
     ) -> search_pb.GetThumbnailsResponse:
-        check.count(len(request.ids), check.MAX_THUMBNAIL_IDS, "ids")
-        ids = [check.image_id(image_id, f"ids[{i}]") for i, image_id in enumerate(request.ids)]
+        ids = check.image_ids(request.ids, check.MAX_THUMBNAIL_IDS)
         found = await self._slot.get().thumbnails(ids)
-        missing = [image_id for image_id in ids if image_id not in found]
-        if missing and not request.allow_missing:
-            raise check.missing_thumbnails(missing)
+        missing = check.thumbnails_missing(ids, found, request.allow_missing)
         return search_pb.GetThumbnailsResponse(
             thumbnails=[search_pb.ImageThumbnail(id=image_id, thumbnail=types_pb2.Thumbnail(
                 data=found[image_id][0], mime_type=found[image_id][1])) for image_id in ids if image_id in found],
@@ -225,8 +222,7 @@ class IndexServicer(index_grpc.IndexServiceServicer):
     async def DeleteImages(
         self, request: index_pb.DeleteImagesRequest, context: grpc.aio.ServicerContext
     ) -> index_pb.DeleteImagesResponse:
-        check.count(len(request.ids), check.MAX_DELETE_IDS, "ids")
-        ids = [check.image_id(image_id, f"ids[{i}]") for i, image_id in enumerate(request.ids)]
+        ids = check.image_ids(request.ids, check.MAX_DELETE_IDS)
         deleted, position = await self._slot.get().delete(ids)
         gone = set(deleted)
         return index_pb.DeleteImagesResponse(deleted=deleted, not_found=[i for i in ids if i not in gone],

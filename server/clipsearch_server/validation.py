@@ -7,7 +7,7 @@ field, the value's problem and the limit, so a caller can fix the request.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Container, Mapping, Sequence
 
 import numpy as np
 
@@ -23,11 +23,13 @@ __all__ = [
     "MAX_TEXT_CHARS",
     "MAX_UPSERT_RECORDS",
     "image_id",
+    "image_ids",
     "request_id",
     "k",
     "metadata",
     "missing_thumbnails",
     "text",
+    "thumbnails_missing",
     "uri",
     "vector",
 ]
@@ -102,6 +104,12 @@ def metadata(value: Mapping[str, str], field: str = "metadata") -> dict[str, str
     return dict(value)
 
 
+def image_ids(values: Sequence[str], limit: int, field: str = "ids") -> list[str]:
+    """1 to `limit` valid image ids, each named `field[i]` in an error."""
+    count(len(values), limit, field)
+    return [image_id(value, f"{field}[{i}]") for i, value in enumerate(values)]
+
+
 def count(value: int, limit: int, what: str) -> int:
     if value == 0:
         raise InvalidArgument(f"the request holds no {what}")
@@ -166,6 +174,14 @@ def thumbnail(data: bytes, mime_type: str, field: str) -> tuple[bytes, str]:
     if mime_type not in THUMBNAIL_MIME_TYPES:
         raise InvalidArgument(f"{field}.mime_type is {mime_type!r}; use one of {', '.join(THUMBNAIL_MIME_TYPES)}")
     return data, mime_type
+
+
+def thumbnails_missing(ids: Sequence[str], found: Container[str], allow_missing: bool) -> list[str]:
+    """The ids of a GetThumbnails without a thumbnail; NOT_FOUND naming them unless allow_missing."""
+    missing = [image_id for image_id in ids if image_id not in found]
+    if missing and not allow_missing:
+        raise missing_thumbnails(missing)
+    return missing
 
 
 def missing_thumbnails(missing: Sequence[str]) -> NotFound:
