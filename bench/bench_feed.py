@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import cpu_seconds, save, scrape, table  # noqa: E402
+from bench.common import cpu_seconds, save, scrape, split_env, table  # noqa: E402
 from clipsearch import Client, ImageInput  # noqa: E402
 from clipsearch_core.images import LoadLimits, decode_image  # noqa: E402
 from clipsearch_core.model import ModelSpec, load_encoder  # noqa: E402
@@ -127,9 +127,8 @@ def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, proce
              "--allowed-root", str(files[0].parent)]
     if processes:
         extra += ["--decode-processes", str(processes)]
-    words = args.worker_args.split() + own_args.split()
-    env = dict(w.split("=", 1) for w in words if "=" in w and w.split("=", 1)[0].isupper())
-    extra += [w for w in words if not ("=" in w and w.split("=", 1)[0].isupper())]
+    words, env = split_env(args.worker_args.split() + own_args.split())
+    extra += words
     stack.extra_env = env  # the workers' alone (e.g. PYTHONPATH=<another checkout>: compare two versions)
     ports = [free_port() for _ in range(workers)]
     started = [stack.start_worker(address, [*extra, "--metrics-port", str(port)], name=f"worker{i}")

@@ -37,7 +37,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import cpu_seconds, save, scrape, table  # noqa: E402
+from bench.common import cpu_seconds, save, scrape, split_env, table  # noqa: E402
 from clipsearch import Client, ImageInput  # noqa: E402
 from clipsearch_core.model import ModelSpec, load_encoder  # noqa: E402
 from tests.photos import photo_jpeg  # noqa: E402
@@ -65,9 +65,7 @@ def seed_loop_rate(encoder, photos: list[bytes]) -> float:  # type: ignore[no-un
 def parse_variant(spec: str) -> tuple[str, list[str], dict[str, str]]:
     """`name=args...` -> (name, worker arguments, worker environment)."""
     name, _, rest = spec.partition("=")
-    words = rest.split()
-    env = dict(w.split("=", 1) for w in words if "=" in w and w.split("=", 1)[0].isupper())
-    return name.strip(), [w for w in words if not ("=" in w and w.split("=", 1)[0].isupper())], env
+    return (name.strip(), *split_env(rest.split()))
 
 
 @dataclass

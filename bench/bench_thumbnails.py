@@ -14,7 +14,6 @@ interleaved, medians reported.
 from __future__ import annotations
 
 import argparse
-import io
 import random
 import statistics
 import sys
@@ -30,18 +29,13 @@ from bench.common import save, table  # noqa: E402
 from clipsearch_core.images import LoadLimits, decode_image  # noqa: E402
 from clipsearch_worker import thumbs  # noqa: E402
 from clipsearch_worker.thumbs import ThumbnailSpec, make_thumbnail, thumbnail_from_array  # noqa: E402
+from tests.data import png_bytes  # noqa: E402
 from tests.photos import photo_jpeg  # noqa: E402
 from tests.tinyclip.synthetic import CLASSES, make_image  # noqa: E402
 
 
 def _synthetic(n: int) -> list[bytes]:
-    out = []
-    for i in range(n):
-        color, shape = CLASSES[i % len(CLASSES)]
-        buf = io.BytesIO()
-        make_image(color, shape, random.Random(i)).save(buf, format="PNG")
-        out.append(buf.getvalue())
-    return out
+    return [png_bytes(make_image(*CLASSES[i % len(CLASSES)], random.Random(i))) for i in range(n)]
 
 
 # name: (reducing gap, WebP method, draft decode from bytes bounded by the longest side, else both sides)

@@ -32,6 +32,15 @@ def machine() -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+def split_env(words: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Command-line words -> (arguments, environment): a word NAME=value with NAME in upper case is an
+    environment variable."""
+    def is_env(word: str) -> bool:
+        return "=" in word and word.split("=", 1)[0].isupper()
+
+    return [w for w in words if not is_env(w)], dict(w.split("=", 1) for w in words if is_env(w))
+
+
 def scrape(port: int) -> dict[str, float]:
     """The samples of a Prometheus /metrics page: `name` or `name{label="value",...}` -> value."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()

@@ -72,6 +72,7 @@ def test_empty_collection_trains_and_retrains_while_searches_and_writes_run(tmp_
         local = np.random.default_rng(2)
         while not stop.is_set():
             if not acked[0]:
+                stop.wait(0.001)
                 continue
             i = int(local.integers(0, acked[0]))
             gone = set(deleted)  # taken before the search: these must not come back
@@ -245,7 +246,7 @@ def test_each_kind_through_the_stack(kind: str, stack: Stack, procs: list[Proc],
         port = free_port()
         proc = spawn("refused", _server_cmd(stack, data, port, other), stack.log_dir)
         procs.append(proc)
-        wait_for(lambda: proc.popen.poll() is not None, 120, "refusal", None)
+        proc.popen.wait(timeout=120)
         assert proc.popen.returncode != 0
         assert "created with --index hnsw-sq8; this server runs --index ivf-pq" in proc.output()
 

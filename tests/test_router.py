@@ -54,7 +54,6 @@ class Cluster:
     single: str
     data: dict[str, Path]
     ids: list[str]
-    log_dir: Path
     metrics_port: int
 
     def search(self, address: str, text: str, k: int = 10, timeout: float = 10, **kw: object) -> search_pb.TextSearchResponse:
@@ -108,7 +107,7 @@ def cluster(tiny_model: str, redis_url: str, tmp_path_factory: pytest.TempPathFa
             records = _stored(data["s0"]) + _stored(data["s1a"])
             index_grpc.IndexServiceStub(channel).UpsertVectors(
                 index_pb.UpsertVectorsRequest(model=stats.model, records=records), timeout=30)
-        yield Cluster(address, s0, s1, single, data, [i.id for i in inputs], stack.log_dir, metrics_port)
+        yield Cluster(address, s0, s1, single, data, [i.id for i in inputs], metrics_port)
     finally:
         for proc in started:
             if proc.popen.poll() is None:

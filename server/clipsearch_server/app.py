@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2
+from grpc_health.v1.health import HealthServicer
 
 from clipsearch.v1 import (
     index_service_pb2,
@@ -72,7 +73,7 @@ class RunningServer:
     server: grpc.aio.Server
     port: int
     slot: EngineSlot
-    health: health.HealthServicer
+    health: HealthServicer
     config: ServerConfig
     tokens: TokenStore | None
     _tasks: list[asyncio.Task]

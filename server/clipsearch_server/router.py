@@ -34,10 +34,11 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2
+from grpc_health.v1.health import HealthServicer
 
 from clipsearch.v1 import (
     index_service_pb2 as index_pb,
@@ -60,9 +61,6 @@ from .metrics import PARTIAL, serve_metrics
 __all__ = ["RouterConfig", "RunningRouter", "create_router", "main", "serve"]
 
 log = logging.getLogger(__name__)
-
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
 
 _SEARCH = "/clipsearch.v1.SearchService/"
 _INDEX = "/clipsearch.v1.IndexService/"
@@ -185,9 +183,9 @@ class RouterSearch(search_grpc.SearchServiceServicer):
         self._timeout = shard_timeout_s
 
     async def _fan_out(self, method: str, request: Any, reply_type: Any, shards: Sequence[Shard], forbid: bool,
-                       context: grpc.aio.ServicerContext) -> tuple[list[Any], list[ShardDown]]:
-        """Each shard's parsed reply, and the shards that did not answer. With `forbid`, the first
-        missing shard fails the call at once (the other calls are cancelled)."""
+                       context: grpc.aio.ServicerContext) -> list[Any]:
+        """Each answering shard's parsed reply (the others are counted and logged). With `forbid`, the
+        first missing shard fails the call at once (the other calls are cancelled)."""
         payload, metadata = request.SerializeToString(), _forwarded(context)
         timeout = _budget(context, self._timeout)
         mark_down = request.min_position == 0  # see cluster.first_answer
@@ -213,7 +211,7 @@ class RouterSearch(search_grpc.SearchServiceServicer):
         if missing:
             log.warning("%s: partial result, %d of %d shards answered (%s)", method, len(replies),
                         len(shards), "; ".join(str(m) for m in missing))
-        return replies, missing
+        return replies
 
     async def _search(self, method: str, request: Any, reply_type: Any, context: grpc.aio.ServicerContext,
                       shards: Sequence[Shard] | None = None) -> Any:
@@ -223,7 +221,7 @@ class RouterSearch(search_grpc.SearchServiceServicer):
             raise InvalidArgument("set a query and k >= 1")  # the servers say it in detail; the merge needs both
         if request.page_token:
             pages.decode(request.page_token, pages.request_fingerprint(request, kind), request.k)  # fail fast
-        replies, _ = await self._fan_out(method, request, reply_type, shards, request.forbid_partial, context)
+        replies = await self._fan_out(method, request, reply_type, shards, request.forbid_partial, context)
         total = self._cluster.count
         results, token = merge_page(request, kind, replies)
         return reply_type(results=results, next_page_token=token, shards_total=total,
@@ -244,7 +242,7 @@ class RouterSearch(search_grpc.SearchServiceServicer):
                     "the shard holding that id has its vector: use ImageSearch by id, or send the vector itself")
             if q.page_token:
                 pages.decode(q.page_token, pages.request_fingerprint(q, kind), q.k)
-        replies, _ = await self._fan_out("BatchSearch", request, search_pb.BatchSearchResponse,
+        replies = await self._fan_out("BatchSearch", request, search_pb.BatchSearchResponse,
                                          list(self._cluster.shards), request.forbid_partial, context)
         total = self._cluster.count
         results = []
@@ -413,7 +411,7 @@ class RunningRouter:
     server: grpc.aio.Server
     port: int
     cluster: Cluster
-    health: health.HealthServicer
+    health: HealthServicer
     _watch: asyncio.Task
 
     def _set_health(self, serving: bool) -> None:

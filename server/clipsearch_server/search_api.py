@@ -26,7 +26,7 @@ from .engine import Engine
 from .errors import InvalidArgument, ServiceError
 from .query import MAX_BATCH, MAX_TERMS, MAX_WEIGHT, Page, Query, combine
 
-__all__ = ["batch", "build", "fingerprint_of", "results"]
+__all__ = ["batch", "build", "results"]
 
 
 async def build(engine: Engine, request: Any, kind: str | None, prefix: str = "") -> Query:
@@ -66,15 +66,9 @@ async def _build(engine: Engine, request: Any, kind: str | None) -> Query:
         vector, content = await _vector(engine, kind, value, kind)
         if kind == "id":
             exclude = frozenset([str(content)])
-    fingerprint = fingerprint_of(request, kind)
+    fingerprint = pages.request_fingerprint(request, kind)  # as the router's, when it merges shard pages
     cursor = pages.decode(request.page_token, fingerprint, k) if request.page_token else None
     return Query(vector, k, flt, min_score, cursor, fingerprint, exclude, collapse)
-
-
-def fingerprint_of(request: Any, kind: str) -> str:
-    """The page-token fingerprint of a request (clipsearch_core.pages.request_fingerprint, which the
-    router uses too when it merges the shards' pages)."""
-    return pages.request_fingerprint(request, kind)
 
 
 def _kinds(request: Any) -> list[str]:

@@ -8,7 +8,6 @@ boundary where exceptions become gRPC statuses (through `errors.status_for`).
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 import grpc
@@ -36,7 +35,6 @@ from .store import ImageRecord
 
 __all__ = ["IndexServicer", "IngestServicer", "SearchServicer"]
 
-log = logging.getLogger(__name__)
 
 _rpc = boundary()  # every handler's API boundary: statuses, request ids for internal errors, metrics
 
