@@ -9,6 +9,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from PIL import Image
 
 from clipsearch import Client, ImageInput
 from clipsearch_server.batching import MicroBatcher, TextBatcher
+from clipsearch_core import model as model_module
 from clipsearch_core.model import ClipEncoder, ModelSpec, load_encoder
 from clipsearch_core.images import LoadLimits, decode_image
 from tests.data import wait_until
@@ -137,8 +139,8 @@ def test_device_decoding_applies_exif_orientation_like_pil(encoder: ClipEncoder,
         warnings.simplefilter("ignore", DeprecationWarning)
         reference = encoder.decode_jpegs([buf.getvalue()], backend="torchvision")[0]
     fast = encoder.decode_jpegs([buf.getvalue()], backend="torchcodec")[0]
-    assert fast.shape == reference.shape
-    assert float((fast - reference).abs().max()) < 1e-4
+    assert fast.shape == reference.shape and fast.dtype == torch.uint8
+    assert torch.equal(fast, reference)
 
 
 def test_worker_with_device_decoding(stack: Stack, procs: list[Proc], tmp_path: Path) -> None:
@@ -151,13 +153,16 @@ def test_worker_with_device_decoding(stack: Stack, procs: list[Proc], tmp_path: 
     Image.new("RGB", (32, 32), (200, 0, 0)).save(png, format="PNG")
     with Client(address) as client:
         inputs = [ImageInput(image=p, id=f"jpeg-{i}") for i, p in enumerate(photos)]
-        inputs += [ImageInput(image=truncated, id="truncated"), ImageInput(image=png.getvalue(), id="png")]
+        inputs.insert(3, ImageInput(image=png.getvalue(), id="png"))  # in a batch with device-decoded JPEGs
+        inputs.append(ImageInput(image=truncated, id="truncated"))
         batch = client.submit(inputs).batch_id
         progress = wait_until(client, batch, 120)
         assert (progress.indexed, progress.failed) == (13, 1)
         assert [f.id for f in client.failures(batch)] == ["truncated"]
         hit = client.image_search(photos[5], k=1)[0]  # the server decodes with PIL: same vector
         assert hit.id == "jpeg-5" and hit.score > 0.99
+        hit = client.image_search(png.getvalue(), k=1)[0]  # decoded by the pool, in a batch with device crops
+        assert hit.id == "png" and hit.score > 0.99
         # Concurrent image queries share forward passes (micro-batching) and each gets its own answer.
         with ThreadPoolExecutor(12) as pool:
             tops = list(pool.map(lambda p: client.image_search(p, k=1)[0], photos))
@@ -183,7 +188,51 @@ def test_device_decode_scales_thumbnails_there(encoder: ClipEncoder) -> None:
     assert [t.shape for t in thumbs] == [(192, 256, 3), (256, 192, 3), (100, 200, 3)]
     assert all(t.dtype == np.uint8 for t in thumbs)
     alone = encoder.decode_jpegs(photos)
-    assert all(float((a - b).abs().max()) == 0.0 for a, b in zip(inputs, alone))
+    assert all(torch.equal(a, b) for a, b in zip(inputs, alone))
     assert encoder.decode_jpegs_and_thumbnails(photos[:1])[1] == [None]
     full = np.asarray(Image.open(io.BytesIO(photos[2])).convert("RGB"), np.float32)
     assert np.abs(thumbs[2].astype(np.float32) - full).mean() < 1.0  # 200x100: kept as decoded
+
+
+@pytest.fixture
+def grouped(encoder: ClipEncoder) -> Iterator[ClipEncoder]:
+    """The encoder resizing same-sized images together, as it does on a GPU."""
+    assert not encoder.group_resizes  # on the CPU, one by one
+    encoder.group_resizes = True
+    yield encoder
+    encoder.group_resizes = False
+
+
+def test_device_decode_groups_same_sized_images_without_changing_them(grouped: ClipEncoder) -> None:
+    """Images of one size are resized (and their thumbnails scaled) in one call per size, as on a GPU:
+    each result, in the given order, equals decoding that image alone; so are groups split by size."""
+    encoder = grouped
+    photos = [photo_jpeg(1, 640, 480), photo_jpeg(2, 480, 640), photo_jpeg(3, 640, 480), photo_jpeg(4, 300, 200),
+              photo_jpeg(5, 640, 480), photo_jpeg(6, 480, 640)]
+    assert model_module._same_size_groups([torch.zeros(3, 480, 640)] * 3) == [[0, 1, 2]]
+    with patch.object(model_module, "_GROUP_BYTES", 2 * 3 * 480 * 640):
+        assert model_module._same_size_groups([torch.zeros(3, 480, 640)] * 3) == [[0, 1], [2]]
+        inputs, thumbs = encoder.decode_jpegs_and_thumbnails(photos, thumbnail_side=128)
+    encoder.group_resizes = False
+    for photo, got, thumb in zip(photos, inputs, thumbs):
+        alone, (alone_thumb,) = encoder.decode_jpegs_and_thumbnails([photo], thumbnail_side=128)
+        assert got.shape == (3, encoder.image_size, encoder.image_size) and got.dtype == torch.uint8
+        assert torch.equal(got, alone[0])
+        assert np.array_equal(thumb, alone_thumb)
+    assert [t.shape[:2] for t in thumbs] == [(96, 128), (128, 96), (96, 128), (85, 128), (96, 128), (128, 96)]
+
+
+def test_encode_images_takes_a_mixed_batch(encoder: ClipEncoder) -> None:
+    """A device-decode batch mixes device-decoded JPEG crops with images the decode pool prepared (PNGs:
+    uint8 arrays) and full preprocess tensors: every one gets the vector it gets alone, in order."""
+    photo = photo_jpeg(7, 640, 480)
+    png = io.BytesIO()
+    Image.new("RGB", (96, 64), (200, 30, 0)).save(png, format="PNG")
+    red = Image.open(png).convert("RGB")
+    parts = [encoder.decode_jpegs([photo])[0], encoder.cpu_transform()(red),
+             encoder.preprocess(Image.open(io.BytesIO(photo)).convert("RGB")), encoder.cpu_transform()(red)]
+    mixed = encoder.encode_images(parts)
+    alone = np.concatenate([encoder.encode_images([part]) for part in parts])
+    assert np.abs(mixed - alone).max() < 1e-4
+    reference = encoder.encode_images([encoder.preprocess(red)])[0]
+    assert float(mixed[1] @ reference) > 0.999 and float(mixed[3] @ reference) > 0.999

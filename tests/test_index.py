@@ -10,7 +10,8 @@ import pytest
 from clipsearch_server.collection import Collection
 from clipsearch_server.errors import FailedPrecondition, NotFound
 from clipsearch_server.index import HnswIndex, HnswParams, normalize
-from clipsearch_server.store import ImageRecord
+from clipsearch_server.store import ImageRecord, Store
+from clipsearch.v1 import types_pb2
 
 DIM = 16
 
@@ -184,3 +185,46 @@ def test_compaction_drops_tombstones_and_keeps_results(tmp_path: Path) -> None:
     for i in range(1, 30, 2):  # replaced images are found by their new vector
         assert col.search(vectors[100 + i], 1)[0].id == str(i)
     assert (tmp_path / "snapshot.json").exists()  # compaction ends with a snapshot
+
+
+def _store_state(store: Store) -> tuple[list, list, list]:
+    conn = store._conn()
+    return (conn.execute("SELECT id, label, uri, metadata, vector, fields FROM images ORDER BY id").fetchall(),
+            conn.execute("SELECT label, key, type, value FROM fields ORDER BY label, key, value").fetchall(),
+            conn.execute("SELECT id, mime_type, data FROM thumbnails ORDER BY id").fetchall())
+
+
+def test_store_upsert_of_a_batch_equals_its_records_one_by_one(tmp_path: Path) -> None:
+    """Store.upsert writes a batch with a few statements, not a few per record: the same rows, labels,
+    stale labels and skips as writing its records one at a time, in order (an id repeated in the batch,
+    an unchanged vector, a changed one, a deleted id, a thumbnail set and removed, typed fields)."""
+    rng = np.random.default_rng(9)
+    a, b, c, d = unit(rng, 4)
+    first = [ImageRecord("kept", a, "/k.jpg", {"tag": "x"}, thumbnail=b"RIFF1", thumbnail_mime_type="image/webp"),
+             ImageRecord("moved", b, "/m.jpg", {"tag": "y"}),
+             ImageRecord("gone", c, "/g.jpg", submitted_at_ms=1_000)]
+    batch = [ImageRecord("kept", a, "/k2.jpg", {"tag": "z"}),  # same vector: metadata only, thumbnail removed
+             ImageRecord("moved", c, "/m2.jpg", {"tag": "y"}, fields={"n": types_pb2.Value(int_value=3)}),
+             ImageRecord("new", d, "/n.jpg", {"tag": "w"}, thumbnail=b"RIFF2", thumbnail_mime_type="image/webp"),
+             ImageRecord("new", a, "/n2.jpg", {"tag": "v"}),
+             ImageRecord("new", a, "/n3.jpg", {"tag": "u"}, thumbnail=b"RIFF3", thumbnail_mime_type="image/webp"),
+             ImageRecord("gone", d, "/g2.jpg", submitted_at_ms=1_500),  # submitted before its deletion
+             ImageRecord("moved", c, "/m3.jpg", {"tag": "t"})]
+    stores = []
+    for name in ("batched", "one-by-one"):
+        store = Store(tmp_path / f"{name}.db")
+        store.upsert(first)
+        store.delete(["gone"], now_ms=2_000)
+        results = [store.upsert(batch)] if name == "batched" else [store.upsert([rec]) for rec in batch]
+        added = [(label, v.tobytes()) for r in results for label, v in r.added]
+        stores.append((added, [s for r in results for s in r.stale], [s for r in results for s in r.skipped],
+                       _store_state(store)))
+        store.close()
+    assert stores[0] == stores[1]
+    added, stale, skipped, (images, fields, thumbnails) = stores[0]
+    assert [label for label, _ in added] == [3, 4, 5] and stale == [1, 4] and skipped == ["gone"]
+    assert [(row[0], row[1], row[2]) for row in images] == [("kept", 0, "/k2.jpg"), ("moved", 3, "/m3.jpg"),
+                                                            ("new", 5, "/n3.jpg")]
+    assert sorted((label, key, value) for label, key, _, value in fields) == [(0, "tag", "z"), (3, "tag", "t"),
+                                                                            (5, "tag", "u")]
+    assert [(row[0], bytes(row[2])) for row in thumbnails] == [("new", b"RIFF3")]

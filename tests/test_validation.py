@@ -67,6 +67,23 @@ def test_vector_parsing() -> None:
         check.vector(np.array([1, np.nan, 0, 0], dtype="<f4").tobytes(), 4, "v")
     with pytest.raises(InvalidArgument, match="all zeros"):
         check.vector(np.zeros(4, dtype="<f4").tobytes(), 4, "v")
+    with pytest.raises(InvalidArgument, match="too large to normalize"):
+        check.vector(np.full(4, 3e38, dtype="<f4").tobytes(), 4, "v")
+
+
+def test_vectors_of_a_batch_are_parsed_together_and_errors_name_the_record() -> None:
+    rng = np.random.default_rng(0)
+    good = rng.standard_normal((5, 4)).astype("<f4")
+    name = "records[{}].vector".format
+    parsed = check.vectors([row.tobytes() for row in good], 4, name)
+    assert parsed.shape == (5, 4) and parsed.dtype == np.float32 and np.array_equal(parsed, good)
+    for i, bad, message in [(3, good[3, :2].tobytes(), r"records\[3\]\.vector is 8 bytes"),
+                            (2, np.array([0, 0, np.inf, 0], "<f4").tobytes(), r"records\[2\]\.vector holds NaN"),
+                            (4, np.zeros(4, "<f4").tobytes(), r"records\[4\]\.vector is all zeros")]:
+        datas = [row.tobytes() for row in good]
+        datas[i] = bad
+        with pytest.raises(InvalidArgument, match=message):
+            check.vectors(datas, 4, name)
 
 
 def test_counts() -> None:

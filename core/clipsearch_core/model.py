@@ -105,6 +105,11 @@ class ClipEncoder:
             and model.text_pool_type == "argmax"
         )
         self._geometry, self._mean, self._std = _split_preprocess(preprocess, device)
+        if self._mean is None:  # no Normalize step to take them from: decode_jpegs' crops use the config's
+            self._mean, self._std = _config_normalization(model, device)
+        # decode_jpegs resizes same-sized images in one call on a GPU (each call costs the main thread a
+        # few kernel launches), one by one on the CPU (where stacking them first costs more than it saves)
+        self.group_resizes = not device.startswith("cpu")
         size = getattr(model.visual, "image_size", 224)
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         with torch.inference_mode():
@@ -132,9 +137,12 @@ class ClipEncoder:
 
     def decode_jpegs(self, datas: Sequence[bytes], backend: str = "auto") -> list[Any]:
         """Decodes JPEG bytes on the model's device (nvJPEG on CUDA, libjpeg on CPU), EXIF orientation
-        applied, and preprocesses them there: resize (bicubic, antialiased), center crop, normalize —
-        the same steps as `preprocess`, without a round trip through PIL. Raises ValueError
-        (RuntimeError from the decoder) for data the decoder rejects.
+        applied, and resizes (bicubic, antialiased) and center-crops them there: the geometric steps of
+        `preprocess`, without a round trip through PIL. Returns (3, S, S) uint8 tensors on the device;
+        `encode_images` scales and normalizes the whole batch at once. On a GPU, images of the same
+        size are resized together (`group_resizes`: one call per size, not per image, so a few kernel
+        launches per batch instead of several per image). Raises ValueError (RuntimeError from the decoder) for data the
+        decoder rejects.
 
         backend: "torchcodec" (TorchCodec >= 0.16, the successor of torchvision.io's image decoders),
         "torchvision" (torchvision.io, deprecated since torchvision 0.29), or "auto": TorchCodec when it
@@ -146,50 +154,60 @@ class ClipEncoder:
                                     thumbnail_side: int = 0) -> tuple[list[Any], list[np.ndarray | None]]:
         """`decode_jpegs`, and with thumbnail_side > 0 each decoded image also scaled down on the device
         (bicubic, antialiased; never enlarged) so that its longest side is thumbnail_side, returned as an
-        (H, W, 3) uint8 array on the CPU for the caller to encode: a thumbnail without a second decode
-        on the CPU. Without thumbnail_side the second list holds None for each image."""
+        (H, W, 3) uint8 array on the CPU for the caller to encode (one copy per group of same-sized
+        images): a thumbnail without a second decode on the CPU. Without thumbnail_side the second list
+        holds None for each image."""
         size = self.image_size
-        mean, std = self._device_normalization()
-        raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
-        decoder = _torchcodec_jpeg() if backend in ("auto", "torchcodec") else None
-        if backend == "torchcodec" and decoder is None:
-            raise ValueError("TorchCodec is not installed (pip install torchcodec)")
-        if decoder is not None:
-            decoded = decoder(raw, mode="RGB", device=self.device)  # applies EXIF orientation (tested)
-        else:
-            import torchvision.io
-
-            decoded = torchvision.io.decode_jpeg(raw, mode=torchvision.io.ImageReadMode.RGB, device=self.device,
-                                                 apply_exif_orientation=True)
-        out, small = [], []
-        for image in decoded:
-            small.append(_scaled_down(image, thumbnail_side) if thumbnail_side > 0 else None)
-            image = tvf.resize(image, [size], interpolation=tvf.InterpolationMode.BICUBIC, antialias=True)
-            image = tvf.center_crop(image, [size, size])
-            out.append(((image.float() / 255.0).clamp_(0, 1) - mean) / std)
-        return out, [None if t is None else t.permute(1, 2, 0).contiguous().cpu().numpy() for t in small]
-
-    def _device_normalization(self) -> tuple[Any, Any]:
-        """(mean, std) as (3, 1, 1) tensors on the model's device: the preprocess pipeline's Normalize
-        constants, or the model config's (CLIP's defaults) for a pipeline without one."""
-        if self._mean is not None:
-            return self._mean[0], self._std[0]
-        cfg = getattr(self._model.visual, "preprocess_cfg", {}) or {}
-        mean = torch.tensor(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)), device=self.device).view(3, 1, 1)
-        std = torch.tensor(cfg.get("std", (0.26862954, 0.26130258, 0.27577711)), device=self.device).view(3, 1, 1)
-        return mean, std
+        decoded = _decode_on_device([torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas],
+                                    backend, self.device)
+        inputs: list[Any] = [None] * len(decoded)
+        smalls: list[np.ndarray | None] = [None] * len(decoded)
+        groups = _same_size_groups(decoded) if self.group_resizes else [[i] for i in range(len(decoded))]
+        for indices in groups:
+            group = torch.stack([decoded[i] for i in indices]) if len(indices) > 1 else decoded[indices[0]][None]
+            crops = tvf.center_crop(tvf.resize(group, [size], interpolation=tvf.InterpolationMode.BICUBIC,
+                                               antialias=True), [size, size])
+            for i, crop in zip(indices, crops):
+                inputs[i] = crop
+            if thumbnail_side > 0:
+                scaled = _scaled_down(group, thumbnail_side).permute(0, 2, 3, 1).cpu().numpy()
+                for i, small in zip(indices, scaled):
+                    smalls[i] = small
+        return inputs, smalls
 
     def encode_images(self, tensors: Sequence[Any]) -> np.ndarray:
-        """Encodes preprocessed images (from `preprocess`, `preprocess_uint8` or `decode_jpegs`) into an
-        (n, dim) float32 array of unit vectors. Also takes (S, S, 3) uint8 arrays from `cpu_transform`."""
-        batch = torch.stack([torch.from_numpy(t).permute(2, 0, 1) if isinstance(t, np.ndarray) else t for t in tensors])
-        if self.device.startswith("cuda") and batch.device.type == "cpu":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
-        if batch.dtype == torch.uint8:
-            batch = (batch.float() / 255.0 - self._mean) / self._std
+        """Encodes preprocessed images into an (n, dim) float32 array of unit vectors. Takes any mix of
+        `preprocess` tensors (normalized float), `preprocess_uint8` and `decode_jpegs` tensors ((3, S, S)
+        uint8, on the CPU or the device) and (S, S, 3) uint8 arrays from `cpu_transform`: each kind is
+        moved to the device and scaled as one block, then the batch is put back in the given order."""
+        batch = self._input_batch([torch.from_numpy(t).permute(2, 0, 1) if isinstance(t, np.ndarray) else t
+                                   for t in tensors])
         with self._lock, torch.inference_mode(), torch.autocast("cuda", enabled=self._autocast):
             features = self._model.encode_image(batch)
         return _normalized(features)
+
+    def _input_batch(self, parts: list[Any]) -> Any:
+        """One normalized float batch on the model's device, in order, from tensors of any device and
+        dtype (one stack, copy and scaling per (device, dtype) kind, not per image)."""
+        kinds: dict[tuple[str, Any], list[int]] = {}
+        for i, part in enumerate(parts):
+            kinds.setdefault((str(part.device), part.dtype), []).append(i)
+        blocks = []
+        for indices in kinds.values():
+            block = torch.stack([parts[i] for i in indices])
+            if self.device.startswith("cuda") and block.device.type == "cpu":
+                block = block.pin_memory().to(self.device, non_blocking=True)
+            block = block.to(self.device)
+            if block.dtype == torch.uint8:
+                block = (block.float() / 255.0 - self._mean) / self._std
+            blocks.append((indices, block))
+        if len(blocks) == 1:
+            return blocks[0][1]
+        rows: list[Any] = [None] * len(parts)
+        for indices, block in blocks:
+            for i, row in zip(indices, block):
+                rows[i] = row
+        return torch.stack(rows)
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """Encodes texts into an (n, dim) float32 array of unit vectors.
@@ -249,8 +267,44 @@ def _split_preprocess(preprocess: Any, device: str) -> tuple[list[Any] | None, A
     return steps[:-2], mean, std
 
 
+def _config_normalization(model: Any, device: str) -> tuple[Any, Any]:
+    """(mean, std) as (1, 3, 1, 1) tensors on `device` from the model config (CLIP's defaults)."""
+    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+    mean = cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))
+    std = cfg.get("std", (0.26862954, 0.26130258, 0.27577711))
+    return (torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1),
+            torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1))
+
+
+def _decode_on_device(raw: list[Any], backend: str, device: str) -> list[Any]:
+    """JPEG bytes (uint8 tensors) -> (3, H, W) uint8 RGB tensors on `device`, EXIF orientation applied."""
+    decoder = _torchcodec_jpeg() if backend in ("auto", "torchcodec") else None
+    if backend == "torchcodec" and decoder is None:
+        raise ValueError("TorchCodec is not installed (pip install torchcodec)")
+    if decoder is not None:
+        return list(decoder(raw, mode="RGB", device=device))  # applies EXIF orientation (tested)
+    import torchvision.io
+
+    return list(torchvision.io.decode_jpeg(raw, mode=torchvision.io.ImageReadMode.RGB, device=device,
+                                           apply_exif_orientation=True))
+
+
+_GROUP_BYTES = 256 << 20  # the most decoded pixels stacked into one resize call (bounds the extra memory)
+
+
+def _same_size_groups(images: Sequence[Any]) -> list[list[int]]:
+    """Indices of images of the same (C, H, W), in groups of at most _GROUP_BYTES of pixels each."""
+    groups: dict[tuple[int, ...], list[list[int]]] = {}
+    for i, image in enumerate(images):
+        chunks = groups.setdefault(tuple(image.shape), [[]])
+        if chunks[-1] and (len(chunks[-1]) + 1) * image.numel() > _GROUP_BYTES:
+            chunks.append([])
+        chunks[-1].append(i)
+    return [chunk for chunks in groups.values() for chunk in chunks]
+
+
 def _scaled_down(image: Any, side: int) -> Any:
-    """A (3, H, W) uint8 image tensor scaled so that its longest side is at most `side` (never enlarged)."""
+    """A (..., 3, H, W) uint8 image tensor scaled so that its longest side is at most `side` (never enlarged)."""
     height, width = image.shape[-2:]
     scale = side / max(height, width)
     if scale >= 1:

@@ -57,7 +57,7 @@ from .snapshots import Snapshots
 from .store import Change, ImageRecord, ImageStore, StoredImage, Store, UpsertResult
 from .vectorfile import VectorFile
 
-__all__ = ["Collection", "CollectionStats", "Hit"]
+__all__ = ["Collection", "CollectionStats", "Hit", "unit_records"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,14 @@ class CollectionStats:
     params: HnswParams
     stale_entries: int
     index: IndexReport | None = None
+
+
+def unit_records(records: Sequence[ImageRecord]) -> list[ImageRecord]:
+    """The records with their vectors scaled to unit length (normalized as one block, not one by one)."""
+    if not records:
+        return []
+    units = normalize(np.stack([r.vector for r in records]))
+    return [replace(r, vector=unit) for r, unit in zip(records, units)]
 
 
 class Collection:
@@ -281,7 +289,7 @@ class Collection:
         """Inserts or replaces images by id; durable when it returns. Returns the number of records
         written: records of images deleted after their submission are skipped, not counted."""
         self.check_owned(r.id for r in records)
-        unit = [replace(r, vector=normalize(r.vector[None, :])[0]) for r in records]
+        unit = unit_records(records)
         with self._write_lock:
             result = self.store.upsert(unit)
             self._index_result(result)

@@ -23,7 +23,6 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import psycopg
@@ -32,7 +31,7 @@ from psycopg_pool import PoolTimeout
 from clipsearch_core.shards import ShardSpec
 
 from .errors import FailedPrecondition, Unavailable
-from .index import normalize
+from .collection import unit_records
 from .pgstore import CHANNEL, PgStore
 from .store import ImageRecord, Store
 
@@ -161,9 +160,8 @@ class Replica:
 
     def upsert(self, records: Sequence[ImageRecord]) -> tuple[int, int]:
         """Writes records to the store (durable on return); returns (records written, token)."""
-        unit = [replace(r, vector=normalize(r.vector[None, :])[0]) for r in records]
         with _store_unavailable():
-            skipped, head = self.pg.upsert(unit)
+            skipped, head = self.pg.upsert(unit_records(records))
         if skipped:
             log.info("skipped %d upserts of images deleted after submission: %s", len(skipped), ", ".join(skipped[:5]))
         self._saw_head(head)

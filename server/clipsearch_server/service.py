@@ -196,15 +196,17 @@ class IndexServicer(index_grpc.IndexServiceServicer):
         collection = engine.collection
         collection.check_model(request.model.name, request.model.dim)
         check.count(len(request.records), check.MAX_UPSERT_RECORDS, "records")
+        vectors = check.vectors([rec.vector for rec in request.records], collection.dim,
+                                lambda i: f"records[{i}].vector")
         records = []
-        for i, rec in enumerate(request.records):
+        for i, (rec, vector) in enumerate(zip(request.records, vectors)):
             where = f"records[{i}]"
             thumbnail, thumbnail_mime_type = check.thumbnail(rec.thumbnail.data, rec.thumbnail.mime_type,
                                                              f"{where}.thumbnail")
             records.append(
                 ImageRecord(
                     id=check.image_id(rec.id, f"{where}.id"),
-                    vector=check.vector(rec.vector, collection.dim, f"{where}.vector"),
+                    vector=vector,
                     uri=rec.uri,
                     metadata=check.metadata(rec.metadata, f"{where}.metadata"),
                     submitted_at_ms=rec.submitted_at_ms,

@@ -75,6 +75,17 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("ROLLBACK")
         raise
 
+
+def _in_chunks(conn: sqlite3.Connection, sql: str, values: Sequence[object]) -> list[tuple]:
+    """Runs `sql` (a SELECT or DELETE), whose "IN ({})" takes `values`, in chunks of SQL_CHUNK; the rows
+    of all chunks."""
+    rows: list[tuple] = []
+    for start in range(0, len(values), SQL_CHUNK):
+        chunk = list(values[start:start + SQL_CHUNK])
+        rows.extend(conn.execute(sql.format(",".join("?" * len(chunk))), chunk).fetchall())
+    return rows
+
+
 @dataclass(frozen=True)
 class ImageRecord:
     """An image to write: id, unit vector (float32, dim), uri, metadata, and when the image was
@@ -190,49 +201,56 @@ class Store:
             self._conn().execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
     def upsert(self, records: Sequence[ImageRecord]) -> UpsertResult:
-        """Writes records in one transaction.
+        """Writes records in one transaction, with a few statements per batch (not per record).
 
         A record whose vector equals the stored one only updates uri and metadata (no new label).
-        A record submitted at or before its id's last deletion is skipped (the delete wins).
+        A record submitted at or before its id's last deletion is skipped (the delete wins). Records
+        apply in order: an id given twice ends as its last record (a label its first one added is stale).
         """
         added: list[tuple[int, np.ndarray]] = []
         stale: list[int] = []
         skipped: list[str] = []
         now = int(time.time() * 1000)
+        ids = list(dict.fromkeys(rec.id for rec in records))
         with self._write_lock:
             with _immediate(self._conn()) as conn:
                 next_label = int(self._meta_in_txn(conn, "next_label") or 0)
+                stored = {r[0]: (int(r[1]), bytes(r[2])) for r in
+                          _in_chunks(conn, "SELECT id, label, vector FROM images WHERE id IN ({})", ids)}
+                deleted = {r[0]: int(r[1]) for r in
+                           _in_chunks(conn, "SELECT id, deleted_at_ms FROM deletions WHERE id IN ({})", ids)}
+                current = dict(stored)  # id -> (label, vector blob) as of the record being applied
+                images: dict[str, tuple] = {}  # id -> its row as the batch leaves it
+                field_rows: dict[int, list[tuple]] = {}  # label -> its field rows
+                thumbnails: dict[str, tuple[bytes, str]] = {}  # id -> (data, MIME type); empty data: none
                 for rec in records:
-                    if rec.submitted_at_ms > 0:
-                        gone = conn.execute("SELECT deleted_at_ms FROM deletions WHERE id = ?", (rec.id,)).fetchone()
-                        if gone is not None and int(gone[0]) >= rec.submitted_at_ms:
-                            skipped.append(rec.id)
-                            continue
-                    self._set_thumbnail(conn, rec.id, rec.thumbnail, rec.thumbnail_mime_type)
-                    blob = np.ascontiguousarray(rec.vector, dtype="<f4").tobytes()
-                    meta = json.dumps(rec.metadata, sort_keys=True, separators=(",", ":"))
-                    fields_json = typed.to_json(rec.fields)
-                    row = conn.execute("SELECT label, vector FROM images WHERE id = ?", (rec.id,)).fetchone()
-                    if row is not None:
-                        conn.execute("DELETE FROM fields WHERE label = ?", (int(row[0]),))
-                    if row is not None and row[1] == blob:
-                        conn.execute(
-                            "UPDATE images SET uri = ?, metadata = ?, fields = ?, updated_ms = ? WHERE id = ?",
-                            (rec.uri, meta, fields_json, now, rec.id),
-                        )
-                        self._insert_fields(conn, int(row[0]), rec)
+                    if rec.submitted_at_ms > 0 and deleted.get(rec.id, -1) >= rec.submitted_at_ms:
+                        skipped.append(rec.id)
                         continue
-                    if row is not None:
-                        stale.append(int(row[0]))
-                    label = next_label
-                    next_label += 1
-                    conn.execute(
-                        "INSERT OR REPLACE INTO images(id, label, uri, metadata, vector, updated_ms, fields)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (rec.id, label, rec.uri, meta, blob, now, fields_json),
-                    )
-                    self._insert_fields(conn, label, rec)
-                    added.append((label, rec.vector))
+                    blob = np.ascontiguousarray(rec.vector, dtype="<f4").tobytes()
+                    old = current.get(rec.id)
+                    if old is not None and old[1] == blob:
+                        label = old[0]
+                    else:
+                        if old is not None:
+                            stale.append(old[0])
+                            field_rows.pop(old[0], None)
+                        label = next_label
+                        next_label += 1
+                        added.append((label, rec.vector))
+                    current[rec.id] = (label, blob)
+                    images[rec.id] = (rec.id, label, rec.uri, json.dumps(rec.metadata, sort_keys=True, separators=(",", ":")),
+                                      blob, now, typed.to_json(rec.fields))
+                    field_rows[label] = [(label, *row) for row in typed.rows(typed.merged(rec.fields, rec.metadata))]
+                    thumbnails[rec.id] = (rec.thumbnail, rec.thumbnail_mime_type)
+                _in_chunks(conn, "DELETE FROM fields WHERE label IN ({})", [stored[i][0] for i in images if i in stored])
+                conn.executemany("INSERT OR REPLACE INTO images(id, label, uri, metadata, vector, updated_ms, fields)"
+                                 " VALUES (?, ?, ?, ?, ?, ?, ?)", list(images.values()))
+                conn.executemany("INSERT INTO fields(label, key, type, value) VALUES (?, ?, ?, ?)",
+                                 [row for rows in field_rows.values() for row in rows])
+                _in_chunks(conn, "DELETE FROM thumbnails WHERE id IN ({})", [i for i, (d, _) in thumbnails.items() if not d])
+                conn.executemany("INSERT OR REPLACE INTO thumbnails(id, mime_type, data) VALUES (?, ?, ?)",
+                                 [(i, mime_type, data) for i, (data, mime_type) in thumbnails.items() if data])
                 conn.execute(
                     "INSERT OR REPLACE INTO meta(key, value) VALUES ('next_label', ?)", (str(next_label),)
                 )
@@ -251,15 +269,10 @@ class Store:
     def by_labels(self, labels: Sequence[int]) -> dict[int, StoredImage]:
         """The live images among `labels` (stale labels are absent from the result)."""
         found: dict[int, StoredImage] = {}
-        conn = self._conn()
-        for start in range(0, len(labels), SQL_CHUNK):
-            chunk = [int(x) for x in labels[start:start + SQL_CHUNK]]
-            marks = ",".join("?" * len(chunk))
-            rows = conn.execute(f"SELECT id, label, uri, metadata, fields FROM images WHERE label IN ({marks})", chunk)
-            for r in rows:
-                metadata = json.loads(r[3])
-                found[int(r[1])] = StoredImage(r[0], int(r[1]), r[2], metadata,
-                                               typed.merged(typed.from_json(r[4]), metadata))
+        for r in _in_chunks(self._conn(), "SELECT id, label, uri, metadata, fields FROM images WHERE label IN ({})",
+                            [int(x) for x in labels]):
+            metadata = json.loads(r[3])
+            found[int(r[1])] = StoredImage(r[0], int(r[1]), r[2], metadata, typed.merged(typed.from_json(r[4]), metadata))
         return found
 
     @staticmethod
@@ -273,16 +286,9 @@ class Store:
 
     def thumbnails(self, ids: Sequence[str]) -> dict[str, tuple[bytes, str]]:
         """id -> (thumbnail bytes, MIME type) for those of `ids` that have one."""
-        found: dict[str, tuple[bytes, str]] = {}
-        unique = list(dict.fromkeys(ids))
-        conn = self._conn()
-        for start in range(0, len(unique), SQL_CHUNK):
-            chunk = unique[start:start + SQL_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            for image_id, mime_type, data in conn.execute(
-                    f"SELECT id, mime_type, data FROM thumbnails WHERE id IN ({marks})", chunk):
-                found[image_id] = (bytes(data), mime_type)
-        return found
+        rows = _in_chunks(self._conn(), "SELECT id, mime_type, data FROM thumbnails WHERE id IN ({})",
+                          list(dict.fromkeys(ids)))
+        return {image_id: (bytes(data), mime_type) for image_id, mime_type, data in rows}
 
     def labels_where(self, condition: str, params: Sequence[object]) -> np.ndarray:
         """Sorted distinct labels of the field rows meeting an SQL condition over (key, type, value)

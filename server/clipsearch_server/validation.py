@@ -7,7 +7,7 @@ field, the value's problem and the limit, so a caller can fix the request.
 from __future__ import annotations
 
 import math
-from typing import Container, Mapping, Sequence
+from typing import Callable, Container, Mapping, Sequence
 
 import numpy as np
 
@@ -120,14 +120,27 @@ def count(value: int, limit: int, what: str) -> int:
 
 def vector(data: bytes, dim: int, field: str) -> np.ndarray:
     """Parses a little-endian float32 vector of `dim` components."""
-    if len(data) != 4 * dim:
-        raise InvalidArgument(f"{field} is {len(data)} bytes; a float32 vector of dim {dim} is {4 * dim} bytes")
-    array = np.frombuffer(data, dtype="<f4").astype(np.float32)
-    if not np.all(np.isfinite(array)):
-        raise InvalidArgument(f"{field} holds NaN or infinite values")
-    norm = float(np.linalg.norm(array))
-    if norm == 0.0 or not math.isfinite(norm):
-        raise InvalidArgument(f"{field} is all zeros")
+    return vectors([data], dim, lambda _: field)[0]
+
+
+def vectors(datas: Sequence[bytes], dim: int, field: Callable[[int], str]) -> np.ndarray:
+    """Parses little-endian float32 vectors of `dim` components into one (n, dim) array, checked as one
+    block (a worker's batch of 256 costs one parse, not 256); field(i) names the i-th in an error."""
+    for i, data in enumerate(datas):
+        if len(data) != 4 * dim:
+            raise InvalidArgument(f"{field(i)} is {len(data)} bytes; a float32 vector of dim {dim} is {4 * dim} bytes")
+    array = np.frombuffer(b"".join(datas), dtype="<f4").astype(np.float32).reshape(len(datas), dim)
+    finite = np.isfinite(array).all(axis=1)
+    if not finite.all():
+        raise InvalidArgument(f"{field(int(np.argmin(finite)))} holds NaN or infinite values")
+    with np.errstate(over="ignore"):
+        norms = np.linalg.norm(array, axis=1)
+    zero = norms == 0.0
+    if zero.any():
+        raise InvalidArgument(f"{field(int(np.argmax(zero)))} is all zeros")
+    if not np.isfinite(norms).all():
+        raise InvalidArgument(f"{field(int(np.argmin(np.isfinite(norms))))} is too large to normalize "
+                              "(its length overflows float32); send a unit vector")
     return array
 
 
