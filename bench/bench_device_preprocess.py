@@ -125,7 +125,7 @@ def main() -> None:
                "around ms/img", "img/s"]
     keys = ["checkout", "round", "ops_per_batch", "copies_per_batch", "cpu_ms_per_image", "decoder_cpu_ms_per_image",
             "around_decoder_cpu_ms_per_image", "img_per_s"]
-    print(f"\n== device decode + preprocess + encode, {args.model}, {args.width}x{args.height}, batch {args.batch}, "
+    print(f"\n== device decode + preprocess into the input batch, {args.model}, {args.width}x{args.height}, batch {args.batch}, "
           f"thumbnail {args.thumbnail}, device {args.device}"
           f"{', grouped as on a GPU' if args.group else ''} ==")
     table([{c: r[k] for c, k in zip(columns, keys)} for r in runs], columns)
