@@ -158,6 +158,8 @@ def test_many_tombstones_and_large_k_give_exact_results(tmp_path: Path) -> None:
                      compact_min=10**9)
     for start in range(0, n, 4000):
         col.upsert([ImageRecord(str(i), vectors[i]) for i in range(start, start + 4000)])
+    col.seal()  # all in the graph, whatever the background seals managed meanwhile (waits for a running one)
+    assert col.index.sealed.ntotal == n and col.index.growing.ntotal == 0
     keep = set(range(0, n, 50))  # 800 survive, 39,200 tombstones
     doomed = [str(i) for i in range(n) if i not in keep]
     for start in range(0, len(doomed), 1000):

@@ -141,8 +141,8 @@ class ClipEncoder:
         `preprocess`, without a round trip through PIL. Returns (3, S, S) uint8 tensors on the device;
         `encode_images` scales and normalizes the whole batch at once. On a GPU, images of the same
         size are resized together (`group_resizes`: one call per size, not per image, so a few kernel
-        launches per batch instead of several per image). Raises ValueError (RuntimeError from the decoder) for data the
-        decoder rejects.
+        launches per batch instead of several per image). Raises ValueError (RuntimeError from the
+        decoder) for data the decoder rejects.
 
         backend: "torchcodec" (TorchCodec >= 0.16, the successor of torchvision.io's image decoders),
         "torchvision" (torchvision.io, deprecated since torchvision 0.29), or "auto": TorchCodec when it
@@ -170,7 +170,7 @@ class ClipEncoder:
             for i, crop in zip(indices, crops):
                 inputs[i] = crop
             if thumbnail_side > 0:
-                scaled = _scaled_down(group, thumbnail_side).permute(0, 2, 3, 1).cpu().numpy()
+                scaled = _scaled_down(group, thumbnail_side).permute(0, 2, 3, 1).contiguous().cpu().numpy()
                 for i, small in zip(indices, scaled):
                     smalls[i] = small
         return inputs, smalls
