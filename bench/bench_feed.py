@@ -79,14 +79,15 @@ def stage_costs(model: str, photos: list[bytes], batch: int) -> dict[str, float]
     return {"decode+preprocess cpu ms/img (1 thread)": decode, "forward cpu ms/img": forward}
 
 
-def profile(folder: str, name: str, pid: int) -> subprocess.Popen:
+def profile(folder: str, name: str, pid: int, gil: bool = False) -> subprocess.Popen:
     """py-spy sampling a process (and its decode processes) without pausing it, until SIGINT: raw
-    collapsed stacks in folder/name.txt (one line per stack, idle threads left out)."""
+    collapsed stacks in folder/name.txt (one line per stack, idle threads left out; with `gil`, only
+    the thread holding the GIL: where a process's serial Python time goes)."""
     Path(folder).mkdir(parents=True, exist_ok=True)
     spy = Path(sys.executable).with_name("py-spy")
     spy = spy if spy.exists() else Path(shutil.which("py-spy") or "py-spy")  # a lent GPU machine: /tmp/site/bin
     return subprocess.Popen([str(spy), "record", "--pid", str(pid), "--nonblocking", "--subprocesses", "--rate", "200",
-                             "--format", "raw", "--output", str(Path(folder) / f"{name}.txt")],
+                             "--format", "raw", "--output", str(Path(folder) / f"{name}.txt"), *(["--gil"] if gil else [])],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, proce
             wait_for(lambda: "ready" in worker.output(), 300, worker.name, worker.popen)
         time.sleep(1.0)  # decode processes started
         client = Client(address, timeout=120)
-        spies = [profile(args.profile, f"{label}-{attempt}-{name}", proc.popen.pid) for name, proc in
+        spies = [profile(args.profile, f"{label}-{attempt}-{name}", proc.popen.pid, args.gil) for name, proc in
                  (("worker", started[0]), ("server", server))] if args.profile else []
         procs = {**{f"worker{i}": w.popen.pid for i, w in enumerate(started)}, "server": server.popen.pid,
                  "redis": redis.popen.pid, "submitter": os.getpid()}
@@ -198,6 +199,7 @@ def main() -> None:
                         help="comma-separated mode:decode_processes[:decode_threads[:workers]], mode path or upload; a run "
                              "named twice is measured twice (interleave A,B,A,B to compare under drift)")
     parser.add_argument("--profile", default="", help="folder for py-spy profiles of each run's worker and server")
+    parser.add_argument("--gil", action="store_true", help="profile only the threads holding the GIL")
     parser.add_argument("--worker-args", default="", help="extra worker arguments for every run")
     parser.add_argument("--name", default="feed")
     args = parser.parse_args()
