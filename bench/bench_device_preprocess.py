@@ -114,7 +114,8 @@ def main() -> None:
     for round_ in range(args.rounds):
         for name, path in checkouts:
             paths = [path / "core", ROOT / "client", ROOT]  # that checkout's model code; this one's photos
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, paths))}
+            inherited = os.environ.get("PYTHONPATH", "")  # e.g. the carried wheels on a lent GPU machine
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, paths), *([inherited] if inherited else [])])}
             out = subprocess.run([sys.executable, __file__, *_own_args(args), "--one-round"], env=env,
                                  capture_output=True, text=True, timeout=900)
             if out.returncode != 0:

@@ -15,7 +15,7 @@
 # Rehearse on CPU, no network, with a venv holding only what the lent machine has (torch, torchvision,
 # numpy, Pillow, ...) and the same wheels for its Python in WHEELS:
 #   unshare -n bash -c 'ip link set lo up; PY=/path/venv/bin/python WHEELS=/path/wheels DEVICE=cpu SMALL=1 \
-#     STEPS="feed-B32-device device-preprocess feed-B32-workers feed-B32-profile query query-decompose upsert feed-B32-cpu \
+#     STEPS="feed-B32-device feed-B32-workers feed-B32-profile query device-preprocess query-decompose upsert feed-B32-cpu \
 #     feed-tiny feed-L14-device" scripts/gpu-bench.sh'
 
 set -uo pipefail
@@ -64,7 +64,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to the resu
 # photo-like JPEGs, images/s, the model's busy share and CPU ms per image of each process. A ViT-B-32
 # run costs about 90 s on the lent H200 machine (writing the files, starting Redis, the server and the
 # workers), so the steps are in order of what matters most; STEPS picks others.
-STEPS=${STEPS:-"feed-B32-device device-preprocess feed-B32-workers feed-B32-profile query"}
+STEPS=${STEPS:-"feed-B32-device feed-B32-workers feed-B32-profile query device-preprocess"}
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 GPU=(--model ViT-B-32 --pretrained none --width 1024 --height 768 --images "$IMAGES" --unique "$UNIQUE"
      --batch "$BATCH" --no-stages)
@@ -72,12 +72,6 @@ ON_GPU="--device $DEVICE --threads 0 --decode-threads $((CORES - 4 > 2 ? CORES -
 export PATH=/tmp/site/bin:$PATH   # py-spy from the carried wheels
 want feed-B32-device && step feed-B32-device 200 $PY bench/bench_feed.py "${GPU[@]}" --worker-args "$ON_GPU" \
   --runs "path:0,path:0 --thumbnail-size 0" --name feed-B32-device
-# The device-decode path's own cost around the decoder (same-sized images resized in one call):
-# torch operator calls per batch and decode + preprocess img/s, thumbnails off and on.
-want device-preprocess && step device-preprocess 90 $PY bench/bench_device_preprocess.py --device "$DEVICE" \
-  --images $((BATCH * 4)) --batch "$BATCH" --rounds 1 --thumbnail 0 --name device-preprocess \
-  && step device-preprocess-thumbs 90 $PY bench/bench_device_preprocess.py --device "$DEVICE" \
-  --images $((BATCH * 4)) --batch "$BATCH" --rounds 1 --thumbnail 256 --name device-preprocess-thumbs
 want feed-B32-workers && step feed-B32-workers 220 $PY bench/bench_feed.py "${GPU[@]}" --worker-args "$ON_GPU" \
   --runs "path:0::2 --thumbnail-size 0,path:0::4 --thumbnail-size 0" --name feed-B32-workers
 want feed-B32-profile && step feed-B32-profile 110 $PY bench/bench_feed.py "${GPU[@]}" --worker-args "$ON_GPU" \
@@ -87,6 +81,10 @@ want query && step query 110 $PY bench/bench_query.py --model ViT-B-32 --device 
 # TextSearch's time split (encode, search, the per-call path), gRPC and in-process alternated.
 want query-decompose && step query-decompose 120 $PY bench/bench_query.py --model ViT-B-32 --device "$DEVICE" \
   --vectors "$VECTORS" --queries "$QUERIES" --decompose --name query-decompose
+# The device-decode path's own cost around the decoder (same-sized images resized in one call, 256 px
+# thumbnails scaled there): torch operator calls per batch and decode + preprocess img/s.
+want device-preprocess && step device-preprocess 80 $PY bench/bench_device_preprocess.py --device "$DEVICE" \
+  --images $((BATCH * 2)) --batch "$BATCH" --rounds 1 --thumbnail 256 --name device-preprocess
 # The server's CPU per record of UpsertVectors on this machine's cores (what one server can take).
 want upsert && step upsert 120 $PY bench/bench_upsert.py --records $((VECTORS)) --pushers 4 --name upsert
 want feed-B32-cpu && step feed-B32-cpu 120 $PY bench/bench_feed.py "${GPU[@]}" \
