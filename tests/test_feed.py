@@ -159,3 +159,90 @@ def test_a_batch_is_pushed_while_the_next_one_is_encoded(overlap: str, stack: St
     assert len(pushes) >= 4 and all(a[1] <= b[0] for a, b in zip(pushes, pushes[1:])), pushes  # one at a time
     during_a_push = [e for e in spans["encode"] if any(p[0] < e[0] < p[1] for p in pushes)]
     assert bool(during_a_push) == (overlap == "on"), (spans, overlap)
+
+
+def _device_decode_worker(stack: Stack, address: str, overlap: str) -> Worker:
+    argv = [*stack.common(), "--server", address, "--batch-size", "2", "--decode-threads", "2",
+            "--decode-overlap", overlap, "--thumbnail-size", "0", "--device-decode"]
+    config = WorkerConfig.from_args(settings.parse("worker", argv, "t", "t"))
+    return Worker(config, load_encoder(config.model, 1))
+
+
+def _timed(spans: list[tuple[float, float]], call, delay: float = 0.2):  # type: ignore[no-untyped-def]
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        time.sleep(delay)
+        result = call(*args, **kwargs)
+        spans.append((started, time.perf_counter()))
+        return result
+    return wrapper
+
+
+@pytest.mark.parametrize("overlap", ["on", "off"])
+def test_the_next_batch_is_decoded_on_the_device_while_the_model_encodes(overlap: str, stack: Stack,
+                                                                         procs: list[Proc], tmp_path: Path) -> None:
+    """With --device-decode and overlap, a device-decode thread decodes batch N+1 on the device while
+    the main thread runs the model on batch N (in order: every image gets its own vector); without
+    overlap, one after the other. A real server, Redis and worker loop in this process (each device
+    decode and forward pass slowed down by 0.2 s, so that they can be timed)."""
+    server, address = stack.start_server(tmp_path / "data")
+    procs.append(server)
+    worker = _device_decode_worker(stack, address, overlap)
+    decodes: list[tuple[float, float]] = []
+    encodes: list[tuple[float, float]] = []
+    worker._decode_on_device = _timed(decodes, worker._decode_on_device)  # type: ignore[method-assign]
+    worker.encoder.encode_images = _timed(encodes, worker.encoder.encode_images)  # type: ignore[method-assign]
+    stop = threading.Event()
+    loop = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    loop.start()
+    photos = [photo_jpeg(i, 96, 64) for i in range(8)]
+    try:
+        with Client(address) as client:
+            batch = client.submit([ImageInput(image=p, id=f"d-{i}") for i, p in enumerate(photos)]).batch_id
+            assert wait_until(client, batch, 60).indexed == 8
+            assert [client.image_search(p, k=1)[0].id for p in photos] == [f"d-{i}" for i in range(8)]
+    finally:
+        stop.set()
+        loop.join(timeout=30)
+        worker.close()
+    assert not loop.is_alive()
+    assert len(decodes) >= 4 and len(encodes) >= 4
+    during_a_pass = [d for d in decodes if any(e[0] < d[0] < e[1] for e in encodes)]
+    assert bool(during_a_pass) == (overlap == "on"), (decodes, encodes, overlap)
+
+
+def test_a_failure_on_the_device_decode_thread_stops_the_worker_and_loses_no_image(
+        stack: Stack, procs: list[Proc], tmp_path: Path) -> None:
+    """An unexpected error while decoding ahead on the device is raised by the worker's loop (it must
+    not hang or end as if the queue were empty), and the jobs it held go back to the queue: a fresh
+    worker indexes every image."""
+    server, address = stack.start_server(tmp_path / "data")
+    procs.append(server)
+    worker = _device_decode_worker(stack, address, "on")
+
+    class Boom(Exception):
+        pass
+
+    def fail(prepared):  # type: ignore[no-untyped-def]
+        raise Boom("the device fell over")
+
+    worker._decode_on_device = fail  # type: ignore[method-assign]
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run(threading.Event())
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+            raised.append(exc)
+
+    loop = threading.Thread(target=run, daemon=True)
+    with Client(address) as client:
+        batch = client.submit([ImageInput(image=photo_jpeg(i, 96, 64), id=f"f-{i}") for i in range(6)]).batch_id
+        loop.start()
+        loop.join(timeout=60)
+        worker.close()
+        assert not loop.is_alive()
+        assert [type(e) for e in raised] == [Boom]
+        assert client.progress(batch).indexed == 0
+        procs.append(stack.start_worker(address, ["--batch-size", "2", "--device-decode"]))
+        assert wait_until(client, batch, 90).indexed == 6

@@ -65,7 +65,8 @@ ENCODE_SECONDS = Histogram("clipsearch_worker_encode_seconds", "Model forward ti
 # Where a batch's time goes, one stage after another: waiting for the decode pool's results (collect),
 # decoding on the device (device_decode), the model (encode, also ENCODE_SECONDS), UpsertVectors until the
 # server answers (push), and the acknowledgement script (finish). The first three run on the main thread;
-# push and finish on the pusher thread when decode_overlap is on (beside the next batch's stages).
+# push and finish on the pusher thread when decode_overlap is on (beside the next batch's stages), and with
+# --device-decode collect and device_decode on the device-decode thread (beside the model's pass).
 STAGE_SECONDS = Histogram("clipsearch_worker_stage_seconds", "Time of one batch, by stage", ["stage"],
                           buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
 
@@ -180,6 +181,8 @@ class _Batch:
     jobs: list[Job]
     chunks: list[tuple[list[Job], Future]]
     started: float
+    prepared: "list[tuple[Job, Prepared]] | None" = None  # its images ready for the model (`Worker._prepare`)
+    error: BaseException | None = None  # what preparing it ahead raised, for the main loop to raise
 
 
 @dataclass
@@ -271,22 +274,31 @@ class Worker:
         A feeder thread reads the next batch from Redis and starts decoding it in the pool while
         this thread runs the model on the current one, and a pusher thread sends the previous batch's
         vectors to the server and acknowledges its jobs (at most `_PREFETCH + 2` batches in hand, pushed
-        in order, one at a time); without overlap it reads, decodes, encodes and pushes one batch after
-        the other.
+        in order, one at a time). With --device-decode a device-decode thread also decodes the next
+        batch's JPEGs on the device while the model encodes this one (one more batch in hand). Without
+        overlap it reads, decodes, encodes and pushes one batch after the other.
         """
         overlap = self.config.overlaps(self.encoder.device)
+        ahead = overlap and self.config.device_decode
         log.info("worker %s consuming %s (decoding and pushing beside the model: %s)", self.config.consumer,
                  self.keys.jobs, "on" if overlap else "off")
-        batches: "stdqueue.Queue[_Batch | None]" = stdqueue.Queue()
-        slots = threading.Semaphore(_PREFETCH + 2 if overlap else 1)
+        batches: "stdqueue.Queue[_Batch | None]" = stdqueue.Queue()  # ready for the model
+        taken: "stdqueue.Queue[_Batch | None]" = stdqueue.Queue() if ahead else batches  # the feeder's
+        slots = threading.Semaphore(_PREFETCH + 2 + (1 if ahead else 0) if overlap else 1)
         halt = threading.Event()  # stops the feeder: set on `stop` or on a fatal error
-        feeder = threading.Thread(target=self._feed, args=(stop, halt, batches, slots), name="feeder", daemon=True)
+        feeder = threading.Thread(target=self._feed, args=(stop, halt, taken, slots), name="feeder", daemon=True)
         feeder.start()
+        preparer = threading.Thread(target=self._prepare_ahead, args=(taken, batches), name="device-decode",
+                                    daemon=True) if ahead else None
+        if preparer is not None:
+            preparer.start()
         pusher = ThreadPoolExecutor(1, thread_name_prefix="pusher") if overlap else None
         pushing: "Future[None] | None" = None
         try:
             while (batch := batches.get()) is not None:
                 try:
+                    if batch.error is not None:
+                        raise batch.error
                     encoded = self._encode_batch(batch)
                     if pushing is not None:
                         pushing, previous = None, pushing
@@ -314,6 +326,8 @@ class Worker:
             if pusher is not None:
                 pusher.shutdown(wait=True)  # the last push ends (or fails) before the jobs are released
             feeder.join(timeout=10)
+            if preparer is not None:
+                preparer.join(timeout=10)
             self._release()
 
     def _done(self, batch: "_Batch", slots: threading.Semaphore) -> None:
@@ -363,6 +377,28 @@ class Worker:
                     batches.put(batch)
         finally:
             batches.put(None)
+
+    def _prepare_ahead(self, taken: "stdqueue.Queue[_Batch | None]", batches: "stdqueue.Queue[_Batch | None]") -> None:
+        """The device-decode thread: prepares each batch the feeder took, in order, while the main thread
+        runs the model on the one before; a batch whose preparation raised carries the exception to the
+        main loop, which raises it."""
+        try:
+            while (batch := taken.get()) is not None:
+                try:
+                    self._prepare(batch)
+                except BaseException as exc:  # noqa: BLE001 - handed to the main loop, raised there
+                    batch.error = exc
+                batches.put(batch)
+        finally:
+            batches.put(None)
+
+    def _prepare(self, batch: "_Batch") -> None:
+        """Collects the decode pool's results for a batch and decodes its JPEGs on the device."""
+        with STAGE_SECONDS.labels("collect").time():
+            prepared = self._collect(batch)
+        with STAGE_SECONDS.labels("device_decode").time():
+            self._decode_on_device(prepared)
+        batch.prepared = prepared
 
     def _start_batch(self) -> "_Batch | None":
         """Takes the next jobs and starts reading and decoding them in the pool."""
@@ -418,10 +454,9 @@ class Worker:
         for job, last in zip(exhausted, jobqueue.last_errors(self.redis, self.keys, exhausted)):
             outcomes.append((job, f"gave up after {job.attempts - 1} attempts: "
                                   f"{last or 'a worker crashed or stalled on this image each time'}"))
-        with STAGE_SECONDS.labels("collect").time():
-            prepared = self._collect(batch)
-        with STAGE_SECONDS.labels("device_decode").time():
-            self._decode_on_device(prepared)
+        if batch.prepared is None:  # not prepared ahead on the device-decode thread
+            self._prepare(batch)
+        prepared = batch.prepared or []
         good: list[tuple[Job, Any, bytes | None]] = []
         retried: list[tuple[Job, str]] = []
         for job, (kind, value, reason, thumb) in prepared:
