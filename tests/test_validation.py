@@ -84,6 +84,10 @@ def test_vectors_of_a_batch_are_parsed_together_and_errors_name_the_record() -> 
         datas[i] = bad
         with pytest.raises(InvalidArgument, match=message):
             check.vectors(datas, 4, name)
+    datas = [row.tobytes() for row in good]  # several bad: the first is named, whatever its fault
+    datas[1], datas[3] = np.zeros(4, "<f4").tobytes(), np.array([np.nan, 0, 0, 0], "<f4").tobytes()
+    with pytest.raises(InvalidArgument, match=r"records\[1\]\.vector is all zeros"):
+        check.vectors(datas, 4, name)
 
 
 def test_counts() -> None:

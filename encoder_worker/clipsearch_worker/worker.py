@@ -288,7 +288,7 @@ class Worker:
         halt = threading.Event()  # stops the feeder: set on `stop` or on a fatal error
         feeder = threading.Thread(target=self._feed, args=(stop, halt, taken, slots), name="feeder", daemon=True)
         feeder.start()
-        preparer = threading.Thread(target=self._prepare_ahead, args=(taken, batches), name="device-decode",
+        preparer = threading.Thread(target=self._prepare_ahead, args=(halt, taken, batches), name="device-decode",
                                     daemon=True) if ahead else None
         if preparer is not None:
             preparer.start()
@@ -378,12 +378,19 @@ class Worker:
         finally:
             batches.put(None)
 
-    def _prepare_ahead(self, taken: "stdqueue.Queue[_Batch | None]", batches: "stdqueue.Queue[_Batch | None]") -> None:
+    def _prepare_ahead(self, halt: threading.Event, taken: "stdqueue.Queue[_Batch | None]",
+                       batches: "stdqueue.Queue[_Batch | None]") -> None:
         """The device-decode thread: prepares each batch the feeder took, in order, while the main thread
         runs the model on the one before; a batch whose preparation raised carries the exception to the
-        main loop, which raises it."""
+        main loop, which raises it. Once the main loop has stopped (`halt`), batches are dropped, not
+        prepared: run() releases their jobs."""
         try:
             while (batch := taken.get()) is not None:
+                if halt.is_set():
+                    self._forget(batch.jobs)
+                    for _, future in batch.chunks:
+                        future.cancel()
+                    continue
                 try:
                     self._prepare(batch)
                 except BaseException as exc:  # noqa: BLE001 - handed to the main loop, raised there
@@ -521,7 +528,7 @@ class Worker:
 
     def _restart_pool(self) -> None:
         broken = self._pool
-        if getattr(broken, "_broken", False):
+        if getattr(broken, "_broken", False) and not self._closed.is_set():  # none after close()
             self._pool = make_pool(self._decode, self.config.decode_threads, self.config.decode_processes)
             broken.shutdown(wait=False, cancel_futures=True)
 

@@ -131,16 +131,17 @@ def vectors(datas: Sequence[bytes], dim: int, field: Callable[[int], str]) -> np
             raise InvalidArgument(f"{field(i)} is {len(data)} bytes; a float32 vector of dim {dim} is {4 * dim} bytes")
     array = np.frombuffer(b"".join(datas), dtype="<f4").astype(np.float32).reshape(len(datas), dim)
     finite = np.isfinite(array).all(axis=1)
-    if not finite.all():
-        raise InvalidArgument(f"{field(int(np.argmin(finite)))} holds NaN or infinite values")
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
         norms = np.linalg.norm(array, axis=1)
-    zero = norms == 0.0
-    if zero.any():
-        raise InvalidArgument(f"{field(int(np.argmax(zero)))} is all zeros")
-    if not np.isfinite(norms).all():
-        raise InvalidArgument(f"{field(int(np.argmin(np.isfinite(norms))))} is too large to normalize "
-                              "(its length overflows float32); send a unit vector")
+    bad = ~finite | (norms == 0.0) | ~np.isfinite(norms)
+    if bad.any():  # the first bad vector, whatever is wrong with it
+        i = int(np.argmax(bad))
+        if not finite[i]:
+            raise InvalidArgument(f"{field(i)} holds NaN or infinite values")
+        if norms[i] == 0.0:
+            raise InvalidArgument(f"{field(i)} is all zeros")
+        raise InvalidArgument(f"{field(i)} is too large to normalize (its length overflows float32); "
+                              "send a unit vector")
     return array
 
 
