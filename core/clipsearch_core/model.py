@@ -196,8 +196,8 @@ class ClipEncoder:
         for indices in kinds.values():
             block = torch.stack([parts[i] for i in indices])
             if self.device.startswith("cuda") and block.device.type == "cpu":
-                block = block.pin_memory().to(self.device, non_blocking=True)
-            block = block.to(self.device)
+                block = block.pin_memory()
+            block = block.to(self.device, non_blocking=True)
             if block.dtype == torch.uint8:
                 block = (block.float() / 255.0 - self._mean) / self._std
             blocks.append((indices, block))

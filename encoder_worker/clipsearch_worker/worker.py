@@ -370,9 +370,7 @@ class Worker:
                 if batch is None:
                     slots.release()
                 elif halt.is_set():
-                    self._forget(batch.jobs)  # taken while the main loop stopped: released by run()
-                    for _, future in batch.chunks:
-                        future.cancel()
+                    self._drop(batch)
                 else:
                     batches.put(batch)
         finally:
@@ -387,9 +385,7 @@ class Worker:
         try:
             while (batch := taken.get()) is not None:
                 if halt.is_set():
-                    self._forget(batch.jobs)
-                    for _, future in batch.chunks:
-                        future.cancel()
+                    self._drop(batch)
                     continue
                 try:
                     self._prepare(batch)
@@ -398,6 +394,12 @@ class Worker:
                 batches.put(batch)
         finally:
             batches.put(None)
+
+    def _drop(self, batch: "_Batch") -> None:
+        """Lets go of a batch taken after the main loop stopped: run() releases its jobs."""
+        self._forget(batch.jobs)
+        for _, future in batch.chunks:
+            future.cancel()
 
     def _prepare(self, batch: "_Batch") -> None:
         """Collects the decode pool's results for a batch and decodes its JPEGs on the device."""
