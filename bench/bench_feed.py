@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -176,7 +177,9 @@ def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, proce
         for name in ("worker", "server") if spies else ():
             path = Path(args.profile) / f"{label}-{attempt}-{name}.txt"
             print(summarize(path) if path.exists() else f"no profile {path}", flush=True)
-        return {"run": f"{label} {own_args}".strip(), "img/s": len(files) / elapsed, "submit s": submitted, **cpu}
+        warm = [re.search(r"warmed up in ([0-9.]+) s", w.output()) for w in started]  # before "ready", unmeasured
+        return {"run": f"{label} {own_args}".strip(), "img/s": len(files) / elapsed, "submit s": submitted,
+                "warm-up s": max(float(m.group(1)) for m in warm) if all(warm) else float("nan"), **cpu}
     finally:
         for worker in started:
             worker.stop()
@@ -227,7 +230,7 @@ def main() -> None:
           f"{os.cpu_count()} cores, worker args {args.worker_args!r} ==")
     print({k: round(v, 3) for k, v in stages.items()})
     table(rows, ["run", *(f"{stage} share" for stage in STAGES)])
-    table(rows, ["run", "img/s", "submit s", "model busy share", "worker cpu ms/img", "server cpu ms/img", "redis cpu ms/img",
+    table(rows, ["run", "img/s", "submit s", "warm-up s", "model busy share", "worker cpu ms/img", "server cpu ms/img", "redis cpu ms/img",
                  "submitter cpu ms/img"])
     save(args.name, {"model": args.model, "images": args.images, "size": f"{args.width}x{args.height}",
                      "worker_args": args.worker_args, "kb_per_image": kb, "batch": args.batch,

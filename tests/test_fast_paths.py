@@ -23,7 +23,7 @@ from clipsearch_core.model import ClipEncoder, ModelSpec, load_encoder
 from clipsearch_core.images import LoadLimits, decode_image
 from tests.data import wait_until
 from tests.photos import photo_jpeg
-from tests.procs import Proc, Stack
+from tests.procs import Proc, Stack, wait_for
 
 TEXTS = ["a red circle", "a photo of a blue star on a plain background", "x",
          "a very long description " * 20, "ünïcödé 🚗 sports car"]
@@ -146,7 +146,9 @@ def test_device_decoding_applies_exif_orientation_like_pil(encoder: ClipEncoder,
 def test_worker_with_device_decoding(stack: Stack, procs: list[Proc], tmp_path: Path) -> None:
     server, address = stack.start_server(tmp_path / "data")
     procs.append(server)
-    procs.append(stack.start_worker(address, ["--device-decode", "--batch-size", "8"]))
+    procs.append(worker := stack.start_worker(address, ["--device-decode", "--batch-size", "8"]))
+    # a batch through the device decoder and the model before it takes any job
+    wait_for(lambda: "ready (warmed up in" in worker.output(), 120, worker.name, worker.popen)
     photos = [photo_jpeg(seed, 640, 480) for seed in range(12)]
     truncated = photos[0][: len(photos[0]) // 3]
     png = io.BytesIO()
@@ -236,3 +238,33 @@ def test_encode_images_takes_a_mixed_batch(encoder: ClipEncoder) -> None:
     assert np.abs(mixed - alone).max() < 1e-4
     reference = encoder.encode_images([encoder.preprocess(red)])[0]
     assert float(mixed[1] @ reference) > 0.999 and float(mixed[3] @ reference) > 0.999
+
+
+
+def test_warm_up_runs_the_paths_requests_take(encoder: ClipEncoder) -> None:
+    """warm_up (run by the worker and the server before they report ready) sends images through the
+    device decoder, the thumbnail scaling and the image tower, and texts of the full context length
+    through the text tower: on a CPU one of each (a GPU runs the batch sizes it is given)."""
+    model = encoder._model
+    seen: list[tuple[str, tuple[int, ...]]] = []
+    hooks = [model.visual.register_forward_hook(lambda m, args, out: seen.append(("image", tuple(args[0].shape)))),
+             model.transformer.register_forward_hook(lambda m, args, out: seen.append(("text", tuple(args[0].shape[:2]))))]
+    try:
+        with patch.object(encoder, "decode_jpegs_and_thumbnails", wraps=encoder.decode_jpegs_and_thumbnails) as decode:
+            assert encoder.warm_up(images=32, texts=16, jpegs=True, thumbnail_side=64) > 0
+            assert len(decode.call_args.args[0]) == 1 and decode.call_args.kwargs["thumbnail_side"] == 64
+            size, context = encoder.image_size, model.positional_embedding.shape[0]
+            assert seen == [("image", (1, 3, size, size)), ("text", (1, context))]
+            seen.clear()
+            encoder.warm_up(images=8)  # no JPEGs asked for: crops straight to the image tower, no text
+            assert decode.call_count == 1 and seen == [("image", (1, 3, size, size))]
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def test_a_failed_warm_up_is_logged_not_raised(encoder: ClipEncoder, caplog: pytest.LogCaptureFixture) -> None:
+    """A worker whose device decoder fails at warm-up still starts (its batches fall back to PIL)."""
+    with patch.object(encoder, "decode_jpegs_and_thumbnails", side_effect=RuntimeError("no nvJPEG here")):
+        assert encoder.warm_up(images=4, jpegs=True) >= 0
+    assert "warm-up on cpu failed (RuntimeError: no nvJPEG here)" in caplog.text

@@ -8,8 +8,10 @@ model identity, the preprocessing and the normalization.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -116,6 +118,43 @@ class ClipEncoder:
             probe = tokenizer(["a"]).to(device)
             self.dim = int(model.encode_text(probe).shape[-1])
 
+    def warm_up(self, images: int = 0, texts: int = 0, jpegs: bool = False, thumbnail_side: int = 0) -> float:
+        """Runs each path that requests will take once, so that its one-time costs are paid before the
+        caller reports ready instead of by its first requests: on a GPU, CUDA loads each kernel on its
+        first launch (lazy loading, the default since CUDA 12.2; other batch shapes can pick other
+        kernels), the caching allocator grows to a full batch, and the JPEG decoder creates its handles.
+        On a GPU: `images` images and `texts` full-length texts as one batch each, then one image and
+        one short text alone (a lone query's shapes); a CPU has none of those costs, so there one image
+        and one full-length text run. `jpegs`: the image batch goes through `decode_jpegs_and_thumbnails`
+        first (a small grey JPEG, also scaled to `thumbnail_side` when that is > 0). Returns the seconds
+        taken. A failure (the device decoder missing, no device memory for a full batch) is logged, not
+        raised: the first requests meet it as they would have without a warm-up, and handle it the same way."""
+        started = time.perf_counter()
+        on_gpu = self.device.startswith("cuda")
+        if not on_gpu:
+            images, texts = min(images, 1), min(texts, 1)
+        size = self.image_size
+        try:
+            if images > 0:
+                if jpegs:
+                    buffer = io.BytesIO()
+                    Image.new("RGB", (2 * size, 3 * size // 2), (128, 128, 128)).save(buffer, "JPEG")
+                    crops, _ = self.decode_jpegs_and_thumbnails([buffer.getvalue()] * images,
+                                                                thumbnail_side=thumbnail_side)
+                else:
+                    crops = [torch.zeros(3, size, size, dtype=torch.uint8)] * images
+                self.encode_images(crops)
+                if on_gpu and images > 1:
+                    self.encode_images(crops[:1])
+            if texts > 0:
+                self.encode_text([" ".join(["photo"] * 100)] * texts)  # cut at the context length
+                if on_gpu:
+                    self.encode_text(["a photo"])
+        except (RuntimeError, ValueError, ImportError) as exc:
+            log.warning("warm-up on %s failed (%s: %s); the first requests will pay its one-time costs",
+                        self.device, type(exc).__name__, exc)
+        return time.perf_counter() - started
+
     def preprocess(self, image: Image.Image) -> Any:
         """Turns a decoded RGB image into the model's input tensor (CPU). Safe to call from many threads."""
         return self._preprocess(image)
@@ -216,12 +255,12 @@ class ClipEncoder:
         vector, so the batch is cut after its longest real sequence: the same vectors (up to float
         rounding) at a fraction of the full-context cost.
         """
-        tokens = self._tokenizer(list(texts)).to(self.device)
+        tokens = self._tokenizer(list(texts))  # on the CPU: cut there, then moved (no device sync)
         with self._lock, torch.inference_mode(), torch.autocast("cuda", enabled=self._autocast):
             if self._truncate_text:
                 features = self._encode_text_truncated(tokens)
             else:
-                features = self._model.encode_text(tokens)
+                features = self._model.encode_text(tokens.to(self.device))
         return _normalized(features)
 
     def encode_text_reference(self, texts: Sequence[str]) -> np.ndarray:
@@ -233,7 +272,7 @@ class ClipEncoder:
     def _encode_text_truncated(self, tokens: torch.Tensor) -> torch.Tensor:
         model = self._model
         length = int(tokens.argmax(dim=-1).max()) + 1  # EOT has the highest id: last real position
-        text = tokens[:, :length]
+        text = tokens[:, :length].to(self.device)
         cast_dtype = model.transformer.get_cast_dtype()
         x = model.token_embedding(text).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
         x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])

@@ -25,8 +25,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(args.metrics_port)
-    worker = Worker(config, load_encoder(config.model, args.threads or None))
-    print(f"clipsearch worker {config.consumer} ready", flush=True)
+    encoder = load_encoder(config.model, args.threads or None)
+    # a full batch through the path jobs take, before taking any (on a GPU: kernels, memory, decoder)
+    warm = encoder.warm_up(images=config.batch_size, jpegs=config.device_decode,
+                           thumbnail_side=config.thumbnail.size)
+    worker = Worker(config, encoder)
+    print(f"clipsearch worker {config.consumer} ready (warmed up in {warm:.2f} s)", flush=True)
     try:
         worker.run(stop)
     except WorkerFatal as exc:

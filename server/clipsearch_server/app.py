@@ -111,6 +111,8 @@ class RunningServer:
     async def _load(self) -> None:
         config = self.config
         encoder = await asyncio.to_thread(load_encoder, config.model, config.threads or None)
+        # full query batches once before serving (on a GPU: kernels loaded, memory grown)
+        warm = await asyncio.to_thread(encoder.warm_up, config.image_batch, config.text_batch)
         replica = await asyncio.to_thread(self._replica, encoder.identity, encoder.dim) if config.store else None
         collection = await asyncio.to_thread(
             Collection, config.data_dir, encoder.identity, encoder.dim, config.hnsw,
@@ -128,7 +130,8 @@ class RunningServer:
             self._set_health(health_pb2.HealthCheckResponse.SERVING)
         else:
             self._tasks.append(asyncio.create_task(self._follow_lag(replica)))
-        log.info("serving on port %d (model %s, %d images)", self.port, encoder.identity, collection.stats().count)
+        log.info("serving on port %d (model %s, %d images; warmed up in %.2f s)", self.port, encoder.identity,
+                 collection.stats().count, warm)
         self._tasks.append(asyncio.create_task(self._snapshots()))
 
     def _replica(self, model: str, dim: int) -> Replica:
