@@ -4,7 +4,8 @@ almost nothing (the tiny test model), so that what is measured is everything aro
     python bench/bench_feed.py [--images 3000] [--runs path:0,path:1,path:2,upload:2] [--decode-threads 1]
 
 Images: `--unique` distinct 640x480 photo-like JPEGs (~165 KB), written `--images` times in all under
-a temp dir with different names. Each run starts its own Redis, server and workers (1 torch thread
+a temp dir with different names. Each run starts its own Redis, server and workers (the server and the
+workers at the same time; `startup s`, and the workers' own `warm-up s`, are reported; 1 torch thread
 unless --worker-args say otherwise), submits every image in chunks of 64 through the Python client,
 either by path (worker --allowed-root) or by upload, waits until all are indexed, and reports images/s
 and CPU ms per image of the workers (with their decode processes), server, Redis and the submitting
@@ -22,6 +23,7 @@ On a GPU machine: `--model ViT-B-32 --pretrained none --width 1024 --height 768 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import shutil
@@ -31,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +43,7 @@ from clipsearch import Client, ImageInput  # noqa: E402
 from clipsearch_core.images import LoadLimits, decode_image  # noqa: E402
 from clipsearch_core.model import ModelSpec, load_encoder  # noqa: E402
 from tests.photos import photo_jpeg  # noqa: E402
-from tests.procs import Stack, free_port, start_redis, wait_for  # noqa: E402
+from tests.procs import Proc, Stack, free_port, start_redis, wait_for  # noqa: E402
 
 TINY = f"local-dir:{ROOT / 'tests' / 'tinyclip' / 'model'}"
 
@@ -118,27 +121,47 @@ def summarize(path: Path, top: int = 12) -> str:
                                                           roots.most_common(6))])
 
 
-def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, processes: int, threads: int,
-        workers: int, own_args: str, attempt: int) -> dict[str, float]:
-    label = f"{mode}-p{processes}-t{threads}" + (f"-w{workers}" if workers > 1 else "")
-    redis, url = start_redis(tmp / "logs")
-    stack = Stack(model=args.model, redis_url=url, log_dir=tmp / "logs", prefix=f"feed-{label}-{attempt}")
+def start_workers(args: argparse.Namespace, stack: Stack, address: str, files: list[Path], processes: int,
+                  threads: int, workers: int, own_args: str) -> tuple[list[Proc], list[int]]:
+    """Starts a run's workers (each with its own metrics port); returns them and their ports."""
     pretrained = ["--pretrained", args.pretrained] if args.pretrained else []
-    server, address = stack.start_server(tmp / f"data-{label}-{attempt}", timeout=300, extra=pretrained)
     extra = [*pretrained, "--batch-size", str(args.batch), "--decode-threads", str(threads),
              "--allowed-root", str(files[0].parent)]
     if processes:
         extra += ["--decode-processes", str(processes)]
     words, env = split_env(args.worker_args.split() + own_args.split())
     extra += words
-    stack.extra_env = env  # the workers' alone (e.g. PYTHONPATH=<another checkout>: compare two versions)
+    # the environment is the workers' alone (e.g. PYTHONPATH=<another checkout>: compare two versions)
+    stack = dataclasses.replace(stack, extra_env=env)
     ports = [free_port() for _ in range(workers)]
-    started = [stack.start_worker(address, [*extra, "--metrics-port", str(port)], name=f"worker{i}")
-               for i, port in enumerate(ports)]
+    return [stack.start_worker(address, [*extra, "--metrics-port", str(port)], name=f"worker{i}")
+            for i, port in enumerate(ports)], ports
+
+
+def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, processes: int, threads: int,
+        workers: int, own_args: str, attempt: int) -> dict[str, float]:
+    label = f"{mode}-p{processes}-t{threads}" + (f"-w{workers}" if workers > 1 else "")
+    begun = time.perf_counter()
+    redis, url = start_redis(tmp / "logs")
+    stack = Stack(model=args.model, redis_url=url, log_dir=tmp / "logs", prefix=f"feed-{label}-{attempt}")
+    pretrained = ["--pretrained", args.pretrained] if args.pretrained else []
+    # The server and the workers load their models at the same time (a worker reaches the server only to push).
+    port = free_port()
+    with ThreadPoolExecutor(1) as pool:
+        starting = pool.submit(stack.start_server, tmp / f"data-{label}-{attempt}", port, pretrained, 300)
+        started, ports = start_workers(args, stack, f"127.0.0.1:{port}", files, processes, threads, workers, own_args)
+        try:
+            server, address = starting.result()
+        except BaseException:
+            for worker in started:
+                worker.stop()
+            redis.stop()
+            raise
     try:
         for worker in started:
             wait_for(lambda: "ready" in worker.output(), 300, worker.name, worker.popen)
         time.sleep(1.0)  # decode processes started
+        startup = time.perf_counter() - begun
         client = Client(address, timeout=120)
         spies = [profile(args.profile, f"{label}-{attempt}-{name}", proc.popen.pid, args.gil) for name, proc in
                  (("worker", started[0]), ("server", server))] if args.profile else []
@@ -178,7 +201,7 @@ def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, proce
             path = Path(args.profile) / f"{label}-{attempt}-{name}.txt"
             print(summarize(path) if path.exists() else f"no profile {path}", flush=True)
         warm = [re.search(r"warmed up in ([0-9.]+) s", w.output()) for w in started]  # before "ready", unmeasured
-        return {"run": f"{label} {own_args}".strip(), "img/s": len(files) / elapsed, "submit s": submitted,
+        return {"run": f"{label} {own_args}".strip(), "img/s": len(files) / elapsed, "submit s": submitted, "startup s": startup,
                 "warm-up s": max(float(m.group(1)) for m in warm) if all(warm) else float("nan"), **cpu}
     finally:
         for worker in started:
@@ -230,7 +253,7 @@ def main() -> None:
           f"{os.cpu_count()} cores, worker args {args.worker_args!r} ==")
     print({k: round(v, 3) for k, v in stages.items()})
     table(rows, ["run", *(f"{stage} share" for stage in STAGES)])
-    table(rows, ["run", "img/s", "submit s", "warm-up s", "model busy share", "worker cpu ms/img", "server cpu ms/img", "redis cpu ms/img",
+    table(rows, ["run", "img/s", "submit s", "startup s", "warm-up s", "model busy share", "worker cpu ms/img", "server cpu ms/img", "redis cpu ms/img",
                  "submitter cpu ms/img"])
     save(args.name, {"model": args.model, "images": args.images, "size": f"{args.width}x{args.height}",
                      "worker_args": args.worker_args, "kb_per_image": kb, "batch": args.batch,
