@@ -42,9 +42,17 @@ else
 fi
 CORES=$(nproc)
 
-pack() { tar -czf "$OUTDIR/gpu-results.tar.gz" -C "$RESULTS" . 2>/dev/null; }
+# The whole script ends within BUDGET seconds (the device call's limit, less a margin): a step gets at
+# most the time left, and one with under 30 s left is skipped, so the results packed so far come back.
+BUDGET=${BUDGET:-570}
+pack() {  # atomically: a call cut short never leaves a half-written archive
+  tar -czf "$OUTDIR/.gpu-results.tmp" -C "$RESULTS" . 2>/dev/null && mv "$OUTDIR/.gpu-results.tmp" "$OUTDIR/gpu-results.tar.gz"
+}
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to the results folder
   local name=$1 seconds=$2; shift 2
+  local left=$((BUDGET - SECONDS))
+  if [ "$left" -lt 30 ]; then echo "=== $name skipped: ${left}s left of ${BUDGET}s ==="; return; fi
+  [ "$seconds" -gt "$left" ] && seconds=$left
   echo "=== $name (limit ${seconds}s) ==="
   local t=$SECONDS
   timeout -k 10 "$seconds" "$@" > "$RESULTS/$name.log" 2>&1
@@ -63,8 +71,9 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to the resu
 # The worker end to end (bench/bench_feed.py): submit by path or upload until searchable, 1024x768
 # photo-like JPEGs, images/s, the model's busy share and CPU ms per image of each process. A ViT-B-32
 # run costs about 90 s on the lent H200 machine (writing the files, starting Redis, the server and the
-# workers), so the steps are in order of what matters most; STEPS picks others.
-STEPS=${STEPS:-"feed-B32-device feed-B32-workers feed-B32-profile query device-preprocess"}
+# workers; less now that they start together), so the steps are in order of what matters most, and the
+# last ones run if BUDGET leaves time for them; STEPS picks others.
+STEPS=${STEPS:-"feed-B32-device feed-B32-workers feed-B32-profile query device-preprocess query-decompose feed-L14-device"}
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 GPU=(--model ViT-B-32 --pretrained none --width 1024 --height 768 --images "$IMAGES" --unique "$UNIQUE"
      --batch "$BATCH" --no-stages)
