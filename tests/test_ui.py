@@ -166,7 +166,8 @@ def test_browser_shows_results_then_more_like_this(page: Page, browser: Any, tmp
 
     clicked = _card_ids(tab)[0]
     tab.click(f".card[data-id='{clicked}']")
-    tab.wait_for_function(f"() => document.getElementById('status').textContent.includes('images like {clicked}')",
+    # the final status, set after the cards were replaced ("Searching images like …" comes before them)
+    tab.wait_for_function(f"() => document.getElementById('status').textContent === '20 results for images like {clicked}'",
                           timeout=30_000)
     tab.wait_for_function(ALL_LOADED, timeout=30_000)
     similar = _card_ids(tab)
