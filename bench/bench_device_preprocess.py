@@ -23,7 +23,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import save, table  # noqa: E402
+from bench.common import checkouts, save, table  # noqa: E402
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -109,10 +109,10 @@ def main() -> None:
     if args.one_round:
         print(json.dumps(measure(args)))
         return
-    checkouts = [("this", ROOT)] + [(c.split("=", 1)[0], Path(c.split("=", 1)[1]).resolve()) for c in args.checkout]
+    compared = checkouts(args.checkout, ROOT)
     runs: list[dict[str, Any]] = []
     for round_ in range(args.rounds):
-        for name, path in checkouts:
+        for name, path in compared:
             paths = [path / "core", ROOT / "client", ROOT]  # that checkout's model code; this one's photos
             inherited = os.environ.get("PYTHONPATH", "")  # e.g. the carried wheels on a lent GPU machine
             env = {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, paths), *([inherited] if inherited else [])])}

@@ -147,17 +147,13 @@ def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, proce
     pretrained = ["--pretrained", args.pretrained] if args.pretrained else []
     # The server and the workers load their models at the same time (a worker reaches the server only to push).
     port = free_port()
-    with ThreadPoolExecutor(1) as pool:
-        starting = pool.submit(stack.start_server, tmp / f"data-{label}-{attempt}", port, pretrained, 300)
-        started, ports = start_workers(args, stack, f"127.0.0.1:{port}", files, processes, threads, workers, own_args)
-        try:
-            server, address = starting.result()
-        except BaseException:
-            for worker in started:
-                worker.stop()
-            redis.stop()
-            raise
+    pool = ThreadPoolExecutor(1)
+    starting = pool.submit(stack.start_server, tmp / f"data-{label}-{attempt}", port, pretrained, 300)
+    pool.shutdown(wait=False)
+    started, ports = start_workers(args, stack, f"127.0.0.1:{port}", files, processes, threads, workers, own_args)
+    server: Proc | None = None  # start_server kills a server that did not start
     try:
+        server, address = starting.result()
         for worker in started:
             wait_for(lambda: "ready" in worker.output(), 300, worker.name, worker.popen)
         time.sleep(1.0)  # decode processes started
@@ -206,7 +202,8 @@ def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, proce
     finally:
         for worker in started:
             worker.stop()
-        server.stop()
+        if server is not None:
+            server.stop()
         redis.stop()
 
 

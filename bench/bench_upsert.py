@@ -29,7 +29,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.bench_feed import profile, summarize  # noqa: E402
-from bench.common import cpu_seconds, save, table  # noqa: E402
+from bench.common import checkouts, cpu_seconds, save, table  # noqa: E402
 from clipsearch.v1 import index_service_pb2 as index_pb  # noqa: E402
 from clipsearch.v1 import index_service_pb2_grpc as index_grpc  # noqa: E402
 from clipsearch.v1 import types_pb2  # noqa: E402
@@ -101,10 +101,10 @@ def main() -> None:
     parser.add_argument("--profile", default="", help="folder for a py-spy profile of the server")
     parser.add_argument("--name", default="upsert")
     args = parser.parse_args()
-    checkouts = [("this", ROOT)] + [(c.split("=", 1)[0], Path(c.split("=", 1)[1]).resolve()) for c in args.checkout]
+    compared = checkouts(args.checkout, ROOT)
     rows = []
     for round_ in range(args.rounds):
-        for name, path in checkouts:
+        for name, path in compared:
             with tempfile.TemporaryDirectory(prefix="bench-upsert-") as tmp:
                 rows.append({"server": name, "round": round_, **run(args, Path(tmp), path)})
             print(rows[-1], flush=True)

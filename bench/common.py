@@ -41,6 +41,11 @@ def split_env(words: list[str]) -> tuple[list[str], dict[str, str]]:
     return [w for w in words if not is_env(w)], dict(w.split("=", 1) for w in words if is_env(w))
 
 
+def checkouts(specs: list[str], root: Path) -> list[tuple[str, Path]]:
+    """("this", root) and each `--checkout NAME=PATH` given, as (name, resolved path): the code to compare."""
+    return [("this", root)] + [(name, Path(path).resolve()) for name, _, path in (s.partition("=") for s in specs)]
+
+
 def scrape(port: int) -> dict[str, float]:
     """The samples of a Prometheus /metrics page: `name` or `name{label="value",...}` -> value."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()

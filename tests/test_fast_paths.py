@@ -240,7 +240,6 @@ def test_encode_images_takes_a_mixed_batch(encoder: ClipEncoder) -> None:
     assert float(mixed[1] @ reference) > 0.999 and float(mixed[3] @ reference) > 0.999
 
 
-
 def test_warm_up_runs_the_paths_requests_take(encoder: ClipEncoder) -> None:
     """warm_up (run by the worker and the server before they report ready) sends images through the
     device decoder, the thumbnail scaling and the image tower, and texts of the full context length
