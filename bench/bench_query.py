@@ -6,9 +6,11 @@ query at a time (no truncation, no batching) as the baseline for throughput.
     python bench/bench_query.py --decompose [--pin] [--vectors 20000] [--queries 200]
 
 --decompose: where the time of one TextSearch goes, measured interleaved query by query (in-process
-encode + search, in-process search alone, TextSearch over gRPC, the same with a repeated text, which
-the server's cache answers without encoding, and a bare gRPC health check), so that drift between
-them does not decide the differences.
+encode + search, in-process search alone, the in-process query planner (`query.run`: the search plus
+the page the server cuts, with its spare candidates, re-scoring and next-page token), TextSearch over
+gRPC, the same with a repeated text, which the server's cache answers without encoding, and a bare gRPC
+health check), so that drift between them does not decide the differences; and the server's own
+handling time of its TextSearch calls (mean, from its `clipsearch_rpc_seconds` metric).
 
 Every query text is distinct (no cache hits). The index holds random unit vectors of the model's
 dimension, written through the real UpsertVectors API.
@@ -31,15 +33,16 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import percentiles, save, table  # noqa: E402
+from bench.common import percentiles, save, scrape, table  # noqa: E402
 from clipsearch import Client  # noqa: E402
 from clipsearch.v1 import index_service_pb2, index_service_pb2_grpc, types_pb2  # noqa: E402
 from clipsearch_server.collection import Collection  # noqa: E402
 from clipsearch_server.index import HnswParams  # noqa: E402
+from clipsearch_server.query import Query, run as plan_and_page  # noqa: E402
 from clipsearch_server.store import ImageRecord  # noqa: E402
 from clipsearch_core.model import ModelSpec, load_encoder  # noqa: E402
 from tests.photos import photo_jpeg  # noqa: E402
-from tests.procs import Stack, start_redis  # noqa: E402
+from tests.procs import Stack, free_port, start_redis  # noqa: E402
 
 COLORS = ["red", "blue", "green", "yellow", "black", "white", "silver", "orange"]
 THINGS = ["sports car", "dog on a beach", "mountain lake at sunset", "bowl of ramen", "city street at night",
@@ -84,7 +87,7 @@ def decompose(args: argparse.Namespace, server_cores: set[int] | None, client_co
     on(server_cores)
     encoder = load_encoder(ModelSpec(args.model, args.pretrained, args.device))
     vectors = np.random.default_rng(0).standard_normal((args.vectors, encoder.dim)).astype("<f4")
-    samples: dict[str, list[float]] = {k: [] for k in ("inproc", "search", "grpc", "cached", "health")}
+    samples: dict[str, list[float]] = {k: [] for k in ("inproc", "search", "page", "grpc", "cached", "health")}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         col = Collection(tmp / "inproc", encoder.identity, encoder.dim, HnswParams())
@@ -94,7 +97,8 @@ def decompose(args: argparse.Namespace, server_cores: set[int] | None, client_co
         stack.common = lambda: ["--model", args.model, "--pretrained", args.pretrained, "--redis-url", url,  # type: ignore[method-assign]
                                 "--redis-prefix", stack.prefix, "--device", args.device,
                                 *(["--threads", "1"] if server_cores else [])]
-        server, address = stack.start_server(tmp / "data", timeout=600)
+        metrics_port = free_port()
+        server, address = stack.start_server(tmp / "data", timeout=600, extra=["--metrics-port", str(metrics_port)])
         on(client_cores)
         try:
             with Client(address) as client, grpc.insecure_channel(address) as channel:
@@ -109,6 +113,8 @@ def decompose(args: argparse.Namespace, server_cores: set[int] | None, client_co
                 client.text_search("repeated", k=10)
                 vector = encoder.encode_text(["repeated"])[0]
                 time.sleep(3)  # the server seals what it was sent before the timed loop
+                handled = 'clipsearch_rpc_seconds_{}{{code="OK",method="TextSearch"}}'
+                before = scrape(metrics_port)
                 for i, (a, b) in enumerate(zip(texts(args.queries, 1), texts(args.queries, 2))):
                     on(server_cores)
                     t = time.perf_counter()
@@ -117,6 +123,9 @@ def decompose(args: argparse.Namespace, server_cores: set[int] | None, client_co
                     t = time.perf_counter()
                     col.search(vector, 10)
                     samples["search"].append(time.perf_counter() - t)
+                    t = time.perf_counter()
+                    plan_and_page(col, [Query(vector, 10, fingerprint="decompose")])
+                    samples["page"].append(time.perf_counter() - t)
                     on(client_cores)
                     for name, call in (("grpc", lambda: client.text_search(b, k=10)),
                                        ("cached", lambda: client.text_search("repeated", k=10)),
@@ -124,6 +133,9 @@ def decompose(args: argparse.Namespace, server_cores: set[int] | None, client_co
                         t = time.perf_counter()
                         call()
                         samples[name].append(time.perf_counter() - t)
+                after = scrape(metrics_port)
+                calls = after[handled.format("count")] - before[handled.format("count")]
+                server_ms = (after[handled.format("sum")] - before[handled.format("sum")]) / calls * 1000
         finally:
             server.stop()
             redis.stop()
@@ -131,11 +143,15 @@ def decompose(args: argparse.Namespace, server_cores: set[int] | None, client_co
     p50 = {name: float(np.percentile(values, 50)) * 1000 for name, values in samples.items()}
     rows = [{"what": what, **percentiles(samples[name])} for name, what in (
         ("inproc", "in-process encode + search"), ("search", "in-process search alone"),
+        ("page", "in-process planner: search + page (query.run)"),
         ("grpc", "TextSearch over gRPC"), ("cached", "TextSearch over gRPC, repeated text (cache: no encode)"),
         ("health", "gRPC health check (bare call)"))]
     split = {"encode ms (inproc - search)": p50["inproc"] - p50["search"],
              "per-call path ms (cached - search)": p50["cached"] - p50["search"],
              "bare gRPC call ms": p50["health"],
+             "page work ms (planner - search)": p50["page"] - p50["search"],
+             "server handler ms (mean of its TextSearch calls, both kinds)": server_ms,
+             "cached call beyond planner and bare call ms": p50["cached"] - p50["page"] - p50["health"],
              "gRPC - in-process ms": p50["grpc"] - p50["inproc"],
              "textsearch_p50_grpc_vs_inprocess": p50["grpc"] / p50["inproc"]}
     print(f"\n== TextSearch decomposed, {args.model} ({args.pretrained}), {args.vectors} vectors, "
