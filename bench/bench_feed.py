@@ -150,9 +150,10 @@ def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, proce
     pool = ThreadPoolExecutor(1)
     starting = pool.submit(stack.start_server, tmp / f"data-{label}-{attempt}", port, pretrained, 300)
     pool.shutdown(wait=False)
-    started, ports = start_workers(args, stack, f"127.0.0.1:{port}", files, processes, threads, workers, own_args)
+    started: list[Proc] = []
     server: Proc | None = None  # start_server kills a server that did not start
     try:
+        started, ports = start_workers(args, stack, f"127.0.0.1:{port}", files, processes, threads, workers, own_args)
         server, address = starting.result()
         for worker in started:
             wait_for(lambda: "ready" in worker.output(), 300, worker.name, worker.popen)
@@ -202,6 +203,8 @@ def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, proce
     finally:
         for worker in started:
             worker.stop()
+        if server is None and starting.exception() is None:  # failed before taking it: waits for its start
+            server = starting.result()[0]
         if server is not None:
             server.stop()
         redis.stop()

@@ -9,8 +9,7 @@ query at a time (no truncation, no batching) as the baseline for throughput.
 encode + search, in-process search alone, the in-process query planner (`query.run`: the search plus
 the page the server cuts, with its spare candidates, re-scoring and next-page token), TextSearch over
 gRPC, the same with a repeated text, which the server's cache answers without encoding, and a bare gRPC
-health check), so that drift between them does not decide the differences; and the server's own
-handling time of its TextSearch calls (mean, from its `clipsearch_rpc_seconds` metric).
+health check), so that drift between them does not decide the differences.
 
 Every query text is distinct (no cache hits). The index holds random unit vectors of the model's
 dimension, written through the real UpsertVectors API.
@@ -33,7 +32,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import percentiles, save, scrape, table  # noqa: E402
+from bench.common import percentiles, save, table  # noqa: E402
 from clipsearch import Client  # noqa: E402
 from clipsearch.v1 import index_service_pb2, index_service_pb2_grpc, types_pb2  # noqa: E402
 from clipsearch_server.collection import Collection  # noqa: E402
@@ -42,7 +41,7 @@ from clipsearch_server.query import Query, run as plan_and_page  # noqa: E402
 from clipsearch_server.store import ImageRecord  # noqa: E402
 from clipsearch_core.model import ModelSpec, load_encoder  # noqa: E402
 from tests.photos import photo_jpeg  # noqa: E402
-from tests.procs import Stack, free_port, start_redis  # noqa: E402
+from tests.procs import Stack, start_redis  # noqa: E402
 
 COLORS = ["red", "blue", "green", "yellow", "black", "white", "silver", "orange"]
 THINGS = ["sports car", "dog on a beach", "mountain lake at sunset", "bowl of ramen", "city street at night",
@@ -97,8 +96,7 @@ def decompose(args: argparse.Namespace, server_cores: set[int] | None, client_co
         stack.common = lambda: ["--model", args.model, "--pretrained", args.pretrained, "--redis-url", url,  # type: ignore[method-assign]
                                 "--redis-prefix", stack.prefix, "--device", args.device,
                                 *(["--threads", "1"] if server_cores else [])]
-        metrics_port = free_port()
-        server, address = stack.start_server(tmp / "data", timeout=600, extra=["--metrics-port", str(metrics_port)])
+        server, address = stack.start_server(tmp / "data", timeout=600)
         on(client_cores)
         try:
             with Client(address) as client, grpc.insecure_channel(address) as channel:
@@ -113,8 +111,6 @@ def decompose(args: argparse.Namespace, server_cores: set[int] | None, client_co
                 client.text_search("repeated", k=10)
                 vector = encoder.encode_text(["repeated"])[0]
                 time.sleep(3)  # the server seals what it was sent before the timed loop
-                handled = 'clipsearch_rpc_seconds_{}{{code="OK",method="TextSearch"}}'
-                before = scrape(metrics_port)
                 for i, (a, b) in enumerate(zip(texts(args.queries, 1), texts(args.queries, 2))):
                     on(server_cores)
                     t = time.perf_counter()
@@ -133,9 +129,6 @@ def decompose(args: argparse.Namespace, server_cores: set[int] | None, client_co
                         t = time.perf_counter()
                         call()
                         samples[name].append(time.perf_counter() - t)
-                after = scrape(metrics_port)
-                calls = after[handled.format("count")] - before[handled.format("count")]
-                server_ms = (after[handled.format("sum")] - before[handled.format("sum")]) / calls * 1000
         finally:
             server.stop()
             redis.stop()
@@ -150,7 +143,6 @@ def decompose(args: argparse.Namespace, server_cores: set[int] | None, client_co
              "per-call path ms (cached - search)": p50["cached"] - p50["search"],
              "bare gRPC call ms": p50["health"],
              "page work ms (planner - search)": p50["page"] - p50["search"],
-             "server handler ms (mean of its TextSearch calls, both kinds)": server_ms,
              "cached call beyond planner and bare call ms": p50["cached"] - p50["page"] - p50["health"],
              "gRPC - in-process ms": p50["grpc"] - p50["inproc"],
              "textsearch_p50_grpc_vs_inprocess": p50["grpc"] / p50["inproc"]}

@@ -111,14 +111,16 @@ class RunningServer:
     async def _load(self) -> None:
         config = self.config
         encoder = await asyncio.to_thread(load_encoder, config.model, config.threads or None)
-        # full query batches once before serving (on a GPU: kernels loaded, memory grown)
-        warm = await asyncio.to_thread(encoder.warm_up, config.image_batch, config.text_batch)
+        # full query batches once before serving (on a GPU: kernels loaded, memory grown), beside the
+        # store and index loading (warm_up logs its failures, it does not raise)
+        warming = asyncio.ensure_future(asyncio.to_thread(encoder.warm_up, config.image_batch, config.text_batch))
         replica = await asyncio.to_thread(self._replica, encoder.identity, encoder.dim) if config.store else None
         collection = await asyncio.to_thread(
             Collection, config.data_dir, encoder.identity, encoder.dim, config.hnsw,
             config.compact_ratio, config.compact_min, config.filter_exact_max, config.seal_at,
             replica.mirror if replica is not None else None, shard=config.shard, kind=config.kind,
         )
+        warm = await warming
         engine = Engine(encoder, collection, config.image_limits, text_batch=config.text_batch,
                         image_batch=config.image_batch)
         engine.read_wait_s = config.read_wait_s
