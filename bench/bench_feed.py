@@ -189,7 +189,12 @@ def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, proce
         stages = {f"{stage} share": share(f'clipsearch_worker_stage_seconds_sum{{stage="{stage}"}}') for stage in STAGES}
         cpu = {"model busy share": share("clipsearch_worker_encode_seconds_sum"), **stages, "worker cpu ms/img": sum(v for k, v in per_process.items() if k.startswith("worker")),
                **{f"{k} cpu ms/img": v for k, v in per_process.items() if not k.startswith("worker")}}
-        assert progress.indexed == len(files), progress
+        if progress.indexed != len(files):  # why, in the log; the run's figures are kept (main exits 1)
+            reasons = Counter(f.reason for f in client.failures(batch, limit=1000))
+            print(f"IMAGES FAILED in {label} {own_args}: {progress}; reasons {dict(reasons.most_common(5))}", flush=True)
+            for proc in (server, *started):
+                errors = [line for line in proc.output().splitlines() if re.search(r"ERROR|WARNING|Traceback|refused", line)]
+                print(f"  {proc.name}: {len(errors)} error lines", *errors[-8:], sep="\n    ", flush=True)
         client.close()
         for spy in spies:
             spy.send_signal(signal.SIGINT)  # py-spy writes its samples and exits
@@ -198,7 +203,7 @@ def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, proce
             path = Path(args.profile) / f"{label}-{attempt}-{name}.txt"
             print(summarize(path) if path.exists() else f"no profile {path}", flush=True)
         warm = [re.search(r"warmed up in ([0-9.]+) s", w.output()) for w in started]  # before "ready", unmeasured
-        return {"run": f"{label} {own_args}".strip(), "img/s": len(files) / elapsed, "submit s": submitted, "startup s": startup,
+        return {"run": f"{label} {own_args}".strip(), "img/s": len(files) / elapsed, "failed": progress.failed, "submit s": submitted, "startup s": startup,
                 "warm-up s": max(float(m.group(1)) for m in warm) if all(warm) else float("nan"), **cpu}
     finally:
         for worker in started:
@@ -253,11 +258,13 @@ def main() -> None:
           f"{os.cpu_count()} cores, worker args {args.worker_args!r} ==")
     print({k: round(v, 3) for k, v in stages.items()})
     table(rows, ["run", *(f"{stage} share" for stage in STAGES)])
-    table(rows, ["run", "img/s", "submit s", "startup s", "warm-up s", "model busy share", "worker cpu ms/img", "server cpu ms/img", "redis cpu ms/img",
+    table(rows, ["run", "img/s", "failed", "submit s", "startup s", "warm-up s", "model busy share", "worker cpu ms/img", "server cpu ms/img", "redis cpu ms/img",
                  "submitter cpu ms/img"])
     save(args.name, {"model": args.model, "images": args.images, "size": f"{args.width}x{args.height}",
                      "worker_args": args.worker_args, "kb_per_image": kb, "batch": args.batch,
                      "decode_threads": args.decode_threads, **stages, "rows": rows})
+    if any(row["failed"] for row in rows):
+        sys.exit("images failed (reasons above): these figures count them as done")
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ want feed-L14-device && step feed-L14-device 150 $PY bench/bench_feed.py "${GPU[
   --images $((IMAGES / 2)) --worker-args "$ON_GPU" --runs path:0 --name feed-L14-device
 want feed-B32-workers && step feed-B32-workers 220 $PY bench/bench_feed.py "${GPU[@]}" --worker-args "$ON_GPU" \
   --runs "path:0::2 --thumbnail-size 0,path:0::4 --thumbnail-size 0" --name feed-B32-workers
-want query && step query 110 $PY bench/bench_query.py --model ViT-B-32 --device "$DEVICE" --vectors "$VECTORS" \
+want query && step query 150 $PY bench/bench_query.py --model ViT-B-32 --device "$DEVICE" --vectors "$VECTORS" \
   --queries "$QUERIES" --name query
 # TextSearch's time split (encode, search, the per-call path), gRPC and in-process alternated.
 want query-decompose && step query-decompose 120 $PY bench/bench_query.py --model ViT-B-32 --device "$DEVICE" \

@@ -246,3 +246,53 @@ def test_a_failure_on_the_device_decode_thread_stops_the_worker_and_loses_no_ima
         assert client.progress(batch).indexed == 0
         procs.append(stack.start_worker(address, ["--batch-size", "2", "--device-decode"]))
         assert wait_until(client, batch, 90).indexed == 6
+
+
+def test_an_image_the_server_refuses_does_not_fail_its_batch(stack: Stack, procs: list[Proc], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """One push carries a whole batch; an image the server refuses (here a thumbnail over its size limit)
+    or a vector it would refuse (NaN, as an fp16 overflow gives) fails alone, with its reason, and the
+    other images of the batch are indexed. A real server, Redis and worker loop in this process."""
+    import numpy as np
+
+    from clipsearch_worker import worker as worker_module
+
+    server, address = stack.start_server(tmp_path / "data")
+    procs.append(server)
+    argv = [*stack.common(), "--server", address, "--batch-size", "8", "--decode-threads", "2"]
+    config = WorkerConfig.from_args(settings.parse("worker", argv, "t", "t"))
+    worker = Worker(config, load_encoder(config.model, 1))
+    thumbnail = worker_module._thumbnail
+    monkeypatch.setattr(worker_module, "_thumbnail",
+                        lambda job, thumb: b"\xff" * 300_000 if job.id == "big" else thumbnail(job, thumb))
+    encode = worker.encoder.encode_images
+    poisoned: list[int] = []
+
+    def nan_in_the_first_batch(tensors):  # type: ignore[no-untyped-def]
+        vectors = np.array(encode(tensors))
+        if not poisoned and len(vectors) == 8:
+            vectors[3, 5] = np.nan
+            poisoned.append(3)
+        return vectors
+
+    worker.encoder.encode_images = nan_in_the_first_batch  # type: ignore[method-assign]
+    stop = threading.Event()
+    loop = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    ids = ["a", "b", "big", "c", "d", "e", "f", "g"]
+    try:
+        with Client(address) as client:
+            batch = client.submit([ImageInput(image=photo_jpeg(i, 96, 64), id=name)
+                                   for i, name in enumerate(ids)]).batch_id
+            loop.start()  # after the submit: the eight images make one batch
+            progress = wait_until(client, batch, 60)
+            reasons = {f.id: f.reason for f in client.failures(batch)}
+            assert poisoned and (progress.indexed, progress.failed) == (6, 2), (progress, reasons)
+            assert "limit is 262144" in reasons.pop("big"), reasons
+            [(nan_id, nan_reason)] = reasons.items()
+            assert nan_id != "big" and "NaN" in nan_reason, reasons
+            assert client.stats().count == 6
+    finally:
+        stop.set()
+        loop.join(timeout=30)
+        worker.close()
+    assert not loop.is_alive()

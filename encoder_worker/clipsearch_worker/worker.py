@@ -90,6 +90,14 @@ def reason_kind(reason: str) -> str:
 
 
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+_STOPPED = "stopped"  # _send's result when the worker stops before the server answered
+
+
+def _usable(vectors: np.ndarray) -> np.ndarray:
+    """Which rows the server can index: finite, with a non-zero norm (it refuses the others)."""
+    finite = np.isfinite(vectors).all(axis=1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return finite & (np.abs(np.where(finite[:, None], vectors, 0)).max(axis=1) > 0)
 
 
 def default_consumer_name() -> str:
@@ -481,6 +489,11 @@ class Worker:
         if good:
             with ENCODE_SECONDS.time(), STAGE_SECONDS.labels("encode").time():
                 vectors = self.encoder.encode_images([tensor for _, tensor, _ in good])
+            usable = _usable(vectors)
+            if not usable.all():  # the server would refuse the whole push: these images fail alone
+                outcomes.extend((job, "the model gave this image a vector with NaN, infinite or only zero values "
+                                      "(an overflow in reduced precision?)") for (job, _, _), ok in zip(good, usable) if not ok)
+                good, vectors = [g for g, ok in zip(good, usable) if ok], vectors[usable]
         return _Encoded([job for job, _, _ in good], vectors, [thumb for _, _, thumb in good], outcomes)
 
     def _complete(self, batch: "_Batch", encoded: "_Encoded", stop: threading.Event,
@@ -492,10 +505,10 @@ class Worker:
             if encoded.jobs:
                 thumbs = [_thumbnail(job, thumb) for job, thumb in zip(encoded.jobs, encoded.thumbs)]
                 with STAGE_SECONDS.labels("push").time():
-                    error = self._push(encoded.jobs, encoded.vectors, thumbs, stop)
-                if error == "stopped":
-                    return  # not acknowledged: another worker (or our restart) will redo them
-                outcomes = outcomes + [(job, error) for job in encoded.jobs]
+                    errors = self._push(encoded.jobs, encoded.vectors, thumbs, stop)
+                if errors is None:
+                    return  # stopped, not acknowledged: another worker (or our restart) will redo them
+                outcomes = outcomes + list(zip(encoded.jobs, errors))
             with STAGE_SECONDS.labels("finish").time():
                 jobqueue.finish(self.redis, self.keys, outcomes)
         except redis.RedisError as exc:
@@ -571,9 +584,27 @@ class Worker:
             return "failed", None, str(exc), None
 
     def _push(self, jobs: Sequence[Job], vectors: np.ndarray, thumbs: Sequence[bytes | None],
+              stop: threading.Event) -> list[str | None] | None:
+        """Upserts vectors (with thumbnails) on the server. Returns each job's failure reason (None:
+        indexed), or None if interrupted (`stop`, or the main loop failing: `_abort`). A push the server
+        refuses for good (INVALID_ARGUMENT, INTERNAL, ...) is split in halves and each pushed again, so
+        that only the images the server refuses fail, not their neighbours in the batch (upserts are
+        idempotent: a half pushed before an interruption is simply pushed again)."""
+        refused = self._send(jobs, vectors, thumbs, stop)
+        if refused == _STOPPED:
+            return None
+        if refused is None or len(jobs) == 1:
+            return [refused] * len(jobs)
+        log.info("the server refused a push of %d images (%s); pushing its halves apart", len(jobs), refused)
+        half = len(jobs) // 2
+        first = self._push(jobs[:half], vectors[:half], thumbs[:half], stop)
+        second = None if first is None else self._push(jobs[half:], vectors[half:], thumbs[half:], stop)
+        return None if second is None else [*first, *second]
+
+    def _send(self, jobs: Sequence[Job], vectors: np.ndarray, thumbs: Sequence[bytes | None],
               stop: threading.Event) -> str | None:
-        """Upserts vectors (with thumbnails) on the server. Returns None on success, "stopped" if
-        interrupted (`stop`, or the main loop failing: `_abort`), or a failure reason."""
+        """One UpsertVectors call, retried while the server is unavailable or busy. Returns None on
+        success, _STOPPED if interrupted, or the reason the server refused it."""
         mime = self.config.thumbnail.mime_type
         request = index_pb.UpsertVectorsRequest(
             model=self._model,
@@ -599,7 +630,7 @@ class Worker:
                     return f"the server refused the vector: {code.name}: {exc.details()}"
                 log.warning("push failed (%s: %s); retrying in %.1fs", code.name, exc.details(), delay)
             if stop.wait(delay) or self._abort.is_set():
-                return "stopped"
+                return _STOPPED
             delay = min(delay * 2, 5.0)
 
     def close(self) -> None:
