@@ -120,3 +120,40 @@ def test_truncated_image_names_its_format() -> None:
     data = encoded(Image.new("RGB", (256, 256), (200, 10, 10)), "JPEG")
     with pytest.raises(ImageLoadError, match="^cannot decode image: truncated or corrupt JPEG"):
         decode_image(data[: len(data) // 2], LIMITS)
+
+
+def test_paths_are_checked_where_they_lead_and_only_regular_files_are_read(tmp_path: Path) -> None:
+    """A link under a root that leads outside is refused, one outside that leads inside is read; a FIFO
+    under a root is refused at once (reading it would block the decode thread for good); a path outside
+    the roots is reported as outside whether or not it exists (no probing of other folders)."""
+    import os
+    import threading
+
+    root = tmp_path / "images"
+    root.mkdir()
+    data = encoded(Image.new("RGB", (4, 4)), "PNG")
+    (root / "a.png").write_bytes(data)
+    (tmp_path / "secret.png").write_bytes(data)
+    (root / "escape.png").symlink_to(tmp_path / "secret.png")
+    (tmp_path / "alias").symlink_to(root)
+    os.mkfifo(root / "pipe.png")
+    limits = LoadLimits(allowed_roots=(root,))
+    assert read_uri(str(tmp_path / "alias" / "a.png"), limits) == data
+    for outside in ("escape.png", "../secret.png", "../missing.png"):
+        with pytest.raises(ImageLoadError, match="outside the allowed roots"):
+            read_uri(str(root / outside), limits)
+    raised: list[BaseException] = []
+
+    def read_fifo() -> None:
+        try:
+            read_uri(str(root / "pipe.png"), limits)
+        except ImageLoadError as exc:
+            raised.append(exc)
+
+    reader = threading.Thread(target=read_fifo, daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    if reader.is_alive():  # the old read blocked here: unblock it so that the test can end
+        with open(root / "pipe.png", "wb"):
+            pass
+    assert not reader.is_alive() and "not a regular file" in str(raised[0])

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import re
+import stat
 import urllib.parse
 import warnings
 from typing import Any
@@ -45,6 +47,15 @@ class LoadLimits:
     allowed_roots: tuple[Path, ...] = field(default_factory=tuple)
     http_timeout_s: float = default("--http-timeout")
     network: NetworkPolicy = field(default_factory=NetworkPolicy)
+    _root_prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False, default=())
+
+    def __post_init__(self) -> None:  # the roots as resolved path prefixes, once (not per image)
+        prefixes = tuple(os.path.join(os.path.realpath(root), "") for root in self.allowed_roots)
+        object.__setattr__(self, "_root_prefixes", prefixes)
+
+    def allows(self, real_path: str) -> bool:
+        """True if a resolved path lies under one of the allowed roots."""
+        return real_path.startswith(self._root_prefixes) or os.path.join(real_path, "") in self._root_prefixes
 
     @classmethod
     def from_args(cls, args: Any) -> "LoadLimits":
@@ -68,18 +79,55 @@ def read_uri(uri: str, limits: LoadLimits) -> bytes:
 
 
 def _read_file(path: Path, limits: LoadLimits) -> bytes:
+    """The bytes of a regular file under the allowed roots. The file is opened once and its location
+    checked on the open file (the kernel's path for the descriptor), so a link changed between the check
+    and the read cannot lead outside the roots, and no Python walk of the path runs per image. Only
+    regular files are opened (a FIFO would block, a device could act on open). A path that resolves
+    outside the roots is reported as such whatever else is wrong with it (no probing of other files)."""
     if not path.is_absolute():
         raise ImageLoadError(f"file path must be absolute: {path}")
-    real = path.resolve()
-    if not any(real.is_relative_to(root.resolve()) for root in limits.allowed_roots):
-        raise ImageLoadError(f"path is outside the allowed roots ({_roots(limits)}): {path}")
     try:
-        size = real.stat().st_size
-        if size > limits.max_bytes:
-            raise ImageLoadError(f"image file is {size} bytes, over the limit of {limits.max_bytes}: {path}")
-        return real.read_bytes()
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise _refused(path, limits, "not a regular file")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as exc:
+        raise _refused(path, limits, f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        if not limits.allows(_opened_path(fd, path)):
+            raise _outside(path, limits)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # swapped for something else since the stat
+            raise ImageLoadError(f"not a regular file: {path}")
+        if info.st_size > limits.max_bytes:
+            raise ImageLoadError(f"image file is {info.st_size} bytes, over the limit of {limits.max_bytes}: {path}")
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            data = file.read(info.st_size + 1)  # not max_bytes: a buffer of that size per image
+            if len(data) > info.st_size:  # it grew since the fstat
+                data += file.read(limits.max_bytes + 1 - len(data))
+        if len(data) > limits.max_bytes:  # grew since the fstat
+            raise ImageLoadError(f"image file is over the limit of {limits.max_bytes} bytes: {path}")
+        return data
     except OSError as exc:
         raise ImageLoadError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+
+
+def _opened_path(fd: int, path: Path) -> str:
+    """The resolved path of an open file: one readlink on Linux, else realpath (a walk of the path)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(path)
+
+
+def _refused(path: Path, limits: LoadLimits, reason: str) -> ImageLoadError:
+    """The error for a path that cannot be read: outside the roots if it resolves there, else `reason`."""
+    return ImageLoadError(reason if limits.allows(os.path.realpath(path)) else str(_outside(path, limits)))
+
+
+def _outside(path: Path, limits: LoadLimits) -> ImageLoadError:
+    return ImageLoadError(f"path is outside the allowed roots ({_roots(limits)}): {path}")
 
 
 def _roots(limits: LoadLimits) -> str:
