@@ -2,7 +2,7 @@
 # Runs every benchmark (results: bench/results/*.json, plot: docs/index-recall-qps.png; figures go
 # into docs/BENCHMARKS.md by hand). Takes about an hour on a 2-core CPU, mostly the 1M-vector index.
 #   ./scripts/bench.sh               # everything
-#   ./scripts/bench.sh ingest query  # a subset: index, kinds, ingest, stages, feed, preprocess, upsert, query, coldstart, writes, snapshots, catchup, router
+#   ./scripts/bench.sh ingest query  # a subset: index, kinds, ingest, stages, feed, reads, preprocess, upsert, query, coldstart, writes, snapshots, catchup, router
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -15,6 +15,7 @@ has kinds && $PY bench/bench_indexes.py --n 1000000 --n-graph 100000 --queries 2
 has ingest && $PY bench/bench_ingest.py --images 192
 has stages && $PY bench/bench_stages.py --model ViT-B-32 --device cpu --images 128 --batch 32 --processes 1,2
 has feed && $PY bench/bench_feed.py
+has reads && $PY bench/bench_read_file.py
 has preprocess && $PY bench/bench_device_preprocess.py --rounds 2 && \
   $PY bench/bench_device_preprocess.py --rounds 2 --group --name device-preprocess-grouped
 has upsert && $PY bench/bench_upsert.py --records 20480 --rounds 3 && \
