@@ -74,28 +74,25 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to the resu
 # photo-like JPEGs, images/s, the model's busy share and CPU ms per image of each process. A ViT-B-32
 # run costs about 90 s on the lent H200 machine (writing the files, starting Redis, the server and the
 # workers; less now that they start together), so the steps are in order of what matters most, and the
-# last ones run if BUDGET leaves time for them; STEPS picks others. ViT-L-14 end to end comes second:
-# both earlier leases ran out of time before reaching it, and the stage shares that the py-spy profile
-# splits further are in every feed run's table already.
-STEPS=${STEPS:-"feed-B32-device feed-L14-device feed-B32-workers query query-decompose feed-B32-profile device-preprocess"}
-want() { [[ " $STEPS " == *" $1 "* ]]; }
-GPU=(--model ViT-B-32 --pretrained none --width 1024 --height 768 --images "$IMAGES" --unique "$UNIQUE"
-     --batch "$BATCH" --no-stages)
-ON_GPU="--device $DEVICE --threads 0 --decode-threads $((CORES - 4 > 2 ? CORES - 4 : 2)) --device-decode"
-export PATH=/tmp/site/bin:$PATH   # py-spy from the carried wheels
-want feed-B32-device && step feed-B32-device 200 $PY bench/bench_feed.py "${GPU[@]}" --worker-args "$ON_GPU" \
-  --runs "path:0,path:0 --thumbnail-size 0" --name feed-B32-device
+# last ones run if BUDGET leaves time for them; STEPS picks others. ViT-L-14 end to end and two and four
+# workers per GPU come first: three leases have no figure for them yet (the third lost a batch in each,
+# now reported with reasons). The profile then samples only the threads holding the GIL (--gil): the
+# third lease's all-thread profile left open whether the worker's two GPU threads wait for the GIL that
+# its decode threads hold (each device-to-host copy releases and retakes it).
+STEPS=${STEPS:-"feed-L14-device feed-B32-workers feed-B32-profile feed-B32-device query-decompose query device-preprocess"}
 want feed-L14-device && step feed-L14-device 150 $PY bench/bench_feed.py "${GPU[@]}" --model ViT-L-14 \
   --images $((IMAGES / 2)) --worker-args "$ON_GPU" --runs path:0 --name feed-L14-device
 want feed-B32-workers && step feed-B32-workers 220 $PY bench/bench_feed.py "${GPU[@]}" --worker-args "$ON_GPU" \
   --runs "path:0::2 --thumbnail-size 0,path:0::4 --thumbnail-size 0" --name feed-B32-workers
-want query && step query 150 $PY bench/bench_query.py --model ViT-B-32 --device "$DEVICE" --vectors "$VECTORS" \
-  --queries "$QUERIES" --name query
+want feed-B32-profile && step feed-B32-profile 110 $PY bench/bench_feed.py "${GPU[@]}" --worker-args "$ON_GPU" \
+  --runs "path:0 --thumbnail-size 0" --profile "$RESULTS/profiles" --gil --name feed-B32-profile
+want feed-B32-device && step feed-B32-device 200 $PY bench/bench_feed.py "${GPU[@]}" --worker-args "$ON_GPU" \
+  --runs "path:0,path:0 --thumbnail-size 0" --name feed-B32-device
 # TextSearch's time split (encode, search, the per-call path), gRPC and in-process alternated.
 want query-decompose && step query-decompose 120 $PY bench/bench_query.py --model ViT-B-32 --device "$DEVICE" \
   --vectors "$VECTORS" --queries "$QUERIES" --decompose --name query-decompose
-want feed-B32-profile && step feed-B32-profile 110 $PY bench/bench_feed.py "${GPU[@]}" --worker-args "$ON_GPU" \
-  --runs "path:0 --thumbnail-size 0" --profile "$RESULTS/profiles" --name feed-B32-profile
+want query && step query 150 $PY bench/bench_query.py --model ViT-B-32 --device "$DEVICE" --vectors "$VECTORS" \
+  --queries "$QUERIES" --name query
 # The device-decode path's own cost around the decoder (same-sized images resized in one call, 256 px
 # thumbnails scaled there): torch operator calls per batch and decode + preprocess img/s.
 want device-preprocess && step device-preprocess 80 $PY bench/bench_device_preprocess.py --device "$DEVICE" \

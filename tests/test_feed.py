@@ -290,6 +290,7 @@ def test_an_image_the_server_refuses_does_not_fail_its_batch(stack: Stack, procs
             assert "limit is 262144" in reasons.pop("big"), reasons
             [(nan_id, nan_reason)] = reasons.items()
             assert nan_id != "big" and "NaN" in nan_reason, reasons
+            assert worker_module.reason_kind(nan_reason) == "bad_vector"
             assert client.stats().count == 6
     finally:
         stop.set()

@@ -139,6 +139,11 @@ def test_paths_are_checked_where_they_lead_and_only_regular_files_are_read(tmp_p
     os.mkfifo(root / "pipe.png")
     limits = LoadLimits(allowed_roots=(root,))
     assert read_uri(str(tmp_path / "alias" / "a.png"), limits) == data
+    # ".." after a missing folder or a file: resolved as text, as before, so nothing is learnt of them
+    for detour in ("missing", "secret.png"):
+        assert read_uri(str(tmp_path / detour / ".." / "images" / "a.png"), limits) == data
+    with pytest.raises(ImageLoadError, match="NUL"):
+        read_uri(str(root / "a\0.png"), limits)
     for outside in ("escape.png", "../secret.png", "../missing.png"):
         with pytest.raises(ImageLoadError, match="outside the allowed roots"):
             read_uri(str(root / outside), limits)

@@ -86,25 +86,31 @@ def _read_file(path: Path, limits: LoadLimits) -> bytes:
     outside the roots is reported as such whatever else is wrong with it (no probing of other files)."""
     if not path.is_absolute():
         raise ImageLoadError(f"file path must be absolute: {path}")
+    if "\0" in str(path):
+        raise ImageLoadError("file path contains a NUL character")
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise _refused(path, limits, "not a regular file")
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
-    except OSError as exc:
-        raise _refused(path, limits, f"cannot read {path}: {exc.strerror or exc}") from exc
+        fd = _open_regular(str(path))
+    except OSError:
+        # As the path resolves textually (realpath: ".." after a missing folder cancels it): outside the
+        # roots is all a caller learns of such a path; inside, that resolved path is what is read.
+        real = os.path.realpath(path)
+        if not limits.allows(real):
+            raise _outside(path, limits) from None
+        try:
+            fd = _open_regular(real)
+        except OSError as exc:
+            raise ImageLoadError(f"cannot read {path}: {exc.strerror or exc}") from exc
     try:
-        if not limits.allows(_opened_path(fd, path)):
-            raise _outside(path, limits)
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):  # swapped for something else since the stat
-            raise ImageLoadError(f"not a regular file: {path}")
+        if not limits.allows(_opened_path(fd, path, info)):
+            raise _outside(path, limits)
         if info.st_size > limits.max_bytes:
             raise ImageLoadError(f"image file is {info.st_size} bytes, over the limit of {limits.max_bytes}: {path}")
         with os.fdopen(fd, "rb", closefd=False) as file:
             data = file.read(info.st_size + 1)  # not max_bytes: a buffer of that size per image
             if len(data) > info.st_size:  # it grew since the fstat
                 data += file.read(limits.max_bytes + 1 - len(data))
-        if len(data) > limits.max_bytes:  # grew since the fstat
+        if len(data) > limits.max_bytes:
             raise ImageLoadError(f"image file is over the limit of {limits.max_bytes} bytes: {path}")
         return data
     except OSError as exc:
@@ -113,17 +119,35 @@ def _read_file(path: Path, limits: LoadLimits) -> bytes:
         os.close(fd)
 
 
-def _opened_path(fd: int, path: Path) -> str:
-    """The resolved path of an open file: one readlink on Linux, else realpath (a walk of the path)."""
+def _open_regular(path: str) -> int:
+    """A blocking read descriptor of the regular file at `path`; OSError for anything else. Opened
+    without blocking (a FIFO swapped in after the stat would block the open) and made blocking again
+    once the descriptor is known to be a regular file's."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError("not a regular file")
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped for something else since the stat
+            raise OSError("not a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _opened_path(fd: int, path: Path, info: os.stat_result) -> str:
+    """The resolved path of an open file: one readlink on Linux. Elsewhere realpath, accepted only if
+    it leads to the very file that is open (else a link changed in between: nowhere allowed)."""
     try:
         return os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
-        return os.path.realpath(path)
-
-
-def _refused(path: Path, limits: LoadLimits, reason: str) -> ImageLoadError:
-    """The error for a path that cannot be read: outside the roots if it resolves there, else `reason`."""
-    return ImageLoadError(reason if limits.allows(os.path.realpath(path)) else str(_outside(path, limits)))
+        real = os.path.realpath(path)
+        try:
+            same = os.path.samestat(os.stat(real), info)
+        except OSError:
+            same = False
+        return real if same else ""
 
 
 def _outside(path: Path, limits: LoadLimits) -> ImageLoadError:

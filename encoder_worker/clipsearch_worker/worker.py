@@ -81,6 +81,7 @@ _REASON_KINDS = (
     ("empty", "empty"),
     ("cannot decode", "decode"),
     ("server refused", "refused"),
+    ("the model gave this image a vector", "bad_vector"),
 )
 
 
@@ -94,10 +95,12 @@ _STOPPED = "stopped"  # _send's result when the worker stops before the server a
 
 
 def _usable(vectors: np.ndarray) -> np.ndarray:
-    """Which rows the server can index: finite, with a non-zero norm (it refuses the others)."""
-    finite = np.isfinite(vectors).all(axis=1)
+    """Which rows the server can index, by its own test: finite as float32, with a finite, non-zero norm."""
+    as_sent = np.asarray(vectors).astype("<f4")
+    finite = np.isfinite(as_sent).all(axis=1)
     with np.errstate(invalid="ignore", over="ignore"):
-        return finite & (np.abs(np.where(finite[:, None], vectors, 0)).max(axis=1) > 0)
+        norms = np.linalg.norm(np.where(finite[:, None], as_sent, 0), axis=1)
+    return finite & np.isfinite(norms) & (norms > 0)
 
 
 def default_consumer_name() -> str:
@@ -587,24 +590,30 @@ class Worker:
               stop: threading.Event) -> list[str | None] | None:
         """Upserts vectors (with thumbnails) on the server. Returns each job's failure reason (None:
         indexed), or None if interrupted (`stop`, or the main loop failing: `_abort`). A push the server
-        refuses for good (INVALID_ARGUMENT, INTERNAL, ...) is split in halves and each pushed again, so
-        that only the images the server refuses fail, not their neighbours in the batch (upserts are
-        idempotent: a half pushed before an interruption is simply pushed again)."""
+        refuses as INVALID_ARGUMENT (a record it will not take) is split in halves and each pushed again,
+        so that only the images it refuses fail, not their neighbours in the batch: 1 + 2 log2(n) calls
+        for one bad image (upserts are idempotent: a half pushed before an interruption is pushed again).
+        Other refusals (INTERNAL, ...) are not about one record: the whole push fails, as one call."""
+        if stop.is_set() or self._abort.is_set():
+            return None
         refused = self._send(jobs, vectors, thumbs, stop)
         if refused == _STOPPED:
             return None
-        if refused is None or len(jobs) == 1:
-            return [refused] * len(jobs)
-        log.info("the server refused a push of %d images (%s); pushing its halves apart", len(jobs), refused)
+        if refused is None:
+            return [None] * len(jobs)
+        code, reason = refused
+        if code != grpc.StatusCode.INVALID_ARGUMENT or len(jobs) == 1:
+            return [reason] * len(jobs)
+        log.info("the server refused a push of %d images (%s); pushing its halves apart", len(jobs), reason)
         half = len(jobs) // 2
         first = self._push(jobs[:half], vectors[:half], thumbs[:half], stop)
         second = None if first is None else self._push(jobs[half:], vectors[half:], thumbs[half:], stop)
-        return None if second is None else [*first, *second]
+        return None if first is None or second is None else [*first, *second]
 
     def _send(self, jobs: Sequence[Job], vectors: np.ndarray, thumbs: Sequence[bytes | None],
-              stop: threading.Event) -> str | None:
+              stop: threading.Event) -> "tuple[grpc.StatusCode, str] | str | None":
         """One UpsertVectors call, retried while the server is unavailable or busy. Returns None on
-        success, _STOPPED if interrupted, or the reason the server refused it."""
+        success, _STOPPED if interrupted, or the status and reason of the server's refusal."""
         mime = self.config.thumbnail.mime_type
         request = index_pb.UpsertVectorsRequest(
             model=self._model,
@@ -627,7 +636,7 @@ class Worker:
                             grpc.StatusCode.PERMISSION_DENIED):  # misconfigured: stop, do not fail every job
                     raise WorkerFatal(f"{code.name}: {exc.details()}") from exc
                 if code not in _RETRYABLE:
-                    return f"the server refused the vector: {code.name}: {exc.details()}"
+                    return code, f"the server refused the vector: {code.name}: {exc.details()}"
                 log.warning("push failed (%s: %s); retrying in %.1fs", code.name, exc.details(), delay)
             if stop.wait(delay) or self._abort.is_set():
                 return _STOPPED
