@@ -89,7 +89,7 @@ def _read_file(path: Path, limits: LoadLimits) -> bytes:
     if "\0" in str(path):
         raise ImageLoadError("file path contains a NUL character")
     try:
-        fd = _open_regular(str(path))
+        fd, info = _open_regular(str(path))
     except OSError:
         # As the path resolves textually (realpath: ".." after a missing folder cancels it): outside the
         # roots is all a caller learns of such a path; inside, that resolved path is what is read.
@@ -97,11 +97,10 @@ def _read_file(path: Path, limits: LoadLimits) -> bytes:
         if not limits.allows(real):
             raise _outside(path, limits) from None
         try:
-            fd = _open_regular(real)
+            fd, info = _open_regular(real)
         except OSError as exc:
             raise ImageLoadError(f"cannot read {path}: {exc.strerror or exc}") from exc
     try:
-        info = os.fstat(fd)
         if not limits.allows(_opened_path(fd, path, info)):
             raise _outside(path, limits)
         if info.st_size > limits.max_bytes:
@@ -119,21 +118,22 @@ def _read_file(path: Path, limits: LoadLimits) -> bytes:
         os.close(fd)
 
 
-def _open_regular(path: str) -> int:
-    """A blocking read descriptor of the regular file at `path`; OSError for anything else. Opened
+def _open_regular(path: str) -> tuple[int, os.stat_result]:
+    """A blocking read descriptor of the regular file at `path`, and its fstat; OSError for anything else. Opened
     without blocking (a FIFO swapped in after the stat would block the open) and made blocking again
     once the descriptor is known to be a regular file's."""
     if not stat.S_ISREG(os.stat(path).st_mode):
         raise OSError("not a regular file")
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped for something else since the stat
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # swapped for something else since the stat
             raise OSError("not a regular file")
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, info
 
 
 def _opened_path(fd: int, path: Path, info: os.stat_result) -> str:
