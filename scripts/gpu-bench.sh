@@ -80,6 +80,11 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to the resu
 # third lease's all-thread profile left open whether the worker's two GPU threads wait for the GIL that
 # its decode threads hold (each device-to-host copy releases and retakes it).
 STEPS=${STEPS:-"feed-L14-device feed-B32-workers feed-B32-profile feed-B32-device query-decompose query device-preprocess"}
+want() { [[ " $STEPS " == *" $1 "* ]]; }
+GPU=(--model ViT-B-32 --pretrained none --width 1024 --height 768 --images "$IMAGES" --unique "$UNIQUE"
+     --batch "$BATCH" --no-stages)
+ON_GPU="--device $DEVICE --threads 0 --decode-threads $((CORES - 4 > 2 ? CORES - 4 : 2)) --device-decode"
+export PATH=/tmp/site/bin:$PATH   # py-spy from the carried wheels
 want feed-L14-device && step feed-L14-device 150 $PY bench/bench_feed.py "${GPU[@]}" --model ViT-L-14 \
   --images $((IMAGES / 2)) --worker-args "$ON_GPU" --runs path:0 --name feed-L14-device
 want feed-B32-workers && step feed-B32-workers 220 $PY bench/bench_feed.py "${GPU[@]}" --worker-args "$ON_GPU" \
