@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,21 @@ from clipsearch_worker.worker import Worker, WorkerConfig
 from tests.data import wait_until
 from tests.photos import photo_jpeg
 from tests.procs import Proc, Stack
+
+
+@contextmanager
+def _running(worker: Worker) -> Iterator[None]:
+    """The worker's loop on a thread of this process for the block; then stopped, joined and closed."""
+    stop = threading.Event()
+    loop = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    loop.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        loop.join(timeout=30)
+        worker.close()
+    assert not loop.is_alive()
 
 
 def children(pid: int) -> list[int]:
@@ -141,20 +158,11 @@ def test_a_batch_is_pushed_while_the_next_one_is_encoded(overlap: str, stack: St
 
     worker._push = timed("push", worker._push)  # type: ignore[method-assign]
     worker.encoder.encode_images = timed("encode", worker.encoder.encode_images)  # type: ignore[method-assign]
-    stop = threading.Event()
-    loop = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    loop.start()
-    try:
-        with Client(address) as client:
-            batch = client.submit([ImageInput(image=photo_jpeg(i, 96, 64), id=f"o-{i}") for i in range(8)]).batch_id
-            progress = wait_until(client, batch, 60)
-            assert progress.indexed == 8, progress
-            assert client.stats().count == 8
-    finally:
-        stop.set()
-        loop.join(timeout=30)
-        worker.close()
-    assert not loop.is_alive()
+    with _running(worker), Client(address) as client:
+        batch = client.submit([ImageInput(image=photo_jpeg(i, 96, 64), id=f"o-{i}") for i in range(8)]).batch_id
+        progress = wait_until(client, batch, 60)
+        assert progress.indexed == 8, progress
+        assert client.stats().count == 8
     pushes = sorted(spans["push"])
     assert len(pushes) >= 4 and all(a[1] <= b[0] for a, b in zip(pushes, pushes[1:])), pushes  # one at a time
     during_a_push = [e for e in spans["encode"] if any(p[0] < e[0] < p[1] for p in pushes)]
@@ -192,20 +200,11 @@ def test_the_next_batch_is_decoded_on_the_device_while_the_model_encodes(overlap
     encodes: list[tuple[float, float]] = []
     worker._decode_on_device = _timed(decodes, worker._decode_on_device)  # type: ignore[method-assign]
     worker.encoder.encode_images = _timed(encodes, worker.encoder.encode_images)  # type: ignore[method-assign]
-    stop = threading.Event()
-    loop = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    loop.start()
     photos = [photo_jpeg(i, 96, 64) for i in range(8)]
-    try:
-        with Client(address) as client:
-            batch = client.submit([ImageInput(image=p, id=f"d-{i}") for i, p in enumerate(photos)]).batch_id
-            assert wait_until(client, batch, 60).indexed == 8
-            assert [client.image_search(p, k=1)[0].id for p in photos] == [f"d-{i}" for i in range(8)]
-    finally:
-        stop.set()
-        loop.join(timeout=30)
-        worker.close()
-    assert not loop.is_alive()
+    with _running(worker), Client(address) as client:
+        batch = client.submit([ImageInput(image=p, id=f"d-{i}") for i, p in enumerate(photos)]).batch_id
+        assert wait_until(client, batch, 60).indexed == 8
+        assert [client.image_search(p, k=1)[0].id for p in photos] == [f"d-{i}" for i in range(8)]
     assert len(decodes) >= 4 and len(encodes) >= 4
     during_a_pass = [d for d in decodes if any(e[0] < d[0] < e[1] for e in encodes)]
     assert bool(during_a_pass) == (overlap == "on"), (decodes, encodes, overlap)
@@ -259,31 +258,28 @@ def test_an_image_the_server_refuses_does_not_fail_its_batch(stack: Stack, procs
 
     server, address = stack.start_server(tmp_path / "data")
     procs.append(server)
-    argv = [*stack.common(), "--server", address, "--batch-size", "8", "--decode-threads", "2"]
-    config = WorkerConfig.from_args(settings.parse("worker", argv, "t", "t"))
-    worker = Worker(config, load_encoder(config.model, 1))
-    thumbnail = worker_module._thumbnail
-    monkeypatch.setattr(worker_module, "_thumbnail",
-                        lambda job, thumb: b"\xff" * 300_000 if job.id == "big" else thumbnail(job, thumb))
-    encode = worker.encoder.encode_images
-    poisoned: list[int] = []
-
-    def nan_in_the_first_batch(tensors):  # type: ignore[no-untyped-def]
-        vectors = np.array(encode(tensors))
-        if not poisoned and len(vectors) == 8:
-            vectors[3, 5] = np.nan
-            poisoned.append(3)
-        return vectors
-
-    worker.encoder.encode_images = nan_in_the_first_batch  # type: ignore[method-assign]
-    stop = threading.Event()
-    loop = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     ids = ["a", "b", "big", "c", "d", "e", "f", "g"]
-    try:
-        with Client(address) as client:
-            batch = client.submit([ImageInput(image=photo_jpeg(i, 96, 64), id=name)
-                                   for i, name in enumerate(ids)]).batch_id
-            loop.start()  # after the submit: the eight images make one batch
+    with Client(address) as client:
+        batch = client.submit([ImageInput(image=photo_jpeg(i, 96, 64), id=name) for i, name in enumerate(ids)]).batch_id
+        # the worker starts after the submit: the eight images make one batch
+        argv = [*stack.common(), "--server", address, "--batch-size", "8", "--decode-threads", "2"]
+        config = WorkerConfig.from_args(settings.parse("worker", argv, "t", "t"))
+        worker = Worker(config, load_encoder(config.model, 1))
+        thumbnail = worker_module._thumbnail
+        monkeypatch.setattr(worker_module, "_thumbnail",
+                            lambda job, thumb: b"\xff" * 300_000 if job.id == "big" else thumbnail(job, thumb))
+        encode = worker.encoder.encode_images
+        poisoned: list[int] = []
+
+        def nan_in_the_first_batch(tensors):  # type: ignore[no-untyped-def]
+            vectors = np.array(encode(tensors))
+            if not poisoned and len(vectors) == 8:
+                vectors[3, 5] = np.nan
+                poisoned.append(3)
+            return vectors
+
+        worker.encoder.encode_images = nan_in_the_first_batch  # type: ignore[method-assign]
+        with _running(worker):
             progress = wait_until(client, batch, 60)
             reasons = {f.id: f.reason for f in client.failures(batch)}
             assert poisoned and (progress.indexed, progress.failed) == (6, 2), (progress, reasons)
@@ -292,8 +288,3 @@ def test_an_image_the_server_refuses_does_not_fail_its_batch(stack: Stack, procs
             assert nan_id != "big" and "NaN" in nan_reason, reasons
             assert worker_module.reason_kind(nan_reason) == "bad_vector"
             assert client.stats().count == 6
-    finally:
-        stop.set()
-        loop.join(timeout=30)
-        worker.close()
-    assert not loop.is_alive()
