@@ -16,7 +16,7 @@
 # Rehearse on CPU, no network, with a venv holding only what the lent machine has (torch, torchvision,
 # numpy, Pillow, ...) and the same wheels for its Python in WHEELS:
 #   unshare -n bash -c 'ip link set lo up; PY=/path/venv/bin/python WHEELS=/path/wheels DEVICE=cpu SMALL=1 \
-#     STEPS="feed-B32-device feed-B32-workers feed-B32-profile query device-preprocess query-decompose upsert feed-B32-cpu \
+#     STEPS="decode-stream feed-B32-device feed-B32-workers feed-B32-profile query device-preprocess query-decompose upsert feed-B32-cpu \
 #     feed-tiny feed-L14-device" scripts/gpu-bench.sh'
 
 set -uo pipefail
@@ -70,34 +70,40 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to the resu
   $PY -c "import torch, torchvision, numpy, PIL, grpc, google.protobuf as pb, faiss, open_clip; print('python', __import__('sys').version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available(), 'torchvision', torchvision.__version__, 'numpy', numpy.__version__, 'pillow', PIL.__version__, 'grpc', grpc.__version__, 'protobuf', pb.__version__, 'faiss', faiss.__version__, 'open_clip', open_clip.__version__)"
 } 2>&1 | tee "$RESULTS/env.log"
 
+# First the device-decode thread beside the model without the rest of the pipeline (bench_decode_stream.py,
+# ~40 s): decoding on the model's CUDA stream (where TorchCodec's decoder ends by waiting for every
+# kernel the model has queued) against a stream of its own (--decode-stream on, the default since the
+# fourth lease's preparation), alternated, every vector checked against decoding and encoding one batch
+# after the other.
 # The worker end to end (bench/bench_feed.py): submit by path or upload until searchable, 1024x768
 # photo-like JPEGs, images/s, the model's busy share and CPU ms per image of each process. A ViT-B-32
-# run costs about 90 s on the lent H200 machine (writing the files, starting Redis, the server and the
-# workers; less now that they start together), so the steps are in order of what matters most, and the
-# last ones run if BUDGET leaves time for them; STEPS picks others. ViT-L-14 end to end and two and four
-# workers per GPU come first: three leases have no figure for them yet (the third lost a batch in each,
-# now reported with reasons). The profile then samples only the threads holding the GIL (--gil): the
-# third lease's all-thread profile left open whether the worker's two GPU threads wait for the GIL that
-# its decode threads hold (each device-to-host copy releases and retakes it).
-STEPS=${STEPS:-"feed-L14-device feed-B32-workers feed-B32-profile feed-B32-device query-decompose query device-preprocess"}
+# run costs about 70-90 s on the lent H200 machine (writing the files, starting Redis, the server and the
+# workers together), so the steps are in order of what matters most, and the last ones run if BUDGET
+# leaves time for them; STEPS picks others. feed-B32-device compares the two decode streams in the whole
+# pipeline (thumbnails off, then on). ViT-L-14 end to end and two and four workers per GPU follow: three
+# leases have no figure for them yet (the third lost a batch in each, now reported with reasons). The
+# profile then samples only the threads holding the GIL (--gil).
+STEPS=${STEPS:-"decode-stream feed-B32-device feed-L14-device feed-B32-workers query-decompose query feed-B32-profile device-preprocess"}
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 GPU=(--model ViT-B-32 --pretrained none --width 1024 --height 768 --images "$IMAGES" --unique "$UNIQUE"
      --batch "$BATCH" --no-stages)
 ON_GPU="--device $DEVICE --threads 0 --decode-threads $((CORES - 4 > 2 ? CORES - 4 : 2)) --device-decode"
 export PATH=/tmp/site/bin:$PATH   # py-spy from the carried wheels
+want decode-stream && step decode-stream 90 $PY bench/bench_decode_stream.py --device "$DEVICE" \
+  --batches $((IMAGES / BATCH / 2)) --batch "$BATCH" --name decode-stream
+want feed-B32-device && step feed-B32-device 240 $PY bench/bench_feed.py "${GPU[@]}" --worker-args "$ON_GPU" \
+  --runs "path:0 --thumbnail-size 0 --decode-stream off,path:0 --thumbnail-size 0,path:0" --name feed-B32-device
 want feed-L14-device && step feed-L14-device 150 $PY bench/bench_feed.py "${GPU[@]}" --model ViT-L-14 \
   --images $((IMAGES / 2)) --worker-args "$ON_GPU" --runs path:0 --name feed-L14-device
 want feed-B32-workers && step feed-B32-workers 220 $PY bench/bench_feed.py "${GPU[@]}" --worker-args "$ON_GPU" \
   --runs "path:0::2 --thumbnail-size 0,path:0::4 --thumbnail-size 0" --name feed-B32-workers
-want feed-B32-profile && step feed-B32-profile 110 $PY bench/bench_feed.py "${GPU[@]}" --worker-args "$ON_GPU" \
-  --runs "path:0 --thumbnail-size 0" --profile "$RESULTS/profiles" --gil --name feed-B32-profile
-want feed-B32-device && step feed-B32-device 200 $PY bench/bench_feed.py "${GPU[@]}" --worker-args "$ON_GPU" \
-  --runs "path:0,path:0 --thumbnail-size 0" --name feed-B32-device
 # TextSearch's time split (encode, search, the per-call path), gRPC and in-process alternated.
 want query-decompose && step query-decompose 120 $PY bench/bench_query.py --model ViT-B-32 --device "$DEVICE" \
   --vectors "$VECTORS" --queries "$QUERIES" --decompose --name query-decompose
 want query && step query 150 $PY bench/bench_query.py --model ViT-B-32 --device "$DEVICE" --vectors "$VECTORS" \
   --queries "$QUERIES" --name query
+want feed-B32-profile && step feed-B32-profile 110 $PY bench/bench_feed.py "${GPU[@]}" --worker-args "$ON_GPU" \
+  --runs "path:0 --thumbnail-size 0" --profile "$RESULTS/profiles" --gil --name feed-B32-profile
 # The device-decode path's own cost around the decoder (same-sized images resized in one call, 256 px
 # thumbnails scaled there): torch operator calls per batch and decode + preprocess img/s.
 want device-preprocess && step device-preprocess 80 $PY bench/bench_device_preprocess.py --device "$DEVICE" \

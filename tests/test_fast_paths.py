@@ -196,6 +196,29 @@ def test_device_decode_scales_thumbnails_there(encoder: ClipEncoder) -> None:
     assert np.abs(thumbs[2].astype(np.float32) - full).mean() < 1.0  # 200x100: kept as decoded
 
 
+def test_decode_stream_option_reaches_the_worker_and_changes_nothing_on_the_cpu(encoder: ClipEncoder) -> None:
+    """--decode-stream (on by default) sets whether a GPU decodes on a stream of its own; a CPU has no
+    streams, so both settings give the same crops and vectors there. On a GPU,
+    bench/bench_decode_stream.py checks every vector of both settings with decoding beside the model."""
+    from clipsearch_core import settings
+    from clipsearch_worker.worker import WorkerConfig
+
+    def config(*argv: str) -> WorkerConfig:
+        return WorkerConfig.from_args(settings.parse("worker", list(argv), "t", "t"))
+
+    assert config().decode_stream and not config("--decode-stream", "off").decode_stream
+    assert encoder._decode_stream is None and encoder.own_decode_stream
+    photos = [photo_jpeg(seed, 320, 240) for seed in range(3)]
+    on = encoder.decode_jpegs(photos)
+    encoder.own_decode_stream = False
+    try:
+        off = encoder.decode_jpegs(photos)
+    finally:
+        encoder.own_decode_stream = True
+    assert all(torch.equal(a, b) for a, b in zip(on, off))
+    assert np.array_equal(encoder.encode_images(on), encoder.encode_images(off))
+
+
 @pytest.fixture
 def grouped(encoder: ClipEncoder) -> Iterator[ClipEncoder]:
     """The encoder resizing same-sized images together, as it does on a GPU."""

@@ -7,6 +7,7 @@ model identity, the preprocessing and the normalization.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -112,6 +113,10 @@ class ClipEncoder:
         # decode_jpegs resizes same-sized images in one call on a GPU (each call costs the main thread a
         # few kernel launches), one by one on the CPU (where stacking them first costs more than it saves)
         self.group_resizes = not device.startswith("cpu")
+        # On a GPU, decode_jpegs runs on a CUDA stream of its own (`own_decode_stream`, the worker's
+        # --decode-stream): see decode_jpegs_and_thumbnails.
+        self.own_decode_stream = True
+        self._decode_stream = torch.cuda.Stream(device=device) if device.startswith("cuda") else None
         size = getattr(model.visual, "image_size", 224)
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         with torch.inference_mode():
@@ -195,7 +200,24 @@ class ClipEncoder:
         (bicubic, antialiased; never enlarged) so that its longest side is thumbnail_side, returned as an
         (H, W, 3) uint8 array on the CPU for the caller to encode (one copy per group of same-sized
         images): a thumbnail without a second decode on the CPU. Without thumbnail_side the second list
-        holds None for each image."""
+        holds None for each image.
+
+        On a GPU (with `own_decode_stream`) the work is queued on a CUDA stream of its own and waited for
+        before returning, so that a thread decoding the next batch while another runs the model waits
+        only for its own work: TorchCodec's decoder ends by synchronizing the caller's current stream,
+        which on the model's stream is every kernel the model has queued; torchvision's decoder writes
+        from a stream of its own into memory taken on the current one, which the model's work in
+        another thread could still be using. The tensors returned are complete; `encode_images` marks
+        them used on its own stream, so that their memory is not reused before the model has read it."""
+        stream = self._decode_stream if self.own_decode_stream else None
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            inputs, smalls = self._decode_and_scale(datas, backend, thumbnail_side)
+            if stream is not None:
+                stream.synchronize()  # waits for this stream's work only, not the model's
+        return inputs, smalls
+
+    def _decode_and_scale(self, datas: Sequence[bytes], backend: str,
+                          thumbnail_side: int) -> tuple[list[Any], list[np.ndarray | None]]:
         size = self.image_size
         decoded = _decode_on_device([torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas],
                                     backend, self.device)
@@ -228,6 +250,11 @@ class ClipEncoder:
     def _input_batch(self, parts: list[Any]) -> Any:
         """One normalized float batch on the model's device, in order, from tensors of any device and
         dtype (one stack, copy and scaling per (device, dtype) kind, not per image)."""
+        if self._decode_stream is not None and self.own_decode_stream:
+            consumer = torch.cuda.current_stream(self.device)
+            for part in parts:  # decode_jpegs' crops, made on its stream: kept until this stream has read them
+                if part.is_cuda:
+                    part.record_stream(consumer)
         kinds: dict[tuple[str, Any], list[int]] = {}
         for i, part in enumerate(parts):
             kinds.setdefault((str(part.device), part.dtype), []).append(i)

@@ -139,6 +139,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--max-deliveries", 5, "deliveries of a job before it is dead-lettered as failed", (WORKER,), type=int),
     Option("--device-decode", False, "decode JPEGs on the model's device (nvJPEG on CUDA) instead of PIL", (WORKER,),
            type=bool),
+    Option("--decode-stream", "on", "with --device-decode on a GPU: decode on a CUDA stream of the decoding "
+           "thread's own, so that waiting for the decoder does not wait for the model's queued work too (off: on "
+           "the model's stream)", (WORKER,), choices=("on", "off")),
     # The router (`clipsearch router`): one address in front of several search servers.
     Option("--shard-timeout", 2.0, "seconds each shard has to answer a search or a stats call (capped by the "
            "caller's deadline); a shard still silent then is left out (partial) or fails the call. Writes take the "

@@ -139,6 +139,7 @@ class WorkerConfig:
     max_deliveries: int
     heartbeat_file: str  # touched on every loop turn, for container health checks
     device_decode: bool  # decode JPEGs on the model's device (nvJPEG on CUDA)
+    decode_stream: bool = True  # ... on a CUDA stream of the decoding thread's own (ClipEncoder.own_decode_stream)
     decode_processes: int = 0
     thumbnail: ThumbnailSpec = ThumbnailSpec()  # the thumbnail sent with each vector (size 0: none)
     decode_overlap: str = "auto"
@@ -164,6 +165,7 @@ class WorkerConfig:
             max_deliveries=args.max_deliveries,
             heartbeat_file=args.heartbeat_file,
             device_decode=args.device_decode,
+            decode_stream=args.decode_stream == "on",
             decode_processes=args.decode_processes,
             thumbnail=ThumbnailSpec.from_args(args),
             decode_overlap=args.decode_overlap,

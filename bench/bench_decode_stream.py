@@ -1,0 +1,106 @@
+"""The worker's device-decode overlap alone, with the decoder on the model's CUDA stream and on a stream of
+its own (`ClipEncoder.own_decode_stream`, the worker's --decode-stream): a thread decodes the next batch
+of JPEGs on the device (and scales its thumbnails) while the main thread runs the image tower on the
+current one, as the worker's device-decode thread and main loop do, without Redis, files or a server.
+Reports images/s for each setting, alternated round by round in one process, and checks every vector
+against the same batches decoded and encoded one after the other (lowest cosine): a stream that let
+the model read crops before they were written, or reuse their memory too early, shows there.
+
+    python bench/bench_decode_stream.py --device cuda [--model ViT-B-32 --pretrained none] [--batches 8]
+        [--batch 256] [--thumbnail 256] [--rounds 2]
+
+On the CPU there is no stream: both settings run the same code (a rehearsal of the script).
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.common import save, table  # noqa: E402
+
+
+def overlapped(encoder: Any, batches: list[list[bytes]], thumbnail: int) -> tuple[float, np.ndarray]:
+    """Seconds to decode and encode every batch with decoding one batch ahead in a thread, and the vectors."""
+    ready: "queue.Queue[Any]" = queue.Queue(maxsize=1)  # one batch decoded ahead, as in the worker
+
+    def decode_ahead() -> None:
+        try:
+            for datas in batches:
+                ready.put(encoder.decode_jpegs_and_thumbnails(datas, thumbnail_side=thumbnail)[0])
+        except BaseException as exc:  # noqa: BLE001 - raised in the main thread
+            ready.put(exc)
+
+    started = time.perf_counter()
+    thread = threading.Thread(target=decode_ahead, daemon=True)
+    thread.start()
+    vectors = []
+    for _ in batches:
+        crops = ready.get()
+        if isinstance(crops, BaseException):
+            raise crops
+        vectors.append(encoder.encode_images(crops))
+    thread.join()
+    return time.perf_counter() - started, np.concatenate(vectors)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--pretrained", default="none")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--height", type=int, default=768)
+    parser.add_argument("--thumbnail", type=int, default=256, help="thumbnail side scaled on the device (0: off)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--name", default="decode-stream")
+    args = parser.parse_args()
+
+    import clipsearch_core  # noqa: F401 - first: its OpenMP wait policy must be set before torch loads
+    from clipsearch_core.model import ModelSpec, load_encoder
+    from tests.photos import photo_jpeg
+
+    encoder = load_encoder(ModelSpec(args.model, args.pretrained, args.device))
+    unique = [photo_jpeg(seed, args.width, args.height) for seed in range(64)]
+    photos = [unique[(i * 7) % len(unique)] for i in range(args.batches * args.batch)]
+    batches = [photos[i:i + args.batch] for i in range(0, len(photos), args.batch)]
+    encoder.warm_up(images=args.batch, jpegs=True, thumbnail_side=args.thumbnail)
+    encoder.own_decode_stream = False  # the reference: decode, then encode, one batch after the other
+    reference = np.concatenate([encoder.encode_images(encoder.decode_jpegs(datas)) for datas in batches])
+    rows = []
+    for round_ in range(args.rounds):
+        for own in (False, True):
+            encoder.own_decode_stream = own
+            seconds, vectors = overlapped(encoder, batches, args.thumbnail)
+            cosines = np.sum(vectors * reference, axis=1)
+            rows.append({"decode stream": "own" if own else "model's", "round": round_,
+                         "img/s": len(photos) / seconds, "lowest cosine": float(cosines.min()),
+                         "vectors off (< 0.999)": int(np.sum(cosines < 0.999))})
+            print(rows[-1], flush=True)
+    for own in ("model's", "own"):
+        mine = [r["img/s"] for r in rows if r["decode stream"] == own]
+        print(f"{own}: median {float(np.median(mine)):.0f} img/s")
+    ratio = float(np.median([r["img/s"] for r in rows if r["decode stream"] == "own"]) /
+                  np.median([r["img/s"] for r in rows if r["decode stream"] == "model's"]))
+    print(f"\n== device decode beside the model, {args.model} on {encoder.device}, {args.batches} batches of "
+          f"{args.batch} {args.width}x{args.height} JPEGs, thumbnail {args.thumbnail}: own stream / model's = "
+          f"{ratio:.2f}x ==")
+    table(rows, ["decode stream", "round", "img/s", "lowest cosine", "vectors off (< 0.999)"])
+    save(args.name, {"args": vars(args), "rows": rows, "own/model's": ratio, "device": encoder.device})
+    if any(r["vectors off (< 0.999)"] for r in rows):
+        raise SystemExit("some vectors differ from decoding and encoding one batch after the other")
+
+
+if __name__ == "__main__":
+    main()
