@@ -1,13 +1,15 @@
 """The worker's device-decode overlap alone, with the decoder on the model's CUDA stream and on a stream of
 its own (`ClipEncoder.own_decode_stream`, the worker's --decode-stream): a thread decodes the next batch
 of JPEGs on the device (and scales its thumbnails) while the main thread runs the image tower on the
-current one, as the worker's device-decode thread and main loop do, without Redis, files or a server.
-Reports images/s for each setting, alternated round by round in one process, and checks every vector
-against the same batches decoded and encoded one after the other (lowest cosine): a stream that let
-the model read crops before they were written, or reuse their memory too early, shows there.
+current one, as the worker's device-decode thread and main loop do, without Redis, files, a server or
+the decode pool's threads (so it shows the most the stream can give; bench_feed.py measures the whole
+worker). Each setting first runs once untimed, which checks every crop byte for byte and every vector
+against the same batches decoded and encoded one after the other; then timed rounds alternate the
+settings (A B, B A, ...), each vector checked again (the lowest cosine): a stream that let the model read
+crops before they were written, or reuse their memory too early, shows there.
 
     python bench/bench_decode_stream.py --device cuda [--model ViT-B-32 --pretrained none] [--batches 8]
-        [--batch 256] [--thumbnail 256] [--rounds 2]
+        [--batch 256] [--thumbnail 256] [--rounds 4] [--backend auto|torchcodec|torchvision]
 
 On the CPU there is no stream: both settings run the same code (a rehearsal of the script).
 """
@@ -29,28 +31,34 @@ sys.path.insert(0, str(ROOT))
 from bench.common import save, table  # noqa: E402
 
 
-def overlapped(encoder: Any, batches: list[list[bytes]], thumbnail: int) -> tuple[float, np.ndarray]:
-    """Seconds to decode and encode every batch with decoding one batch ahead in a thread, and the vectors."""
+def overlapped(encoder: Any, batches: list[list[bytes]], thumbnail: int, backend: str,
+               reference_crops: list[Any] | None = None) -> tuple[float, np.ndarray, int]:
+    """Seconds to decode and encode every batch with decoding one batch ahead in a thread, the vectors,
+    and (with reference_crops, an untimed check) how many crops differ from them."""
+    import torch
+
     ready: "queue.Queue[Any]" = queue.Queue(maxsize=1)  # one batch decoded ahead, as in the worker
 
     def decode_ahead() -> None:
         try:
             for datas in batches:
-                ready.put(encoder.decode_jpegs_and_thumbnails(datas, thumbnail_side=thumbnail)[0])
+                ready.put(encoder.decode_jpegs_and_thumbnails(datas, backend, thumbnail_side=thumbnail)[0])
         except BaseException as exc:  # noqa: BLE001 - raised in the main thread
             ready.put(exc)
 
     started = time.perf_counter()
     thread = threading.Thread(target=decode_ahead, daemon=True)
     thread.start()
-    vectors = []
-    for _ in batches:
+    vectors, differ = [], 0
+    for i in range(len(batches)):
         crops = ready.get()
         if isinstance(crops, BaseException):
             raise crops
         vectors.append(encoder.encode_images(crops))
+        if reference_crops is not None:
+            differ += sum(not torch.equal(c.cpu(), r) for c, r in zip(crops, reference_crops[i]))
     thread.join()
-    return time.perf_counter() - started, np.concatenate(vectors)
+    return time.perf_counter() - started, np.concatenate(vectors), differ
 
 
 def main() -> None:
@@ -63,7 +71,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--height", type=int, default=768)
     parser.add_argument("--thumbnail", type=int, default=256, help="thumbnail side scaled on the device (0: off)")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--backend", default="auto", choices=("auto", "torchcodec", "torchvision"))
     parser.add_argument("--name", default="decode-stream")
     args = parser.parse_args()
 
@@ -77,29 +86,37 @@ def main() -> None:
     batches = [photos[i:i + args.batch] for i in range(0, len(photos), args.batch)]
     encoder.warm_up(images=args.batch, jpegs=True, thumbnail_side=args.thumbnail)
     encoder.own_decode_stream = False  # the reference: decode, then encode, one batch after the other
-    reference = np.concatenate([encoder.encode_images(encoder.decode_jpegs(datas)) for datas in batches])
-    rows = []
+    crops = [encoder.decode_jpegs(datas, args.backend) for datas in batches]
+    reference = np.concatenate([encoder.encode_images(batch) for batch in crops])
+    reference_crops = [[c.cpu() for c in batch] for batch in crops]
+    del crops
+    setting = {False: "model's", True: "own"}
+    rows, checks = [], {}
+    for own in (False, True):  # untimed: the allocator's pools grow, and every crop is compared
+        encoder.own_decode_stream = own
+        _, vectors, differ = overlapped(encoder, batches, args.thumbnail, args.backend, reference_crops)
+        checks[setting[own]] = {"crops differing": differ,
+                                "lowest cosine": float(np.sum(vectors * reference, axis=1).min())}
+        print(setting[own], checks[setting[own]], flush=True)
     for round_ in range(args.rounds):
-        for own in (False, True):
+        for own in ((False, True) if round_ % 2 == 0 else (True, False)):
             encoder.own_decode_stream = own
-            seconds, vectors = overlapped(encoder, batches, args.thumbnail)
+            seconds, vectors, _ = overlapped(encoder, batches, args.thumbnail, args.backend)
             cosines = np.sum(vectors * reference, axis=1)
-            rows.append({"decode stream": "own" if own else "model's", "round": round_,
-                         "img/s": len(photos) / seconds, "lowest cosine": float(cosines.min()),
-                         "vectors off (< 0.999)": int(np.sum(cosines < 0.999))})
+            rows.append({"decode stream": setting[own], "round": round_, "img/s": len(photos) / seconds,
+                         "lowest cosine": float(cosines.min()), "vectors off (< 0.9999)": int(np.sum(cosines < 0.9999))})
             print(rows[-1], flush=True)
-    for own in ("model's", "own"):
-        mine = [r["img/s"] for r in rows if r["decode stream"] == own]
-        print(f"{own}: median {float(np.median(mine)):.0f} img/s")
-    ratio = float(np.median([r["img/s"] for r in rows if r["decode stream"] == "own"]) /
-                  np.median([r["img/s"] for r in rows if r["decode stream"] == "model's"]))
-    print(f"\n== device decode beside the model, {args.model} on {encoder.device}, {args.batches} batches of "
-          f"{args.batch} {args.width}x{args.height} JPEGs, thumbnail {args.thumbnail}: own stream / model's = "
-          f"{ratio:.2f}x ==")
-    table(rows, ["decode stream", "round", "img/s", "lowest cosine", "vectors off (< 0.999)"])
-    save(args.name, {"args": vars(args), "rows": rows, "own/model's": ratio, "device": encoder.device})
-    if any(r["vectors off (< 0.999)"] for r in rows):
-        raise SystemExit("some vectors differ from decoding and encoding one batch after the other")
+    median = {name: float(np.median([r["img/s"] for r in rows if r["decode stream"] == name]))
+              for name in setting.values()}
+    alone, shared = median["own"], median["model's"]
+    print(f"\n== device decode beside the model, {args.model} on {encoder.device}, backend {args.backend}, "
+          f"{args.batches} batches of {args.batch} {args.width}x{args.height} JPEGs, thumbnail {args.thumbnail}: "
+          f"median {alone:.0f} img/s on its own stream, {shared:.0f} on the model's: {alone / shared:.2f}x ==")
+    table(rows, ["decode stream", "round", "img/s", "lowest cosine", "vectors off (< 0.9999)"])
+    save(args.name, {"args": vars(args), "rows": rows, "checks": checks, "own/model's": alone / shared,
+                     "device": encoder.device})
+    if any(c["crops differing"] for c in checks.values()) or any(r["vectors off (< 0.9999)"] for r in rows):
+        raise SystemExit("some crops or vectors differ from decoding and encoding one batch after the other")
 
 
 if __name__ == "__main__":

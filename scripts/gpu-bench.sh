@@ -71,10 +71,10 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to the resu
 } 2>&1 | tee "$RESULTS/env.log"
 
 # First the device-decode thread beside the model without the rest of the pipeline (bench_decode_stream.py,
-# ~40 s): decoding on the model's CUDA stream (where TorchCodec's decoder ends by waiting for every
+# ~30 s each): decoding on the model's CUDA stream (where TorchCodec's decoder ends by waiting for every
 # kernel the model has queued) against a stream of its own (--decode-stream on, the default since the
-# fourth lease's preparation), alternated, every vector checked against decoding and encoding one batch
-# after the other.
+# eighth session), alternated, every crop and vector checked against decoding and encoding one batch
+# after the other; then the same with torchvision's decoder (the fallback without TorchCodec).
 # The worker end to end (bench/bench_feed.py): submit by path or upload until searchable, 1024x768
 # photo-like JPEGs, images/s, the model's busy share and CPU ms per image of each process. A ViT-B-32
 # run costs about 70-90 s on the lent H200 machine (writing the files, starting Redis, the server and the
@@ -89,8 +89,10 @@ GPU=(--model ViT-B-32 --pretrained none --width 1024 --height 768 --images "$IMA
      --batch "$BATCH" --no-stages)
 ON_GPU="--device $DEVICE --threads 0 --decode-threads $((CORES - 4 > 2 ? CORES - 4 : 2)) --device-decode"
 export PATH=/tmp/site/bin:$PATH   # py-spy from the carried wheels
-want decode-stream && step decode-stream 90 $PY bench/bench_decode_stream.py --device "$DEVICE" \
-  --batches $((IMAGES / BATCH / 2)) --batch "$BATCH" --name decode-stream
+want decode-stream && step decode-stream 120 bash -c "$PY bench/bench_decode_stream.py --device $DEVICE \
+  --batches $((IMAGES / BATCH / 2)) --batch $BATCH --name decode-stream; a=\$?; $PY bench/bench_decode_stream.py \
+  --device $DEVICE --batches $((IMAGES / BATCH / 2)) --batch $BATCH --backend torchvision --rounds 2 \
+  --name decode-stream-torchvision; exit \$((a || \$?))"
 want feed-B32-device && step feed-B32-device 240 $PY bench/bench_feed.py "${GPU[@]}" --worker-args "$ON_GPU" \
   --runs "path:0 --thumbnail-size 0 --decode-stream off,path:0 --thumbnail-size 0,path:0" --name feed-B32-device
 want feed-L14-device && step feed-L14-device 150 $PY bench/bench_feed.py "${GPU[@]}" --model ViT-L-14 \

@@ -171,9 +171,11 @@ def test_a_batch_is_pushed_while_the_next_one_is_encoded(overlap: str, stack: St
 
 def _device_decode_worker(stack: Stack, address: str, overlap: str) -> Worker:
     argv = [*stack.common(), "--server", address, "--batch-size", "2", "--decode-threads", "2",
-            "--decode-overlap", overlap, "--thumbnail-size", "0", "--device-decode"]
+            "--decode-overlap", overlap, "--thumbnail-size", "0", "--device-decode", "--decode-stream", overlap]
     config = WorkerConfig.from_args(settings.parse("worker", argv, "t", "t"))
-    return Worker(config, load_encoder(config.model, 1))
+    worker = Worker(config, load_encoder(config.model, 1))
+    assert worker.encoder.own_decode_stream == (overlap == "on")  # the option reaches an in-process worker's model
+    return worker
 
 
 def _timed(spans: list[tuple[float, float]], call, delay: float = 0.2):  # type: ignore[no-untyped-def]

@@ -7,7 +7,6 @@ model identity, the preprocessing and the normalization.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import logging
@@ -117,6 +116,7 @@ class ClipEncoder:
         # --decode-stream): see decode_jpegs_and_thumbnails.
         self.own_decode_stream = True
         self._decode_stream = torch.cuda.Stream(device=device) if device.startswith("cuda") else None
+        self._decode_stream_lock = threading.Lock()  # one thread at a time on that stream
         size = getattr(model.visual, "image_size", 224)
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         with torch.inference_mode():
@@ -208,13 +208,16 @@ class ClipEncoder:
         which on the model's stream is every kernel the model has queued; torchvision's decoder writes
         from a stream of its own into memory taken on the current one, which the model's work in
         another thread could still be using. The tensors returned are complete; `encode_images` marks
-        them used on its own stream, so that their memory is not reused before the model has read it."""
+        them used on its own stream, so that their memory is not reused before the model has read it.
+        Callers in several threads take turns on the stream (the worker decodes from one thread at a time)."""
         stream = self._decode_stream if self.own_decode_stream else None
-        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-            inputs, smalls = self._decode_and_scale(datas, backend, thumbnail_side)
-            if stream is not None:
+        if stream is None:
+            return self._decode_and_scale(datas, backend, thumbnail_side)
+        with self._decode_stream_lock, torch.cuda.stream(stream):
+            try:
+                return self._decode_and_scale(datas, backend, thumbnail_side)
+            finally:  # also after a failure: nothing of this call is left running when the next one starts
                 stream.synchronize()  # waits for this stream's work only, not the model's
-        return inputs, smalls
 
     def _decode_and_scale(self, datas: Sequence[bytes], backend: str,
                           thumbnail_side: int) -> tuple[list[Any], list[np.ndarray | None]]:
@@ -250,11 +253,11 @@ class ClipEncoder:
     def _input_batch(self, parts: list[Any]) -> Any:
         """One normalized float batch on the model's device, in order, from tensors of any device and
         dtype (one stack, copy and scaling per (device, dtype) kind, not per image)."""
-        if self._decode_stream is not None and self.own_decode_stream:
-            consumer = torch.cuda.current_stream(self.device)
-            for part in parts:  # decode_jpegs' crops, made on its stream: kept until this stream has read them
-                if part.is_cuda:
-                    part.record_stream(consumer)
+        if self._decode_stream is not None:  # decode_jpegs' crops may come from its stream: kept until
+            consumer = torch.cuda.current_stream(self.device)  # this one has read them (a no-op for its own)
+            storages = {part.untyped_storage().data_ptr(): part for part in parts if part.is_cuda}
+            for part in storages.values():  # crops of one resize call share their storage
+                part.record_stream(consumer)
         kinds: dict[tuple[str, Any], list[int]] = {}
         for i, part in enumerate(parts):
             kinds.setdefault((str(part.device), part.dtype), []).append(i)

@@ -141,7 +141,8 @@ OPTIONS: tuple[Option, ...] = (
            type=bool),
     Option("--decode-stream", "on", "with --device-decode on a GPU: decode on a CUDA stream of the decoding "
            "thread's own, so that waiting for the decoder does not wait for the model's queued work too (off: on "
-           "the model's stream)", (WORKER,), choices=("on", "off")),
+           "the model's stream, as before; with torchvision's decoder, used when TorchCodec is missing, its writes "
+           "are then not ordered after the model's work)", (WORKER,), choices=("on", "off")),
     # The router (`clipsearch router`): one address in front of several search servers.
     Option("--shard-timeout", 2.0, "seconds each shard has to answer a search or a stats call (capped by the "
            "caller's deadline); a shard still silent then is left out (partial) or fails the call. Writes take the "

@@ -245,6 +245,7 @@ class Worker:
     def __init__(self, config: WorkerConfig, encoder: ClipEncoder) -> None:
         self.config = config
         self.encoder = encoder
+        encoder.own_decode_stream = config.decode_stream
         self.keys = Keys(config.redis_prefix)
         self.redis = jobqueue.connect(config.redis_url)
         self._channel = config.connection.channel()
