@@ -80,7 +80,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to the resu
 # run costs about 70-90 s on the lent H200 machine (writing the files, starting Redis, the server and the
 # workers together), so the steps are in order of what matters most, and the last ones run if BUDGET
 # leaves time for them; STEPS picks others. feed-B32-device compares the two decode streams in the whole
-# pipeline (thumbnails off, then on). ViT-L-14 end to end and two and four workers per GPU follow: three
+# pipeline (thumbnails off), then runs the default (thumbnails on) and 4 decode threads instead of 12
+# (with device decoding they only read files and encode thumbnails, and all of them want the GIL). ViT-L-14 end to end and two and four workers per GPU follow: three
 # leases have no figure for them yet (the third lost a batch in each, now reported with reasons). The
 # profile then samples only the threads holding the GIL (--gil).
 STEPS=${STEPS:-"decode-stream feed-B32-device feed-L14-device feed-B32-workers query-decompose query feed-B32-profile device-preprocess"}
@@ -93,8 +94,9 @@ want decode-stream && step decode-stream 120 bash -c "$PY bench/bench_decode_str
   --batches $((IMAGES / BATCH / 2)) --batch $BATCH --name decode-stream; a=\$?; $PY bench/bench_decode_stream.py \
   --device $DEVICE --batches $((IMAGES / BATCH / 2)) --batch $BATCH --backend torchvision --rounds 2 \
   --name decode-stream-torchvision; exit \$((a || \$?))"
-want feed-B32-device && step feed-B32-device 240 $PY bench/bench_feed.py "${GPU[@]}" --worker-args "$ON_GPU" \
-  --runs "path:0 --thumbnail-size 0 --decode-stream off,path:0 --thumbnail-size 0,path:0" --name feed-B32-device
+want feed-B32-device && step feed-B32-device 260 $PY bench/bench_feed.py "${GPU[@]}" --worker-args "$ON_GPU" \
+  --runs "path:0 --thumbnail-size 0 --decode-stream off,path:0 --thumbnail-size 0,path:0,path:0 --thumbnail-size 0 \
+--decode-threads 4" --name feed-B32-device
 want feed-L14-device && step feed-L14-device 150 $PY bench/bench_feed.py "${GPU[@]}" --model ViT-L-14 \
   --images $((IMAGES / 2)) --worker-args "$ON_GPU" --runs path:0 --name feed-L14-device
 want feed-B32-workers && step feed-B32-workers 220 $PY bench/bench_feed.py "${GPU[@]}" --worker-args "$ON_GPU" \
