@@ -6,7 +6,8 @@ the decode pool's threads (so it shows the most the stream can give; bench_feed.
 worker). Each setting first runs once untimed, which checks every crop byte for byte and every vector
 against the same batches decoded and encoded one after the other; then timed rounds alternate the
 settings (A B, B A, ...), each vector checked again (the lowest cosine): a stream that let the model read
-crops before they were written, or reuse their memory too early, shows there.
+crops before they were written, or reuse their memory too early, shows there. It also checks that the
+device decoder turns JPEGs of each EXIF orientation upright as PIL does.
 
     python bench/bench_decode_stream.py --device cuda [--model ViT-B-32 --pretrained none] [--batches 8]
         [--batch 256] [--thumbnail 256] [--rounds 4] [--backend auto|torchcodec|torchvision]
@@ -61,6 +62,32 @@ def overlapped(encoder: Any, batches: list[list[bytes]], thumbnail: int, backend
     return time.perf_counter() - started, np.concatenate(vectors), differ
 
 
+def misoriented(encoder: Any, backend: str) -> int:
+    """How many of 8 JPEGs, one per EXIF orientation, the device decoder does not turn upright as PIL does
+    (shape, and pixels within a mean of 8 levels: another decoder's rounding, not a turn or a mirror)."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from clipsearch_core import model as model_module
+    from clipsearch_core.images import LoadLimits, decode_image
+
+    wrong = 0
+    for orientation in range(1, 9):
+        pixels = np.random.default_rng(orientation).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        buffer = io.BytesIO()
+        Image.fromarray(pixels.repeat(4, axis=0).repeat(4, axis=1)).save(buffer, "JPEG", quality=95, exif=exif)
+        upright = np.asarray(decode_image(buffer.getvalue(), LoadLimits())).astype(int)
+        raw = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+        decoded = model_module._decode_on_device([raw], backend, encoder.device)[0].cpu()
+        wrong += decoded.shape != (3, *upright.shape[:2]) or \
+            float(np.abs(decoded.permute(1, 2, 0).numpy().astype(int) - upright).mean()) >= 8
+    return wrong
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ViT-B-32")
@@ -92,6 +119,8 @@ def main() -> None:
     del crops
     setting = {False: "model's", True: "own"}
     rows, checks = [], {}
+    checks["EXIF orientations not upright (of 8)"] = misoriented(encoder, args.backend)
+    print(checks, flush=True)
     for own in (False, True):  # untimed: the allocator's pools grow, and every crop is compared
         encoder.own_decode_stream = own
         _, vectors, differ = overlapped(encoder, batches, args.thumbnail, args.backend, reference_crops)
@@ -115,8 +144,11 @@ def main() -> None:
     table(rows, ["decode stream", "round", "img/s", "lowest cosine", "vectors off (< 0.9999)"])
     save(args.name, {"args": vars(args), "rows": rows, "checks": checks, "own/model's": alone / shared,
                      "device": encoder.device})
-    if any(c["crops differing"] for c in checks.values()) or any(r["vectors off (< 0.9999)"] for r in rows):
+    if any(c["crops differing"] for c in checks.values() if isinstance(c, dict)) or \
+            any(r["vectors off (< 0.9999)"] for r in rows):
         raise SystemExit("some crops or vectors differ from decoding and encoding one batch after the other")
+    if checks["EXIF orientations not upright (of 8)"]:
+        raise SystemExit("the device decoder does not turn every EXIF orientation upright as PIL does")
 
 
 if __name__ == "__main__":

@@ -125,8 +125,9 @@ def test_device_jpeg_decoding_is_faithful(encoder: ClipEncoder, backend: str) ->
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_device_decoding_applies_exif_orientation_like_pil(encoder: ClipEncoder, orientation: int) -> None:
-    """TorchCodec applies the EXIF orientation as PIL and torchvision.io (apply_exif_orientation) do:
-    same decoder output, same resize, so equal tensors for all eight orientations."""
+    """TorchCodec applies the EXIF orientation as PIL does, and so does the torchvision.io path (which
+    turns the image itself: torchvision ignores apply_exif_orientation on CUDA): same decoder output,
+    same resize, so equal tensors for all eight orientations, in the upright shape."""
     rng = np.random.default_rng(orientation)
     pixels = rng.integers(0, 256, (48, 80, 3), dtype=np.uint8).repeat(4, axis=0).repeat(4, axis=1)  # 192x320, blocky
     exif = Image.Exif()
@@ -138,9 +139,13 @@ def test_device_decoding_applies_exif_orientation_like_pil(encoder: ClipEncoder,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         reference = encoder.decode_jpegs([buf.getvalue()], backend="torchvision")[0]
+        decoded = model_module._decode_on_device([torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)],
+                                                 "torchvision", "cpu")[0]
     fast = encoder.decode_jpegs([buf.getvalue()], backend="torchcodec")[0]
     assert fast.shape == reference.shape and fast.dtype == torch.uint8
     assert torch.equal(fast, reference)
+    assert decoded.shape == (3, *upright.shape[:2])  # turned, not only resized
+    assert np.abs(decoded.permute(1, 2, 0).numpy().astype(int) - upright.astype(int)).mean() < 3  # libjpeg vs PIL
 
 
 def test_worker_with_device_decoding(stack: Stack, procs: list[Proc], tmp_path: Path) -> None:

@@ -354,8 +354,41 @@ def _decode_on_device(raw: list[Any], backend: str, device: str) -> list[Any]:
         return list(decoder(raw, mode="RGB", device=device))  # applies EXIF orientation (tested)
     import torchvision.io
 
-    return list(torchvision.io.decode_jpeg(raw, mode=torchvision.io.ImageReadMode.RGB, device=device,
-                                           apply_exif_orientation=True))
+    # torchvision.io ignores apply_exif_orientation on CUDA: the orientation is applied here, on every device
+    decoded = torchvision.io.decode_jpeg(raw, mode=torchvision.io.ImageReadMode.RGB, device=device)
+    return [_upright(image, _exif_orientation(data)) for image, data in zip(decoded, raw)]
+
+
+_EXIF_ORIENTATION = 0x0112
+
+
+def _exif_orientation(data: Any) -> int:
+    """The EXIF orientation (1-8) of JPEG bytes (a uint8 tensor), 1 when it has none (PIL reads the header only)."""
+    try:
+        with Image.open(io.BytesIO(data.numpy())) as image:
+            value = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - the decoder has already taken these bytes: keep them as they are
+        return 1
+    return value if value in range(1, 9) else 1
+
+
+def _upright(image: Any, orientation: int) -> Any:
+    """A (C, H, W) image turned as PIL's ImageOps.exif_transpose turns one with that EXIF orientation."""
+    if orientation == 2:
+        return image.flip(-1)  # mirrored left-right
+    if orientation == 3:
+        return image.flip((-2, -1))  # rotated 180
+    if orientation == 4:
+        return image.flip(-2)  # mirrored top-bottom
+    if orientation == 5:
+        return image.transpose(-2, -1)  # mirrored along the main diagonal
+    if orientation == 6:
+        return torch.rot90(image, -1, (-2, -1))  # turned 90 clockwise
+    if orientation == 7:
+        return image.transpose(-2, -1).flip((-2, -1))  # mirrored along the other diagonal
+    if orientation == 8:
+        return torch.rot90(image, 1, (-2, -1))  # turned 90 counter-clockwise
+    return image
 
 
 # The most decoded pixels (uint8 bytes) stacked into one resize call. The call's peak on the device is
