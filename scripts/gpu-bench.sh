@@ -90,10 +90,10 @@ GPU=(--model ViT-B-32 --pretrained none --width 1024 --height 768 --images "$IMA
      --batch "$BATCH" --no-stages)
 ON_GPU="--device $DEVICE --threads 0 --decode-threads $((CORES - 4 > 2 ? CORES - 4 : 2)) --device-decode"
 export PATH=/tmp/site/bin:$PATH   # py-spy from the carried wheels
-want decode-stream && step decode-stream 120 bash -c "$PY bench/bench_decode_stream.py --device $DEVICE \
-  --batches $((IMAGES / BATCH / 2)) --batch $BATCH --name decode-stream; a=\$?; $PY bench/bench_decode_stream.py \
-  --device $DEVICE --batches $((IMAGES / BATCH / 2)) --batch $BATCH --backend torchvision --rounds 2 \
-  --name decode-stream-torchvision; exit \$((a || \$?))"
+want decode-stream && step decode-stream 70 $PY bench/bench_decode_stream.py --device "$DEVICE" \
+  --batches $((IMAGES / BATCH / 2)) --batch "$BATCH" --name decode-stream
+{ want decode-stream || want decode-stream-torchvision; } && step decode-stream-torchvision 60 $PY bench/bench_decode_stream.py --device "$DEVICE" \
+  --batches $((IMAGES / BATCH / 2)) --batch "$BATCH" --backend torchvision --rounds 2 --name decode-stream-torchvision
 want feed-B32-device && step feed-B32-device 260 $PY bench/bench_feed.py "${GPU[@]}" --worker-args "$ON_GPU" \
   --runs "path:0 --thumbnail-size 0 --decode-stream off,path:0 --thumbnail-size 0,path:0,path:0 --thumbnail-size 0 \
 --decode-threads 4" --name feed-B32-device

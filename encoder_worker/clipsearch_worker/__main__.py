@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         start_http_server(args.metrics_port)
     encoder = load_encoder(config.model, args.threads or None)
-    encoder.own_decode_stream = config.decode_stream
+    encoder.own_decode_stream = config.decode_stream  # for the warm-up, before the Worker (which sets it too)
     # a full batch through the path jobs take, before taking any (on a GPU: kernels, memory, decoder)
     warm = encoder.warm_up(images=config.batch_size, jpegs=config.device_decode,
                            thumbnail_side=config.thumbnail.size)
