@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.procs import REPO, Proc, Stack, start_redis
+from tests.procs import REPO, Proc, Stack, start_redis, stop_fork_server, use_fork_server
 
 MODEL_DIR = REPO / "tests" / "tinyclip" / "model"
 
@@ -31,6 +31,15 @@ def tiny_model() -> str:
                 subprocess.run([sys.executable, "-m", "tests.tinyclip.train", "--out", str(MODEL_DIR)],
                                cwd=REPO, check=True, timeout=600)
     return f"local-dir:{MODEL_DIR}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fork_server() -> Iterator[None]:
+    """Servers and workers are forked from a fork server that has imported torch, open_clip and faiss
+    once (tests/forkserver.py); CLIPSEARCH_TEST_FORK=0 execs each one instead."""
+    use_fork_server(os.environ.get("CLIPSEARCH_TEST_FORK", "1") != "0")
+    yield
+    stop_fork_server()
 
 
 @pytest.fixture(scope="session")

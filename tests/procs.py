@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from typing import Callable, Iterator
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.forkserver import ForkedProcess, ForkServer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,7 +44,7 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, proc: subproc
 class Proc:
     """A child process with its log file; `stop()` is SIGTERM then SIGKILL, bounded."""
 
-    popen: subprocess.Popen
+    popen: subprocess.Popen | ForkedProcess
     log: Path
     name: str
 
@@ -64,10 +67,51 @@ class Proc:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
+# `python -m` programs that tests.forkserver may start (they import torch, open_clip and faiss)
+FORKED_MODULES = {"clipsearch_server", "clipsearch_worker"}
+_fork_server: ForkServer | None = None
+_forking = False  # the test session turns it on (conftest); benchmarks exec every process
+
+
+def _child_env(env: dict[str, str] | None) -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+
+
+def use_fork_server(on: bool) -> None:
+    """From now on, fork FORKED_MODULES from a fork server started on first use (on), or exec them (off)."""
+    global _forking
+    _forking = on
+
+
+def stop_fork_server() -> None:
+    global _fork_server
+    if _fork_server is not None:
+        _fork_server.stop()
+        shutil.rmtree(_fork_server.path.parent, ignore_errors=True)
+        _fork_server = None
+
+
+def _forker(cmd: list[str], env: dict[str, str]) -> ForkServer | None:
+    """The fork server that can start `cmd` with `env` as the real program would, if any."""
+    global _fork_server
+    if not (_forking and cmd[:2] == [sys.executable, "-m"] and cmd[2] in FORKED_MODULES):
+        return None
+    if _fork_server is None:
+        _fork_server = ForkServer.start(Path(tempfile.mkdtemp(prefix="clipsearch-forkserver-")), _child_env(None))
+    return _fork_server if _fork_server.can_fork(env) else None
+
+
 def spawn(name: str, cmd: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Proc:
+    """Start `cmd` with its output in a log file under `log_dir`. In the test session, `python -m
+    clipsearch_server|worker ...` is forked from the fork server (the same program with its imports
+    shared; see tests/forkserver.py) unless its environment changes what those imports read; everything
+    else, and everything a benchmark starts, is exec'd."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{name}-{int(time.time() * 1000)}.log"
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    full_env = _child_env(env)
+    forker = _forker(cmd, full_env)
+    if forker is not None:
+        return Proc(forker.fork(cmd[2], cmd[3:], full_env, REPO, log), log, name)
     with open(log, "wb") as fh:
         popen = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=full_env, cwd=REPO)
     return Proc(popen, log, name)

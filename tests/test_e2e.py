@@ -78,6 +78,14 @@ def deployment(tiny_model: str, redis_url: str, tmp_path_factory: pytest.TempPat
             proc.stop(timeout=15)
 
 
+def test_start_up_heap_is_frozen(deployment: Deployment) -> None:
+    """Once loaded, the server and each worker move their start-up objects out of the collector's reach
+    (clipsearch_core.heap): full collections and the exit no longer walk torch's ~400,000 objects."""
+    for proc in (deployment.server, *deployment.workers):
+        frozen = re.search(r"(\d+) start-up objects frozen", proc.output())
+        assert frozen is not None and int(frozen.group(1)) > 100_000, proc.output()[-2000:]
+
+
 def test_everything_indexed_once_and_bad_images_failed(deployment: Deployment) -> None:
     d = deployment
     total = len(d.files) + len(d.bad)

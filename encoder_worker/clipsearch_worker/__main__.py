@@ -7,7 +7,7 @@ import sys
 import threading
 from typing import Sequence
 
-from clipsearch_core import settings
+from clipsearch_core import heap, settings
 from clipsearch_core.logs import setup_logging
 from clipsearch_core.model import load_encoder
 
@@ -31,7 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     warm = encoder.warm_up(images=config.batch_size, jpegs=config.device_decode,
                            thumbnail_side=config.thumbnail.size)
     worker = Worker(config, encoder)
-    print(f"clipsearch worker {config.consumer} ready (warmed up in {warm:.2f} s)", flush=True)
+    frozen = heap.freeze()  # loaded and warm: the collector leaves all that alone from now on
+    print(f"clipsearch worker {config.consumer} ready (warmed up in {warm:.2f} s; {frozen} start-up objects frozen)",
+          flush=True)
     try:
         worker.run(stop)
     except WorkerFatal as exc:

@@ -32,7 +32,7 @@ from clipsearch.v1 import (
     search_service_pb2,
     search_service_pb2_grpc,
 )
-from clipsearch_core import jobqueue
+from clipsearch_core import heap, jobqueue
 from clipsearch_core.model import load_encoder
 
 from . import index as index_module
@@ -124,6 +124,7 @@ class RunningServer:
         engine = Engine(encoder, collection, config.image_limits, text_batch=config.text_batch,
                         image_batch=config.image_batch)
         engine.read_wait_s = config.read_wait_s
+        frozen = heap.freeze()  # loaded and warm: the collector leaves all that alone from now on
         if replica is not None:
             replica.start(collection)
             engine.replica = replica
@@ -132,8 +133,8 @@ class RunningServer:
             self._set_health(health_pb2.HealthCheckResponse.SERVING)
         else:
             self._tasks.append(asyncio.create_task(self._follow_lag(replica)))
-        log.info("serving on port %d (model %s, %d images; warmed up in %.2f s)", self.port, encoder.identity,
-                 collection.stats().count, warm)
+        log.info("serving on port %d (model %s, %d images; warmed up in %.2f s; %d start-up objects frozen)",
+                 self.port, encoder.identity, collection.stats().count, warm, frozen)
         self._tasks.append(asyncio.create_task(self._snapshots()))
 
     def _replica(self, model: str, dim: int) -> Replica:
