@@ -2,7 +2,7 @@
 # Runs every benchmark (results: bench/results/*.json, plot: docs/index-recall-qps.png; figures go
 # into docs/BENCHMARKS.md by hand). Takes about an hour on a 2-core CPU, mostly the 1M-vector index.
 #   ./scripts/bench.sh               # everything
-#   ./scripts/bench.sh ingest query  # a subset: index, kinds, ingest, stages, feed, reads, preprocess, upsert, query, coldstart, writes, snapshots, catchup, router
+#   ./scripts/bench.sh ingest query  # a subset: index, kinds, ingest, stages, feed, reads, preprocess, upsert, query, coldstart, stop, writes, snapshots, catchup, router
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -23,6 +23,7 @@ has upsert && $PY bench/bench_upsert.py --records 20480 --rounds 3 && \
 has query && $PY bench/bench_query.py --vectors 100000
 has query && $PY bench/bench_query.py --vectors 20000 --queries 64 --pin --name query-pinned
 has coldstart && $PY bench/bench_coldstart.py --n 1000000
+has stop && $PY bench/bench_stop.py --rounds 3
 has writes && $PY bench/bench_write_under_load.py --vectors 20000
 has snapshots && $PY bench/bench_snapshot_stall.py --vectors 100000
 has catchup && $PY bench/bench_catchup.py --vectors 20000 --writes 300

@@ -6,7 +6,9 @@ suite's time on a 2-core machine. Like multiprocessing's "forkserver" start meth
 process here imports those libraries once (no clipsearch module, no grpc: nothing that holds threads or
 sockets), then forks a child per request. The child takes the request's environment, working directory,
 argv and log file and runs the module exactly as `python -m MODULE` does (`runpy._run_module_as_main`),
-so the process under test is the real program; only the import of third-party code is shared.
+so the process under test is the real program; only the import of third-party code is shared. The
+server imports the `clipsearch_core` package first, as the programs do (it sets OMP_WAIT_POLICY before
+torch loads OpenMP), and each child imports it again in its own environment.
 
 Protocol (a Unix socket): the test sends one JSON line {"module", "args", "env", "cwd", "log"}, and
 reads back {"pid": N} and later {"returncode": RC} (Popen's convention: -SIG when a signal ended it)
@@ -76,7 +78,8 @@ def _serve(path: str) -> dict[str, Any]:
             elif key.data == "accept":
                 conn, _ = listener.accept()
                 conn.settimeout(10)
-                request = json.loads(conn.makefile("rb").readline())
+                with conn.makefile("rb") as reader:
+                    request = json.loads(reader.readline())
                 pid = os.fork()
                 if pid == 0:  # the child: leave the server's loop with its request
                     sel.close()
@@ -130,6 +133,7 @@ def _become(request: dict[str, Any]) -> None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    del sys.modules["clipsearch_core"]  # imported again by the program: its environment settings land in this one
     if "numpy" in sys.modules:  # numpy's global generator was seeded once, in the server
         sys.modules["numpy"].random.seed()
     sys.argv = [request["module"], *request["args"]]
@@ -139,6 +143,8 @@ def _become(request: dict[str, Any]) -> None:
 
 def main() -> None:
     path = sys.argv[1]
+    import clipsearch_core  # noqa: F401 - first, as in the programs: it sets what OpenMP reads when torch loads it
+
     for name in PRELOAD:
         __import__(name)
     request = _serve(path)

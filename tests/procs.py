@@ -91,14 +91,20 @@ def stop_fork_server() -> None:
         _fork_server = None
 
 
-def _forker(cmd: list[str], env: dict[str, str]) -> ForkServer | None:
-    """The fork server that can start `cmd` with `env` as the real program would, if any."""
+def fork_server() -> ForkServer:
+    """The session's fork server, started on first use."""
     global _fork_server
-    if not (_forking and cmd[:2] == [sys.executable, "-m"] and cmd[2] in FORKED_MODULES):
-        return None
     if _fork_server is None:
         _fork_server = ForkServer.start(Path(tempfile.mkdtemp(prefix="clipsearch-forkserver-")), _child_env(None))
-    return _fork_server if _fork_server.can_fork(env) else None
+    return _fork_server
+
+
+def _forker(cmd: list[str], env: dict[str, str]) -> ForkServer | None:
+    """The fork server that can start `cmd` with `env` as the real program would, if any."""
+    if not (_forking and cmd[:2] == [sys.executable, "-m"] and cmd[2] in FORKED_MODULES):
+        return None
+    server = fork_server()
+    return server if server.can_fork(env) else None
 
 
 def spawn(name: str, cmd: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Proc:

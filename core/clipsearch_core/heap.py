@@ -1,26 +1,44 @@
-"""The start-up heap of a clipsearch process, and the cyclic garbage collector's view of it.
+"""The start-up heap of a clipsearch program, and the cyclic garbage collector's view of it.
 
-A server or worker holds about 400,000 objects that it made while importing torch, torchvision,
-open_clip and faiss and loading the model, and keeps them until it exits. CPython's collector walks all
-of them in every full collection (0.44 s on the 2-core test machine) and once more when the process
-exits (2.1 s of a worker's 2.6 s from SIGTERM to exit, measured with py-spy). `freeze`, called once
-the process is loaded and warmed up, moves them to the collector's permanent generation (`gc.freeze`),
-which it never walks: a full collection then costs only what the process made since, and a process
-stops in a fraction of a second (docs/BENCHMARKS.md, "Stopping"). Objects that become unreachable later
-are still freed by their reference counts; only start-up objects in reference cycles would stay, and
-those live as long as the process anyway.
+A server or worker makes about 440,000 objects while it imports torch, torchvision, open_clip and faiss
+and loads the model, and keeps them until it exits. CPython's collector walks all of them in every full
+collection: about six times while they are being made (1.5 s of a 13.6 s start with ViT-B-32 on the
+2-core test machine), 0.3-0.44 s in each full collection afterwards, and once more when the process
+exits (most of the 2-2.5 s from SIGTERM to exit). So a program calls `hold` before its imports, which
+keeps the collector off while it loads, and `freeze` once it is loaded and warm, which collects once,
+moves everything left to the collector's permanent generation (`gc.freeze`), where no collection
+looks, and turns the collector back on. Objects that become unreachable later are still freed by their
+reference counts; only start-up objects caught in reference cycles would stay, and those live as long
+as the process anyway. Measured in docs/BENCHMARKS.md, "Stopping".
+
+A process that never called `hold` (a library embedding the server in its own process) is left alone:
+`freeze` does nothing there.
 """
 
 from __future__ import annotations
 
 import gc
 
-__all__ = ["freeze"]
+__all__ = ["freeze", "hold"]
+
+_held = False
+
+
+def hold() -> None:
+    """Turns the collector off until `freeze` (call it first thing in a program, before its imports)."""
+    global _held
+    _held = True
+    gc.disable()
 
 
 def freeze() -> int:
-    """Collects what start-up left behind, then keeps the collector off everything that remains;
-    returns how many objects are now frozen."""
+    """After `hold`: collects what start-up left behind, keeps the collector off everything that remains
+    from now on, and turns it back on. Returns how many objects are frozen (0 without `hold`)."""
+    global _held
+    if not _held:
+        return 0
+    _held = False
     gc.collect()
     gc.freeze()
+    gc.enable()
     return gc.get_freeze_count()

@@ -7,11 +7,15 @@ import sys
 import threading
 from typing import Sequence
 
-from clipsearch_core import heap, settings
-from clipsearch_core.logs import setup_logging
-from clipsearch_core.model import load_encoder
+from clipsearch_core import heap
 
-from .worker import Worker, WorkerConfig, WorkerFatal
+heap.hold()  # no garbage collection while the imports below and the model load (clipsearch_core.heap)
+
+from clipsearch_core import settings  # noqa: E402
+from clipsearch_core.logs import setup_logging  # noqa: E402
+from clipsearch_core.model import load_encoder  # noqa: E402
+
+from .worker import Worker, WorkerConfig, WorkerFatal  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from . import program
-from .app import serve
-from .config import ServerConfig
+from clipsearch_core import heap
+
+heap.hold()  # no garbage collection while the imports below and the model load (clipsearch_core.heap)
+
+from . import program  # noqa: E402
+from .app import serve  # noqa: E402
+from .config import ServerConfig  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:

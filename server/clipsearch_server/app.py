@@ -111,6 +111,9 @@ class RunningServer:
     async def _load(self) -> None:
         config = self.config
         encoder = await asyncio.to_thread(load_encoder, config.model, config.threads or None)
+        # imported and loaded: the collector leaves all that alone from now on, and runs again for what the
+        # store and index loading make (clipsearch_core.heap)
+        frozen = heap.freeze()
         # full query batches once before serving (on a GPU: kernels loaded, memory grown), beside the
         # store and index loading (warm_up logs its failures, it does not raise)
         warming = asyncio.ensure_future(asyncio.to_thread(encoder.warm_up, config.image_batch, config.text_batch))
@@ -124,7 +127,6 @@ class RunningServer:
         engine = Engine(encoder, collection, config.image_limits, text_batch=config.text_batch,
                         image_batch=config.image_batch)
         engine.read_wait_s = config.read_wait_s
-        frozen = heap.freeze()  # loaded and warm: the collector leaves all that alone from now on
         if replica is not None:
             replica.start(collection)
             engine.replica = replica
