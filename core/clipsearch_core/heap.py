@@ -9,7 +9,7 @@ keeps the collector off while it loads, and `freeze` once it is loaded and warm,
 moves everything left to the collector's permanent generation (`gc.freeze`), where no collection
 looks, and turns the collector back on. Objects that become unreachable later are still freed by their
 reference counts; only start-up objects caught in reference cycles would stay, and those live as long
-as the process anyway. Measured in docs/BENCHMARKS.md, "Stopping".
+as the process anyway. Measured in docs/BENCHMARKS.md, "Starting and stopping".
 
 A process that never called `hold` (a library embedding the server in its own process) is left alone:
 `freeze` does nothing there.
