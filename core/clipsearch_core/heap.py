@@ -2,9 +2,9 @@
 
 A server or worker makes about 440,000 objects while it imports torch, torchvision, open_clip and faiss
 and loads the model, and keeps them until it exits. CPython's collector walks all of them in every full
-collection: about six times while they are being made (1.5 s of a 13.6 s start with ViT-B-32 on the
-2-core test machine), 0.3-0.44 s in each full collection afterwards, and once more when the process
-exits (most of the 2-2.5 s from SIGTERM to exit). So a program calls `hold` before its imports, which
+collection: about six times while they are being made (about 1.6 s of a 13.6 s start with ViT-B-32 on
+the 2-core test machine), 0.3-0.6 s in each full collection afterwards, and once more when the process
+exits (most of the 2.5-3.2 s from SIGTERM to exit). So a program calls `hold` before its imports, which
 keeps the collector off while it loads, and `freeze` once it is loaded and warm, which collects once,
 moves everything left to the collector's permanent generation (`gc.freeze`), where no collection
 looks, and turns the collector back on. Objects that become unreachable later are still freed by their
