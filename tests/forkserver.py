@@ -34,8 +34,9 @@ from typing import Any
 
 # Variables the preloaded libraries read when they load: a child whose environment differs from the fork
 # server's in one of these would not behave as an exec'd process would, so it is exec'd instead.
-LOAD_TIME_PREFIXES = ("OMP_", "KMP_", "MKL_", "OPENBLAS", "GOTO", "CUDA", "NVIDIA", "TORCH", "PYTORCH",
-                      "LD_", "PYTHON", "HF_", "HUGGINGFACE", "TRANSFORMERS", "MALLOC")
+LOAD_TIME_PREFIXES = ("OMP_", "KMP_", "MKL_", "OPENBLAS", "GOTO", "CUDA", "NVIDIA", "TORCH", "PYTORCH", "ATEN_",
+                      "FAISS_", "NPY_", "LD_", "PYTHON", "HF_", "HUGGINGFACE", "TRANSFORMERS", "XDG_", "MALLOC",
+                      "LANG", "LC_", "TZ", "TMPDIR")
 PRELOAD = ("numpy", "PIL.Image", "torch", "torchvision", "open_clip", "faiss")
 
 
@@ -44,6 +45,9 @@ def load_time_env(env: dict[str, str]) -> dict[str, str]:
 
 
 # ---- the server ------------------------------------------------------------------------------------
+
+_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
+
 
 def _serve(path: str) -> dict[str, Any]:
     """Accept requests until told to stop; returns only in a forked child, with that child's request."""
@@ -67,52 +71,76 @@ def _serve(path: str) -> dict[str, Any]:
     sel.register(listener, selectors.EVENT_READ, "accept")
     sel.register(wake_r, selectors.EVENT_READ, "wake")
     children: dict[int, socket.socket] = {}
-    parent = os.getppid()
-    while not stopping and os.getppid() == parent:  # ends with the test session, even a killed one
-        for key, _ in sel.select(timeout=1.0):
-            if key.data == "wake":
-                try:
-                    os.read(wake_r, 4096)
-                except BlockingIOError:
-                    pass
-            elif key.data == "accept":
-                conn, _ = listener.accept()
-                conn.settimeout(10)
-                with conn.makefile("rb") as reader:
-                    request = json.loads(reader.readline())
-                pid = os.fork()
-                if pid == 0:  # the child: leave the server's loop with its request
-                    sel.close()
-                    listener.close()
-                    conn.close()
-                    for sock in children.values():
-                        sock.close()
-                    signal.set_wakeup_fd(-1)
-                    os.close(wake_r)
-                    os.close(wake_w)
-                    return request
-                children[pid] = conn
-                conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
-        while children:  # reap whoever ended
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            conn = children.pop(pid, None)
-            if conn is not None:
-                try:
-                    conn.sendall(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
-                except OSError:
-                    pass
-                conn.close()
-    for pid in children:  # the session is over: nothing outlives it
+
+    def fork(conn: socket.socket) -> dict[str, Any] | None:
+        """Serves one request: the child's request in the child, None in the server."""
         try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            with conn.makefile("rb") as reader:
+                request = json.loads(reader.readline())
+            # blocked across fork: a signal meant for the child must not reach the server's handlers
+            signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+            pid = os.fork()
+        except (OSError, ValueError) as exc:  # a client that went away, a bad line, fork refused
+            print(f"forkserver: request refused: {exc!r}", flush=True)
+            conn.close()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            return None
+        if pid == 0:  # the child: leave the server's loop with its request
+            sel.close()
+            listener.close()
+            conn.close()
+            for sock in children.values():
+                sock.close()
+            signal.set_wakeup_fd(-1)
+            os.close(wake_r)
+            os.close(wake_w)
+            return request
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+        children[pid] = conn
+        _send(conn, {"pid": pid})
+        return None
+
+    parent, server = os.getppid(), os.getpid()
+    try:
+        while not stopping and os.getppid() == parent:  # ends with the test session, even a killed one
+            for key, _ in sel.select(timeout=1.0):
+                if key.data == "wake":
+                    try:
+                        os.read(wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                elif key.data == "accept":
+                    conn, _ = listener.accept()
+                    conn.settimeout(10)
+                    request = fork(conn)
+                    if request is not None:
+                        return request
+            while children:  # reap whoever ended
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                conn = children.pop(pid, None)
+                if conn is not None:
+                    _send(conn, {"returncode": os.waitstatus_to_exitcode(status)})
+                    conn.close()
+    finally:
+        if os.getpid() == server:  # the session is over (or the server failed): nothing outlives it
+            for pid in children:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
     sys.exit(0)
+
+
+def _send(conn: socket.socket, message: dict[str, Any]) -> None:
+    try:
+        conn.sendall(json.dumps(message).encode() + b"\n")
+    except OSError:  # the client went away; its child is reaped all the same
+        pass
 
 
 def _become(request: dict[str, Any]) -> None:
@@ -123,6 +151,7 @@ def _become(request: dict[str, Any]) -> None:
     for sig in (signal.SIGCHLD, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # blocked across fork; now with a fresh process's handlers
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -198,7 +227,11 @@ class ForkedProcess:
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
-        if self.poll() is None:
+        try:
+            ended = self.poll() is not None
+        except RuntimeError:  # the fork server is gone (it killed its children as it went): signal anyway
+            ended = False
+        if not ended:
             try:
                 os.kill(self.pid, sig)
             except ProcessLookupError:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,7 +104,12 @@ def _forker(cmd: list[str], env: dict[str, str]) -> ForkServer | None:
     """The fork server that can start `cmd` with `env` as the real program would, if any."""
     if not (_forking and cmd[:2] == [sys.executable, "-m"] and cmd[2] in FORKED_MODULES):
         return None
-    server = fork_server()
+    try:
+        server = fork_server()
+    except RuntimeError as exc:  # e.g. a socket path too long for AF_UNIX: exec, as without it
+        warnings.warn(f"no fork server, every process is exec'd: {exc}")
+        use_fork_server(False)
+        return None
     return server if server.can_fork(env) else None
 
 

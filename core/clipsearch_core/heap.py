@@ -4,15 +4,17 @@ A server or worker makes about 440,000 objects while it imports torch, torchvisi
 and loads the model, and keeps them until it exits. CPython's collector walks all of them in every full
 collection: about six times while they are being made (about 1.6 s of a 13.6 s start with ViT-B-32 on
 the 2-core test machine), 0.3-0.6 s in each full collection afterwards, and once more when the process
-exits (most of the 2.5-3.2 s from SIGTERM to exit). So a program calls `hold` before its imports, which
-keeps the collector off while it loads, and `freeze` once it is loaded and warm, which collects once,
-moves everything left to the collector's permanent generation (`gc.freeze`), where no collection
-looks, and turns the collector back on. Objects that become unreachable later are still freed by their
-reference counts; only start-up objects caught in reference cycles would stay, and those live as long
-as the process anyway. Measured in docs/BENCHMARKS.md, "Starting and stopping".
+exits (most of the 2.5-3.2 s from SIGTERM to exit). So a program run as `python -m ...` calls `hold`
+before its imports, which keeps the collector off while they run, and `freeze` when they are done,
+before it opens a port or starts a thread: that collects once, moves everything left to the collector's
+permanent generation (`gc.freeze`), where no collection looks, and turns the collector back on. It
+calls `freeze` again once the model is loaded, for the model's objects (frozen objects add up). Objects
+that become unreachable later are still freed by their reference counts; only start-up objects caught
+in reference cycles would stay, and those live as long as the process anyway. Measured in
+docs/BENCHMARKS.md, "Starting and stopping".
 
-A process that never called `hold` (a library embedding the server in its own process) is left alone:
-`freeze` does nothing there.
+A process that never called `hold` (one that imports the server or the worker to run it in its own
+process) is left alone: `freeze` does nothing there.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ _held = False
 
 
 def hold() -> None:
-    """Turns the collector off until `freeze` (call it first thing in a program, before its imports)."""
+    """Turns the collector off until the next `freeze` (first thing in a program, before its imports)."""
     global _held
     _held = True
     gc.disable()
@@ -33,11 +35,9 @@ def hold() -> None:
 
 def freeze() -> int:
     """After `hold`: collects what start-up left behind, keeps the collector off everything that remains
-    from now on, and turns it back on. Returns how many objects are frozen (0 without `hold`)."""
-    global _held
+    from now on, and turns it (back) on. Returns how many objects are frozen (0 without `hold`)."""
     if not _held:
         return 0
-    _held = False
     gc.collect()
     gc.freeze()
     gc.enable()

@@ -9,7 +9,8 @@ from typing import Sequence
 
 from clipsearch_core import heap
 
-heap.hold()  # no garbage collection while the imports below and the model load (clipsearch_core.heap)
+if __name__ == "__main__":  # a program: no garbage collection during the imports (clipsearch_core.heap)
+    heap.hold()
 
 from clipsearch_core import settings  # noqa: E402
 from clipsearch_core.logs import setup_logging  # noqa: E402
@@ -19,6 +20,7 @@ from .worker import Worker, WorkerConfig, WorkerFatal  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    heap.freeze()  # imported; before any thread or connection (the model's objects are frozen once warm)
     args = settings.parse("worker", argv, "clipsearch worker", "Run a clipsearch encoder worker.")
     setup_logging(args.log_level, args.log_format)
     config = WorkerConfig.from_args(args)
@@ -35,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warm = encoder.warm_up(images=config.batch_size, jpegs=config.device_decode,
                            thumbnail_side=config.thumbnail.size)
     worker = Worker(config, encoder)
-    frozen = heap.freeze()  # loaded and warm: the collector leaves all that alone from now on
+    frozen = heap.freeze()  # loaded and warm: the model's objects too
     print(f"clipsearch worker {config.consumer} ready (warmed up in {warm:.2f} s; {frozen} start-up objects frozen)",
           flush=True)
     try:

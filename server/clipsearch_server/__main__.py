@@ -7,7 +7,8 @@ from typing import Sequence
 
 from clipsearch_core import heap
 
-heap.hold()  # no garbage collection while the imports below and the model load (clipsearch_core.heap)
+if __name__ == "__main__":  # a program: no garbage collection during the imports (clipsearch_core.heap)
+    heap.hold()
 
 from . import program  # noqa: E402
 from .app import serve  # noqa: E402
@@ -15,6 +16,7 @@ from .config import ServerConfig  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    heap.freeze()  # imported; before the port opens (the model's objects are frozen once it is loaded)
     return program.main("server", argv, "clipsearch server", "Run the clipsearch search server.",
                         lambda args: serve(ServerConfig.from_args(args)))
 

@@ -111,8 +111,8 @@ class RunningServer:
     async def _load(self) -> None:
         config = self.config
         encoder = await asyncio.to_thread(load_encoder, config.model, config.threads or None)
-        # imported and loaded: the collector leaves all that alone from now on, and runs again for what the
-        # store and index loading make (clipsearch_core.heap)
+        # the model's objects join the imports' out of the collector's reach; what the store and index
+        # loading make below is collected as usual (clipsearch_core.heap)
         frozen = heap.freeze()
         # full query batches once before serving (on a GPU: kernels loaded, memory grown), beside the
         # store and index loading (warm_up logs its failures, it does not raise)
