@@ -3,8 +3,8 @@
 Every server and worker the tests start used to spend about 6 s of CPU importing torch, torchvision,
 open_clip, faiss and numpy before running a line of clipsearch; with ~100 starts that was most of the
 suite's time on a 2-core machine. Like multiprocessing's "forkserver" start method with preloading, one
-process here imports those libraries once (no clipsearch module, no grpc: nothing that holds threads or
-sockets), then forks a child per request. The child takes the request's environment, working directory,
+process here imports those libraries once (of clipsearch only the `clipsearch_core` package, which
+imports none of its modules; no grpc: nothing that holds sockets), then forks a child per request. The child takes the request's environment, working directory,
 argv and log file and runs the module exactly as `python -m MODULE` does (`runpy._run_module_as_main`),
 so the process under test is the real program; only the import of third-party code is shared. The
 server imports the `clipsearch_core` package first, as the programs do (it sets OMP_WAIT_POLICY before
@@ -14,7 +14,7 @@ Protocol (a Unix socket): the test sends one JSON line {"module", "args", "env",
 reads back {"pid": N} and later {"returncode": RC} (Popen's convention: -SIG when a signal ended it)
 on the same connection. `ForkedProcess` wraps that connection in the part of `subprocess.Popen` the
 tests use. Environments that differ from the server's in a variable read when those libraries load
-(OpenMP, BLAS, CUDA, torch) are not forked: `tests.procs.spawn` execs those, as it does every process
+(LOAD_TIME_PREFIXES) are not forked: `tests.procs.spawn` execs those, as it does every process
 that is not `python -m` (Redis, the router's CLI, `clipsearch up`).
 """
 
