@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import checkouts, save, table  # noqa: E402
+from bench.common import checkout_env, checkouts, save, table  # noqa: E402
 from tests.procs import Proc, Stack, start_redis, wait_for  # noqa: E402
 
 # run in a fresh process: load what a server loads, then time full collections before and after freezing
@@ -89,8 +89,7 @@ def main() -> None:
                 for name, path in compared:
                     stack = Stack(model=args.model, redis_url=url, log_dir=Path(tmp) / "logs", prefix=f"stop-{round_}")
                     if path != ROOT:  # that checkout's programs (and the core and client they import)
-                        stack.extra_env = {"PYTHONPATH": os.pathsep.join(
-                            str(path / d) for d in ("server", "encoder_worker", "core", "client"))}
+                        stack.extra_env = checkout_env(path, ("server", "encoder_worker", "core", "client"))
                     rows.append({"code": name, "round": round_,
                                  **one_round(stack, Path(tmp) / f"data-{name}-{round_}", model_args)})
                     print(rows[-1], flush=True)

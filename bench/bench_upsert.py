@@ -29,7 +29,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.bench_feed import profile, summarize  # noqa: E402
-from bench.common import checkouts, cpu_seconds, save, table  # noqa: E402
+from bench.common import checkout_env, checkouts, cpu_seconds, save, table  # noqa: E402
 from clipsearch.v1 import index_service_pb2 as index_pb  # noqa: E402
 from clipsearch.v1 import index_service_pb2_grpc as index_grpc  # noqa: E402
 from clipsearch.v1 import types_pb2  # noqa: E402
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace, tmp: Path, checkout: Path) -> dict[str, float]
     redis, url = start_redis(tmp / "logs")
     stack = Stack(model="ViT-B-32", redis_url=url, log_dir=tmp / "logs", prefix="upsert")
     if checkout != ROOT:  # that checkout's server (and the core and client it imports)
-        stack.extra_env = {"PYTHONPATH": os.pathsep.join(str(checkout / d) for d in ("server", "core", "client"))}
+        stack.extra_env = checkout_env(checkout, ("server", "core", "client"))
     server, address = stack.start_server(tmp / "data", timeout=300,
                                          extra=["--pretrained", "none", *shlex.split(args.server_args)])
     try:

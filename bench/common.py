@@ -46,6 +46,12 @@ def checkouts(specs: list[str], root: Path) -> list[tuple[str, Path]]:
     return [("this", root)] + [(name, Path(path).resolve()) for name, _, path in (s.partition("=") for s in specs)]
 
 
+def checkout_env(checkout: Path, packages: tuple[str, ...]) -> dict[str, str]:
+    """The environment that makes a process import `packages` (folders such as "server", "core") from
+    `checkout` instead of the installed ones: its folders first on PYTHONPATH."""
+    return {"PYTHONPATH": os.pathsep.join(str(checkout / d) for d in packages)}
+
+
 def scrape(port: int) -> dict[str, float]:
     """The samples of a Prometheus /metrics page: `name` or `name{label="value",...}` -> value."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()

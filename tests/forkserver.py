@@ -4,8 +4,9 @@ Every server and worker the tests start used to spend about 6 s of CPU importing
 open_clip, faiss and numpy before running a line of clipsearch; with ~100 starts that was most of the
 suite's time on a 2-core machine. Like multiprocessing's "forkserver" start method with preloading, one
 process here imports those libraries once (of clipsearch only the `clipsearch_core` package, which
-imports none of its modules; no grpc: nothing that holds sockets), then forks a child per request. The child takes the request's environment, working directory,
-argv and log file and runs the module exactly as `python -m MODULE` does (`runpy._run_module_as_main`),
+imports none of its modules; no grpc: nothing that holds sockets), then forks a child per request. The
+child takes the request's environment, working directory, argv and log file and runs the module
+exactly as `python -m MODULE` does (`runpy._run_module_as_main`),
 so the process under test is the real program; only the import of third-party code is shared. The
 server imports the `clipsearch_core` package first, as the programs do (it sets OMP_WAIT_POLICY before
 torch loads OpenMP), and each child imports it again in its own environment.
