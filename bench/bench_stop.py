@@ -3,12 +3,15 @@ what one full garbage collection costs in a loaded process, with the collector h
 and the start-up heap frozen (clipsearch_core.heap), and without.
 
 Each round starts a real server and a real worker (exec'd, ViT-B-32 with random weights unless --model
-says otherwise) of each checkout compared, in turn, waits until both are ready and idle, then sends
-SIGTERM to the worker and then to the server and times each exit. A rolling restart, `clipsearch up`'s
+says otherwise) of each checkout compared, in turn, waits until both are ready, leaves them idle for
+1-2 s (a different fraction each round, the same for every checkout: the worker is then somewhere in
+its 1 s blocking read of the queue), then sends SIGTERM to the worker and then to the server and times
+each exit. A rolling restart, `clipsearch up`'s
 Ctrl-C and every test that stops a process wait that long. The collection pause is measured inside
 one process that loads what a server loads: gc.collect() before and after heap.freeze().
 
     python bench/bench_stop.py [--rounds 3] [--model ViT-B-32] [--checkout before=/path/to/other/checkout]
+        [--name stop]
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def stopped_in(proc: Proc, timeout: float = 60) -> float:
     return time.perf_counter() - t
 
 
-def one_round(stack: Stack, data: Path, model_args: list[str]) -> dict[str, float]:
+def one_round(stack: Stack, data: Path, model_args: list[str], idle_s: float) -> dict[str, float]:
     t = time.perf_counter()
     server, address = stack.start_server(data, timeout=300, extra=model_args)
     serving = time.perf_counter() - t
@@ -63,7 +66,7 @@ def one_round(stack: Stack, data: Path, model_args: list[str]) -> dict[str, floa
     try:
         wait_for(lambda: "ready" in worker.output(), 300, "worker", worker.popen)
         ready = time.perf_counter() - t - serving
-        time.sleep(1.0)  # idle, consuming: the state a deployment stops from
+        time.sleep(idle_s)  # idle, consuming (in its blocking read of the queue): what a deployment stops
         return {"server start s": serving, "worker start s": ready,
                 "worker stop s": stopped_in(worker), "server stop s": stopped_in(server)}
     finally:
@@ -78,6 +81,7 @@ def main() -> None:
     parser.add_argument("--pretrained", default="none")
     parser.add_argument("--checkout", action="append", default=[],
                         help="NAME=PATH of another checkout to compare, round by round")
+    parser.add_argument("--name", default="stop", help="results file name (bench/results/NAME.json)")
     args = parser.parse_args()
     compared = checkouts(args.checkout, ROOT)
     model_args = ["--pretrained", args.pretrained]
@@ -90,8 +94,11 @@ def main() -> None:
                     stack = Stack(model=args.model, redis_url=url, log_dir=Path(tmp) / "logs", prefix=f"stop-{round_}")
                     if path != ROOT:  # that checkout's programs (and the core and client they import)
                         stack.extra_env = checkout_env(path, ("server", "encoder_worker", "core", "client"))
-                    rows.append({"code": name, "round": round_,
-                                 **one_round(stack, Path(tmp) / f"data-{name}-{round_}", model_args)})
+                    # idle 1 s plus a fraction that differs between rounds (the same for each checkout),
+                    # so that SIGTERM lands at different points of the worker's 1 s blocking read
+                    idle = 1.0 + (round_ * 0.37) % 1.0
+                    rows.append({"code": name, "round": round_, "idle s": idle,
+                                 **one_round(stack, Path(tmp) / f"data-{name}-{round_}", model_args, idle)})
                     print(rows[-1], flush=True)
         finally:
             redis.stop()
@@ -99,15 +106,18 @@ def main() -> None:
                                       text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=ROOT, timeout=300,
                                       check=True).stdout.splitlines()[-1])
     print(f"\n== SIGTERM to exit, {args.model} ({os.cpu_count()} cores) ==")
-    table(rows, ["code", "round", "server start s", "worker start s", "worker stop s", "server stop s"])
+    table(rows, ["code", "round", "idle s", "server start s", "worker start s", "worker stop s", "server stop s"])
     columns = ["server start s", "worker start s", "server stop s", "worker stop s"]
     medians = {name: {c: statistics.median(r[c] for r in rows if r["code"] == name) for c in columns}
                for name, _ in compared}
     print("\nmedians:")
     table([{"code": name, **m} for name, m in medians.items()], ["code", *columns])
+    worst = {name: {c: max(r[c] for r in rows if r["code"] == name) for c in columns} for name, _ in compared}
+    print("\nslowest round:")
+    table([{"code": name, **m} for name, m in worst.items()], ["code", *columns])
     print(f"\n== one full gc.collect() in a loaded server process: {pause['objects']} start-up objects ==")
     print(f"not frozen {pause['collect_ms']:.1f} ms, frozen {pause['collect_frozen_ms']:.2f} ms")
-    save("stop", {"args": vars(args), "rows": rows, "medians": medians, "gc_pause": pause})
+    save(args.name, {"args": vars(args), "rows": rows, "medians": medians, "slowest": worst, "gc_pause": pause})
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ every behaviour of the per-image path (failures with reasons, exactly-once count
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -20,7 +21,7 @@ from clipsearch_core.model import load_encoder
 from clipsearch_worker.worker import Worker, WorkerConfig
 from tests.data import wait_until
 from tests.photos import photo_jpeg
-from tests.procs import Proc, Stack
+from tests.procs import Proc, Stack, free_port, wait_for
 
 
 @contextmanager
@@ -247,6 +248,33 @@ def test_a_failure_on_the_device_decode_thread_stops_the_worker_and_loses_no_ima
         assert client.progress(batch).indexed == 0
         procs.append(stack.start_worker(address, ["--batch-size", "2", "--device-decode"]))
         assert wait_until(client, batch, 90).indexed == 6
+
+
+def test_a_stop_ends_the_idle_workers_blocking_read_at_once(stack: Stack, tmp_path: Path) -> None:
+    """An idle worker waits for jobs in a blocking read of the stream (`block_ms`). A stop (SIGTERM
+    sets `stop`) ends that read at once, CLIENT UNBLOCK from the worker's stop watcher, instead of
+    waiting it out: here the read blocks for 60 s, and the loop must end within 10 s of the stop.
+    Real Redis; the worker loop in this process (it pushes nothing: no server is needed)."""
+    argv = [*stack.common(), "--server", f"127.0.0.1:{free_port()}", "--batch-size", "2", "--thumbnail-size", "0"]
+    config = dataclasses.replace(WorkerConfig.from_args(settings.parse("worker", argv, "t", "t")), block_ms=60_000)
+    worker = Worker(config, load_encoder(config.model, 1))
+    r = redislib.Redis.from_url(stack.redis_url)
+    stop = threading.Event()
+    loop = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    loop.start()
+    try:
+        def blocked() -> bool:
+            return any(c["id"] == str(worker._reader_id) and c["cmd"] == "xreadgroup" and "b" in c["flags"]
+                       for c in r.client_list())
+        wait_for(blocked, 30, "the worker's blocking read")
+        stop.set()
+        loop.join(timeout=10)
+        assert not loop.is_alive(), "the stop waited for the blocking read to run out"
+    finally:
+        stop.set()
+        loop.join(timeout=70)
+        worker.close()
+        r.close()
 
 
 def test_an_image_the_server_refuses_does_not_fail_its_batch(stack: Stack, procs: list[Proc], tmp_path: Path,

@@ -48,6 +48,8 @@ __all__ = [
     "get_progress",
     "list_failures",
     "read_jobs",
+    "connection_id",
+    "interrupt_read",
     "keep_alive",
     "last_errors",
     "reclaim_stale",
@@ -337,11 +339,13 @@ return released
 """
 
 
-def connect(url: str) -> redis.Redis:
+def connect(url: str, *, single_connection: bool = False) -> redis.Redis:
     """A Redis client for `url` (redis://host:port/db) with bounded timeouts. Replies are bytes
-    (image blobs are binary); the functions here decode what they return."""
+    (image blobs are binary); the functions here decode what they return. `single_connection`: every
+    command on one connection, whose blocking reads `interrupt_read` can end (a worker's reader)."""
     return redis.Redis.from_url(
-        url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30
+        url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30,
+        **({"max_connections": 1} if single_connection else {}),  # connected at first use, like the pool
     )
 
 
@@ -415,9 +419,21 @@ def submit(
 
 
 def read_jobs(r: redis.Redis, keys: Keys, consumer: str, count: int, block_ms: int) -> list[Job]:
-    """Delivers up to `count` new jobs to `consumer` (they stay pending until `finish`)."""
+    """Delivers up to `count` new jobs to `consumer` (they stay pending until `finish`), waiting up to
+    `block_ms` for the first one; an `interrupt_read` of the connection ends the wait at once."""
     reply = r.xreadgroup(GROUP, consumer, {keys.jobs: ">"}, count=count, block=block_ms)
     return [Job.from_entry(entry_id, fields) for _, entries in reply or [] for entry_id, fields in entries]
+
+
+def connection_id(r: redis.Redis) -> int:
+    """The server's id of the connection of `r` (a `connect(..., single_connection=True)` client)."""
+    return int(r.client_id())
+
+
+def interrupt_read(r: redis.Redis, reader_id: int) -> bool:
+    """Ends the blocking `read_jobs` of connection `reader_id` now, as if its wait had run out (no jobs
+    delivered); so that a stopping worker does not wait out `block_ms`. False if it was not blocked."""
+    return bool(r.client_unblock(reader_id))
 
 
 def reclaim_stale(r: redis.Redis, keys: Keys, consumer: str, min_idle_ms: int, count: int) -> list[Job]:

@@ -248,6 +248,8 @@ class Worker:
         encoder.own_decode_stream = config.decode_stream
         self.keys = Keys(config.redis_prefix)
         self.redis = jobqueue.connect(config.redis_url)
+        self._reader = jobqueue.connect(config.redis_url, single_connection=True)  # the feeder's blocking reads
+        self._reader_id: int | None = None  # its connection's id, for interrupt_read
         self._channel = config.connection.channel()
         self._metadata = config.connection.metadata()
         self._index = index_grpc.IndexServiceStub(self._channel)
@@ -302,6 +304,7 @@ class Worker:
         halt = threading.Event()  # stops the feeder: set on `stop` or on a fatal error
         feeder = threading.Thread(target=self._feed, args=(stop, halt, taken, slots), name="feeder", daemon=True)
         feeder.start()
+        threading.Thread(target=self._interrupt_read_on, args=(stop, halt), name="stop-watch", daemon=True).start()
         preparer = threading.Thread(target=self._prepare_ahead, args=(halt, taken, batches), name="device-decode",
                                     daemon=True) if ahead else None
         if preparer is not None:
@@ -467,7 +470,22 @@ class Worker:
             if stale:
                 log.info("reclaimed %d jobs abandoned by other workers", len(stale))
                 return stale
-        return jobqueue.read_jobs(self.redis, self.keys, self.config.consumer, self.config.batch_size, self.config.block_ms)
+        self._reader_id = jobqueue.connection_id(self._reader)  # asked each time: a reconnect changes it
+        return jobqueue.read_jobs(self._reader, self.keys, self.config.consumer, self.config.batch_size,
+                                  self.config.block_ms)
+
+    def _interrupt_read_on(self, stop: threading.Event, halt: threading.Event) -> None:
+        """The stop watcher: once `stop` is set, ends the feeder's blocking read at once, so that a stop
+        does not wait out `block_ms` (returns without doing anything once the loop has ended: `halt`)."""
+        while not stop.wait(0.2):
+            if halt.is_set():
+                return
+        reader = self._reader_id
+        if reader is not None:
+            try:
+                jobqueue.interrupt_read(self.redis, reader)
+            except redis.RedisError as exc:  # e.g. CLIENT UNBLOCK not allowed: the read ends within block_ms
+                log.debug("could not interrupt the blocking read: %s", exc)
 
     def _encode_batch(self, batch: "_Batch") -> "_Encoded":
         """The batch's decoded images through the model, and the outcomes known before the push."""
@@ -654,4 +672,5 @@ class Worker:
             pass
         self._pool.shutdown(wait=True)
         self._channel.close()
+        self._reader.close()
         self.redis.close()
