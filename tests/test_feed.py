@@ -179,6 +179,30 @@ def _device_decode_worker(stack: Stack, address: str, overlap: str) -> Worker:
     return worker
 
 
+def test_an_upload_whose_bytes_are_gone_fails_alone(stack: Stack, procs: list[Proc], tmp_path: Path) -> None:
+    """An uploaded image whose bytes left Redis before a worker took it (deleted, or evicted by a
+    maxmemory policy) fails with its reason; its neighbours are indexed and the worker keeps running.
+    (Its decode result once lacked the thumbnail slot, and unpacking it crashed the worker, again at
+    each delivery.) A real server, Redis and worker process."""
+    server, address = stack.start_server(tmp_path / "data")
+    procs.append(server)
+    r, keys = redislib.Redis.from_url(stack.redis_url), Keys(stack.prefix)
+    with Client(address) as client:
+        batch = client.submit([ImageInput(image=photo_jpeg(i, 96, 64), id=f"g-{i}") for i in range(3)]).batch_id
+        [gone] = [Job.from_entry(entry_id, fields) for entry_id, fields in r.xrange(keys.jobs)
+                  if fields[b"id"] == b"g-1"]
+        assert r.delete(keys.blob(gone.uid)) == 1
+        worker = stack.start_worker(address, ["--batch-size", "4"])
+        procs.append(worker)
+        progress = wait_until(client, batch, 60)
+        reasons = {f.id: f.reason for f in client.failures(batch)}
+        assert (progress.indexed, progress.failed) == (2, 1), (progress, reasons)
+        assert "no longer in the queue" in reasons["g-1"], reasons
+        assert client.stats().count == 2
+        assert worker.popen.poll() is None, worker.output()
+    r.close()
+
+
 def _timed(spans: list[tuple[float, float]], call, delay: float = 0.2):  # type: ignore[no-untyped-def]
     def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
         started = time.perf_counter()

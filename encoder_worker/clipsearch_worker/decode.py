@@ -117,7 +117,7 @@ def _prepare(item: Item, context: DecodeContext) -> Prepared:
     try:
         if item.has_blob:
             if item.blob is None:
-                return "failed", None, "the image bytes are no longer in the queue (expired or deleted)"
+                return "failed", None, "the image bytes are no longer in the queue (expired or deleted)", None
             data = item.blob
         else:
             data = read_uri(item.uri, context.limits)

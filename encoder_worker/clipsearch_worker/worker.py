@@ -506,8 +506,8 @@ class Worker:
             elif kind == "transient":
                 retried.append((job, reason))
                 log.info("image %s will be retried (attempt %d): %s", job.id, job.attempts, reason)
-            else:
-                outcomes.append((job, reason))
+            else:  # "failed" (a kind left unprepared would be a bug: it fails with a reason, never silently)
+                outcomes.append((job, reason or f"the image was not prepared for the model ({kind})"))
         jobqueue.record_transient_errors(self.redis, self.keys, retried)
         vectors = None
         if good:
