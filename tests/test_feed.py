@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import grpc
 import pytest
 import redis as redislib
 
@@ -272,6 +273,53 @@ def test_a_failure_on_the_device_decode_thread_stops_the_worker_and_loses_no_ima
         assert client.progress(batch).indexed == 0
         procs.append(stack.start_worker(address, ["--batch-size", "2", "--device-decode"]))
         assert wait_until(client, batch, 90).indexed == 6
+
+
+class _ServerError(grpc.RpcError):
+    """What the stub raises for a refusal: an unexpected error in the server (INTERNAL)."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.INTERNAL
+
+    def details(self) -> str:
+        return "internal error (request id test)"
+
+
+def test_a_push_refused_by_a_server_error_is_sent_again_a_few_times(stack: Stack, procs: list[Proc],
+                                                                   tmp_path: Path) -> None:
+    """A push refused for a reason that is not about a record (INTERNAL: an unexpected error in the
+    server) is sent again, whole, up to three times: one such error does not fail a batch (it once failed
+    256 images at once); one that every try meets fails the push after four sends, with the reason. A
+    real server, Redis and worker loop in this process; the refusals are raised in place of the call."""
+    server, address = stack.start_server(tmp_path / "data")
+    procs.append(server)
+    argv = [*stack.common(), "--server", address, "--batch-size", "8", "--decode-threads", "2", "--thumbnail-size", "0"]
+    config = WorkerConfig.from_args(settings.parse("worker", argv, "t", "t"))
+    worker = Worker(config, load_encoder(config.model, 1))
+    upsert = worker._index.UpsertVectors
+    calls: list[list[str]] = []
+
+    def refused(request, **kwargs):  # type: ignore[no-untyped-def]
+        ids = [record.id for record in request.records]
+        calls.append(ids)
+        if len(calls) == 1 or ids[0].startswith("always-"):
+            raise _ServerError()
+        return upsert(request, **kwargs)
+
+    worker._index.UpsertVectors = refused  # type: ignore[method-assign]
+    with Client(address) as client:
+        once = client.submit([ImageInput(image=photo_jpeg(i, 96, 64), id=f"once-{i}") for i in range(8)]).batch_id
+        with _running(worker):
+            progress = wait_until(client, once, 60)
+            assert (progress.indexed, progress.failed) == (8, 0), progress
+            assert len(calls) == 2 and calls[0] == calls[1] and len(calls[0]) == 8, calls  # the same push, again
+            always = client.submit([ImageInput(image=photo_jpeg(i, 96, 64), id=f"always-{i}") for i in range(2)]).batch_id
+            progress = wait_until(client, always, 60)
+            reasons = {f.id: f.reason for f in client.failures(always)}
+        assert (progress.indexed, progress.failed) == (0, 2), (progress, reasons)
+        assert len(calls) == 2 + 4, calls  # sent once and again three times
+        assert all("INTERNAL: internal error (request id test) (sent 4 times)" in r for r in reasons.values()), reasons
+        assert client.stats().count == 8
 
 
 def test_a_stop_ends_the_idle_workers_blocking_read_at_once(stack: Stack, tmp_path: Path) -> None:

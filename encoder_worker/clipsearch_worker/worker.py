@@ -91,6 +91,12 @@ def reason_kind(reason: str) -> str:
 
 
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+# Refusals that are not about a record and may pass when the push is sent again (an unexpected error in
+# the server, a stream reset or cancelled on the way): sent again up to _REFUSAL_RETRIES times (upserts are
+# idempotent) before every image of the push fails. One such error once failed a whole batch of 256.
+_RETRIED_REFUSALS = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED,
+                     grpc.StatusCode.ABORTED)
+_REFUSAL_RETRIES = 3
 _STOPPED = "stopped"  # _send's result when the worker stops before the server answered
 
 
@@ -614,7 +620,8 @@ class Worker:
         refuses as INVALID_ARGUMENT (a record it will not take) is split in halves and each pushed again,
         so that only the images it refuses fail, not their neighbours in the batch: 1 + 2 log2(n) calls
         for one bad image (upserts are idempotent: a half pushed before an interruption is pushed again).
-        Other refusals (INTERNAL, ...) are not about one record: the whole push fails, as one call."""
+        Other refusals are not about one record: INTERNAL, UNKNOWN, CANCELLED and ABORTED are sent again
+        a few times (`_send`), then the whole push fails, as do the rest at once."""
         if stop.is_set() or self._abort.is_set():
             return None
         refused = self._send(jobs, vectors, thumbs, stop)
@@ -633,7 +640,8 @@ class Worker:
 
     def _send(self, jobs: Sequence[Job], vectors: np.ndarray, thumbs: Sequence[bytes | None],
               stop: threading.Event) -> "tuple[grpc.StatusCode, str] | str | None":
-        """One UpsertVectors call, retried while the server is unavailable or busy. Returns None on
+        """One UpsertVectors call, retried while the server is unavailable or busy, and up to
+        _REFUSAL_RETRIES times after a refusal that may pass (_RETRIED_REFUSALS). Returns None on
         success, _STOPPED if interrupted, or the status and reason of the server's refusal."""
         mime = self.config.thumbnail.mime_type
         request = index_pb.UpsertVectorsRequest(
@@ -646,7 +654,7 @@ class Worker:
                 for job, vec, thumb in zip(jobs, vectors, thumbs)
             ],
         )
-        delay = 0.2
+        delay, refusals = 0.2, 0
         while True:
             try:
                 self._index.UpsertVectors(request, timeout=self.config.push_timeout_s, metadata=self._metadata)
@@ -656,9 +664,15 @@ class Worker:
                 if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAUTHENTICATED,
                             grpc.StatusCode.PERMISSION_DENIED):  # misconfigured: stop, do not fail every job
                     raise WorkerFatal(f"{code.name}: {exc.details()}") from exc
-                if code not in _RETRYABLE:
-                    return code, f"the server refused the vector: {code.name}: {exc.details()}"
-                log.warning("push failed (%s: %s); retrying in %.1fs", code.name, exc.details(), delay)
+                if code in _RETRIED_REFUSALS and refusals < _REFUSAL_RETRIES:
+                    refusals += 1
+                    log.warning("push of %d images refused (%s: %s); sending it again in %.1fs (%d of %d)",
+                                len(jobs), code.name, exc.details(), delay, refusals, _REFUSAL_RETRIES)
+                elif code not in _RETRYABLE:
+                    tries = f" (sent {refusals + 1} times)" if refusals else ""
+                    return code, f"the server refused the vector: {code.name}: {exc.details()}{tries}"
+                else:
+                    log.warning("push failed (%s: %s); retrying in %.1fs", code.name, exc.details(), delay)
             if stop.wait(delay) or self._abort.is_set():
                 return _STOPPED
             delay = min(delay * 2, 5.0)
