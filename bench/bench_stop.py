@@ -6,9 +6,9 @@ Each round starts a real server and a real worker (exec'd, ViT-B-32 with random 
 says otherwise) of each checkout compared, in turn, waits until both are ready, leaves them idle for
 1-2 s (a different fraction each round, the same for every checkout: the worker is then somewhere in
 its 1 s blocking read of the queue), then sends SIGTERM to the worker and then to the server and times
-each exit. A rolling restart, `clipsearch up`'s
-Ctrl-C and every test that stops a process wait that long. The collection pause is measured inside
-one process that loads what a server loads: gc.collect() before and after heap.freeze().
+each exit. A rolling restart, `clipsearch up`'s Ctrl-C and every test that stops a process wait that
+long. The collection pause is measured inside one process that loads what a server loads:
+gc.collect() before and after heap.freeze().
 
     python bench/bench_stop.py [--rounds 3] [--model ViT-B-32] [--checkout before=/path/to/other/checkout]
         [--name stop]

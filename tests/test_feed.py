@@ -322,30 +322,78 @@ def test_a_push_refused_by_a_server_error_is_sent_again_a_few_times(stack: Stack
         assert client.stats().count == 8
 
 
-def test_a_stop_ends_the_idle_workers_blocking_read_at_once(stack: Stack, tmp_path: Path) -> None:
+@pytest.mark.parametrize("when", ["during the read", "just before the read", "after a reconnect"])
+def test_a_stop_ends_the_idle_workers_blocking_read_at_once(when: str, stack: Stack, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """An idle worker waits for jobs in a blocking read of the stream (`block_ms`). A stop (SIGTERM
     sets `stop`) ends that read at once, CLIENT UNBLOCK from the worker's stop watcher, instead of
-    waiting it out: here the read blocks for 60 s, and the loop must end within 10 s of the stop.
-    Real Redis; the worker loop in this process (it pushes nothing: no server is needed)."""
+    waiting it out: here the read blocks for 60 s, and the loop must end within 10 s of the stop. Also
+    when the stop comes after the feeder asked its connection's id and before its read reached Redis
+    (the watcher's first interrupt finds nothing blocked: it tries again until the feeder is gone), and
+    after the reader's connection was dropped during a read (its next read is on a new connection,
+    with a new id). Real Redis; the worker loop in this process (it pushes nothing: no server is needed)."""
     argv = [*stack.common(), "--server", f"127.0.0.1:{free_port()}", "--batch-size", "2", "--thumbnail-size", "0"]
     config = dataclasses.replace(WorkerConfig.from_args(settings.parse("worker", argv, "t", "t")), block_ms=60_000)
     worker = Worker(config, load_encoder(config.model, 1))
     r = redislib.Redis.from_url(stack.redis_url)
     stop = threading.Event()
+    if when == "just before the read":
+        connection_id = jobqueue.connection_id
+
+        def stop_meanwhile(reader: redislib.Redis) -> int:
+            got = connection_id(reader)
+            stop.set()
+            time.sleep(0.5)  # the watcher's first interrupt comes now, before the read
+            return got
+
+        monkeypatch.setattr(jobqueue, "connection_id", stop_meanwhile)
     loop = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     loop.start()
+    def blocked() -> bool:
+        return any(c["id"] == str(worker._reader_id) and c["cmd"] == "xreadgroup" and "b" in c["flags"]
+                   for c in r.client_list())
+
     try:
-        def blocked() -> bool:
-            return any(c["id"] == str(worker._reader_id) and c["cmd"] == "xreadgroup" and "b" in c["flags"]
-                       for c in r.client_list())
-        wait_for(blocked, 30, "the worker's blocking read")
-        stop.set()
+        if when == "after a reconnect":
+            wait_for(blocked, 30, "the worker's blocking read")
+            dropped = worker._reader_id
+            assert r.client_kill_filter(_id=dropped) == 1
+            wait_for(lambda: worker._reader_id != dropped and blocked(), 30, "a read on a new connection")
+        if when != "just before the read":
+            wait_for(blocked, 30, "the worker's blocking read")
+            stop.set()
+        assert stop.wait(30)
         loop.join(timeout=10)
         assert not loop.is_alive(), "the stop waited for the blocking read to run out"
     finally:
         stop.set()
         loop.join(timeout=70)
         worker.close()
+        r.close()
+
+
+@pytest.mark.parametrize("denied", ["-client", "-client|unblock"])
+def test_a_worker_whose_redis_user_may_not_use_client_commands_still_works(denied: str, stack: Stack,
+                                                                         procs: list[Proc], tmp_path: Path) -> None:
+    """Where a Redis ACL denies CLIENT ID or CLIENT UNBLOCK (how a stop ends the blocking read), the worker
+    still takes and indexes jobs, says once that its reads cannot be interrupted, and still stops on
+    SIGTERM (after its read runs out)."""
+    r = redislib.Redis.from_url(stack.redis_url)
+    user = f"noclient-{os.getpid()}"
+    r.acl_setuser(user, enabled=True, nopass=True, keys=["*"], channels=["*"], commands=["+@all", denied])
+    try:
+        server, address = stack.start_server(tmp_path / "data")
+        procs.append(server)
+        restricted = stack.redis_url.replace("redis://", f"redis://{user}@", 1)
+        worker = stack.start_worker(address, ["--redis-url", restricted, "--batch-size", "4"])
+        procs.append(worker)
+        with Client(address) as client:
+            batch = client.submit([ImageInput(image=photo_jpeg(i, 96, 64), id=f"acl-{i}") for i in range(3)]).batch_id
+            assert wait_until(client, batch, 60).indexed == 3
+        assert worker.stop() == 0
+        assert worker.output().count("cannot be interrupted on stop") == 1, worker.output()
+    finally:
+        r.acl_deluser(user)
         r.close()
 
 

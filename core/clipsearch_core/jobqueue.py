@@ -35,6 +35,8 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 __all__ = [
     "GROUP",
@@ -341,12 +343,17 @@ return released
 
 def connect(url: str, *, single_connection: bool = False) -> redis.Redis:
     """A Redis client for `url` (redis://host:port/db) with bounded timeouts. Replies are bytes
-    (image blobs are binary); the functions here decode what they return. `single_connection`: every
-    command on one connection, whose blocking reads `interrupt_read` can end (a worker's reader)."""
-    return redis.Redis.from_url(
-        url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30,
-        **({"max_connections": 1} if single_connection else {}),  # connected at first use, like the pool
-    )
+    (image blobs are binary); the functions here decode what they return.
+
+    `single_connection`: a client for one thread (a worker's reader), whose commands all go over one
+    connection, so that the id `connection_id` gives is the one its blocking reads use (for
+    `interrupt_read`). It is connected at first use, and a dropped connection raises instead of being
+    replaced inside the call, which would leave the id stale (no retries, said explicitly: `from_url`
+    has none by default today, `redis.Redis()` has ten): the caller asks the id again after an error."""
+    if not single_connection:
+        return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30)
+    return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30,
+                                max_connections=1, retry=Retry(NoBackoff(), 0))
 
 
 def ensure_group(r: redis.Redis, keys: Keys) -> None:

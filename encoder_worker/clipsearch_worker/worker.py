@@ -256,6 +256,7 @@ class Worker:
         self.redis = jobqueue.connect(config.redis_url)
         self._reader = jobqueue.connect(config.redis_url, single_connection=True)  # the feeder's blocking reads
         self._reader_id: int | None = None  # its connection's id, for interrupt_read
+        self._interruptible = True  # False once Redis refused CLIENT ID (an ACL without it)
         self._channel = config.connection.channel()
         self._metadata = config.connection.metadata()
         self._index = index_grpc.IndexServiceStub(self._channel)
@@ -310,7 +311,7 @@ class Worker:
         halt = threading.Event()  # stops the feeder: set on `stop` or on a fatal error
         feeder = threading.Thread(target=self._feed, args=(stop, halt, taken, slots), name="feeder", daemon=True)
         feeder.start()
-        threading.Thread(target=self._interrupt_read_on, args=(stop, halt), name="stop-watch", daemon=True).start()
+        threading.Thread(target=self._interrupt_reads, args=(stop, halt, feeder), name="stop-watch", daemon=True).start()
         preparer = threading.Thread(target=self._prepare_ahead, args=(halt, taken, batches), name="device-decode",
                                     daemon=True) if ahead else None
         if preparer is not None:
@@ -476,22 +477,32 @@ class Worker:
             if stale:
                 log.info("reclaimed %d jobs abandoned by other workers", len(stale))
                 return stale
-        self._reader_id = jobqueue.connection_id(self._reader)  # asked each time: a reconnect changes it
+        if self._interruptible:
+            try:
+                self._reader_id = jobqueue.connection_id(self._reader)  # asked each time: a reconnect changes it
+            except redis.ResponseError as exc:  # CLIENT denied (an ACL): reads go on, a stop waits them out
+                log.info("the queue's blocking reads cannot be interrupted on stop (%s)", exc)
+                self._interruptible, self._reader_id = False, None
         return jobqueue.read_jobs(self._reader, self.keys, self.config.consumer, self.config.batch_size,
                                   self.config.block_ms)
 
-    def _interrupt_read_on(self, stop: threading.Event, halt: threading.Event) -> None:
-        """The stop watcher: once `stop` is set, ends the feeder's blocking read at once, so that a stop
-        does not wait out `block_ms` (returns without doing anything once the loop has ended: `halt`)."""
-        while not stop.wait(0.2):
-            if halt.is_set():
-                return
-        reader = self._reader_id
-        if reader is not None:
-            try:
-                jobqueue.interrupt_read(self.redis, reader)
-            except redis.RedisError as exc:  # e.g. CLIENT UNBLOCK not allowed: the read ends within block_ms
-                log.debug("could not interrupt the blocking read: %s", exc)
+    def _interrupt_reads(self, stop: threading.Event, halt: threading.Event, feeder: threading.Thread) -> None:
+        """The stop watcher: once `stop` is set (or the loop ended on an error: `halt`), ends the feeder's
+        blocking read at once, and again until the feeder is gone (a read that began just after an
+        interrupt), so that a stop does not wait out `block_ms`."""
+        while not stop.wait(0.2) and not halt.is_set():
+            pass
+        while feeder.is_alive():
+            reader = self._reader_id
+            if self._interruptible and reader is not None:
+                try:
+                    jobqueue.interrupt_read(self.redis, reader)
+                except redis.ResponseError as exc:  # CLIENT UNBLOCK denied (an ACL): the read runs out instead
+                    log.info("the queue's blocking reads cannot be interrupted on stop (%s)", exc)
+                    self._interruptible = False
+                except redis.RedisError:
+                    pass  # Redis is gone: the read fails on its own
+            feeder.join(0.05)
 
     def _encode_batch(self, batch: "_Batch") -> "_Encoded":
         """The batch's decoded images through the model, and the outcomes known before the push."""
