@@ -51,7 +51,8 @@ from clipsearch_server.collection import Collection
 from clipsearch_server.pgstore import PgStore
 from clipsearch_server.replication import Replica
 from clipsearch_server.snapshot_share import share_for
-from clipsearch_server.store import ImageRecord, Store
+from clipsearch_server.kinds import KindOptions
+from clipsearch_server.store import DELETION_MEMORY_MS, ImageRecord, Store
 from tests.pg import PgCluster, find_bin_dir, start_cluster
 from tests.procs import Proc, Stack, free_port, health_serving, spawn, start_router, wait_for
 
@@ -551,3 +552,59 @@ def test_two_shards_on_one_store_behind_the_router(pg: PgCluster, stack: Stack, 
     assert routed.applied_position >= reply.position
     for index, server in enumerate(shards):
         assert server.stats().count == sum(shard_of(i, 2) == index for i in ids)
+
+
+def test_a_replica_booted_from_a_shared_snapshot_of_a_compressed_kind_scores_exactly(tmp_path: Path) -> None:
+    """The share carries index-<L>.faiss but not vectors.f32: re-ranking read zeros (or failed)."""
+    kind = KindOptions(kind="hnsw-sq8", train_min=300)
+    vectors = np.random.default_rng(4).standard_normal((600, 16)).astype(np.float32)
+    a = Collection(tmp_path / "a", "m", 16, kind=kind)
+    a.upsert([ImageRecord(str(i), vectors[i]) for i in range(600)])
+    a.wait_for_compaction()  # trained
+    a.snapshot(force=True)
+    share = share_for(str(tmp_path / "shared"), "c0ffee", ShardSpec())
+    assert share.publish(tmp_path / "a")
+    a.upsert([ImageRecord("after", -vectors[0])])  # replayed on b, sealed: vectors.f32 grows
+    (tmp_path / "b").mkdir()
+    with sqlite3.connect(tmp_path / "a" / "images.sqlite3") as src, \
+            sqlite3.connect(tmp_path / "b" / "images.sqlite3") as dst:
+        src.backup(dst)
+    assert share.fetch(tmp_path / "b")
+    b = Collection(tmp_path / "b", "m", 16, kind=kind)
+    assert b.loaded_from_snapshot
+    b.seal()
+    for q in vectors[:5]:
+        assert [(h.id, round(h.score, 4)) for h in b.search(q, 5)] == [(h.id, round(h.score, 4)) for h in a.search(q, 5)]
+    a.close()
+    b.close()
+
+
+def test_a_uri_with_nul_is_invalid_argument_on_a_postgresql_store(
+        pg: PgCluster, stack: Stack, procs: list[Proc], tmp_path: Path) -> None:
+    """It was INTERNAL (psycopg.DataError), so a worker failed its whole batch for one such image."""
+    server = start(stack, procs, tmp_path / "a", pg.create_database())
+    s = server.stats()
+    with pytest.raises(grpc.RpcError) as err:
+        server.index.UpsertVectors(index_pb.UpsertVectorsRequest(model=s.model, records=[index_pb.VectorRecord(
+            id="x", vector=np.ones(s.model.dim, dtype=np.float32).tobytes(), uri="/a\x00b.png")]), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "records[0].uri" in err.value.details()
+
+
+def test_a_mirror_older_than_the_deletion_memory_is_refused(pg: PgCluster, tmp_path: Path) -> None:
+    """A replica offline while a deletion aged out of `deletions` used to keep the image for good."""
+    url = pg.create_database()
+    v = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
+    a = Replica(PgStore(url), Store(tmp_path / "a" / "images.sqlite3"), ShardSpec())
+    a.prepare("m", 4, "hnsw")
+    b = Replica(PgStore(url), Store(tmp_path / "b" / "images.sqlite3"), ShardSpec())
+    b.prepare("m", 4, "hnsw")
+    a.upsert([ImageRecord(i, v[n]) for n, i in enumerate("xyz")])
+    b.prepare("m", 4, "hnsw")
+    b.close()  # offline from here
+    a.pg.delete(["x"], now_ms=int(time.time() * 1000) - DELETION_MEMORY_MS - 3_600_000)
+    a.pg.delete(["y"])  # purges x's deletion
+    b = Replica(PgStore(url), Store(tmp_path / "b" / "images.sqlite3"), ShardSpec())
+    with pytest.raises(FailedPrecondition, match="empty --data-dir"):
+        b.prepare("m", 4, "hnsw")
+    b.close()
+    a.close()

@@ -173,3 +173,33 @@ def test_a_full_growing_part_is_sealed_in_the_background(tmp_path: Path) -> None
     assert col.index.growing.ntotal == 0
     assert [h.id for h in col.search(vectors[120], 1)] == ["120"]
     col.close()
+
+
+def test_deletes_and_replacements_do_not_wait_for_a_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tombstoning took the graph's write lock, which waits for the snapshot's save (read lock); being
+    writer-preferring, every search and write queued behind it too."""
+    write = faiss.write_index
+
+    def slow_write(index, path):  # type: ignore[no-untyped-def]
+        time.sleep(1.5)
+        return write(index, path)
+
+    monkeypatch.setattr(faiss, "write_index", slow_write)
+    v = normalize(np.random.default_rng(5).standard_normal((2000, 16)).astype(np.float32))
+    col = Collection(tmp_path, "m@1", 16, HnswParams(m=16, ef_construction=40, ef_search=32))
+    col.upsert([ImageRecord(str(i), v[i]) for i in range(1500)])
+    col.seal()
+    snap = threading.Thread(target=col.snapshot)
+    snap.start()
+    time.sleep(0.4)  # now serializing
+    waits = []
+    for what in (lambda: col.delete(["3"]), lambda: col.upsert([ImageRecord("4", v[1700])]),
+                 lambda: col.search(v[7], 5)):
+        started = time.monotonic()
+        what()
+        waits.append(time.monotonic() - started)
+    assert snap.is_alive(), "the snapshot finished first: nothing was measured"
+    snap.join(10)
+    assert max(waits) < 0.2, f"waited {[round(w, 2) for w in waits]}s for the snapshot"
+    assert {h.id for h in col.search(v[3], 5)}.isdisjoint({"3"})
+    col.close()

@@ -46,6 +46,11 @@ def test_uris() -> None:
     for bad in ("relative/a.jpg", "ftp://h/a.jpg", "s3://bucket/a.jpg"):
         with pytest.raises(InvalidArgument, match="not supported"):
             check.uri(bad)
+    for check_uri in (check.uri, check.label_uri):  # a PostgreSQL store cannot hold NUL in text
+        with pytest.raises(InvalidArgument, match="images\\[2\\].uri contains a NUL character"):
+            check_uri("/data/a\x00.jpg", "images[2].uri")
+        with pytest.raises(InvalidArgument, match="the limit is"):
+            check_uri("/" + "a" * check.MAX_URI_CHARS, "uri")
 
 
 def test_metadata_limits() -> None:

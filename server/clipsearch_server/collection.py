@@ -50,7 +50,7 @@ from clipsearch_core.shards import ShardSpec
 
 from .errors import FailedPrecondition, NotFound
 from . import kinds
-from .index import HnswParams, SearchParams, VectorIndex, load_index, make_index, needs_training, normalize
+from .index import FaissIndex, HnswParams, SearchParams, VectorIndex, load_index, make_index, needs_training, normalize
 from .kinds import IndexReport, KindOptions
 from .segments import SegmentedIndex
 from .snapshots import Snapshots
@@ -255,6 +255,13 @@ class Collection:
         started = time.monotonic()
         sealed, covered = self.snapshots.read(self.dim)
         self.loaded_from_snapshot = sealed is not None
+        if (isinstance(sealed, FaissIndex) and sealed.spec != kinds.EXACT and self.vector_file is not None
+                and self.vector_file.rows < covered):
+            # a snapshot copied from another replica (snapshot_share.py) comes without vectors.f32: its
+            # exact vectors (re-ranking, exact scans) are written again from the store, not left as zeros
+            for labels, vectors in self.store.iter_vectors(self.dim, 0, covered):
+                self.vector_file.write(labels, vectors)
+            self.vector_file.flush()
         if sealed is None:  # build the index directly: the whole store would not be a small growing part
             covered = self.store.next_label()
             sealed = self._build(covered)

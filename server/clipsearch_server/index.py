@@ -11,9 +11,10 @@ IVF kinds delete for real (`remove_ids`) and search with `SearchParametersIVF` (
 
 HNSW and flat kinds cannot remove vectors, so `remove` records tombstones that every search filters out with an
 IDSelector (the graph still routes through them); the owner rebuilds the index once they pile up.
-The selector is built under the write lock whenever the tombstones change and handed to each search
-as an immutable `_Exclusion` the search holds for the whole faiss call (faiss keeps no reference to
-`params.sel`), so a selector can never be freed while a search uses it.
+The selector is built whenever the tombstones change (under a mutex of its own, not the write lock:
+tombstoning never touches faiss, so it does not wait for a snapshot's save) and handed to each search
+as an immutable `_Exclusion` that the search reads once and holds for the whole faiss call (faiss keeps
+no reference to `params.sel`), so a selector can never be freed while a search uses it.
 FAISS forbids `add` concurrently with `add` or `search`: a writer-preferring readers-writer lock lets
 searches run in parallel, gives each write exclusive access, and stops new searches from starving a
 waiting write. `save` is atomic: temp file, fsync, rename; it holds the read lock (searches go on).
@@ -233,7 +234,8 @@ class _Tombstoned(VectorIndex):
     def __init__(self) -> None:
         self._lock = _RWLock()
         self._tombstones: set[int] = set()
-        self._exclusion: _Exclusion | None = None  # rebuilt under the write lock when tombstones change
+        self._tombstoning = threading.Lock()  # orders removes (see `remove`)
+        self._exclusion: _Exclusion | None = None  # replaced as a whole (under _tombstoning) when they change
 
     @property
     def tombstones(self) -> int:
@@ -250,12 +252,16 @@ class _Tombstoned(VectorIndex):
         replace_durably(tmp, path)
 
     def remove(self, labels: Iterable[int]) -> None:
-        new = {int(x) for x in labels} - self._tombstones
-        if not new:
-            return
-        with self._lock.write():
-            self._tombstones.update(new)
-            self._exclusion = _Exclusion.of(self._tombstones)
+        # Tombstones never touch the faiss index: a plain mutex, not the index's write lock, which would
+        # wait for a snapshot's save (read lock) and, writer-preferring, stall every search behind it.
+        # Searches take `_exclusion` once (immutable), so swapping it needs no exclusive access.
+        with self._tombstoning:
+            new = {int(x) for x in labels} - self._tombstones
+            if not new:
+                return
+            tombstones = self._tombstones | new
+            self._exclusion = _Exclusion.of(tombstones)
+            self._tombstones = tombstones
 
     @contextmanager
     def _selector(self, include: np.ndarray | None) -> Iterator[object]:
@@ -491,9 +497,10 @@ class FaissIndex(_Tombstoned):
     def _post_filtered(self, queries: np.ndarray, fetch: int, include: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Search without a selector, over-fetching by the tombstones, then drop the excluded labels (may
         come back short: the collection completes short searches exactly). Call under the read lock."""
-        wide = min(self.ntotal, fetch + len(self._tombstones) + (self.ntotal - len(include) if include is not None else 0))
+        exclusion = self._exclusion  # read once: a remove may replace it meanwhile
+        dead = exclusion.ids if exclusion is not None else np.empty(0, dtype=np.int64)
+        wide = min(self.ntotal, fetch + len(dead) + (self.ntotal - len(include) if include is not None else 0))
         scores, labels = self._index.search(queries, max(wide, fetch))
-        dead = self._exclusion.ids if self._exclusion is not None else np.empty(0, dtype=np.int64)
         keep = ~np.isin(labels, dead) & (labels >= 0)
         if include is not None:
             keep &= np.isin(labels, include)

@@ -82,6 +82,7 @@ class Feed:
     changes: list[Change]
     upto: int
     head: int  # the latest committed head seen in the same snapshot
+    forgotten_below: int = 0  # deletions below this position were purged from the feed (DELETION_MEMORY_MS)
 
 
 class PgStore:
@@ -169,6 +170,8 @@ class PgStore:
             try:
                 with conn.transaction():
                     head = int(conn.execute("SELECT value FROM meta WHERE key = 'next_position'").fetchone()[0])
+                    row = conn.execute("SELECT value FROM meta WHERE key = 'forgotten_below'").fetchone()
+                    forgotten_below = int(row[0]) if row else 0
                     images = conn.execute(
                         "SELECT i.position, i.id, i.label, i.vector, i.uri, i.metadata, i.fields, t.data, t.mime_type"
                         " FROM images i LEFT JOIN thumbnails t ON t.id = i.id"
@@ -189,7 +192,7 @@ class PgStore:
                    for r in images if r[0] < upto]
         changes += [Change(int(r[0]), r[1]) for r in gone if r[0] < upto]
         changes.sort(key=lambda c: c.position)
-        return Feed(changes, max(upto, after), head)
+        return Feed(changes, max(upto, after), head, forgotten_below)
 
     def close(self) -> None:
         self.pool.close()
@@ -253,7 +256,12 @@ class Writer:
         now = int(time.time() * 1000) if now_ms is None else now_ms
         unique = list(dict.fromkeys(ids))
         conn = self.conn
-        conn.execute("DELETE FROM deletions WHERE deleted_at_ms < %s", (now - DELETION_MEMORY_MS,))
+        forgotten = conn.execute("DELETE FROM deletions WHERE deleted_at_ms < %s RETURNING position",
+                                 (now - DELETION_MEMORY_MS,)).fetchall()
+        if forgotten:  # a mirror older than these positions can no longer learn of those deletions
+            conn.execute("INSERT INTO meta(key, value) VALUES ('forgotten_below', %s) ON CONFLICT (key) DO UPDATE"
+                         " SET value = GREATEST(meta.value::bigint, EXCLUDED.value::bigint)::text",
+                         (str(max(int(r[0]) for r in forgotten) + 1),))
         existed = {r[0] for r in conn.execute("DELETE FROM images WHERE id = ANY(%s) RETURNING id", (unique,))}
         conn.execute("DELETE FROM thumbnails WHERE id = ANY(%s)", (unique,))
         rows = [(image_id, shard_of(image_id, self.shards), self.position + i, now) for i, image_id in enumerate(unique)]

@@ -97,6 +97,11 @@ class Replica:
         """Applies one batch of the feed; returns whether there may be more."""
         feed = self.pg.feed(self.applied, self.shard)
         self._saw_head(feed.head)
+        if 0 < self.applied < feed.forgotten_below:
+            raise FailedPrecondition(
+                f"the mirror in {self.mirror.path.parent} stopped at position {self.applied}, and deletions made "
+                f"since (below {feed.forgotten_below}) are older than the store remembers; applying the feed would "
+                "keep those images: restart this server with an empty --data-dir")
         if feed.upto <= self.applied:
             return False
         if self._collection is not None:

@@ -116,8 +116,8 @@ class IngestServicer(ingest_grpc.IngestServiceServicer):
             raise InvalidArgument(f"{where}.image is {len(img.image)} bytes, the limit is {self._max_image_bytes}")
         if img.uri and not img.image:
             check.uri(img.uri, f"{where}.uri")
-        elif len(img.uri) > check.MAX_URI_CHARS:
-            raise InvalidArgument(f"{where}.uri is {len(img.uri)} characters, the limit is {check.MAX_URI_CHARS}")
+        else:
+            check.label_uri(img.uri, f"{where}.uri")
         metadata = check.metadata(img.metadata, f"{where}.metadata")
         return QueuedImage(img.id, img.image, img.uri, metadata, typed.validate(img.fields, metadata, where))
 
@@ -207,7 +207,7 @@ class IndexServicer(index_grpc.IndexServiceServicer):
                 ImageRecord(
                     id=check.image_id(rec.id, f"{where}.id"),
                     vector=vector,
-                    uri=rec.uri,
+                    uri=check.label_uri(rec.uri, f"{where}.uri"),
                     metadata=check.metadata(rec.metadata, f"{where}.metadata"),
                     submitted_at_ms=rec.submitted_at_ms,
                     fields=typed.validate(rec.fields, rec.metadata, where),

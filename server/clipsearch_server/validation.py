@@ -82,12 +82,22 @@ def request_id(value: str, field: str = "request_id") -> str:
 
 
 def uri(value: str, field: str = "uri") -> str:
-    if len(value) > MAX_URI_CHARS:
-        raise InvalidArgument(f"{field} is {len(value)} characters, the limit is {MAX_URI_CHARS}")
+    """A uri a worker or the server reads the image from (see `label_uri` for its other checks)."""
+    label_uri(value, field)
     if not is_supported_uri(value):
         raise InvalidArgument(
             f"{field} {value!r} is not supported: use an absolute file path, file://, http:// or https://"
         )
+    return value
+
+
+def label_uri(value: str, field: str = "uri") -> str:
+    """A uri kept only as the image's label (with uploaded bytes, or an UpsertVectors record): at most
+    MAX_URI_CHARS, without NUL (a PostgreSQL store cannot hold it in text)."""
+    if len(value) > MAX_URI_CHARS:
+        raise InvalidArgument(f"{field} is {len(value)} characters, the limit is {MAX_URI_CHARS}")
+    if "\x00" in value:
+        raise InvalidArgument(f"{field} contains a NUL character")
     return value
 
 
