@@ -194,3 +194,13 @@ def test_min_score_leaves_out_lower_scores(deployed: Deployed) -> None:
     out = cli("search", "a red circle", "-k", "20", "--json", "--min-score", str(threshold), server=deployed.address)
     assert out.returncode == 0, out.stderr
     assert len(json.loads(out.stdout)["results"]) == len(kept)
+
+
+def test_a_timestamp_beyond_year_9999_is_refused_and_never_crashes_the_client() -> None:
+    from clipsearch.fields import from_value, to_value
+    from clipsearch_server import fields as typed
+    from clipsearch_server.errors import InvalidArgument
+    late = to_value(dt.datetime(9999, 12, 31, 23, 0, tzinfo=dt.timezone(dt.timedelta(hours=-2))))  # 10000-01-01 UTC
+    with pytest.raises(InvalidArgument, match="taken"):
+        typed.validate({"taken": late}, {}, "records[0]")
+    assert from_value(late) == late.time_ms  # a value stored before the check: readable, not an OverflowError

@@ -246,3 +246,12 @@ def test_queries_sharing_a_filter_are_searched_together(collections: dict[str, C
     assert sorted(calls) == [2, 3]  # the filtered group of 3 and the unfiltered group of 2
     monkeypatch.undo()
     assert [[h.id for h in p.hits] for p in batched] == [[h.id for h in run(collection, [q])[0].hits] for q in queries]
+
+
+@pytest.mark.parametrize("count", ["1e400", "-1e400", "Infinity"])
+def test_a_forged_token_with_a_non_integer_count_is_invalid_argument(count: str) -> None:
+    import base64
+    body = '{"v":1,"s":0.5,"i":"x","n":%s,"q":"abc"}' % count
+    token = base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
+    with pytest.raises(InvalidArgument, match="not a token this service issued"):
+        pages.decode(token, "abc", 10)

@@ -398,3 +398,19 @@ def test_a_server_refuses_another_shard_count_at_restart(cluster: Cluster, tiny_
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=REPO)
     assert out.returncode == 2
     assert "created with 2 shard(s)" in out.stderr and "--shard I/2" in out.stderr
+
+
+def test_a_bad_image_url_does_not_take_the_replicas_out(cluster: Cluster) -> None:
+    with grpc.insecure_channel(cluster.router) as channel:
+        with pytest.raises(grpc.RpcError) as err:  # the URL's fault (DNS), reported by every replica as UNAVAILABLE
+            search_grpc.SearchServiceStub(channel).ImageSearch(
+                search_pb.ImageSearchRequest(uri="http://no-such-host.invalid/cat.jpg", k=3), timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    reply = cluster.search(cluster.router, "a red circle", 5)  # at once: before the next health check
+    assert (reply.shards_answered, reply.partial) == (2, False)
+
+
+def test_collapse_over_several_shards_is_refused(cluster: Cluster) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        cluster.search(cluster.router, "a red circle", 5, collapse_threshold=0.95)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION

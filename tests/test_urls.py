@@ -20,7 +20,7 @@ from clipsearch import Client, ImageInput
 from clipsearch.v1 import search_service_pb2, search_service_pb2_grpc
 from clipsearch_core.images import ImageLoadError, LoadLimits, NetworkPolicy, read_uri
 from tests.data import wait_until
-from tests.procs import Proc, Stack
+from tests.procs import Proc, Stack, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -35,7 +35,8 @@ PNG = png()
 
 
 class Images(http.server.ThreadingHTTPServer):
-    """A local image host: /x.png (a PNG), /busy.png (503), /redirect?to=URL (302), /loop (302 to itself).
+    """A local image host: /x.png (a PNG), /busy.png (503), /redirect?to=URL (302), /loop (302 to itself),
+    /trickle.png (a byte every 0.2 s).
     `requests` records every request line and Host header it received."""
 
     daemon_threads = True
@@ -62,6 +63,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._reply(302, b"", {"Location": self.path.split("=", 1)[1]})
         elif self.path == "/loop":
             self._reply(302, b"", {"Location": "/loop"})
+        elif self.path == "/trickle.png":  # a byte every 0.2 s, for 10 s: each read is quick, the whole is not
+            self.send_response(200)
+            self.send_header("Content-Length", "50")
+            self.end_headers()
+            for byte in PNG[:50]:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.2)
         else:
             self._reply(404, b"no such image")
 
@@ -258,3 +267,42 @@ def test_server_and_worker_refuse_and_report_clearly(stack: Stack, procs: list[P
     assert images.requests == []
     assert worker.popen.poll() is None and server.popen.poll() is None
     client.close()
+
+
+def test_redirect_to_a_malformed_url_is_an_image_error(images: Images) -> None:
+    with pytest.raises(ImageLoadError, match="redirect to an invalid URL"):  # was a bare ValueError: INTERNAL
+        read_uri(f"{images.base}/redirect?to=http://[::1/x.png", limits("127.0.0.1/32"))
+
+
+def test_a_host_that_trickles_its_bytes_is_cut_off_at_the_timeout(images: Images) -> None:
+    """--http-timeout bounds the whole fetch, not each read: a host sending a byte every 0.2 s would
+    otherwise hold the thread (a server's fetch thread, a worker's decode thread) for 10 s here, and for
+    ever with a slower trickle."""
+    started = time.monotonic()
+    with pytest.raises(ImageLoadError, match="timed out") as err:
+        read_uri(f"{images.base}/trickle.png", LoadLimits(http_timeout_s=1, network=NetworkPolicy.parse(["127.0.0.1/32"])))
+    assert time.monotonic() - started < 5
+    assert err.value.transient
+
+
+def test_slow_image_hosts_do_not_hold_up_other_searches(stack: Stack, procs: list[Proc], images: Images,
+                                                        tmp_path: Path) -> None:
+    """The server reads image URLs in threads of their own: while more URL fetches than the search pool
+    has threads trickle in (--http-timeout 6), a text search still answers at once. It used to wait for
+    a free thread, up to the fetches' whole time."""
+    server, address = stack.start_server(tmp_path / "data", extra=["--allow-network", "127.0.0.1/32",
+                                                                    "--http-timeout", "6"])
+    procs.append(server)
+    trickle = f"{images.base}/trickle.png"
+    with grpc.insecure_channel(address) as channel:
+        stub = search_service_pb2_grpc.SearchServiceStub(channel)
+        stub.TextSearch(search_service_pb2.TextSearchRequest(text="warm", k=1), timeout=30)
+        slow = [stub.ImageSearch.future(search_service_pb2.ImageSearchRequest(uri=trickle, k=1), timeout=30)
+                for _ in range(8)]
+        wait_for(lambda: sum(path == "/trickle.png" for path, _ in images.requests) == 8, 10, "the 8 fetches")
+        started = time.monotonic()
+        stub.TextSearch(search_service_pb2.TextSearchRequest(text="a red circle", k=1), timeout=30)
+        took = time.monotonic() - started
+        codes = [call.exception().code() if call.exception() else grpc.StatusCode.OK for call in slow]
+    assert took < 3, f"the text search waited {took:.1f} s behind the image fetches"
+    assert codes == [grpc.StatusCode.UNAVAILABLE] * 8, codes  # each cut off after 6 s: timed out

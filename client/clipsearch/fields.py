@@ -49,7 +49,10 @@ def from_value(value: types_pb2.Value) -> FieldValue | None:
     if kind is None:
         return None
     if kind == "time_ms":
-        return _EPOCH + dt.timedelta(milliseconds=value.time_ms)
+        try:
+            return _EPOCH + dt.timedelta(milliseconds=value.time_ms)
+        except OverflowError:  # stored by another client or an older server: beyond datetime's years 1-9999
+            return value.time_ms
     if kind == "string_list":
         return list(value.string_list.values)
     return getattr(value, kind)

@@ -18,6 +18,7 @@ import http.client
 import ipaddress
 import socket
 import ssl
+import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import Sequence
@@ -157,14 +158,20 @@ class _PinnedHTTPS(_Pinned, http.client.HTTPSConnection):
 
 def fetch_http(url: str, policy: NetworkPolicy, timeout_s: float, max_bytes: int) -> bytes:
     """GETs an http(s) URL under `policy`, following up to MAX_REDIRECTS redirects (each checked),
-    and returns at most `max_bytes` bytes of body (one more means "too big": the caller decides)."""
+    and returns at most `max_bytes` bytes of body (one more means "too big": the caller decides).
+    `timeout_s` bounds the whole fetch (connections, redirects, headers and body), so that a host that
+    sends a byte now and then cannot hold the calling thread for longer."""
     current = url
+    deadline = time.monotonic() + timeout_s
     for _ in range(MAX_REDIRECTS + 1):
-        status, location, body = _get_once(url, current, policy, timeout_s, max_bytes)
+        status, location, body = _get_once(url, current, policy, deadline, timeout_s, max_bytes)
         if status in _REDIRECTS:
             if not location:
                 raise ImageLoadError(f"cannot fetch {url}: HTTP {status} redirect without a Location")
-            current = urllib.parse.urljoin(current, location)
+            try:
+                current = urllib.parse.urljoin(current, location)
+            except ValueError as exc:  # e.g. "http://[::1/x": urljoin parses the target
+                raise ImageLoadError(f"cannot fetch {url}: HTTP {status} redirect to an invalid URL: {exc}") from exc
             continue
         if 200 <= status < 300:
             return body
@@ -174,7 +181,7 @@ def fetch_http(url: str, policy: NetworkPolicy, timeout_s: float, max_bytes: int
     raise ImageLoadError(f"cannot fetch {url}: more than {MAX_REDIRECTS} redirects")
 
 
-def _get_once(original: str, url: str, policy: NetworkPolicy, timeout_s: float,
+def _get_once(original: str, url: str, policy: NetworkPolicy, deadline: float, timeout_s: float,
               max_bytes: int) -> tuple[int, str | None, bytes]:
     shown = original if url == original else f"{original} (redirected to {url})"
     try:
@@ -187,27 +194,48 @@ def _get_once(original: str, url: str, policy: NetworkPolicy, timeout_s: float,
     if not host:
         raise ImageLoadError(f"cannot fetch {shown}: the URL has no host")
     infos = _resolve(shown, host, port, policy)
+
+    def left() -> float:
+        """Seconds left of the fetch's time (each blocking step waits at most that long)."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout(f"took more than {timeout_s:g} s")
+        return remaining
+
     kind = _PinnedHTTPS if parts.scheme == "https" else _PinnedHTTP
-    connection = kind(host, port, infos, timeout_s)
     target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+    connection = None
     try:
+        connection = kind(host, port, infos, left())
         connection.request("GET", target, headers={"User-Agent": "clipsearch"})
+        sock = connection.sock  # the response reads from it (the connection may drop its reference)
+        sock.settimeout(left())
         response = connection.getresponse()
         if response.status in _REDIRECTS:
             return response.status, response.getheader("Location"), b""
-        body = response.read(max_bytes + 1) if 200 <= response.status < 300 else b""
-        return response.status, None, body
+        if not 200 <= response.status < 300:
+            return response.status, None, b""
+        chunks, size = [], 0
+        while size <= max_bytes:  # in pieces, each read bounded by the time left
+            sock.settimeout(left())
+            chunk = response.read1(min(1 << 16, max_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return response.status, None, b"".join(chunks)
     except http.client.InvalidURL as exc:  # control characters or spaces in the path
         raise ImageLoadError(f"cannot fetch {shown}: invalid URL: {exc}") from exc
     except (OSError, http.client.HTTPException) as exc:
         raise ImageLoadError(f"cannot fetch {shown}: {_network_reason(exc)}", transient=True) from exc
     finally:
-        connection.close()
+        if connection is not None:
+            connection.close()
 
 
 def _network_reason(exc: BaseException) -> str:
     if isinstance(exc, socket.timeout):
-        return "timed out"
+        return f"timed out ({exc})" if str(exc) and str(exc) != "timed out" else "timed out"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__

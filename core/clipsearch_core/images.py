@@ -38,7 +38,7 @@ class LoadLimits:
     max_bytes: largest encoded image accepted (bytes).
     max_pixels: largest decoded size (width * height); bigger ones are refused as decompression bombs.
     allowed_roots: folders from which file paths may be read; empty refuses all file paths.
-    http_timeout_s: connect/read timeout for http(s) URLs (seconds).
+    http_timeout_s: seconds an http(s) URL may take in all (connect, redirects, headers, body).
     network: which addresses http(s) URLs may reach.
     """
 

@@ -94,7 +94,7 @@ def decode(token: str, query: str, k: int) -> Cursor:
         body = json.loads(raw)
         cursor = Cursor(float(body["s"]), str(body["i"]), int(body["n"]), str(body["q"]))
         version = body["v"]
-    except (binascii.Error, ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+    except (binascii.Error, ValueError, TypeError, KeyError, OverflowError) as exc:  # 1e400 -> inf -> int(): OverflowError
         raise InvalidArgument("page_token is not a token this service issued: pass back a next_page_token unchanged") from exc
     if version != _VERSION or not math.isfinite(cursor.score) or cursor.returned < 1:
         raise InvalidArgument("page_token is not a token this service issued: pass back a next_page_token unchanged")

@@ -58,7 +58,8 @@ OPTIONS: tuple[Option, ...] = (
            "link-local or private (repeatable; comma-separated in the variable)", BOTH, type=list, separator=","),
     Option("--max-image-bytes", 32 * 1024 * 1024, "largest encoded image accepted, bytes", BOTH, type=int),
     Option("--max-pixels", 64_000_000, "largest decoded image accepted, width x height (decompression bombs)", BOTH, type=int),
-    Option("--http-timeout", 10.0, "connect/read timeout for image URLs, seconds", BOTH, type=float),
+    Option("--http-timeout", 10.0, "seconds an image URL may take in all (connect, redirects, headers, body)", BOTH,
+           type=float),
     # Process.
     Option("--threads", 0, "CPU threads for torch/FAISS (0: library default)", BOTH, type=int),
     Option("--log-level", "INFO", "DEBUG, INFO, WARNING, ERROR", (*BOTH, ROUTER)),

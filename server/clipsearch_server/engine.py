@@ -54,6 +54,9 @@ class Engine:
         self.collection = collection
         self.limits = limits
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engine")
+        # Image URLs are read in threads of their own: a slow or stalled host (each read within
+        # --http-timeout) must not hold the threads that encode and search for every other query.
+        self._fetches = ThreadPoolExecutor(max_workers=32, thread_name_prefix="engine-fetch")
         self._labels = query.LabelCache()  # filters' matching labels, per write generation
         # Writes are serialized by the collection anyway; their own thread keeps them from queueing
         # behind searches in the shared pool.
@@ -77,7 +80,8 @@ class Engine:
         return await self._image_vector(lambda: data)
 
     async def image_vector_uri(self, uri: str) -> np.ndarray:
-        return await self._image_vector(lambda: read_uri(uri, self.limits))
+        data = await asyncio.get_running_loop().run_in_executor(self._fetches, read_uri, uri, self.limits)
+        return await self._image_vector(lambda: data)
 
     async def _image_vector(self, read: Callable[[], bytes]) -> np.ndarray:
         """Reads and decodes in the pool (concurrently with other queries), encodes in a micro-batch."""
@@ -146,6 +150,7 @@ class Engine:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._fetches.shutdown(wait=False, cancel_futures=True)
         self._writes.shutdown(wait=True)
         if self.replica is not None:
             self.replica.close()

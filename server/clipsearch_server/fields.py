@@ -29,6 +29,8 @@ MAX_KEY_CHARS = 256
 MAX_STRING_CHARS = 4096
 MAX_LIST_ITEMS = 256
 MAX_LIST_ITEM_CHARS = 256
+# time_ms: RFC 3339's range, 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999Z (what clients can represent)
+MIN_TIME_MS, MAX_TIME_MS = -62_135_596_800_000, 253_402_300_799_999
 
 # Type codes of the store's fields table.
 T_STRING, T_INT, T_FLOAT, T_BOOL, T_TIME, T_LIST = 1, 2, 3, 4, 5, 6
@@ -60,6 +62,8 @@ def validate(fields: Mapping[str, types_pb2.Value], metadata: Mapping[str, str],
             raise InvalidArgument(f"{name} is {len(value.string_value)} characters, the limit is {MAX_STRING_CHARS}")
         if kind == "float_value" and not math.isfinite(value.float_value):
             raise InvalidArgument(f"{name} is {value.float_value}; floats must be finite")
+        if kind == "time_ms" and not MIN_TIME_MS <= value.time_ms <= MAX_TIME_MS:
+            raise InvalidArgument(f"{name} is {value.time_ms} ms, outside 0001-01-01..9999-12-31 (RFC 3339)")
         if kind == "string_list":
             items = value.string_list.values
             if len(items) > MAX_LIST_ITEMS:

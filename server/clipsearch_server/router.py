@@ -153,6 +153,14 @@ def by_shard(ids: Sequence[str], count: int) -> dict[int, list[int]]:
     return groups
 
 
+def _refuse_collapse(request: Any, shards: int, prefix: str = "") -> None:
+    """Each shard collapses only its own candidates and the router has no vectors to compare across
+    shards: a collapsed search over several shards would return near duplicates it promised to fold."""
+    if shards > 1 and request.HasField("collapse_threshold"):
+        raise FailedPrecondition(f"{prefix}collapse_threshold is not supported through a router over {shards} "
+                                 "shards (near duplicates on different shards cannot be folded)")
+
+
 def merge(replies: Sequence[Sequence[types_pb2.SearchResult]], k: int) -> list[types_pb2.SearchResult]:
     """The global top k of the shards' top k lists, in (score desc, id asc) order. Exact: each image is
     in one shard, and each shard returned its own best k."""
@@ -175,6 +183,15 @@ def merge_page(request: Any, kind: str, shard_pages: Sequence[Any]) -> tuple[lis
     return page, pages.next_token(page[-1].score, page[-1].id, before + len(page), fingerprint, more)
 
 
+def _fetches_uri(request: Any) -> bool:
+    """Whether the servers fetch an image URL to answer this search: an UNAVAILABLE for it may be the
+    URL's (DNS, HTTP 5xx, unreachable host), not the replica's, so it must not take replicas out."""
+    if isinstance(request, search_pb.BatchSearchRequest):
+        return any(q.WhichOneof("query") == "uri" or any(t.WhichOneof("term") == "uri" for t in q.terms.terms)
+                   for q in request.queries)
+    return isinstance(request, search_pb.ImageSearchRequest) and request.WhichOneof("query") == "uri"
+
+
 class RouterSearch(search_grpc.SearchServiceServicer):
     """SearchService: fan out to every shard, merge, say how many shards answered; thumbnails by owning shard."""
 
@@ -188,7 +205,7 @@ class RouterSearch(search_grpc.SearchServiceServicer):
         first missing shard fails the call at once (the other calls are cancelled)."""
         payload, metadata = request.SerializeToString(), _forwarded(context)
         timeout = _budget(context, self._timeout)
-        mark_down = request.min_position == 0  # see cluster.first_answer
+        mark_down = request.min_position == 0 and not _fetches_uri(request)  # see cluster.first_answer
         tasks = [asyncio.create_task(s.call(_SEARCH + method, payload, timeout, metadata, mark_down)) for s in shards]
         replies: list[Any] = []
         missing: list[ShardDown] = []
@@ -219,6 +236,7 @@ class RouterSearch(search_grpc.SearchServiceServicer):
         kind = "text" if method == "TextSearch" else request.WhichOneof("query")
         if kind is None or request.k < 1:
             raise InvalidArgument("set a query and k >= 1")  # the servers say it in detail; the merge needs both
+        _refuse_collapse(request, len(shards))
         if request.page_token:
             pages.decode(request.page_token, pages.request_fingerprint(request, kind), request.k)  # fail fast
         replies = await self._fan_out(method, request, reply_type, shards, request.forbid_partial, context)
@@ -240,6 +258,7 @@ class RouterSearch(search_grpc.SearchServiceServicer):
                 raise FailedPrecondition(
                     f"queries[{i}] searches by image id, but through a router with {self._cluster.count} shards only "
                     "the shard holding that id has its vector: use ImageSearch by id, or send the vector itself")
+            _refuse_collapse(q, self._cluster.count, f"queries[{i}]: ")
             if q.page_token:
                 pages.decode(q.page_token, pages.request_fingerprint(q, kind), q.k)
         replies = await self._fan_out("BatchSearch", request, search_pb.BatchSearchResponse,
