@@ -231,3 +231,29 @@ def test_cli_pages_and_terms(deployed: Deployed) -> None:
     assert [r["id"] for r in steered["results"]] == [
         r.id for r in deployed.client.batch_search([Query(terms=[Term(text="a red shape"), Term(text="a circle", weight=-0.5)],
                                                           k=8, where=Filter(match=Match(field="color", any_of=StringList(values=["red"]))))])[0]]
+
+
+def test_an_error_shared_by_several_queries_names_each_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One failure can reach several queries of a batch as the same exception object (a micro-batch's
+    encode failing for all its texts): each query's error names that query once. The prefix used to be
+    written into the shared object, so the second query's message read "queries[1]: queries[0]: ..."."""
+    from clipsearch_server import search_api
+    from clipsearch_server.errors import Unavailable
+
+    shared = Unavailable("the text encoder failed")
+
+    async def fail(engine: object, request: object, kind: object) -> None:
+        raise shared
+
+    monkeypatch.setattr(search_api, "_build", fail)
+
+    async def build(i: int) -> str:
+        with pytest.raises(Unavailable) as err:
+            await search_api.build(None, None, "text", f"queries[{i}].")  # type: ignore[arg-type]
+        return str(err.value)
+
+    async def both() -> list[str]:
+        return list(await asyncio.gather(build(0), build(1)))
+
+    assert asyncio.run(both()) == ["queries[0]: the text encoder failed", "queries[1]: the text encoder failed"]
+    assert str(shared) == "the text encoder failed"

@@ -193,6 +193,24 @@ def test_collapse_keeps_the_best_of_near_duplicates(tmp_path: Path) -> None:
         collection.close()
 
 
+def test_collapsed_pages_list_each_image_once(tmp_path: Path) -> None:
+    """Paging with collapse: an image is a result or collapsed into one, once over all pages. A near
+    duplicate of a page's last result that ranks below it is folded into that result, and the next
+    page starts after it (it was listed as collapsed on one page and came back as a result on the next)."""
+    collection = Collection(tmp_path, "test-model", DIM, HnswParams())
+    try:
+        rng = np.random.default_rng(5)
+        base = rng.standard_normal((12, DIM)).astype(np.float32)
+        collection.upsert([ImageRecord(f"g{g}-{j}", v + 0.01 * rng.standard_normal(DIM).astype(np.float32))
+                           for g, v in enumerate(base) for j in range(3)])
+        query = Query(base[0] + 0.3 * base[1] + 0.2 * base[2], 2, fingerprint=FP, collapse=0.99)
+        listed = [i for page in page_through(collection, query)
+                  for hit, collapsed in zip(page.hits, page.collapsed) for i in (hit.id, *collapsed)]
+        assert sorted(listed) == sorted(f"g{g}-{j}" for g in range(12) for j in range(3)), listed
+    finally:
+        collection.close()
+
+
 def test_combine_terms() -> None:
     a, b = np.eye(4, dtype=np.float32)[0], np.eye(4, dtype=np.float32)[1]
     np.testing.assert_allclose(combine([a, b], [1.0, -1.0]), np.array([1, -1, 0, 0]) / np.sqrt(2), atol=1e-6)

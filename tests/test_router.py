@@ -414,3 +414,36 @@ def test_collapse_over_several_shards_is_refused(cluster: Cluster) -> None:
     with pytest.raises(grpc.RpcError) as err:
         cluster.search(cluster.router, "a red circle", 5, collapse_threshold=0.95)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_collapsed_pages_through_a_one_shard_router_list_each_image_once(stack: Stack, procs: list[Proc],
+                                                                        tmp_path: Path) -> None:
+    """Through a router over one shard, collapse works, and the router hands on the shard's page token:
+    the next page starts after the near duplicates folded into the last result, as on the server itself
+    (the router used to make its own token from the last result, and those images came back as results)."""
+    server, address = stack.start_server(tmp_path / "data")
+    procs.append(server)
+    router, routed = start_router(stack, [address])
+    procs.append(router)
+    with grpc.insecure_channel(address) as channel:
+        index = index_grpc.IndexServiceStub(channel)
+        model = index.GetIndexStats(index_pb.GetIndexStatsRequest(), timeout=10).model
+        rng = np.random.default_rng(5)
+        base = rng.standard_normal((12, model.dim)).astype(np.float32)
+        ids = [f"g{g}-{j}" for g in range(12) for j in range(3)]
+        vectors = [base[g] + 0.01 * rng.standard_normal(model.dim).astype(np.float32) for g in range(12) for _ in range(3)]
+        index.UpsertVectors(index_pb.UpsertVectorsRequest(model=model, records=[
+            index_pb.VectorRecord(id=i, vector=v.astype("<f4").tobytes()) for i, v in zip(ids, vectors)]), timeout=30)
+    query = (base[0] + 0.3 * base[1] + 0.2 * base[2]).astype("<f4").tobytes()
+    with grpc.insecure_channel(routed) as channel:
+        search = search_grpc.SearchServiceStub(channel)
+        listed: list[str] = []
+        token = ""
+        for _ in range(40):
+            reply = search.BatchSearch(search_pb.BatchSearchRequest(queries=[search_pb.BatchQuery(
+                vector=query, k=2, collapse_threshold=0.99, page_token=token)]), timeout=10).results[0]
+            listed += [i for r in reply.results for i in (r.id, *r.collapsed_ids)]
+            token = reply.next_page_token
+            if not token:
+                break
+    assert sorted(listed) == sorted(ids), listed

@@ -111,6 +111,7 @@ def test_api_search_returns_results_and_thumbnails(page: Page) -> None:
 @pytest.mark.parametrize("params, status, code, words", [
     ({"q": "x" * 1001}, 400, "INVALID_ARGUMENT", "1000"),
     ({"q": "a red circle", "k": "0"}, 400, "INVALID_ARGUMENT", "k must be"),
+    ({"q": "a red circle", "k": "abc"}, 400, "INVALID_ARGUMENT", "k must be a whole number between 1 and"),
     ({"q": "a red circle", "where": "color>>"}, 400, "INVALID_ARGUMENT", "color"),
     ({"id": "no-such-image"}, 404, "NOT_FOUND", "no-such-image"),
     ({}, 400, "INVALID_ARGUMENT", "type what to look for"),

@@ -20,7 +20,9 @@ Owns what a query means once it is a vector; the collection (collection.py) owns
   below MIN_TERMS_NORM is refused.
 - Collapse: greedy over the page's candidates in order: a candidate whose cosine with an already kept
   result is >= the threshold joins the best such result's collapsed ids; otherwise it is kept, until k
-  are kept. It works within a page: a near duplicate of an earlier page's result can show on a later one.
+  are kept and a candidate close to none comes. The next page starts after the last candidate taken, so
+  each image is listed once over all pages. It works within a page: a near duplicate of an earlier
+  page's result that ranks after a result of another image can show on a later page.
 """
 
 from __future__ import annotations
@@ -187,6 +189,7 @@ def _cut(q: Query, candidates: list[tuple[Hit, np.ndarray]], exhausted: bool) ->
     kept: list[Hit] = []
     kept_vectors = np.empty((q.k, len(q.vector)), dtype=np.float32)  # rows [:len(kept)] are in use
     collapsed: list[list[str]] = []
+    last: Hit | None = None  # the last candidate the page took (kept, or folded into a kept one): the cursor
     more = below = False
     for hit, vector in candidates:
         if hit.id in q.exclude or not _after(hit, q.cursor):
@@ -196,8 +199,9 @@ def _cut(q: Query, candidates: list[tuple[Hit, np.ndarray]], exhausted: bool) ->
             break
         if q.collapse is not None and kept:
             close = kept_vectors[:len(kept)] @ vector >= q.collapse
-            if close.any():  # joins the best kept result it is close to
+            if close.any():  # joins the best kept result it is close to (also once the page is full)
                 collapsed[int(np.argmax(close))].append(hit.id)
+                last = hit
                 continue
         if len(kept) == q.k:
             more = True
@@ -205,6 +209,7 @@ def _cut(q: Query, candidates: list[tuple[Hit, np.ndarray]], exhausted: bool) ->
         kept_vectors[len(kept)] = vector
         kept.append(hit)
         collapsed.append([])
+        last = hit
     last_fetched = candidates[-1][0].score if candidates else -math.inf
     if len(kept) == q.k:
         floor = kept[-1].score
@@ -212,8 +217,8 @@ def _cut(q: Query, candidates: list[tuple[Hit, np.ndarray]], exhausted: bool) ->
         floor = q.min_score if q.min_score is not None else -math.inf
     certain = exhausted or last_fetched < floor - TIE_EPS
     returned = (q.cursor.returned if q.cursor else 0) + len(kept)
-    token = pages.next_token(kept[-1].score, kept[-1].id, returned, q.fingerprint,
-                             more or not (exhausted or below)) if len(kept) == q.k else ""
+    token = pages.next_token(last.score, last.id, returned, q.fingerprint,  # after what this page listed
+                             more or not (exhausted or below)) if len(kept) == q.k and last is not None else ""
     return Page(kept, token, collapsed), certain
 
 

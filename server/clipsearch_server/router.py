@@ -177,6 +177,8 @@ def merge_page(request: Any, kind: str, shard_pages: Sequence[Any]) -> tuple[lis
     fingerprint = pages.request_fingerprint(request, kind)
     before = pages.decode(request.page_token, fingerprint, request.k).returned if request.page_token else 0
     page = merge([p.results for p in shard_pages], request.k)
+    if len(shard_pages) == 1:  # the shard's page as it is, and its cursor (after images folded by collapse)
+        return page, shard_pages[0].next_page_token
     more = any(p.next_page_token for p in shard_pages) or sum(len(p.results) for p in shard_pages) > len(page)
     if not page:
         return page, ""

@@ -11,6 +11,7 @@ through TextSearch or BatchSearch has the same fingerprint, so their tokens are 
 from __future__ import annotations
 
 import asyncio
+import copy
 import math
 from typing import Any
 
@@ -35,9 +36,12 @@ async def build(engine: Engine, request: Any, kind: str | None, prefix: str = ""
     try:
         return await _build(engine, request, kind)
     except ServiceError as exc:
-        if prefix:
-            exc.args = (f"{prefix.rstrip('.')}: {exc}",)
-        raise
+        if not prefix:
+            raise
+        # a copy: the same error object may reach several queries (a micro-batch's failure), each naming its own
+        named = copy.copy(exc)
+        named.args = (f"{prefix.rstrip('.')}: {exc}",)
+        raise named from exc
 
 
 async def batch(engine: Engine, request: search_pb.BatchSearchRequest) -> list[Query]:

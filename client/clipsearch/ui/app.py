@@ -63,7 +63,10 @@ def _k(raw: str | None) -> int:
     """k from the query string (default PAGE); ValueError for anything but an integer in [1, MAX_K]."""
     if raw in (None, ""):
         return PAGE
-    value = int(raw)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"k must be a whole number between 1 and {MAX_K}, got {raw!r}") from None
     if not 1 <= value <= MAX_K:
         raise ValueError(f"k must be between 1 and {MAX_K}, got {value}")
     return value
