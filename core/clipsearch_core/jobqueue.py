@@ -350,10 +350,8 @@ def connect(url: str, *, single_connection: bool = False) -> redis.Redis:
     `interrupt_read`). It is connected at first use, and a dropped connection raises instead of being
     replaced inside the call, which would leave the id stale (no retries, said explicitly: `from_url`
     has none by default today, `redis.Redis()` has ten): the caller asks the id again after an error."""
-    if not single_connection:
-        return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30)
-    return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30,
-                                max_connections=1, retry=Retry(NoBackoff(), 0))
+    one = {"max_connections": 1, "retry": Retry(NoBackoff(), 0)} if single_connection else {}
+    return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30, **one)
 
 
 def ensure_group(r: redis.Redis, keys: Keys) -> None:

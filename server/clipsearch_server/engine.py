@@ -54,8 +54,8 @@ class Engine:
         self.collection = collection
         self.limits = limits
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engine")
-        # Image URLs are read in threads of their own: a slow or stalled host (each read within
-        # --http-timeout) must not hold the threads that encode and search for every other query.
+        # Image URLs are read in threads of their own: a slow host (each fetch bounded by --http-timeout)
+        # must not hold the threads that encode and search for every other query.
         self._fetches = ThreadPoolExecutor(max_workers=32, thread_name_prefix="engine-fetch")
         self._labels = query.LabelCache()  # filters' matching labels, per write generation
         # Writes are serialized by the collection anyway; their own thread keeps them from queueing
