@@ -4,6 +4,8 @@ correctly or failed with a clear reason, and the worker and server keep running.
 from __future__ import annotations
 
 import io
+import os
+import socket
 import struct
 import zlib
 from pathlib import Path
@@ -18,6 +20,21 @@ from tests.data import wait_until
 from tests.procs import Proc, Stack
 
 pytestmark = pytest.mark.timeout(240)
+
+
+def peak_rss_mb(pid: int) -> int:
+    """The most memory the process has used so far (VmHWM), in MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) // 1024 for line in status if line.startswith("VmHWM"))
+
+
+def _resolver_answers() -> bool:
+    """True when this machine's resolver says that a name does not exist (NXDOMAIN), as it does with DNS."""
+    try:
+        socket.getaddrinfo("no-such-host.invalid", 80)
+    except socket.gaierror as exc:
+        return exc.errno == socket.EAI_NONAME
+    return False
 
 
 def encoded(image: Image.Image, fmt: str, **kw: object) -> bytes:
@@ -72,7 +89,10 @@ def test_bad_and_unusual_images(stack: Stack, procs: list[Proc], tmp_path: Path)
     (root / "big.jpg").write_bytes(JPEG + b"\0" * 300_000)
     (root / "fine.jpg").write_bytes(JPEG)
     (tmp_path / "secret.jpg").write_bytes(JPEG)
+    os.link(tmp_path / "secret.jpg", root / "linked.jpg")  # a hard link inside the root to a file outside it
     limit = ["--max-image-bytes", "200000"]
+    thin = {"thin": encoded(Image.new("1", (16, 4_000_000)), "PNG"),  # 12 KB, 64 Mpx: billions once resized
+            "line": encoded(Image.new("1", (1, 64_000_000)), "PNG")}  # 124 KB: OverflowError in PIL's resize
     server, address = stack.start_server(tmp_path / "data", extra=limit)
     procs.append(server)
     worker = stack.start_worker(address, ["--allowed-root", str(root), "--visibility-timeout", "1",
@@ -82,6 +102,7 @@ def test_bad_and_unusual_images(stack: Stack, procs: list[Proc], tmp_path: Path)
 
     inputs = [ImageInput(image=data, id=name) for name, data in GOOD.items()]
     inputs += [ImageInput(image=data, id=name) for name, (data, _) in BAD_BYTES.items()]
+    inputs += [ImageInput(image=data, id=name) for name, data in thin.items()]
     inputs += [
         ImageInput(uri=str(root / "fine.jpg"), id="path-ok"),
         ImageInput(uri=f"file://{root}/fine.jpg", id="file-uri-ok"),
@@ -91,6 +112,9 @@ def test_bad_and_unusual_images(stack: Stack, procs: list[Proc], tmp_path: Path)
         ImageInput(uri="/etc/hostname", id="outside"),
         ImageInput(uri=str(root / "missing.jpg"), id="missing"),
         ImageInput(uri="http://127.0.0.1:9/unreachable.jpg", id="unreachable"),
+        ImageInput(uri=str(root / "linked.jpg"), id="hard-link"),
+        ImageInput(uri=f"file://files.example{root}/fine.jpg", id="file-uri-host"),
+        ImageInput(uri="http://no-such-host.invalid/a.jpg", id="no-such-host"),
     ]
     batch = client.submit(inputs).batch_id
     with pytest.raises(InvalidArgumentError, match="images\\[0\\].image is 300001 bytes, the limit is 200000"):
@@ -106,6 +130,14 @@ def test_bad_and_unusual_images(stack: Stack, procs: list[Proc], tmp_path: Path)
         "outside": "outside the allowed roots",
         "missing": "cannot read",
         "unreachable": "gave up after 2 attempts: cannot fetch http://127.0.0.1:9/unreachable.jpg",
+        "thin": "image is 16x4000000 pixels: its sides' ratio is over the limit of 20 to 1",
+        "line": "image is 1x64000000 pixels: its sides' ratio is over the limit of 20 to 1",
+        "hard-link": "has 2 hard links",
+        "file-uri-host": "file URL names a host ('files.example')",
+        # failed at its first delivery (a name that does not exist is not an outage), unless this
+        # machine's resolver cannot answer at all (then it is transient, as it should be)
+        "no-such-host": ("cannot fetch http://no-such-host.invalid/a.jpg: cannot resolve host" if _resolver_answers()
+                         else "gave up after 2 attempts"),
     }
     assert set(reasons) == set(expected_failures), reasons
     for image_id, why in expected_failures.items():
@@ -114,7 +146,16 @@ def test_bad_and_unusual_images(stack: Stack, procs: list[Proc], tmp_path: Path)
     for image_id in indexed:
         assert client.image_search(id=image_id, k=1)  # indexed: NOT_FOUND would raise
     assert client.stats().count == len(indexed)
+    assert not any(why.startswith(("unexpected error", "OverflowError")) for why in reasons.values()), reasons
     assert worker.popen.poll() is None and server.popen.poll() is None
+    # The same thin images as search queries: INVALID_ARGUMENT, and the server's memory does not move
+    # (it grew by 3-6 GB per query before the aspect-ratio limit).
+    before = peak_rss_mb(server.popen.pid)
+    for name, data in thin.items():
+        with pytest.raises(InvalidArgumentError, match="its sides' ratio is over the limit of 20 to 1"):
+            client.image_search(image=data, k=1)
+    assert peak_rss_mb(server.popen.pid) - before < 200, (before, peak_rss_mb(server.popen.pid))
+    assert server.popen.poll() is None
     # The GIF was indexed from its first (red) frame: its nearest neighbour is another red image.
     red_like = {"alpha", "exif", "cmyk", "path-ok", "file-uri-ok"}
     assert client.image_search(id="gif", k=1)[0].id in red_like

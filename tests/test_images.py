@@ -88,11 +88,12 @@ def test_oversized_file_and_unreachable_url(tmp_path: Path) -> None:
         read_uri("http://127.0.0.1:9/none.jpg", LoadLimits(http_timeout_s=2, network=NetworkPolicy.parse(["127.0.0.0/8"])))
 
 
-@pytest.mark.parametrize("data,message", [
-    (b"hello world, I am text", "cannot decode image: not a recognised image format (first bytes 'hello wo...')"),
-    (b"\x00\x01\x02\x03\xfe\xff\x10\x11\x12", "cannot decode image: not a recognised image format "
-                                              "(first bytes 00 01 02 03 fe ff 10 11...)"),
-    (b"GIF8", "cannot decode image: not a recognised image format (first bytes 'GIF8')"),
+@pytest.mark.parametrize("data,message", [  # what the bytes seem to be, never the bytes (a file's, a URL body's)
+    (b"hello world, I am text", "cannot decode image: not a recognised image format (it looks like text)"),
+    (b"\x00\x01\x02\x03\xfe\xff\x10\x11\x12", "cannot decode image: not a recognised image format"),
+    (b"GIF8", "cannot decode image: not a recognised image format (it looks like text)"),
+    (b"<!DOCTYPE html><html><body>secret</body></html>", "cannot decode image: not a recognised image format "
+                                                          "(it looks like an HTML page)"),
 ])
 def test_undecodable_message_names_the_problem(data: bytes, message: str) -> None:
     """PIL says "cannot identify image file <_io.BytesIO object at 0x...>": users get what is wrong instead."""
@@ -162,3 +163,98 @@ def test_paths_are_checked_where_they_lead_and_only_regular_files_are_read(tmp_p
         with open(root / "pipe.png", "wb"):
             pass
     assert not reader.is_alive() and "not a regular file" in str(raised[0])
+
+
+# Issue 25: shapes whose decode or resize would cost far more than their pixel count says.
+@pytest.mark.parametrize("size", [(16, 4_000_000), (1, 64_000_000), (4_000_000, 16), (21, 1)])
+def test_extreme_aspect_ratios_are_refused_from_the_header(size: tuple[int, int]) -> None:
+    """A 7.8 KB PNG of 16 x 4,000,000 pixels is within --max-pixels, but the model's resize enlarges the
+    short side to its input: billions of pixels (6 GB in the server). 1 x 64,000,000 overflowed in PIL."""
+    data = encoded(Image.new("1", size), "PNG")
+    assert len(data) < 200_000
+    for check in (lambda: decode_image(data, LIMITS), lambda: check_header(data, LIMITS)):
+        with pytest.raises(ImageLoadError) as info:
+            check()
+        assert str(info.value) == (f"image is {size[0]}x{size[1]} pixels: its sides' ratio is over the limit "
+                                   "of 20 to 1 (--max-aspect-ratio)")
+    assert decode_image(encoded(Image.new("RGB", (20, 1)), "PNG"), LIMITS).size == (20, 1)  # at the limit: read
+
+
+def test_concurrent_decodes_stay_within_the_pixel_budget() -> None:
+    """However many threads decode at once, the pixels held (decode and the caller's work) stay within
+    one --max-pixels image; without the budget, 8 threads would hold 8 images."""
+    import threading
+    import time
+
+    from clipsearch_core.images import BUDGET, decoded
+
+    data = encoded(Image.new("RGB", (1500, 1000), (10, 200, 30)), "PNG")
+    limits = LoadLimits(max_pixels=3_000_000)  # two of these images at most
+    BUDGET.peak = 0
+    holding: list[int] = []
+    lock = threading.Lock()
+    most = [0]
+
+    def work() -> None:
+        with decoded(data, limits) as image:
+            with lock:
+                holding.append(1)
+                most[0] = max(most[0], len(holding))
+            time.sleep(0.05)  # the caller's resize
+            image.resize((64, 64))
+            with lock:
+                holding.pop()
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert BUDGET.peak <= 3_000_000 and most[0] == 2, (BUDGET.peak, most[0])
+    # An image larger than the whole budget is still decoded (alone), and a thread holding an image
+    # may decode another (a thumbnail) without waiting for itself.
+    big = LoadLimits(max_pixels=1_000_000, max_aspect_ratio=20)
+    small = encoded(Image.new("RGB", (1000, 1000)), "PNG")
+    with decoded(small, big) as first:
+        with decoded(small, big) as second:
+            assert first.size == second.size == (1000, 1000)
+
+
+def test_hard_links_and_file_url_hosts(tmp_path: Path) -> None:
+    """A hard link inside a root may lead to a file outside it (the path check cannot see that): such
+    files are refused unless allowed. file://host/path names another machine: refused, not read locally."""
+    import os
+
+    root = tmp_path / "images"
+    root.mkdir()
+    data = encoded(Image.new("RGB", (4, 4)), "PNG")
+    (tmp_path / "secret.png").write_bytes(data)
+    os.link(tmp_path / "secret.png", root / "linked.png")
+    (root / "plain.png").write_bytes(data)
+    limits = LoadLimits(allowed_roots=(root,))
+    with pytest.raises(ImageLoadError, match="has 2 hard links.*--allow-hard-links"):
+        read_uri(str(root / "linked.png"), limits)
+    assert read_uri(str(root / "linked.png"), LoadLimits(allowed_roots=(root,), allow_hard_links=True)) == data
+    assert read_uri(f"file://{root / 'plain.png'}", limits) == data
+    assert read_uri(f"file://localhost{root / 'plain.png'}", limits) == data
+    with pytest.raises(ImageLoadError, match="file URL names a host \\('evil.example'\\)"):
+        read_uri(f"file://evil.example{root / 'plain.png'}", limits)
+    with pytest.raises(ImageLoadError) as info:
+        read_uri(str(tmp_path / "secret.png"), limits)
+    assert str(root) not in str(info.value)  # the roots are not shown to the caller
+
+
+def test_a_host_that_does_not_exist_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NXDOMAIN is an answer, not an outage: the job fails instead of being retried for ever; a resolver
+    that does not answer (EAI_AGAIN) stays transient. (Narrow unit test: the resolver's answer is forced.)"""
+    import socket
+
+    limits = LoadLimits(http_timeout_s=2)
+    for code, transient in ((socket.EAI_NONAME, False), (socket.EAI_AGAIN, True)):
+        def fail(*args: object, code: int = code, **kw: object) -> None:
+            raise socket.gaierror(code, "forced")
+        monkeypatch.setattr(socket, "getaddrinfo", fail)
+        with pytest.raises(ImageLoadError, match="cannot resolve host") as info:
+            read_uri("http://photos.example.com/a.jpg", limits)
+        assert info.value.transient is transient

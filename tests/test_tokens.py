@@ -266,3 +266,31 @@ def test_malformed_tokens_file_stops_the_server_naming_the_line(tiny_model: str,
         assert "leaky-token" not in out
     finally:
         proc.kill()
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "Bearer ", "bEaReR"])
+def test_the_auth_scheme_is_case_insensitive(server: Server, scheme: str) -> None:
+    """RFC 7235 section 2.1: the scheme is a case-insensitive token (lower case was refused)."""
+    with grpc.insecure_channel(server.address) as channel:
+        stub = index_service_pb2_grpc.IndexServiceStub(channel)
+        meta = (("authorization", f"{scheme} {READ_TOKEN}"),)
+        assert stub.GetIndexStats(index_service_pb2.GetIndexStatsRequest(), timeout=10, metadata=meta).model.dim > 0
+        with pytest.raises(grpc.RpcError) as info:
+            stub.GetIndexStats(index_service_pb2.GetIndexStatsRequest(), timeout=10,
+                               metadata=(("authorization", f"{scheme}x {READ_TOKEN}"),))
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_an_open_server_on_every_interface_says_so(stack: Stack, procs: list[Proc], tmp_path: Path) -> None:
+    """No token and all interfaces: anyone on the network can write and delete. Allowed (a private network,
+    a proxy that authenticates), but the log says so once at start; on loopback it does not."""
+    from clipsearch_server.program import is_loopback
+
+    assert [is_loopback(h) for h in ("127.0.0.1", "[::1]", "localhost", "127.0.0.2")] == [True] * 4
+    assert [is_loopback(h) for h in ("[::]", "0.0.0.0", "10.0.0.1", "search.example")] == [False] * 4
+    server, address = stack.start_server(tmp_path / "data", extra=["--host", "0.0.0.0"])
+    procs.append(server)
+    assert "no token is required (--auth-token, --tokens-file) and the server listens on 0.0.0.0" in server.output()
+    quiet, _ = stack.start_server(tmp_path / "data2")
+    procs.append(quiet)
+    assert "no token is required" not in quiet.output()

@@ -247,7 +247,7 @@ def test_server_and_worker_refuse_and_report_clearly(stack: Stack, procs: list[P
 
         error = image_search(image=b"hello, I am a text file\n")
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert error.details() == "cannot decode image: not a recognised image format (first bytes 'hello, I...')"
+        assert error.details() == "cannot decode image: not a recognised image format (it looks like text)"
     assert server.popen.poll() is None
 
     # The worker allows nothing: a job with a loopback URL fails at once, never retried.

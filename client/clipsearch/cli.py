@@ -35,11 +35,13 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"CLIPSEARCH_{name.upper().replace('-', '_')}", default)
 
 
-def _add(p: argparse.ArgumentParser, flag: str, default: object = None, **kw: object) -> None:
-    """Adds --flag whose default comes from CLIPSEARCH_FLAG, then `default`."""
+def _add(p: argparse.ArgumentParser, flag: str, default: object = None, separator: str = os.pathsep,
+         **kw: object) -> None:
+    """Adds --flag whose default comes from CLIPSEARCH_FLAG, then `default` (an "append" option's variable
+    holds its values separated by `separator`)."""
     name = flag.lstrip("-")
     env = _env(name)
-    value = default if env is None else (env.split(os.pathsep) if kw.get("action") == "append" else env)
+    value = default if env is None else (env.split(separator) if kw.get("action") == "append" else env)
     p.add_argument(flag, default=value, **kw)  # type: ignore[arg-type]
 
 
@@ -113,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     _client_options(ui)
     ui.add_argument("--port", type=int, default=8080, help="HTTP port of the page")
     ui.add_argument("--host", default="127.0.0.1", help="address the page listens on (default: this machine only)")
+    _add(ui, "--allowed-host", [], separator=",", action="append", metavar="NAME",
+         help="a host name the page answers to besides the address it listens on (and localhost, 127.0.0.1, "
+              "[::1] on loopback or all interfaces), e.g. a reverse proxy's; repeatable or comma-separated "
+              "(CLIPSEARCH_ALLOWED_HOST); other Host headers get 421 (DNS rebinding). '*' accepts any: unsafe "
+              "unless a proxy checks the Host")
 
     stats = sub.add_parser("stats", help="index statistics and ingestion progress")
     _client_options(stats)
@@ -361,11 +368,16 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     try:
-        from .ui.app import serve
+        from .ui.app import allowed_hosts, serve
     except ImportError as exc:
         print(f"error: `clipsearch ui` needs aiohttp and Jinja2 ({exc}): pip install 'clipsearch[ui]'", file=sys.stderr)
         return 2
-    return serve(_connection(args), args.host, args.port, args.timeout)
+    try:
+        hosts = allowed_hosts(args.host, args.allowed_host)
+    except ValueError as exc:  # an --allowed-host that is not a host name
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return serve(_connection(args), args.host, args.port, args.timeout, hosts=hosts)
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

@@ -86,13 +86,19 @@ def address_kind(address: IPAddress) -> str | None:
     return None
 
 
+# getaddrinfo's answers that the name has no address (NXDOMAIN, no A/AAAA record), not that DNS failed.
+_NO_SUCH_NAME = frozenset(getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, name))
+
+
 def _resolve(url: str, host: str, port: int, policy: NetworkPolicy) -> list[_AddrInfo]:
     """Resolves `host` once and checks every address; returns them all (all allowed) or raises."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as exc:
+        # A name that does not exist stays so (failed at once); a resolver that did not answer may later.
+        permanent = not isinstance(exc, socket.gaierror) or exc.errno in _NO_SUCH_NAME
         raise ImageLoadError(f"cannot fetch {url}: cannot resolve host {host!r}: {exc.args[-1]}",
-                             transient=isinstance(exc, socket.gaierror)) from exc
+                             transient=not permanent) from exc
     if not infos:
         raise ImageLoadError(f"cannot fetch {url}: host {host!r} has no address", transient=True)
     if policy.allows_host(host):

@@ -4,6 +4,13 @@ Everything that can go wrong with an image raises ImageLoadError with a reason a
 (never a Python repr); callers (the worker, the server's ImageSearch) turn that into a failed job or
 INVALID_ARGUMENT (UNAVAILABLE when transient). URLs are fetched by `fetch.fetch_http`, which refuses
 loopback, link-local and private addresses unless `LoadLimits.network` allows them.
+
+Memory: an image's cost is bounded before it is decoded. The header gives its size: more than
+`max_pixels` pixels, or sides in a ratio over `max_aspect_ratio` (the model's resize enlarges the short
+side to its input, so a 16 x 4,000,000 image would become billions of pixels), are refused. Decoding
+and what the caller does with the decoded image (`decoded`) hold pixels of a per-process budget of
+`max_pixels` (`DecodeBudget`): however many threads decode at once, the pixels decoded at any moment
+stay within one maximal image (an image alone larger than the rest of the budget waits for it).
 """
 
 from __future__ import annotations
@@ -13,9 +20,11 @@ import math
 import os
 import re
 import stat
+import threading
 import urllib.parse
 import warnings
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +34,8 @@ from .errors import ImageLoadError
 from .fetch import NetworkPolicy, fetch_http
 from .settings import default
 
-__all__ = ["ImageLoadError", "LoadLimits", "NetworkPolicy", "check_header", "decode_image", "is_jpeg", "is_supported_uri", "read_uri"]
+__all__ = ["DecodeBudget", "ImageLoadError", "LoadLimits", "NetworkPolicy", "check_header", "decode_image", "decoded",
+           "is_jpeg", "is_supported_uri", "read_uri"]
 
 _HTTP_SCHEMES = ("http://", "https://")
 _FILE_SCHEME = "file://"
@@ -37,14 +47,20 @@ class LoadLimits:
 
     max_bytes: largest encoded image accepted (bytes).
     max_pixels: largest decoded size (width * height); bigger ones are refused as decompression bombs.
+        Also the per-process budget of pixels being decoded at once (DecodeBudget).
+    max_aspect_ratio: largest longest side / shortest side.
     allowed_roots: folders from which file paths may be read; empty refuses all file paths.
+    allow_hard_links: read files with more than one hard link (one inside the roots may be a link to a file
+        outside them, which the path check cannot see).
     http_timeout_s: seconds an http(s) URL may take in all (connect, redirects, headers, body).
     network: which addresses http(s) URLs may reach.
     """
 
     max_bytes: int = default("--max-image-bytes")
     max_pixels: int = default("--max-pixels")
+    max_aspect_ratio: float = default("--max-aspect-ratio")
     allowed_roots: tuple[Path, ...] = field(default_factory=tuple)
+    allow_hard_links: bool = default("--allow-hard-links")
     http_timeout_s: float = default("--http-timeout")
     network: NetworkPolicy = field(default_factory=NetworkPolicy)
     _root_prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False, default=())
@@ -61,8 +77,9 @@ class LoadLimits:
     def from_args(cls, args: Any) -> "LoadLimits":
         """From the image options of a parsed server or worker command line (`clipsearch_core.settings`)."""
         roots = tuple(Path(r).expanduser().resolve() for r in args.allowed_root if r)
-        return cls(max_bytes=args.max_image_bytes, max_pixels=args.max_pixels, allowed_roots=roots,
-                   http_timeout_s=args.http_timeout, network=NetworkPolicy.parse(args.allow_network))
+        return cls(max_bytes=args.max_image_bytes, max_pixels=args.max_pixels, max_aspect_ratio=args.max_aspect_ratio,
+                   allowed_roots=roots, allow_hard_links=args.allow_hard_links, http_timeout_s=args.http_timeout,
+                   network=NetworkPolicy.parse(args.allow_network))
 
 
 def is_supported_uri(uri: str) -> bool:
@@ -74,8 +91,13 @@ def read_uri(uri: str, limits: LoadLimits) -> bytes:
     """Reads the encoded bytes of the image at `uri`, enforcing the allowed roots and size limit."""
     if uri.startswith(_HTTP_SCHEMES):
         return _read_http(uri, limits)
-    path_text = urllib.parse.unquote(urllib.parse.urlparse(uri).path) if uri.startswith(_FILE_SCHEME) else uri
-    return _read_file(Path(path_text), limits)
+    if uri.startswith(_FILE_SCHEME):
+        parts = urllib.parse.urlparse(uri)
+        if parts.netloc not in ("", "localhost"):  # file://host/path names another machine's file
+            raise ImageLoadError(f"file URL names a host ({parts.netloc!r}): only file:///path and "
+                                 "file://localhost/path are read")
+        return _read_file(Path(urllib.parse.unquote(parts.path)), limits)
+    return _read_file(Path(uri), limits)
 
 
 def _read_file(path: Path, limits: LoadLimits) -> bytes:
@@ -103,6 +125,9 @@ def _read_file(path: Path, limits: LoadLimits) -> bytes:
     try:
         if not limits.allows(_opened_path(fd, path, info)):
             raise _outside(path, limits)
+        if info.st_nlink > 1 and not limits.allow_hard_links:
+            raise ImageLoadError(f"file has {info.st_nlink} hard links, and one may lie outside the allowed roots "
+                                 f"(allow such files with --allow-hard-links): {path}")
         if info.st_size > limits.max_bytes:
             raise ImageLoadError(f"image file is {info.st_size} bytes, over the limit of {limits.max_bytes}: {path}")
         with os.fdopen(fd, "rb", closefd=False) as file:
@@ -151,11 +176,9 @@ def _opened_path(fd: int, path: Path, info: os.stat_result) -> str:
 
 
 def _outside(path: Path, limits: LoadLimits) -> ImageLoadError:
-    return ImageLoadError(f"path is outside the allowed roots ({_roots(limits)}): {path}")
-
-
-def _roots(limits: LoadLimits) -> str:
-    return ", ".join(str(r) for r in limits.allowed_roots) or "none configured"
+    # The roots themselves are not named: callers of a search may not know the server's folders.
+    setting = "--allowed-root" if limits.allowed_roots else "none is set: --allowed-root"
+    return ImageLoadError(f"path is outside the allowed roots ({setting}): {path}")
 
 
 def _read_http(url: str, limits: LoadLimits) -> bytes:
@@ -180,7 +203,7 @@ def _open(data: bytes, limits: LoadLimits) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
             image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:  # its message is PIL's "cannot identify image file <_io.BytesIO ...>"
-        raise ImageLoadError(f"cannot decode image: not a recognised image format (first bytes {_preview(data)})") from exc
+        raise ImageLoadError(f"cannot decode image: not a recognised image format{_looks_like(data)}") from exc
     except Image.DecompressionBombError as exc:
         raise ImageLoadError(f"cannot decode image: too many pixels, over the limit of {limits.max_pixels} "
                              "(decompression bomb?)") from exc
@@ -189,6 +212,11 @@ def _open(data: bytes, limits: LoadLimits) -> Image.Image:
     width, height = image.size
     if width * height > limits.max_pixels:
         raise ImageLoadError(f"image is {width}x{height} pixels, over the limit of {limits.max_pixels} (decompression bomb?)")
+    if min(width, height) < 1:
+        raise ImageLoadError(f"image is {width}x{height} pixels: it has no pixels")
+    if max(width, height) > limits.max_aspect_ratio * min(width, height):
+        raise ImageLoadError(f"image is {width}x{height} pixels: its sides' ratio is over the limit of "
+                             f"{limits.max_aspect_ratio:g} to 1 (--max-aspect-ratio)")
     return image
 
 
@@ -197,14 +225,58 @@ def check_header(data: bytes, limits: LoadLimits) -> None:
     _open(data, limits)
 
 
+class DecodeBudget:
+    """Pixels being decoded (and worked on) at once in this process, at most `capacity`: `hold(n)` waits
+    until n more fit. An image larger than the whole budget takes it all (waits until nothing else
+    holds any). Re-entrant per thread: a thread that already holds pixels (a thumbnail decoded again
+    while the model's copy is held) takes more without waiting, so it can never wait for itself."""
+
+    def __init__(self) -> None:
+        self._free = threading.Condition()
+        self._used = 0
+        self._held = threading.local()
+        self.peak = 0  # the most pixels held at once (for tests and benchmarks)
+
+    @contextmanager
+    def hold(self, pixels: int, capacity: int) -> Iterator[None]:
+        pixels = max(0, min(pixels, capacity))
+        depth = getattr(self._held, "depth", 0)
+        with self._free:
+            if depth == 0:
+                self._free.wait_for(lambda: self._used == 0 or self._used + pixels <= capacity)
+            self._used += pixels
+            self.peak = max(self.peak, self._used)
+        self._held.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._held.depth = depth
+            with self._free:
+                self._used -= pixels
+                self._free.notify_all()
+
+
+BUDGET = DecodeBudget()  # this process's
+
+
 def decode_image(data: bytes, limits: LoadLimits, draft_size: int | None = None,
                  longest_side: int | None = None) -> Image.Image:
-    """Decodes encoded image bytes to an RGB image: first frame, EXIF orientation applied.
+    """Decodes encoded image bytes to an RGB image: first frame, EXIF orientation applied. The budget is
+    held while decoding only: a caller that goes on working on a large image uses `decoded` instead.
 
     draft_size: for JPEGs, let the decoder scale by 1/2, 1/4 or 1/8 in the DCT domain while both
     sides stay >= draft_size (much less work for large photos; the model's resize does the rest).
     longest_side: the same, while the longest side stays >= longest_side (a thumbnail's bound).
     """
+    with decoded(data, limits, draft_size, longest_side) as image:
+        return image
+
+
+@contextmanager
+def decoded(data: bytes, limits: LoadLimits, draft_size: int | None = None,
+            longest_side: int | None = None) -> Iterator[Image.Image]:
+    """`decode_image` as a context: the image's pixels are held in this process's DecodeBudget from
+    before its decode until the block ends (the caller's resize, crop and thumbnail included)."""
     image = _open(data, limits)
     try:
         image.seek(0)
@@ -213,6 +285,14 @@ def decode_image(data: bytes, limits: LoadLimits, draft_size: int | None = None,
         elif longest_side and image.format == "JPEG":
             scale = min(1.0, longest_side / max(image.size))
             image.draft("RGB", (max(1, math.ceil(image.width * scale)), max(1, math.ceil(image.height * scale))))
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageLoadError(f"cannot decode image: corrupt {image.format or 'image'}{_detail(exc)}") from exc
+    with BUDGET.hold(image.width * image.height, limits.max_pixels):
+        yield _load(image, limits)
+
+
+def _load(image: Image.Image, limits: LoadLimits) -> Image.Image:
+    try:
         image.load()
         return _to_rgb(ImageOps.exif_transpose(image))
     except Image.DecompressionBombError as exc:
@@ -231,13 +311,17 @@ def _detail(exc: BaseException) -> str:
     return f" ({text[:200]})" if text else ""
 
 
-def _preview(data: bytes) -> str:
-    """The first bytes of a file, as text when they are printable ('hello wo...'), else in hex."""
-    head = data[:8]
-    more = "..." if len(data) > len(head) else ""
-    if all(32 <= b < 127 for b in head):
-        return f"'{head.decode('ascii')}{more}'"
-    return head.hex(" ") + more
+def _looks_like(data: bytes) -> str:
+    """What bytes that are not an image seem to be, in a word ("it looks like HTML"), never the bytes
+    themselves: a caller may not read a file or a URL's body through an error message."""
+    head = data[:512].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
+        return " (it looks like an HTML page)"
+    if head.startswith((b"{", b"[")):
+        return " (it looks like JSON)"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in data[:512]):
+        return " (it looks like text)"
+    return ""
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -54,10 +54,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("--redis-prefix", "clipsearch", "prefix of every Redis key", BOTH),
     # Images, wherever they come from.
     Option("--allowed-root", [], "folder the worker/server may read image paths from (repeatable)", BOTH, type=list),
+    Option("--allow-hard-links", False, "read image files that have more than one hard link (one of them may lie "
+           "outside the allowed roots)", BOTH, type=bool),
     Option("--allow-network", [], "network (CIDR) or host name that image URLs may reach although it is loopback, "
            "link-local or private (repeatable; comma-separated in the variable)", BOTH, type=list, separator=","),
     Option("--max-image-bytes", 32 * 1024 * 1024, "largest encoded image accepted, bytes", BOTH, type=int),
     Option("--max-pixels", 64_000_000, "largest decoded image accepted, width x height (decompression bombs)", BOTH, type=int),
+    Option("--max-aspect-ratio", 20.0, "longest side / shortest side accepted: a thinner image would be enlarged to "
+           "the model's input at a cost its pixel count does not bound", BOTH, type=float),
     Option("--http-timeout", 10.0, "seconds an image URL may take in all (connect, redirects, headers, body)", BOTH,
            type=float),
     # Process.

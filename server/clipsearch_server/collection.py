@@ -54,7 +54,7 @@ from .index import FaissIndex, HnswParams, SearchParams, VectorIndex, load_index
 from .kinds import IndexReport, KindOptions
 from .segments import SegmentedIndex
 from .snapshots import Snapshots
-from .store import Change, ImageRecord, ImageStore, StoredImage, Store, UpsertResult
+from .store import Change, ImageRecord, ImageStore, StoredImage, Store, UpsertResult, storage_errors
 from .vectorfile import VectorFile
 
 __all__ = ["Collection", "CollectionStats", "Hit", "unit_records"]
@@ -298,6 +298,7 @@ class Collection:
         self.check_owned(r.id for r in records)
         unit = unit_records(records)
         with self._write_lock:
+            self._reserve(self.store.next_label() + len(unit))
             result = self.store.upsert(unit)
             self._index_result(result)
         if result.skipped:
@@ -306,6 +307,14 @@ class Collection:
         self._maybe_compact()
         self._maybe_seal()
         return len(records) - len(result.skipped)
+
+    def _reserve(self, below: int) -> None:
+        """Room on disk for the exact vectors of labels below `below`, before a store commit that adds
+        them: a full disk then refuses the write (ResourceExhausted) instead of failing to index what
+        was committed."""
+        if self.vector_file is not None:
+            with storage_errors():
+                self.vector_file.reserve(below)
 
     def _index_result(self, result: UpsertResult) -> None:
         """Indexes a store write's new vectors and tombstones the labels that left (write lock held)."""
@@ -322,6 +331,7 @@ class Collection:
         """Applies changes replicated from the shared store: to the mirror store (with `position`, in one
         transaction), then to the index."""
         with self._write_lock:
+            self._reserve(max((c.label + 1 for c in changes if c.vector is not None), default=0))
             self._index_result(self.store.apply(changes, position))
         self._maybe_compact()
         self._maybe_seal()

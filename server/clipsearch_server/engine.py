@@ -16,7 +16,7 @@ import numpy as np
 
 from clipsearch_core.model import ClipEncoder
 from clipsearch_core.settings import default
-from clipsearch_core.images import LoadLimits, decode_image, read_uri
+from clipsearch_core.images import LoadLimits, decoded, read_uri
 
 from . import query
 from .batching import MicroBatcher, TextBatcher
@@ -85,8 +85,12 @@ class Engine:
 
     async def _image_vector(self, read: Callable[[], bytes]) -> np.ndarray:
         """Reads and decodes in the pool (concurrently with other queries), encodes in a micro-batch."""
-        tensor = await self._run(lambda: self.encoder.preprocess(decode_image(read(), self.limits)))
+        tensor = await self._run(lambda: self._preprocess(read()))
         return await self.images.vector(tensor)
+
+    def _preprocess(self, data: bytes) -> Any:
+        with decoded(data, self.limits) as image:  # within the process's decode budget, resize included
+            return self.encoder.preprocess(image)
 
     async def id_vector(self, image_id: str) -> np.ndarray:
         """The stored vector of an indexed image (NotFound when there is none)."""

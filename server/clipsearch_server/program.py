@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import signal
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from clipsearch_core.logs import setup_logging
 
 from .security import server_credentials
 
-__all__ = ["listen", "main", "server_options", "stop_signals"]
+__all__ = ["is_loopback", "listen", "main", "server_options", "stop_signals"]
 
 
 def main(role: str, argv: Sequence[str] | None, prog: str, description: str,
@@ -68,6 +69,17 @@ def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
         ("grpc.max_connection_age_ms", 30 * 60_000),
         ("grpc.max_connection_age_grace_ms", 30_000),
     ]
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` (as --host takes it: a name, an address, an IPv6 address in brackets) is loopback only."""
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def listen(server: grpc.aio.Server, services: Sequence[str], host: str, port: int, tls_cert: Path | None = None,

@@ -89,8 +89,9 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         given = next((v for k, v in details.invocation_metadata or () if k == "authorization"), "")
         given_bytes = given.encode() if isinstance(given, str) else given
         token = None
-        if given_bytes.startswith(b"Bearer "):
-            token = self._tokens.lookup(given_bytes[len(b"Bearer "):])
+        scheme, _, credentials = given_bytes.partition(b" ")
+        if scheme.lower() == b"bearer":  # the scheme is case-insensitive (RFC 7235 section 2.1)
+            token = self._tokens.lookup(credentials.strip(b" "))
         name = method.rsplit("/", 1)[-1]
         if token is None:
             problem = "missing bearer token" if not given_bytes else "invalid bearer token"

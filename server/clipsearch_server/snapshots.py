@@ -9,7 +9,8 @@ on), not copied; L is the label bound it covers, and newer rows are replayed fro
 The caller passes a sequence number taken under its write lock.
 Writing the file, moving the pointer and deleting old files happen under one lock, so overlapping
 callers (periodic snapshot, compaction, shutdown) are serialized; a write older than the last one
-written is dropped, and cleanup never deletes the file the pointer names.
+written is dropped, and cleanup never deletes the file the pointer names. Temporary files of saves
+that did not finish (a full disk, a kill -9 mid-write) are deleted on start and after a failed save.
 """
 
 from __future__ import annotations
@@ -42,6 +43,14 @@ class Snapshots:
         self.default_spec = default_spec
         self._lock = threading.Lock()
         self._written = -1  # sequence number of the last snapshot written
+        self._remove_temporaries()
+
+    def _remove_temporaries(self) -> None:
+        """Deletes the temporary files of saves that never finished (each as large as an index)."""
+        for tmp in [*self.data_dir.glob("index-*.faiss.tmp"), self.data_dir / (SNAPSHOT_POINTER + ".tmp")]:
+            if tmp.exists():
+                log.info("deleting %s, left by a snapshot that did not finish", tmp.name)
+                tmp.unlink(missing_ok=True)
 
     @property
     def pointer(self) -> Path:
@@ -77,7 +86,11 @@ class Snapshots:
                 return None
             with index.sealed_part() as (sealed, covered):
                 name = f"index-{covered}.faiss"
-                sealed.save(self.data_dir / name)  # atomic: temp file, fsync, rename
+                try:
+                    sealed.save(self.data_dir / name)  # atomic: temp file, fsync, rename
+                except BaseException:
+                    self._remove_temporaries()  # a full disk: the partial file would hold its space for ever
+                    raise
                 ntotal = sealed.ntotal
             write_text_durably(self.pointer, json.dumps({"file": name, "covers_labels_below": covered,
                                                          "spec": sealed.spec, "trained_on": sealed.trained_on}))

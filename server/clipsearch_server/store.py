@@ -22,10 +22,14 @@ position applied, in one transaction), so searches, filters and joins stay local
 Thumbnails (made by the workers) live in their own table keyed by image id, so that the images table
 that searches read stays lean; an upsert sets or removes the image's thumbnail, a delete removes it
 (`_set_thumbnail`), and `thumbnails` reads them.
+Storage failures of a write are the caller's to retry, and nothing of the write stays: a full disk
+(SQLITE_FULL) is ResourceExhausted, other I/O errors and a locked database are Unavailable, and the
+transaction is rolled back (SQLite may already have rolled it back itself).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import sqlite3
 import threading
@@ -38,6 +42,7 @@ from typing import Iterator, Protocol, Sequence
 import numpy as np
 
 from . import fields as typed
+from .errors import ResourceExhausted, Unavailable
 
 __all__ = ["DELETION_MEMORY_MS", "Change", "ImageRecord", "ImageStore", "Store", "StoredImage", "UpsertResult"]
 
@@ -64,16 +69,53 @@ CREATE TABLE IF NOT EXISTS thumbnails (id TEXT PRIMARY KEY, mime_type TEXT NOT N
 
 
 
+# SQLite's primary result codes (the low byte of an extended code) that a later retry may not meet.
+_SQLITE_FULL = 13
+_SQLITE_TRANSIENT = {5: "the database is locked", 6: "a table is locked", 10: "a disk I/O error",
+                     14: "the database file cannot be opened", 15: "a locking protocol error"}
+DISK_FULL_RETRY_S = 5.0  # the retry-after hint of a write refused for a full disk
+
+
 @contextmanager
 def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One write transaction: BEGIN IMMEDIATE, then COMMIT, or ROLLBACK on any error."""
-    conn.execute("BEGIN IMMEDIATE")
+    """One write transaction: BEGIN IMMEDIATE, then COMMIT, or ROLLBACK on any error (unless SQLite
+    already rolled back, as it does after some errors: a second ROLLBACK would hide the first error).
+    Storage failures become the domain's retryable errors (`storage_errors`)."""
+    with storage_errors():
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+
+@contextmanager
+def storage_errors() -> Iterator[None]:
+    """SQLite's and the file system's storage failures as ResourceExhausted (full disk) or Unavailable."""
     try:
-        yield conn
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
+        yield
+    except sqlite3.Error as exc:
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code == _SQLITE_FULL:
+            raise _disk_full(str(exc)) from exc
+        if code in _SQLITE_TRANSIENT:
+            raise Unavailable(f"the image store failed ({_SQLITE_TRANSIENT[code]}: {exc}); "
+                              "the write was not made, retry") from exc
         raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _disk_full(exc.strerror or str(exc)) from exc
+        if exc.errno == errno.EIO:
+            raise Unavailable(f"the server's disk failed ({exc.strerror}); the write was not made, retry") from exc
+        raise
+
+
+def _disk_full(detail: str) -> ResourceExhausted:
+    return ResourceExhausted(f"the server's disk is full ({detail}): the write was not made; retry once space "
+                             "is freed", retry_after_s=DISK_FULL_RETRY_S)
 
 
 def _in_chunks(conn: sqlite3.Connection, sql: str, values: Sequence[object]) -> list[tuple]:
@@ -197,7 +239,7 @@ class Store:
         return row[0] if row else None
 
     def set_meta(self, key: str, value: str) -> None:
-        with self._write_lock:
+        with self._write_lock, storage_errors():
             self._conn().execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
     def upsert(self, records: Sequence[ImageRecord]) -> UpsertResult:

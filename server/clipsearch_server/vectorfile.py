@@ -7,10 +7,14 @@ from the store like the index: rows are rewritten whenever an index adds them, a
 before a snapshot is written so every label the snapshot covers has its row on disk. Rows of deleted
 labels stay (4 * dim bytes each) until the data directory is rebuilt.
 The file only grows; a growth maps it again, and searches holding the previous map keep a valid view.
+Growth allocates the disk blocks (posix_fallocate), so a full disk is an OSError (ENOSPC) when the file
+grows, never a SIGBUS when a row is written through the map; `reserve` lets a writer grow it before its
+store commit, so that indexing what was committed cannot fail for space.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from pathlib import Path
@@ -50,14 +54,28 @@ class VectorFile:
             return
         labels = np.asarray(labels, dtype=np.int64)
         with self._lock:
-            need = int(labels.max()) + 1
-            if need > self.rows:
-                rows = max(need, 2 * self.rows, 1024)
-                with open(self.path, "r+b") as fh:
-                    os.ftruncate(fh.fileno(), rows * 4 * self.dim)
-                self._map = self._open(rows)
+            self._grow(int(labels.max()) + 1)
             assert self._map is not None
             self._map[labels] = vectors
+
+    def reserve(self, rows: int) -> None:
+        """Makes room (allocated on disk) for rows below `rows`; OSError (ENOSPC) when the disk is full."""
+        with self._lock:
+            self._grow(rows)
+
+    def _grow(self, need: int) -> None:
+        if need <= self.rows:
+            return
+        rows = max(need, 2 * self.rows, 1024)
+        size = self.path.stat().st_size
+        with open(self.path, "r+b") as fh:
+            try:
+                os.posix_fallocate(fh.fileno(), size, rows * 4 * self.dim - size)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # ENOSPC and the like: the caller's
+                    raise
+                os.ftruncate(fh.fileno(), rows * 4 * self.dim)  # a file system without fallocate
+        self._map = self._open(rows)
 
     def read(self, labels: np.ndarray) -> np.ndarray:
         """The rows of `labels` (each below `rows`), as an in-memory (n, dim) array."""

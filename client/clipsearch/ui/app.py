@@ -10,20 +10,34 @@ Errors of the service come back as JSON {"error": message, "code": gRPC status n
 status (400 invalid query, 404 unknown id, 503 unavailable, 502 otherwise), and the page shows them.
 The page builds result cards with DOM textContent only (static/app.js): no user data becomes HTML.
 
+One middleware guards every route (page, API, thumbnails, static files, unknown paths):
+- the Host header must name an address the page serves (`allowed_hosts`: the address it listens on, plus
+  localhost, 127.0.0.1 and [::1] on a loopback address or all interfaces, plus --allowed-host names),
+  compared without case, port or IPv6 brackets; anything else, a missing Host included, gets 421
+  Misdirected Request and no results. A web site whose DNS name is rebound to 127.0.0.1 (DNS rebinding)
+  therefore cannot read results or thumbnails through the page's token. `*` turns the check off;
+- every response, errors included, carries SECURITY_HEADERS: a Content-Security-Policy that allows only
+  the page's own script, style, images and API (nothing inline, no framing), nosniff, no referrer.
+
 aiohttp serves it: one maintained asyncio library that brings the HTTP server, multipart uploads and
 static files, and runs on the same event loop as the gRPC asyncio client (no second server framework).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
 import math
+import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import jinja2
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler, Middleware
 
 from ..client import AsyncClient
 from ..connection import Connection
@@ -31,12 +45,31 @@ from ..errors import ClipsearchError
 from ..types import SearchResult
 from ..where import fields_to_json, where_filter
 
-__all__ = ["MAX_UPLOAD_BYTES", "PAGE", "make_app", "serve"]
+__all__ = ["ANY_HOST", "LOOPBACK_NAMES", "MAX_UPLOAD_BYTES", "PAGE", "SECURITY_HEADERS", "allowed_hosts", "host_name",
+           "make_app", "serve"]
 
 HERE = Path(__file__).resolve().parent
 PAGE = 20  # results per page: the "more" button follows the page token for PAGE more
 MAX_K = 1000  # the service's limit on k
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024  # the server's default upload limit
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})  # as host_name() writes them
+ANY_HOST = "*"  # an --allowed-host value that turns the Host check off (only behind a proxy that checks it)
+CSP = (
+    "default-src 'self'; "
+    "script-src 'self'; "  # static/app.js only: no inline script, no eval
+    "style-src 'self'; "  # static/style.css only: no inline style
+    "img-src 'self'; "  # thumbnails come from /thumb
+    "object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"  # no page may frame this one (clickjacking)
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
 
 _HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -47,6 +80,7 @@ _HTTP_STATUS = {
     grpc.StatusCode.PERMISSION_DENIED: 502,
 }
 
+_LOG = logging.getLogger(__name__)
 _CLIENT = web.AppKey("client", AsyncClient)
 _TEMPLATES = web.AppKey("templates", jinja2.Environment)
 
@@ -57,6 +91,105 @@ def _error(message: str, code: str, status: int) -> web.Response:
 
 def _service_error(exc: ClipsearchError) -> web.Response:
     return _error(exc.details, exc.code.name, _HTTP_STATUS.get(exc.code, 502))
+
+
+_NAME = re.compile(r"[a-z0-9_.-]+", re.ASCII)  # a DNS name or an IPv4 address, lower case
+_PORT = re.compile(r"(:[0-9]*)?", re.ASCII)
+
+
+def host_name(value: str, *, bare_ipv6: bool = False) -> str | None:
+    """The host of a Host header value (or of an --allowed-host value): lower case, without the port, the
+    brackets of an IPv6 address or a trailing dot, IPv6 in its short form ("[::1]:8080" -> "::1").
+    None when it is none: empty, a bad port or character, or an IPv6 address without brackets (allowed in
+    option values with `bare_ipv6`, never in a Host header, where it is ambiguous with a port)."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        name, rest = (value[1:end], value[end + 1:]) if end > 0 and ":" in value[1:end] else ("", "")  # IPv6 only
+    elif value.count(":") > 1:
+        name, rest = (value, "") if bare_ipv6 else ("", "")
+    else:
+        name, colon, port = value.partition(":")
+        rest = colon + port
+    if not name or not _PORT.fullmatch(rest):
+        return None
+    if ":" in name:
+        try:
+            return str(ipaddress.IPv6Address(name))
+        except ValueError:
+            return None
+    name = name.removesuffix(".")
+    return name if _NAME.fullmatch(name) else None
+
+
+def _is_loopback(name: str) -> bool:
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def allowed_hosts(listen: str, extra: Iterable[str] = ()) -> frozenset[str] | None:
+    """The host names whose Host header the page answers when it listens on `listen`, as host_name()
+    writes them; None when any is accepted (ANY_HOST among `extra`).
+
+    `extra`: the --allowed-host values (each may hold several, comma-separated), e.g. a reverse proxy's
+    name. Listening on a loopback address, the page also answers to that address, localhost, 127.0.0.1
+    and ::1; on all interfaces (0.0.0.0, ::) only to the loopback names and `extra`, as the names that
+    reach the machine cannot be guessed; on another address or name, to that one. ValueError names a
+    value that is not a host."""
+    names: set[str] = set()
+    for item in extra:
+        for part in (p.strip() for p in item.split(",")):
+            if part == ANY_HOST:
+                return None
+            if part:
+                name = host_name(part, bare_ipv6=True)
+                if name is None:
+                    raise ValueError(f"--allowed-host {part!r} is not a host name (give NAME, NAME:PORT, an IP "
+                                     f"address, [IPv6]:PORT or {ANY_HOST})")
+                names.add(name)
+    listening = host_name(listen, bare_ipv6=True) or ""
+    if listening in ("", "0.0.0.0", "::"):
+        return frozenset(names | LOOPBACK_NAMES)
+    if _is_loopback(listening):
+        names |= LOOPBACK_NAMES
+    return frozenset(names | {listening})
+
+
+def _host_refusal(request: web.Request, allowed: frozenset[str]) -> web.Response | None:
+    """None when the request's one Host header names an allowed host, else the 421 answer."""
+    values = request.headers.getall(hdrs.HOST, [])
+    if len(values) == 1 and host_name(values[0]) in allowed:
+        return None
+    if len(values) == 1:
+        what = f"the Host header {values[0][:100]!r} names no address this page serves"
+    else:
+        what = f"the request has {len(values) or 'no'} Host header{'s' if values else ''}"
+    return _error(f"{what} (a reverse proxy's name is allowed with --allowed-host NAME)", "PERMISSION_DENIED", 421)
+
+
+def _guard(allowed: frozenset[str] | None) -> Middleware:
+    """The middleware that refuses other Host headers (None: any) and adds SECURITY_HEADERS to every answer."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response: web.StreamResponse | None = _host_refusal(request, allowed) if allowed is not None else None
+        if response is None:
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:  # 404, 405, 413...: aiohttp answers with the exception's headers
+                exc.headers.update(SECURITY_HEADERS)
+                raise
+            except Exception:  # noqa: BLE001 - logged, and answered with the headers too
+                _LOG.exception("%s %s failed", request.method, request.path)
+                response = _error("internal error of the page (see its log)", "INTERNAL", 500)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    return guard
 
 
 def _k(raw: str | None) -> int:
@@ -136,9 +269,11 @@ async def thumb(request: web.Request) -> web.Response:
                         headers={"Cache-Control": "private, max-age=60"})
 
 
-def make_app(connection: Connection, timeout: float = 30.0) -> web.Application:
-    """The web app; its gRPC client is made on start-up (inside the event loop) and closed on clean-up."""
-    app = web.Application(client_max_size=MAX_UPLOAD_BYTES + 64 * 1024)
+def make_app(connection: Connection, timeout: float = 30.0,
+             hosts: frozenset[str] | None = LOOPBACK_NAMES) -> web.Application:
+    """The web app; its gRPC client is made on start-up (inside the event loop) and closed on clean-up.
+    `hosts`: the Host names it answers (see allowed_hosts), None for any."""
+    app = web.Application(client_max_size=MAX_UPLOAD_BYTES + 64 * 1024, middlewares=[_guard(hosts)])
     app[_TEMPLATES] = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                          autoescape=jinja2.select_autoescape(default=True, default_for_string=True))
     app[_TEMPLATES].policies["json.dumps_function"] = json.dumps
@@ -157,10 +292,14 @@ def make_app(connection: Connection, timeout: float = 30.0) -> web.Application:
     return app
 
 
-def serve(connection: Connection, host: str, port: int, timeout: float = 30.0) -> int:
-    """Runs the page until interrupted; prints its address first."""
-    app = make_app(connection, timeout)
+def serve(connection: Connection, host: str, port: int, timeout: float = 30.0, *,
+          hosts: frozenset[str] | None) -> int:
+    """Runs the page until interrupted; prints its address and the Host names it answers first.
+    `hosts`: as allowed_hosts(host, the --allowed-host values) gives them."""
+    app = make_app(connection, timeout, hosts)
     shown = f"[{host}]" if ":" in host else host
-    message = f"clipsearch ui for {connection.server} at http://{shown}:{port}/"
+    names = "any Host header (unsafe unless a proxy checks it)" if hosts is None else \
+        "Host " + ", ".join(sorted(f"[{h}]" if ":" in h else h for h in hosts))
+    message = f"clipsearch ui for {connection.server} at http://{shown}:{port}/ (answers to {names})"
     web.run_app(app, host=host, port=port, print=lambda _: print(message, flush=True), handle_signals=True)
     return 0
