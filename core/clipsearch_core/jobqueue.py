@@ -24,6 +24,17 @@ the last):
   - a worker that stops (SIGTERM, or a fatal error) gives its unfinished jobs back to the parking
     consumer PARKING and leaves the group (release); live workers take them over at once;
   - consumers that never reported a heartbeat: XAUTOCLAIM after the visibility timeout (reclaim_stale).
+Jobs that a live worker holds in Redis but no longer works on (orphans) are given back to PARKING by the
+worker itself on each heartbeat (release_orphans): its heartbeat keeps it alive, so nobody else would take
+them before the visibility timeout. They come from Redis going away or restarting under a worker: an
+acknowledgement (finish) that failed while Redis was unreachable (the worker moves on, the job stays
+pending for it), a read whose reply was lost, or a Redis restarted from an append-only file that lost its
+last writes (everysec: up to about a second), which brings back, pending, jobs the worker had finished.
+Redoing them is safe: upserts are idempotent and the XACK guard counts each job once. A lost second
+cannot make the counters wrong either: the finish script's XACK, XDEL and counter increments are one
+transaction in the AOF, kept or lost together, so a job whose count was lost is pending again and is
+counted when it is redone. (A submission lost in that second is lost whole, its `submitted` count
+included; if a worker had already indexed it, the server has the image and the counters never knew it.)
 """
 
 from __future__ import annotations
@@ -66,6 +77,7 @@ __all__ = [
     "QueueStatus",
     "WorkerInfo",
     "release",
+    "release_orphans",
     "take_over_dead",
     "remove_worker",
     "report_worker",
@@ -341,6 +353,44 @@ return released
 """
 
 
+# Hands `consumer`'s pending jobs idle for at least `min_idle_ms` that are not among `held` (the entry ids
+# the worker is working on) to the parking consumer, as _RELEASE does (delivery counts unchanged, idle time
+# set high). One script, so that a job read or claimed meanwhile (idle reset) is not given away. No stream
+# or group (a Redis that came back empty): nothing is held. Returns the entry ids released.
+_RELEASE_ORPHANS = """
+local stream = KEYS[1]
+local group = ARGV[1]
+local consumer = ARGV[2]
+local parking = ARGV[3]
+local min_idle_ms = ARGV[4]
+local idle_ms = ARGV[5]
+local count = ARGV[6]
+local first_held = 7  -- ARGV[7..]: the entry ids the worker is working on
+
+local rows = redis.pcall('XPENDING', stream, group, 'IDLE', min_idle_ms, '-', '+', count, consumer)
+if rows['err'] then
+  return {}
+end
+local held = {}
+for i = first_held, #ARGV do
+  held[ARGV[i]] = true
+end
+local claim = {'XCLAIM', stream, group, parking, '0'}
+for _, row in ipairs(rows) do
+  if not held[row[1]] then
+    claim[#claim + 1] = row[1]
+  end
+end
+if #claim == 5 then
+  return {}
+end
+claim[#claim + 1] = 'IDLE'
+claim[#claim + 1] = idle_ms
+claim[#claim + 1] = 'JUSTID'
+return redis.call(unpack(claim))
+"""
+
+
 def connect(url: str, *, single_connection: bool = False) -> redis.Redis:
     """A Redis client for `url` (redis://host:port/db) with bounded timeouts. Replies are bytes
     (image blobs are binary); the functions here decode what they return.
@@ -553,6 +603,14 @@ def _run_release(r: redis.Redis, keys: Keys, *, consumer: str, idle_ms: int) -> 
     return int(r.register_script(_RELEASE)(keys=[keys.jobs], args=[GROUP, consumer, PARKING, idle_ms]))
 
 
+def _run_release_orphans(r: redis.Redis, keys: Keys, *, consumer: str, held: Sequence[str], min_idle_ms: int,
+                         idle_ms: int, count: int) -> list[str]:
+    """Runs _RELEASE_ORPHANS: `consumer`'s idle pending jobs that are not in `held` go to the parking consumer."""
+    released = r.register_script(_RELEASE_ORPHANS)(
+        keys=[keys.jobs], args=[GROUP, consumer, PARKING, min_idle_ms, idle_ms, count, *held])
+    return [_text(entry_id) for entry_id in released]
+
+
 def get_progress(r: redis.Redis, keys: Keys, batch_id: str = "") -> Progress | None:
     """Counts for a batch (None if unknown or expired) or, with no batch id, for the whole service."""
     values = _decoded(r.hgetall(keys.batch(batch_id) if batch_id else keys.progress))
@@ -719,6 +777,18 @@ def release(r: redis.Redis, keys: Keys, consumer: str) -> int:
     removes `consumer` from the group, so that live workers take the jobs at once. For a worker that
     stops without finishing what it took. Returns how many jobs were released."""
     return _run_release(r, keys, consumer=consumer, idle_ms=RELEASED_IDLE_MS)
+
+
+def release_orphans(r: redis.Redis, keys: Keys, consumer: str, held: Sequence[str], min_idle_ms: int,
+                    count: int = 1000) -> list[str]:
+    """Gives back (to the parking consumer, like `release`) the jobs that Redis says `consumer` holds but
+    that are not among `held`, the entry ids the worker is really working on, once idle for `min_idle_ms`
+    (a job just read or claimed is not yet in `held`: its idle time is near 0). Such orphans are left by
+    a finish that failed while Redis was unreachable, a read whose reply was lost, or a Redis restarted
+    from an append-only file that lost its last acknowledgements. Live workers, this one included, take
+    them over at once (`take_over_dead`). Returns the entry ids released (at most `count` per call)."""
+    return _run_release_orphans(r, keys, consumer=consumer, held=held, min_idle_ms=min_idle_ms,
+                                idle_ms=RELEASED_IDLE_MS, count=count)
 
 
 def retry(r: redis.Redis, keys: Keys, failures: Sequence[Failure]) -> tuple[list[str], list[str]]:

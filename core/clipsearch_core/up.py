@@ -1,5 +1,6 @@
 """`clipsearch up`: runs Redis (unless --redis-url is given), a search server and one worker on this
-machine, and stops them all on Ctrl-C/SIGTERM or when one exits.
+machine, and stops them all on Ctrl-C/SIGTERM or when one exits. The server listens on 127.0.0.1
+unless --host (or CLIPSEARCH_HOST) is given: a one-machine stack, with no token by default.
 
 It starts its children as processes (`python -m clipsearch_server`, `python -m clipsearch_worker`) and
 passes them its options from the same declarations (`settings.child_args`), so it imports neither

@@ -10,7 +10,10 @@ Jobs of a worker that is gone are redone without waiting for the visibility time
     worker_ttl (killed, host gone), and of workers that released them (jobqueue.take_over_dead);
   - a worker that stops, on SIGTERM or on WorkerFatal, first stops taking jobs, then releases the
     ones it took and did not finish (jobqueue.release) and leaves the consumer group;
-  - jobs of consumers that never reported a heartbeat are reclaimed after the visibility timeout.
+  - jobs of consumers that never reported a heartbeat are reclaimed after the visibility timeout;
+  - jobs Redis still has pending for this worker that it no longer works on (a finish that failed while
+    Redis was unreachable, a Redis restarted from an AOF that lost its last acknowledgements) are given
+    back by the heartbeat thread (jobqueue.release_orphans) and taken over at once.
 A live worker's jobs are never taken, however long a batch takes: its heartbeat keeps it alive.
 A job with a transient error (an unreachable URL) stays pending and is retried; a job delivered
 more than `max_deliveries` times (it failed, or crashed workers, every time) is dead-lettered.
@@ -46,7 +49,7 @@ from clipsearch.v1 import types_pb2
 
 from clipsearch_core import jobqueue
 from clipsearch_core.model import ClipEncoder, ModelSpec
-from clipsearch_core.images import ImageLoadError, LoadLimits, decode_image
+from clipsearch_core.images import ImageLoadError, LoadLimits, decoded
 from clipsearch_core.jobqueue import Job, Keys
 
 from .decode import DecodeContext, Item, Prepared, make_pool, prepare_chunk, thumbnail_of
@@ -279,15 +282,25 @@ class Worker:
         """Keeps this worker's in-flight jobs from looking abandoned, however long a batch takes, and
         reports the worker as alive (for `clipsearch status`)."""
         interval = max(0.2, min(5.0, self.config.visibility_timeout_s / 3, self.config.worker_ttl_s / 3))
+        orphan_idle_ms = 2000  # far longer than a job just read or claimed takes to reach _in_flight
         while True:
+            wait = interval
             try:
                 with self._in_flight_lock:  # held, so that no job is claimed back after its release
                     jobqueue.keep_alive(self.redis, self.keys, self.config.consumer, list(self._in_flight))
+                    # Jobs Redis says we hold but we do not work on (a finish lost while Redis was away or
+                    # restarting): given back at once, not after the visibility timeout (jobqueue's docstring).
+                    orphans = jobqueue.release_orphans(self.redis, self.keys, self.config.consumer,
+                                                       list(self._in_flight), orphan_idle_ms)
+                if orphans:
+                    log.warning("gave back %d jobs Redis still had pending for this worker, which no longer "
+                                "works on them (Redis unreachable or restarted); they are redone", len(orphans))
                 jobqueue.report_worker(self.redis, self.keys, jobqueue.WorkerInfo(
                     self.config.consumer, 0, self.processed, self.encoder.device, self.encoder.identity))
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
-            if self._closed.wait(interval):
+                wait = min(interval, 1.0)  # Redis back: beat (and give orphans back) soon, not a whole interval later
+            if self._closed.wait(wait):
                 return
 
     def run(self, stop: threading.Event) -> None:
@@ -467,6 +480,8 @@ class Worker:
             )
             if taken:
                 log.info("took over %d jobs of stopped or dead workers", len(taken))
+                if len(taken) >= self.config.batch_size:
+                    self._last_take_over = 0.0  # there may be more: look again for the next batch
                 return taken
         if now - self._last_reclaim >= min(30.0, self.config.visibility_timeout_s / 2):
             self._last_reclaim = now
@@ -619,8 +634,8 @@ class Worker:
 
     def _decode_with_pil(self, data: bytes) -> Prepared:
         try:
-            image = decode_image(data, self.config.image_limits, draft_size=self.encoder.image_size)
-            return "input", self.encoder.preprocess_uint8(image), "", thumbnail_of(data, image, self._decode)
+            with decoded(data, self.config.image_limits, draft_size=self.encoder.image_size) as image:
+                return "input", self.encoder.preprocess_uint8(image), "", thumbnail_of(data, image, self._decode)
         except ImageLoadError as exc:
             return "failed", None, str(exc), None
 
