@@ -2,7 +2,7 @@
 # Runs every benchmark (results: bench/results/*.json, plot: docs/index-recall-qps.png; figures go
 # into docs/BENCHMARKS.md by hand). Takes about an hour on a 2-core CPU, mostly the 1M-vector index.
 #   ./scripts/bench.sh               # everything
-#   ./scripts/bench.sh ingest query  # a subset: index, kinds, ingest, stages, feed, reads, preprocess, upsert, query, coldstart, stop, writes, snapshots, catchup, router
+#   ./scripts/bench.sh ingest query  # a subset: index, kinds, ingest, stages, feed, reads, preprocess, upsert, query, coldstart, stop, writes, snapshots, catchup, router, memory
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -27,4 +27,5 @@ has stop && $PY bench/bench_stop.py --rounds 3
 has writes && $PY bench/bench_write_under_load.py --vectors 20000
 has snapshots && $PY bench/bench_snapshot_stall.py --vectors 100000
 has catchup && $PY bench/bench_catchup.py --vectors 20000 --writes 300
+has memory && $PY bench/bench_image_memory.py
 has router && $PY bench/bench_router.py && $PY bench/bench_router.py --model ViT-B-32 --pretrained none --queries 150 --name router-vitb32

@@ -44,3 +44,15 @@ def wait_until(client: Client, batch: str, timeout: float, predicate=lambda p: p
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s; last progress: {progress}")
         time.sleep(0.3)
+
+
+def resolver_answers() -> bool:
+    """True when this machine's resolver says that a name does not exist (NXDOMAIN), as it does with DNS;
+    without one (no network) every name is a temporary failure instead."""
+    import socket
+
+    try:
+        socket.getaddrinfo("no-such-host.invalid", 80)
+    except socket.gaierror as exc:
+        return exc.errno == socket.EAI_NONAME
+    return False

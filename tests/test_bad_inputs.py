@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import struct
 import zlib
 from pathlib import Path
@@ -16,7 +15,7 @@ from PIL import Image
 
 from clipsearch import Client, ImageInput, InvalidArgumentError, ResourceExhaustedError
 from clipsearch.v1 import ingest_service_pb2, ingest_service_pb2_grpc
-from tests.data import wait_until
+from tests.data import resolver_answers, wait_until
 from tests.procs import Proc, Stack
 
 pytestmark = pytest.mark.timeout(240)
@@ -26,15 +25,6 @@ def peak_rss_mb(pid: int) -> int:
     """The most memory the process has used so far (VmHWM), in MiB."""
     with open(f"/proc/{pid}/status") as status:
         return next(int(line.split()[1]) // 1024 for line in status if line.startswith("VmHWM"))
-
-
-def _resolver_answers() -> bool:
-    """True when this machine's resolver says that a name does not exist (NXDOMAIN), as it does with DNS."""
-    try:
-        socket.getaddrinfo("no-such-host.invalid", 80)
-    except socket.gaierror as exc:
-        return exc.errno == socket.EAI_NONAME
-    return False
 
 
 def encoded(image: Image.Image, fmt: str, **kw: object) -> bytes:
@@ -136,7 +126,7 @@ def test_bad_and_unusual_images(stack: Stack, procs: list[Proc], tmp_path: Path)
         "file-uri-host": "file URL names a host ('files.example')",
         # failed at its first delivery (a name that does not exist is not an outage), unless this
         # machine's resolver cannot answer at all (then it is transient, as it should be)
-        "no-such-host": ("cannot fetch http://no-such-host.invalid/a.jpg: cannot resolve host" if _resolver_answers()
+        "no-such-host": ("cannot fetch http://no-such-host.invalid/a.jpg: cannot resolve host" if resolver_answers()
                          else "gave up after 2 attempts"),
     }
     assert set(reasons) == set(expected_failures), reasons

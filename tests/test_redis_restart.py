@@ -8,6 +8,7 @@ once."""
 from __future__ import annotations
 
 import shutil
+import signal
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -27,7 +28,7 @@ RECOVERY_S = 40  # after Redis is back: the heartbeat window (<= 30 s) and some 
 
 
 def start_ingestion(stack: Stack, procs: list[Proc], tmp_path: Path) -> tuple[Proc, Proc, Client, str, int]:
-    """Redis (AOF on) on a free port, a server and a worker with the default timeouts, 288 small PNGs
+    """Redis (AOF on) on a free port, a server and a worker with the default timeouts, 384 small PNGs
     submitted; returns (redis, worker, client, batch, images) once some are indexed."""
     first, url = start_redis(tmp_path / "logs", port=free_port(), data_dir=tmp_path / "redis", appendonly=True)
     procs.append(first)
@@ -38,7 +39,7 @@ def start_ingestion(stack: Stack, procs: list[Proc], tmp_path: Path) -> tuple[Pr
     procs.append(worker)
     wait_for(lambda: "ready" in worker.output(), 120, "worker", worker.popen)
     client = Client(address)
-    inputs = synthetic_inputs(per_class=12, seed=25)  # 288 small PNGs
+    inputs = synthetic_inputs(per_class=16, seed=25)  # 384 small PNGs: still going when Redis is killed
     batch = submit_all(client, inputs)
     wait_until(client, batch, 60, lambda p: p.indexed >= 40)
     return first, worker, client, batch, len(inputs)
@@ -92,11 +93,15 @@ def test_jobs_finished_in_writes_redis_lost_are_redone_and_counted_once(
     shutil.copytree(aof, older)  # what a host crash would leave: the AOF as of a moment ago
     rolled_back_to = client.progress(batch).indexed  # at most this many finishes are in the copy
     wait_until(client, batch, 30, lambda p: p.indexed >= rolled_back_to + 24)  # finishes that will be lost
-    first.kill()
-    at_kill = client.stats().count
-    shutil.rmtree(aof)
-    shutil.copytree(older, aof)
-    back = restart_redis(procs, tmp_path, stack.redis_url)
+    worker.popen.send_signal(signal.SIGSTOP)  # held still while Redis goes: ingestion cannot end meanwhile
+    try:
+        first.kill()
+        at_kill = client.stats().count
+        shutil.rmtree(aof)
+        shutil.copytree(older, aof)
+        back = restart_redis(procs, tmp_path, stack.redis_url)
+    finally:
+        worker.popen.send_signal(signal.SIGCONT)
     assert at_kill < images, "Redis was killed after the ingestion ended; the test proved nothing"
     restored = int(redis.Redis.from_url(stack.redis_url).hget(Keys(stack.prefix).batch(batch), "indexed"))
     lost = at_kill - restored

@@ -36,7 +36,7 @@ from clipsearch.v1 import (
     types_pb2,
 )
 from clipsearch_core.shards import ShardSpec, shard_of
-from tests.data import submit_all, synthetic_inputs, wait_until
+from tests.data import resolver_answers, submit_all, synthetic_inputs, wait_until
 from tests.certs import make_certs
 from tests.procs import REPO, Proc, Stack, channel_for, free_port, start_router, wait_for
 
@@ -86,9 +86,11 @@ def cluster(tiny_model: str, redis_url: str, tmp_path_factory: pytest.TempPathFa
     started: list[Proc] = []
     try:
         data = {name: tmp / name for name in ("s0", "s1a", "s1b", "single")}
-        s0 = stack.start_server(data["s0"], extra=["--shard", "0/2"])
+        # loopback URLs allowed: a closed port is a URL that fails transiently (UNAVAILABLE)
+        s0 = stack.start_server(data["s0"], extra=["--shard", "0/2", "--allow-network", "127.0.0.1/32"])
         started.append(s0[0])
-        s1 = [stack.start_server(data[name], extra=["--shard", "1/2"]) for name in ("s1a", "s1b")]
+        s1 = [stack.start_server(data[name], extra=["--shard", "1/2", "--allow-network", "127.0.0.1/32"])
+              for name in ("s1a", "s1b")]
         started.extend(p for p, _ in s1)
         metrics_port = free_port()
         router, address = start_router(stack, [s0[1], f"{s1[0][1]},{s1[1][1]}"],
@@ -400,12 +402,16 @@ def test_a_server_refuses_another_shard_count_at_restart(cluster: Cluster, tiny_
     assert "created with 2 shard(s)" in out.stderr and "--shard I/2" in out.stderr
 
 
-def test_a_bad_image_url_does_not_take_the_replicas_out(cluster: Cluster) -> None:
+@pytest.mark.parametrize("uri,code", [
+    ("http://127.0.0.1:9/cat.jpg", grpc.StatusCode.UNAVAILABLE),  # connection refused: may pass later
+    ("http://no-such-host.invalid/cat.jpg",  # NXDOMAIN: will not pass (without a resolver: may)
+     grpc.StatusCode.INVALID_ARGUMENT if resolver_answers() else grpc.StatusCode.UNAVAILABLE),
+])
+def test_a_bad_image_url_does_not_take_the_replicas_out(cluster: Cluster, uri: str, code: grpc.StatusCode) -> None:
     with grpc.insecure_channel(cluster.router) as channel:
-        with pytest.raises(grpc.RpcError) as err:  # the URL's fault (DNS), reported by every replica as UNAVAILABLE
-            search_grpc.SearchServiceStub(channel).ImageSearch(
-                search_pb.ImageSearchRequest(uri="http://no-such-host.invalid/cat.jpg", k=3), timeout=10)
-    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(grpc.RpcError) as err:  # the URL's fault, reported by every replica
+            search_grpc.SearchServiceStub(channel).ImageSearch(search_pb.ImageSearchRequest(uri=uri, k=3), timeout=10)
+    assert err.value.code() == code, err.value.details()
     reply = cluster.search(cluster.router, "a red circle", 5)  # at once: before the next health check
     assert (reply.shards_answered, reply.partial) == (2, False)
 

@@ -21,6 +21,7 @@ from .worker import Worker, WorkerConfig, WorkerFatal  # noqa: E402
 
 def main(argv: Sequence[str] | None = None) -> int:
     heap.freeze()  # imported; before any thread or connection (the model's objects are frozen once warm)
+    heap.return_large_blocks()  # a decoded image's memory goes back to the system when freed
     args = settings.parse("worker", argv, "clipsearch worker", "Run a clipsearch encoder worker.")
     setup_logging(args.log_level, args.log_format)
     config = WorkerConfig.from_args(args)

@@ -18,6 +18,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from clipsearch_core import heap
 from clipsearch_core.images import ImageLoadError, LoadLimits, check_header, decode_image, decoded, is_jpeg, read_uri
 
 from .thumbs import ThumbnailSpec, make_thumbnail
@@ -73,6 +74,7 @@ _CONTEXT: DecodeContext | None = None  # set in each decode process by _init
 def _init(context: DecodeContext) -> None:
     global _CONTEXT
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker process handles Ctrl-C and stops the pool
+    heap.return_large_blocks()  # as in the worker: a decoded image's memory goes back when freed
     _CONTEXT = context
 
 

@@ -17,6 +17,7 @@ from .config import ServerConfig  # noqa: E402
 
 def main(argv: Sequence[str] | None = None) -> int:
     heap.freeze()  # imported; before the port opens (the model's objects are frozen once it is loaded)
+    heap.return_large_blocks()  # a decoded image's memory goes back to the system when freed
     return program.main("server", argv, "clipsearch server", "Run the clipsearch search server.",
                         lambda args: serve(ServerConfig.from_args(args)))
 

@@ -37,6 +37,7 @@ from clipsearch_core.model import load_encoder
 
 from . import index as index_module
 from . import program
+from .boundary import MalformedRequests
 from .collection import Collection
 from .config import ServerConfig
 from .engine import Engine, EngineSlot
@@ -188,7 +189,8 @@ async def create_server(config: ServerConfig) -> RunningServer:
     )
 
     options = program.server_options(config.max_message_bytes)
-    interceptors = []
+    # first: it guards whatever handler the others pick (unparseable requests: INVALID_ARGUMENT, boundary.py)
+    interceptors: list[grpc.aio.ServerInterceptor] = [MalformedRequests(SERVICE_NAMES)]
     tokens = None
     if config.auth_token or config.tokens_file:
         tokens = TokenStore(config.tokens_file, config.auth_token)  # a bad tokens file fails start-up here
@@ -236,6 +238,10 @@ async def serve(config: ServerConfig) -> None:
     """Runs the server until SIGINT or SIGTERM, then drains gracefully."""
     running = await create_server(config)
     print(f"clipsearch server listening on port {running.port} (loading)", flush=True)
+    if running.tokens is None and not program.is_loopback(config.host):
+        log.warning("no token is required (--auth-token, --tokens-file) and the server listens on %s: anyone who can "
+                    "reach port %d can search, add and delete images; set CLIPSEARCH_AUTH_TOKEN or listen on "
+                    "--host 127.0.0.1", config.host, running.port)
     stop = program.stop_signals()
     if running.tokens is not None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, running.tokens.reload)

@@ -53,7 +53,7 @@ from clipsearch_core.shards import shard_of
 
 from . import program
 from . import validation as check
-from .boundary import boundary
+from .boundary import MalformedRequests, boundary
 from .cluster import Cluster, Metadata, Shard, ShardDown, Upstream, parse_shards
 from .errors import FailedPrecondition, InvalidArgument, Unavailable
 from .metrics import PARTIAL, serve_metrics
@@ -456,7 +456,8 @@ async def create_router(config: RouterConfig) -> RunningRouter:
     """Binds the port and starts routing. Health: NOT_SERVING until the first round of replica checks,
     then SERVING while some replica is healthy (a router with some shards down still answers, partially)."""
     cluster = Cluster(config.shards, config.upstream, config.health_interval_s, config.shard_timeout_s)
-    server = grpc.aio.server(options=program.server_options(config.upstream.max_message_bytes))
+    server = grpc.aio.server(options=program.server_options(config.upstream.max_message_bytes),
+                             interceptors=[MalformedRequests(_SERVICES)])  # unparseable requests: INVALID_ARGUMENT
     search_grpc.add_SearchServiceServicer_to_server(RouterSearch(cluster, config.shard_timeout_s), server)
     index_grpc.add_IndexServiceServicer_to_server(
         RouterIndex(cluster, config.shard_timeout_s, config.replica_writes), server)
