@@ -4,7 +4,7 @@ index add).
 
     python bench/bench_catchup.py [--vectors 10000] [--writes 300] [--batch 16] [--thumbnail-bytes 0] [--model SPEC]
 
-Starts its own PostgreSQL cluster (tests/pg.py) and one search server on it. The bench process is the
+Starts its own PostgreSQL cluster (clipsearch_devkit.pg) and one search server on it. The bench process is the
 other writer: it commits batches of random unit vectors straight through `PgStore.upsert` (the code a
 server runs for UpsertVectors), takes the time when the commit returned, then polls the server's
 GetIndexStats every millisecond until `applied_position` reaches the write's position, and checks
@@ -34,12 +34,13 @@ from clipsearch.v1 import (  # noqa: E402
     search_service_pb2 as search_pb,
     search_service_pb2_grpc as search_grpc,
 )
-from clipsearch_server.pgstore import PgStore  # noqa: E402
-from clipsearch_server.store import ImageRecord  # noqa: E402
-from tests.pg import start_cluster  # noqa: E402
-from tests.procs import Stack, start_redis  # noqa: E402
+from clipsearch_devkit.pg import start_cluster  # noqa: E402
+from clipsearch_devkit.procs import Stack, start_redis  # noqa: E402
+from clipsearch_devkit.tinyclip import MODEL_SPEC  # noqa: E402
+from clipsearch_server.storage.postgres import PgStore  # noqa: E402
+from clipsearch_server.storage.records import ImageRecord  # noqa: E402
 
-TINY = f"local-dir:{ROOT / 'tests' / 'tinyclip' / 'model'}"
+TINY = MODEL_SPEC
 
 
 def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -55,7 +56,7 @@ def main() -> None:
     parser.add_argument("--gap", type=float, default=0.05, help="seconds between measured writes")
     parser.add_argument("--thumbnail-bytes", type=int, default=0, help="size of each measured record's thumbnail "
                         "(0: none)")
-    parser.add_argument("--model", default=TINY, help="model spec of the server (default: the tests' tiny model)")
+    parser.add_argument("--model", default=TINY, help="model spec of the server (default: the devkit's tiny model)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-catchup-"))
     cluster = start_cluster()

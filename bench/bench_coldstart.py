@@ -16,8 +16,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import save  # noqa: E402
-from clipsearch_server.collection import SNAPSHOT_POINTER, Collection  # noqa: E402
-from clipsearch_server.store import ImageRecord, Store  # noqa: E402
+from clipsearch_server.collection.collection import Collection  # noqa: E402
+from clipsearch_server.index.snapshots import SNAPSHOT_POINTER  # noqa: E402
+from clipsearch_server.storage.sqlite import (
+    ImageRecord,  # noqa: E402
+    SqliteStore as Store,
+)
 
 
 def main() -> None:

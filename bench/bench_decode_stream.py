@@ -105,7 +105,7 @@ def main() -> None:
 
     import clipsearch_core  # noqa: F401 - first: its OpenMP wait policy must be set before torch loads
     from clipsearch_core.model import ModelSpec, load_encoder
-    from tests.photos import photo_jpeg
+    from clipsearch_devkit.photos import photo_jpeg
 
     encoder = load_encoder(ModelSpec(args.model, args.pretrained, args.device))
     unique = [photo_jpeg(seed, args.width, args.height) for seed in range(64)]
@@ -133,7 +133,8 @@ def main() -> None:
             seconds, vectors, _ = overlapped(encoder, batches, args.thumbnail, args.backend)
             cosines = np.sum(vectors * reference, axis=1)
             rows.append({"decode stream": setting[own], "round": round_, "img/s": len(photos) / seconds,
-                         "lowest cosine": float(cosines.min()), "vectors off (< 0.9999)": int(np.sum(cosines < 0.9999))})
+                         "lowest cosine": float(cosines.min()),
+                         "vectors off (< 0.9999)": int(np.sum(cosines < 0.9999))})
             print(rows[-1], flush=True)
     median = {name: float(np.median([r["img/s"] for r in rows if r["decode stream"] == name]))
               for name in setting.values()}

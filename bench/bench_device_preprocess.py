@@ -1,6 +1,7 @@
 """The device-decode path's own cost around the decoder: `ClipEncoder.decode_jpegs_and_thumbnails` and
-the stacking of its results into the model's input batch (the forward pass left out), on batches of JPEGs, for the code in this checkout and for others given with
-`--checkout NAME=PATH`, alternated round by round in one invocation (each round a fresh process whose
+the stacking of its results into the model's input batch (the forward pass left out), on batches of JPEGs,
+for the code in this checkout and for others given with `--checkout NAME=PATH`, alternated round by
+round in one invocation (each round a fresh process whose
 PYTHONPATH puts that checkout's core first). Reports per batch: torch operator calls (from the torch
 profiler; on a GPU each is at least one kernel launch from the worker's main thread) and device-to-host
 copies, and per image: CPU ms of the whole step and of the decoder alone.
@@ -28,11 +29,12 @@ from bench.common import checkouts, save, table  # noqa: E402
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """One round in this process: the model code is whatever `clipsearch_core` resolves to."""
-    import clipsearch_core  # noqa: F401 - first: its OpenMP wait policy must be set before torch loads
     import torch
+
+    import clipsearch_core  # noqa: F401 - first: its OpenMP wait policy must be set before torch loads
     from clipsearch_core import model as model_module
     from clipsearch_core.model import ModelSpec, load_encoder
-    from tests.photos import photo_jpeg
+    from clipsearch_devkit.photos import photo_jpeg
 
     encoder = load_encoder(ModelSpec(args.model, args.pretrained, args.device), threads=args.threads)
     if args.group and hasattr(encoder, "group_resizes"):
@@ -126,8 +128,8 @@ def main() -> None:
                "around ms/img", "img/s"]
     keys = ["checkout", "round", "ops_per_batch", "copies_per_batch", "cpu_ms_per_image", "decoder_cpu_ms_per_image",
             "around_decoder_cpu_ms_per_image", "img_per_s"]
-    print(f"\n== device decode + preprocess into the input batch, {args.model}, {args.width}x{args.height}, batch {args.batch}, "
-          f"thumbnail {args.thumbnail}, device {args.device}"
+    print(f"\n== device decode + preprocess into the input batch, {args.model}, {args.width}x{args.height}, "
+          f"batch {args.batch}, thumbnail {args.thumbnail}, device {args.device}"
           f"{', grouped as on a GPU' if args.group else ''} ==")
     table([{c: r[k] for c, k in zip(columns, keys)} for r in runs], columns)
     save(args.name, {"args": vars(args), "runs": runs})

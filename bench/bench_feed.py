@@ -42,10 +42,11 @@ from bench.common import cpu_seconds, save, scrape, split_env, table  # noqa: E4
 from clipsearch import Client, ImageInput  # noqa: E402
 from clipsearch_core.images import LoadLimits, decode_image  # noqa: E402
 from clipsearch_core.model import ModelSpec, load_encoder  # noqa: E402
-from tests.photos import photo_jpeg  # noqa: E402
-from tests.procs import Proc, Stack, free_port, start_redis, wait_for  # noqa: E402
+from clipsearch_devkit.photos import photo_jpeg  # noqa: E402
+from clipsearch_devkit.procs import Proc, Stack, free_port, start_redis, wait_for  # noqa: E402
+from clipsearch_devkit.tinyclip import MODEL_SPEC  # noqa: E402
 
-TINY = f"local-dir:{ROOT / 'tests' / 'tinyclip' / 'model'}"
+TINY = MODEL_SPEC
 
 
 def children(pid: int) -> list[int]:
@@ -91,7 +92,8 @@ def profile(folder: str, name: str, pid: int, gil: bool = False) -> subprocess.P
     spy = Path(sys.executable).with_name("py-spy")
     spy = spy if spy.exists() else Path(shutil.which("py-spy") or "py-spy")  # a lent GPU machine: /tmp/site/bin
     return subprocess.Popen([str(spy), "record", "--pid", str(pid), "--nonblocking", "--subprocesses", "--rate", "200",
-                             "--format", "raw", "--output", str(Path(folder) / f"{name}.txt"), *(["--gil"] if gil else [])],
+                             "--format", "raw", "--output", str(Path(folder) / f"{name}.txt"),
+                             *(["--gil"] if gil else [])],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -117,8 +119,8 @@ def summarize(path: Path, top: int = 12) -> str:
     total = sum(leaves.values()) or 1
     return "\n".join([f"{path.stem}: {total} samples", *(f"  {100 * n / total:5.1f} %  {name}" for name, n in
                                                           leaves.most_common(top)),
-                       "  threads (by their outermost own frame):", *(f"  {100 * n / total:5.1f} %  {name}" for name, n in
-                                                          roots.most_common(6))])
+                       "  threads (by their outermost own frame):",
+                       *(f"  {100 * n / total:5.1f} %  {name}" for name, n in roots.most_common(6))])
 
 
 def start_workers(args: argparse.Namespace, stack: Stack, address: str, files: list[Path], processes: int,
@@ -180,20 +182,25 @@ def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, proce
                 tree_cpu(procs[f"worker{i}"], seen[f"worker{i}"])
             time.sleep(0.05)
         elapsed = time.perf_counter() - t
-        per_process = {k: (tree_cpu(pid, seen[k], k != "submitter") - before[k]) * 1000 / len(files) for k, pid in procs.items()}
+        per_process = {k: (tree_cpu(pid, seen[k], k != "submitter") - before[k]) * 1000 / len(files)
+                       for k, pid in procs.items()}
         ended = [scrape(port) for port in ports]
 
         def share(sample: str) -> float:  # of the wall time, per worker
             return sum(e.get(sample, 0.0) - m.get(sample, 0.0) for e, m in zip(ended, metrics)) / elapsed / workers
 
-        stages = {f"{stage} share": share(f'clipsearch_worker_stage_seconds_sum{{stage="{stage}"}}') for stage in STAGES}
-        cpu = {"model busy share": share("clipsearch_worker_encode_seconds_sum"), **stages, "worker cpu ms/img": sum(v for k, v in per_process.items() if k.startswith("worker")),
+        stages = {f"{stage} share": share(f'clipsearch_worker_stage_seconds_sum{{stage="{stage}"}}')
+                  for stage in STAGES}
+        cpu = {"model busy share": share("clipsearch_worker_encode_seconds_sum"), **stages,
+               "worker cpu ms/img": sum(v for k, v in per_process.items() if k.startswith("worker")),
                **{f"{k} cpu ms/img": v for k, v in per_process.items() if not k.startswith("worker")}}
         if progress.indexed != len(files):  # why, in the log; the run's figures are kept (main exits 1)
             reasons = Counter(f.reason for f in client.failures(batch, limit=1000))
-            print(f"IMAGES FAILED in {label} {own_args}: {progress}; reasons {dict(reasons.most_common(5))}", flush=True)
+            print(f"IMAGES FAILED in {label} {own_args}: {progress}; reasons {dict(reasons.most_common(5))}",
+                  flush=True)
             for proc in (server, *started):
-                errors = [line for line in proc.output().splitlines() if re.search(r"ERROR|WARNING|Traceback|refused", line)]
+                errors = [line for line in proc.output().splitlines()
+                          if re.search(r"ERROR|WARNING|Traceback|refused", line)]
                 print(f"  {proc.name}: {len(errors)} error lines", *errors[-8:], sep="\n    ", flush=True)
         client.close()
         for spy in spies:
@@ -203,7 +210,8 @@ def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, proce
             path = Path(args.profile) / f"{label}-{attempt}-{name}.txt"
             print(summarize(path) if path.exists() else f"no profile {path}", flush=True)
         warm = [re.search(r"warmed up in ([0-9.]+) s", w.output()) for w in started]  # before "ready", unmeasured
-        return {"run": f"{label} {own_args}".strip(), "img/s": len(files) / elapsed, "failed": progress.failed, "submit s": submitted, "startup s": startup,
+        return {"run": f"{label} {own_args}".strip(), "img/s": len(files) / elapsed, "failed": progress.failed,
+                "submit s": submitted, "startup s": startup,
                 "warm-up s": max(float(m.group(1)) for m in warm) if all(warm) else float("nan"), **cpu}
     finally:
         for worker in started:
@@ -218,7 +226,8 @@ def run(args: argparse.Namespace, files: list[Path], tmp: Path, mode: str, proce
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=TINY)
-    parser.add_argument("--pretrained", default="", help="--pretrained of the server and workers (none: random weights)")
+    parser.add_argument("--pretrained", default="",
+                        help="--pretrained of the server and workers (none: random weights)")
     parser.add_argument("--images", type=int, default=3000)
     parser.add_argument("--unique", type=int, default=100)
     parser.add_argument("--width", type=int, default=640)
@@ -227,8 +236,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--decode-threads", type=int, default=1, help="worker --decode-threads (with 0 processes)")
     parser.add_argument("--runs", default="path:0,path:1,path:2,upload:0,upload:2",
-                        help="comma-separated mode:decode_processes[:decode_threads[:workers]], mode path or upload; a run "
-                             "named twice is measured twice (interleave A,B,A,B to compare under drift)")
+                        help="comma-separated mode:decode_processes[:decode_threads[:workers]], "
+                             "mode path or upload; a run named twice is measured twice "
+                             "(interleave A,B,A,B to compare under drift)")
     parser.add_argument("--profile", default="", help="folder for py-spy profiles of each run's worker and server")
     parser.add_argument("--gil", action="store_true", help="profile only the threads holding the GIL")
     parser.add_argument("--worker-args", default="", help="extra worker arguments for every run")
@@ -254,12 +264,12 @@ def main() -> None:
                             int(workers or 1), own_args, attempt))
             print(rows[-1], flush=True)
     kb = sum(map(len, photos)) / len(photos) / 1024
-    print(f"\n== feed, {args.model}, {args.images} JPEGs {args.width}x{args.height} of {kb:.0f} KB, batch {args.batch}, "
-          f"{os.cpu_count()} cores, worker args {args.worker_args!r} ==")
+    print(f"\n== feed, {args.model}, {args.images} JPEGs {args.width}x{args.height} of {kb:.0f} KB, "
+          f"batch {args.batch}, {os.cpu_count()} cores, worker args {args.worker_args!r} ==")
     print({k: round(v, 3) for k, v in stages.items()})
     table(rows, ["run", *(f"{stage} share" for stage in STAGES)])
-    table(rows, ["run", "img/s", "failed", "submit s", "startup s", "warm-up s", "model busy share", "worker cpu ms/img", "server cpu ms/img", "redis cpu ms/img",
-                 "submitter cpu ms/img"])
+    table(rows, ["run", "img/s", "failed", "submit s", "startup s", "warm-up s", "model busy share",
+                 "worker cpu ms/img", "server cpu ms/img", "redis cpu ms/img", "submitter cpu ms/img"])
     save(args.name, {"model": args.model, "images": args.images, "size": f"{args.width}x{args.height}",
                      "worker_args": args.worker_args, "kb_per_image": kb, "batch": args.batch,
                      "decode_threads": args.decode_threads, **stages, "rows": rows})

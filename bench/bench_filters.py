@@ -35,12 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bench_index import clustered, recall  # noqa: E402
 from bench.common import percentiles, save, table  # noqa: E402
 from clipsearch.v1.types_pb2 import Filter, Range, Value  # noqa: E402
-from clipsearch_server import filters, query  # noqa: E402
-from clipsearch_server.collection import Collection  # noqa: E402
-from clipsearch_server.index import HnswIndex, HnswParams, set_threads  # noqa: E402
-from clipsearch_server.segments import SegmentedIndex  # noqa: E402
-from clipsearch_server.snapshots import Snapshots  # noqa: E402
-from clipsearch_server.store import ImageRecord, Store  # noqa: E402
+from clipsearch_server.collection.collection import Collection  # noqa: E402
+from clipsearch_server.index.segments import SegmentedIndex  # noqa: E402
+from clipsearch_server.index.snapshots import Snapshots  # noqa: E402
+from clipsearch_server.index.vector_index import HnswIndex, HnswParams, set_threads  # noqa: E402
+from clipsearch_server.search import filters, query  # noqa: E402
+from clipsearch_server.storage.sqlite import (
+    ImageRecord,  # noqa: E402
+    SqliteStore as Store,
+)
 
 DIM, K, BUCKETS = 512, 10, 100_000
 SELECTIVITIES = (50.0, 20.0, 10.0, 1.0, 0.1, 0.001)  # percent

@@ -10,7 +10,8 @@ Each process's peak is reset before each case (`/proc/PID/clear_refs` 5, Linux) 
 Against another checkout (`--checkout before=PATH`), the cases that would take that code past
 `--old-limit-gb` by the issue's measurements (the thin shapes, eight at once: 8 x 6 GB) are left out.
 
-    python bench/bench_image_memory.py [--model local-dir:tests/tinyclip/model] [--checkout before=/path]
+    python bench/bench_image_memory.py [--model local-dir:devkit/clipsearch_devkit/tinyclip/model]
+        [--checkout before=/path]
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.common import checkout_env, checkouts, save, table  # noqa: E402
 from clipsearch import Client, ClipsearchError, ImageInput  # noqa: E402
-from tests.procs import Proc, Stack, start_redis, wait_for  # noqa: E402
+from clipsearch_devkit.procs import Proc, Stack, start_redis, wait_for  # noqa: E402
+from clipsearch_devkit.tinyclip import MODEL_SPEC  # noqa: E402
 
 SHAPES = {"8000x8000": (8000, 8000), "35760x1788 (20:1)": (35760, 1788), "16x4000000": (16, 4_000_000),
           "1x64000000": (1, 64_000_000)}
@@ -114,7 +116,8 @@ def run_checkout(name: str, path: Path, args: argparse.Namespace, url: str, tmp:
                     outcome: list[str] = []
                     mb, seconds = peak_of(proc.popen.pid, lambda: outcome.append(fn()))
                     rows.append({"code": name, "process": role, "shape": shape, "at once": n, "peak +MB": mb,
-                                 "s": seconds, "outcome": outcome[0] if outcome else "", "alive": proc.popen.poll() is None})
+                                 "s": seconds, "outcome": outcome[0] if outcome else "",
+                                 "alive": proc.popen.poll() is None})
                     print(rows[-1], flush=True)
     finally:
         if worker is not None:
@@ -124,7 +127,7 @@ def run_checkout(name: str, path: Path, args: argparse.Namespace, url: str, tmp:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=f"local-dir:{ROOT / 'tests' / 'tinyclip' / 'model'}")
+    parser.add_argument("--model", default=MODEL_SPEC)
     parser.add_argument("--pretrained", default="none")
     parser.add_argument("--checkout", action="append", default=[], help="NAME=PATH of another checkout to compare")
     parser.add_argument("--old-limit-gb", type=float, default=8.0, help="leave out another checkout's cases "

@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import save, table  # noqa: E402
-from clipsearch_server.index import HnswIndex, HnswParams, normalize  # noqa: E402
+from clipsearch_server.index.vector_index import HnswIndex, HnswParams, normalize  # noqa: E402
 
 EF_VALUES = (16, 32, 64, 128, 256)
 
@@ -113,7 +113,6 @@ def _hnsw_sq8(n: int, dim: int, rows: list[dict], exact_qps: float, base: np.nda
         found, qps = timed_search(lambda q, kk: sq.search(q, kk, params=params), queries, k)
         rows.append({"index": "HNSW32,SQ8", "param": f"efSearch={ef}", "recall@10": recall(found, truth), "qps": qps,
                      "speedup": qps / exact_qps, "bytes/vector": sq_size / n, "build_s": sq_build})
-    del sq
 
 
 def _ivfpq(n: int, dim: int, rows: list[dict], exact_qps: float, base: np.ndarray, queries: np.ndarray,
@@ -165,7 +164,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, action="append", help="index sizes (repeatable)")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=500)
-    parser.add_argument("--plot", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "index-recall-qps.png")
+    parser.add_argument("--plot", type=Path,
+                        default=Path(__file__).resolve().parent.parent / "docs" / "index-recall-qps.png")
     args = parser.parse_args()
     results = [run(n, args.dim, args.queries, 10) for n in (args.n or [100_000])]
     save("index", {"results": results})

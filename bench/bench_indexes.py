@@ -42,10 +42,10 @@ import faiss  # noqa: E402  (the bench measures faiss directly for the exact bas
 
 from bench.bench_index import clustered, recall  # noqa: E402
 from bench.common import save, table  # noqa: E402
-from clipsearch_server import kinds  # noqa: E402
-from clipsearch_server.collection import TRAIN_SAMPLE_MAX  # noqa: E402
-from clipsearch_server.index import HnswParams, IndexOptions, SearchParams, make_index, normalize  # noqa: E402
-from clipsearch_server.vectorfile import VectorFile  # noqa: E402
+from clipsearch_server.collection.collection import TRAIN_SAMPLE_MAX  # noqa: E402
+from clipsearch_server.index import kinds  # noqa: E402
+from clipsearch_server.index.vector_index import HnswParams, IndexOptions, SearchParams, make_index, normalize  # noqa: E402
+from clipsearch_server.index.vectorfile import VectorFile  # noqa: E402
 
 K = 10
 
@@ -138,7 +138,8 @@ def run_kind(kind: str, args: argparse.Namespace) -> list[dict]:
     sets = {name: (queries[name], found[name][0]) for name in queries}
     params = HnswParams(m=32, ef_construction=100, ef_search=64)
     spec = kinds.spec_of(kind, args.dim, params.m, n)
-    print(f"building {spec} on {n} vectors (exact search: {exact_qps:.1f} q/s single-thread)", file=sys.stderr, flush=True)
+    print(f"building {spec} on {n} vectors (exact search: {exact_qps:.1f} q/s single-thread)",
+          file=sys.stderr, flush=True)
     rows = []
     with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent) as tmp:
         index, built = build(spec, base, Path(tmp), params, args.threads)

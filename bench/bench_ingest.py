@@ -31,17 +31,18 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import clipsearch_core  # noqa: F401 - first: its OpenMP wait policy must be set before torch loads
 import torch
 from PIL import Image
+
+import clipsearch_core  # noqa: F401 - first: its OpenMP wait policy must be set before torch loads
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.common import cpu_seconds, save, scrape, split_env, table  # noqa: E402
 from clipsearch import Client, ImageInput  # noqa: E402
 from clipsearch_core.model import ModelSpec, load_encoder  # noqa: E402
-from tests.photos import photo_jpeg  # noqa: E402
-from tests.procs import Proc, Stack, free_port, start_redis, wait_for  # noqa: E402
+from clipsearch_devkit.photos import photo_jpeg  # noqa: E402
+from clipsearch_devkit.procs import Proc, Stack, free_port, start_redis, wait_for  # noqa: E402
 
 
 def forward_rate(encoder, tensors: list, batch: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
@@ -149,7 +150,8 @@ def main() -> None:
                         help="';'-separated name=worker arguments (upper-case NAME=value words: environment)")
     parser.add_argument("--device-decode", action="store_true", help="every worker decodes JPEGs on the model's device")
     parser.add_argument("--sets", default="photos,small", help="image sets to run: photos, small")
-    parser.add_argument("--unique", type=int, default=0, help="distinct images generated, repeated to --images (0: all)")
+    parser.add_argument("--unique", type=int, default=0,
+                        help="distinct images generated, repeated to --images (0: all)")
     parser.add_argument("--seed-loop", action="store_true", help="also time the seed's one-image-at-a-time loop")
     parser.add_argument("--name", default="ingest")
     args = parser.parse_args()
@@ -195,10 +197,11 @@ def main() -> None:
     table(rows, ["images", "variant", "kb/image", "forward img/s", "pipeline img/s", "efficiency", "efficiencies",
                  "cpu efficiency",
                  "seed loop img/s", "seed ratio"])
-    table(rows, ["images", "variant", "model busy share", "batches", "forward cpu ms/img", "worker cpu ms/img", "server cpu ms/img",
-                 "redis cpu ms/img", "submitter cpu ms/img"])
+    table(rows, ["images", "variant", "model busy share", "batches", "forward cpu ms/img", "worker cpu ms/img",
+                 "server cpu ms/img", "redis cpu ms/img", "submitter cpu ms/img"])
     save(args.name, {"model": args.model, "pretrained": args.pretrained, "device": encoder.device,
-                     "variants": variants, "device_decode": args.device_decode, "torch_threads": torch.get_num_threads(), "batch": args.batch,
+                     "variants": variants, "device_decode": args.device_decode,
+                     "torch_threads": torch.get_num_threads(), "batch": args.batch,
                      "decode_threads": args.decode_threads, "rows": rows, "rounds": rounds})
 
 

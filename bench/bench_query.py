@@ -27,21 +27,25 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import clipsearch_core  # noqa: F401 - first: its OpenMP wait policy must be set before torch loads
 import torch
+
+import clipsearch_core  # noqa: F401 - first: its OpenMP wait policy must be set before torch loads
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.common import percentiles, save, table  # noqa: E402
 from clipsearch import Client  # noqa: E402
 from clipsearch.v1 import index_service_pb2, index_service_pb2_grpc, types_pb2  # noqa: E402
-from clipsearch_server.collection import Collection  # noqa: E402
-from clipsearch_server.index import HnswParams  # noqa: E402
-from clipsearch_server.query import Query, run as plan_and_page  # noqa: E402
-from clipsearch_server.store import ImageRecord  # noqa: E402
 from clipsearch_core.model import ModelSpec, load_encoder  # noqa: E402
-from tests.photos import photo_jpeg  # noqa: E402
-from tests.procs import Stack, start_redis  # noqa: E402
+from clipsearch_devkit.photos import photo_jpeg  # noqa: E402
+from clipsearch_devkit.procs import Stack, start_redis  # noqa: E402
+from clipsearch_server.collection.collection import Collection  # noqa: E402
+from clipsearch_server.index.vector_index import HnswParams  # noqa: E402
+from clipsearch_server.search.query import (
+    Query,  # noqa: E402
+    run as plan_and_page,
+)
+from clipsearch_server.storage.records import ImageRecord  # noqa: E402
 
 COLORS = ["red", "blue", "green", "yellow", "black", "white", "silver", "orange"]
 THINGS = ["sports car", "dog on a beach", "mountain lake at sunset", "bowl of ramen", "city street at night",
@@ -111,7 +115,7 @@ def decompose(args: argparse.Namespace, server_cores: set[int] | None, client_co
                 client.text_search("repeated", k=10)
                 vector = encoder.encode_text(["repeated"])[0]
                 time.sleep(3)  # the server seals what it was sent before the timed loop
-                for i, (a, b) in enumerate(zip(texts(args.queries, 1), texts(args.queries, 2))):
+                for _i, (a, b) in enumerate(zip(texts(args.queries, 1), texts(args.queries, 2))):
                     on(server_cores)
                     t = time.perf_counter()
                     col.search(encoder.encode_text([a])[0], 10)
@@ -204,13 +208,15 @@ def main() -> None:
         from clipsearch_core.images import LoadLimits, decode_image
         for p in photos:
             t = time.perf_counter()
-            col.search(encoder.encode_images([encoder.preprocess(decode_image(p, LoadLimits(), encoder.image_size))])[0], 10)
+            pixels = encoder.preprocess(decode_image(p, LoadLimits(), encoder.image_size))
+            col.search(encoder.encode_images([pixels])[0], 10)
             inproc_image.append(time.perf_counter() - t)
         col.close()
         baseline_qps = len(full) / sum(full)
-        rows.append({"what": "one full-length text at a time (baseline)", "clients": 1, "qps": baseline_qps, **percentiles(full)})
-        rows.append({"what": "TextSearch in-process (encode+search)", "clients": 1, "qps": len(inproc_text) / sum(inproc_text),
-                     **percentiles(inproc_text)})
+        rows.append({"what": "one full-length text at a time (baseline)", "clients": 1, "qps": baseline_qps,
+                     **percentiles(full)})
+        rows.append({"what": "TextSearch in-process (encode+search)", "clients": 1,
+                     "qps": len(inproc_text) / sum(inproc_text), **percentiles(inproc_text)})
         rows.append({"what": "ImageSearch in-process (640x480 JPEG)", "clients": 1,
                      "qps": len(inproc_image) / sum(inproc_image), **percentiles(inproc_image)})
         del encoder
@@ -235,7 +241,8 @@ def main() -> None:
                 client.text_search("warm up", k=10)
                 client.image_search(photos[0], k=10)
             for n, clients in enumerate((1, 8, 32)):
-                r = load(address, lambda c, q: c.text_search(q, k=10), texts(args.queries * (1 + clients // 8), 10 + n), clients)
+                r = load(address, lambda c, q: c.text_search(q, k=10), texts(args.queries * (1 + clients // 8), 10 + n),
+                         clients)
                 rows.append({"what": "TextSearch over gRPC", **r})
             for clients in (1, 8, 32):
                 r = load(address, lambda c, p: c.image_search(p, k=10), photos, clients)

@@ -60,8 +60,10 @@ def main() -> None:
         rows = []
         for threads in map(int, args.threads.split(",")):
             for rnd in range(args.rounds):
-                for name, read in (("resolve first (before)", resolve_first), ("read_uri (open, then check)", read_uri)):
-                    rows.append({"read": name, "threads": threads, "round": rnd, **measure(read, files, limits, threads)})
+                for name, read in (("resolve first (before)", resolve_first),
+                                   ("read_uri (open, then check)", read_uri)):
+                    rows.append({"read": name, "threads": threads, "round": rnd,
+                                 **measure(read, files, limits, threads)})
                     print(rows[-1], flush=True)
     print(f"\n== reading {args.files} files of {args.kb} KB by path under an allowed root ==")
     table(rows, ["read", "threads", "round", "img/s", "cpu us/img"])

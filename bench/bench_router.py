@@ -31,7 +31,8 @@ from clipsearch.v1 import (  # noqa: E402
     search_service_pb2_grpc as search_grpc,
 )
 from clipsearch_core.shards import shard_of  # noqa: E402
-from tests.procs import Stack, start_redis, start_router  # noqa: E402
+from clipsearch_devkit.procs import Stack, start_redis, start_router  # noqa: E402
+from clipsearch_devkit.tinyclip import MODEL_SPEC  # noqa: E402
 
 COLORS = ["red", "blue", "green", "yellow", "black", "white", "silver", "orange"]
 THINGS = ["sports car", "dog on a beach", "mountain lake at sunset", "bowl of ramen", "city street at night"]
@@ -59,7 +60,7 @@ def timed(stub: search_grpc.SearchServiceStub, text: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default=f"local-dir:{ROOT / 'tests' / 'tinyclip' / 'model'}")
+    parser.add_argument("--model", default=MODEL_SPEC)
     parser.add_argument("--pretrained", default="none")
     parser.add_argument("--vectors", type=int, default=20_000)
     parser.add_argument("--queries", type=int, default=300)
@@ -76,7 +77,8 @@ def main() -> None:
                                 "--redis-prefix", stack.prefix, "--device", "cpu", "--threads", str(args.threads)]
         try:
             single, direct = stack.start_server(tmp / "single", timeout=600)
-            shard_servers = [stack.start_server(tmp / f"s{i}", extra=["--shard", f"{i}/2"], timeout=600) for i in (0, 1)]
+            shard_servers = [stack.start_server(tmp / f"s{i}", extra=["--shard", f"{i}/2"], timeout=600)
+                             for i in (0, 1)]
             procs += [single, *(p for p, _ in shard_servers)]
             dim = index_grpc.IndexServiceStub(grpc.insecure_channel(direct)).GetIndexStats(
                 index_pb.GetIndexStatsRequest(), timeout=60).model.dim
@@ -98,7 +100,7 @@ def main() -> None:
                 for text in texts(20, "warm-up"):
                     timed(stub, text)
             latencies: dict[str, list[float]] = {name: [] for name in stubs}
-            for i, text in enumerate(texts(args.queries, "query")):
+            for _i, text in enumerate(texts(args.queries, "query")):
                 for name, stub in stubs.items():  # alternate: each round asks each path a distinct text
                     latencies[name].append(timed(stub, f"{text} {name}"))
         finally:

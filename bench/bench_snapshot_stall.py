@@ -22,9 +22,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.common import percentiles, save, table  # noqa: E402
-from clipsearch_server.collection import Collection  # noqa: E402
-from clipsearch_server.index import HnswParams  # noqa: E402
-from clipsearch_server.store import ImageRecord  # noqa: E402
+from clipsearch_server.collection.collection import Collection  # noqa: E402
+from clipsearch_server.index.vector_index import HnswParams  # noqa: E402
+from clipsearch_server.storage.records import ImageRecord  # noqa: E402
 
 
 def main() -> None:
@@ -32,12 +32,14 @@ def main() -> None:
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--snapshots", type=int, default=3)
-    parser.add_argument("--ef-construction", type=int, default=40, help="build speed only; snapshot cost does not depend on it")
+    parser.add_argument("--ef-construction", type=int, default=40,
+                        help="build speed only; snapshot cost does not depend on it")
     parser.add_argument("--name", default="snapshot_stall")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
-        col = Collection(Path(tmp), "bench@1", args.dim, HnswParams(m=32, ef_construction=args.ef_construction, ef_search=64))
+        col = Collection(Path(tmp), "bench@1", args.dim,
+                         HnswParams(m=32, ef_construction=args.ef_construction, ef_search=64))
         started = time.perf_counter()
         for start in range(0, args.vectors, 5000):
             vectors = rng.standard_normal((min(5000, args.vectors - start), args.dim)).astype(np.float32)

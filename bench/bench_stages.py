@@ -2,7 +2,7 @@
 decode + preprocess in 1..N processes (PIL draft mode, what the worker does), device decode +
 preprocess (torchvision's nvJPEG path and TorchCodec's, when installed), the host-to-device copy of
 a preprocessed batch, and the model's batched forward pass. The slowest stage bounds what one
-worker can reach; `docs/BENCHMARKS.md` compares these with the end-to-end figure of bench_ingest.
+worker can reach; `docs/performance.md` compares these with the end-to-end figure of bench_ingest.
 
     python bench/bench_stages.py [--model ViT-B-32 --pretrained none] [--device cuda] [--images 512]
 """
@@ -20,15 +20,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import clipsearch_core  # noqa: F401 - first: its OpenMP wait policy must be set before torch loads
 import torch
+
+import clipsearch_core  # noqa: F401 - first: its OpenMP wait policy must be set before torch loads
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.common import save, table  # noqa: E402
-from clipsearch_core.model import ModelSpec, load_encoder  # noqa: E402
 from clipsearch_core.images import LoadLimits, decode_image  # noqa: E402
-from tests.photos import photo_jpeg  # noqa: E402
+from clipsearch_core.model import ModelSpec, load_encoder  # noqa: E402
+from clipsearch_devkit.photos import photo_jpeg  # noqa: E402
 
 _WORKER_ENCODER: Any = None
 

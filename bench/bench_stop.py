@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.common import checkout_env, checkouts, save, table  # noqa: E402
-from tests.procs import Proc, Stack, start_redis, wait_for  # noqa: E402
+from clipsearch_devkit.procs import Proc, Stack, start_redis, wait_for  # noqa: E402
 
 # run in a fresh process: load what a server loads, then time full collections before and after freezing
 PAUSE = """

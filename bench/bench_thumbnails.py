@@ -1,6 +1,6 @@
 """What thumbnails cost: average bytes per image (storage per million images) and the worker's time to
 make one, for WebP and JPEG at the default 256 px, on the test suite's synthetic shapes (64 x 64 PNG)
-and on photo-like JPEGs (tests/photos.py, 1024 x 768). Two times per image: from the image the worker
+and on photo-like JPEGs (clipsearch_devkit.photos, 1024 x 768). Two times per image: from the image the worker
 decoded for the model (draft mode; the CPU path: resize + encode) and from the bytes (the
 `--device-decode` path before the device scaled thumbnails: draft decode + resize + encode), and from an
 array the device already scaled (`--device-decode` now: the encode alone).
@@ -27,11 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.common import save, table  # noqa: E402
 from clipsearch_core.images import LoadLimits, decode_image  # noqa: E402
+from clipsearch_devkit.data import png_bytes  # noqa: E402
+from clipsearch_devkit.photos import photo_jpeg  # noqa: E402
+from clipsearch_devkit.tinyclip.synthetic import CLASSES, make_image  # noqa: E402
 from clipsearch_worker import thumbs  # noqa: E402
 from clipsearch_worker.thumbs import ThumbnailSpec, make_thumbnail, thumbnail_from_array  # noqa: E402
-from tests.data import png_bytes  # noqa: E402
-from tests.photos import photo_jpeg  # noqa: E402
-from tests.tinyclip.synthetic import CLASSES, make_image  # noqa: E402
 
 
 def _synthetic(n: int) -> list[bytes]:
@@ -39,7 +39,8 @@ def _synthetic(n: int) -> list[bytes]:
 
 
 # name: (reducing gap, WebP method, draft decode from bytes bounded by the longest side, else both sides)
-SETTINGS = {"now": (thumbs.REDUCING_GAP, thumbs.WEBP_METHOD, True), "before (gap 2, method 4, both sides)": (2.0, 4, False)}
+SETTINGS = {"now": (thumbs.REDUCING_GAP, thumbs.WEBP_METHOD, True),
+            "before (gap 2, method 4, both sides)": (2.0, 4, False)}
 
 
 def make_small(image: Image.Image, side: int) -> Image.Image:

@@ -30,11 +30,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.bench_feed import profile, summarize  # noqa: E402
 from bench.common import checkout_env, checkouts, cpu_seconds, save, table  # noqa: E402
-from clipsearch.v1 import index_service_pb2 as index_pb  # noqa: E402
-from clipsearch.v1 import index_service_pb2_grpc as index_grpc  # noqa: E402
-from clipsearch.v1 import types_pb2  # noqa: E402
-from tests.photos import photo_jpeg  # noqa: E402
-from tests.procs import Stack, start_redis  # noqa: E402
+from clipsearch.v1 import (
+    index_service_pb2 as index_pb,  # noqa: E402
+    index_service_pb2_grpc as index_grpc,  # noqa: E402
+    types_pb2,  # noqa: E402
+)
+from clipsearch_devkit.photos import photo_jpeg  # noqa: E402
+from clipsearch_devkit.procs import Stack, start_redis  # noqa: E402
 
 MODEL = "ViT-B-32@random-seed0"  # the identity of ViT-B-32 with --pretrained none
 DIM = 512

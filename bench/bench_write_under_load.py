@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import percentiles, save, table  # noqa: E402
 from clipsearch import Client  # noqa: E402
 from clipsearch.v1 import index_service_pb2, index_service_pb2_grpc, types_pb2  # noqa: E402
-from tests.procs import Stack, start_redis  # noqa: E402
+from clipsearch_devkit.procs import Stack, start_redis  # noqa: E402
 
 
 def upserts(stub, model, rng: np.random.Generator, dim: int, n: int, gap_s: float, tag: str) -> list[float]:  # type: ignore[no-untyped-def]

@@ -42,7 +42,8 @@ def generate(out: Path) -> list[Path]:
     pkg = out / "clipsearch" / "v1"
     init = pkg / "__init__.py"
     if not init.exists():
-        init.write_text('"""Generated gRPC/protobuf code for the clipsearch.v1 API (do not edit; see protos/generate.py)."""\n')
+        init.write_text('"""Generated gRPC/protobuf code for the clipsearch.v1 API '
+                        '(do not edit; see protos/generate.py)."""\n')
     return sorted(p for p in pkg.iterdir() if p.name.endswith((".py", ".pyi")) and p.name != "__init__.py")
 
 

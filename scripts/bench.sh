@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every benchmark (results: bench/results/*.json, plot: docs/index-recall-qps.png; figures go
-# into docs/BENCHMARKS.md by hand). Takes about an hour on a 2-core CPU, mostly the 1M-vector index.
+# into docs/performance.md and docs/benchmarks-journal.md by hand). Takes about an hour on a 2-core CPU, mostly the 1M-vector index.
 #   ./scripts/bench.sh               # everything
 #   ./scripts/bench.sh ingest query  # a subset: index, kinds, ingest, stages, feed, reads, preprocess, upsert, query, coldstart, stop, writes, snapshots, catchup, router, memory
 set -euo pipefail

@@ -10,21 +10,21 @@ cd "$(dirname "$0")/.."
 # shellcheck disable=SC1091
 . .venv/bin/activate
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-0}
-TINY="$PWD/tests/tinyclip/model"
+TINY="$PWD/devkit/clipsearch_devkit/tinyclip/model"  # clipsearch_devkit.tinyclip.MODEL_DIR
 MODEL=${CLIPSEARCH_MODEL:-local-dir:$TINY}
 PRETRAINED=${CLIPSEARCH_PRETRAINED:-none}
 PORT=${PORT:-50051}
 DATA=${DATA:-$PWD/demo-data}
 QUERY=${QUERY:-a red circle}
 if [ "$MODEL" = "local-dir:$TINY" ] && [ ! -f "$TINY/open_clip_model.safetensors" ]; then
-  python -m tests.tinyclip.train --out "$TINY"
+  python -m clipsearch_devkit.tinyclip.train --out "$TINY"
 fi
 if [ -z "${IMAGES:-}" ]; then
   IMAGES="$DATA/images"
   python - "$IMAGES" <<'PY'
 import sys
 from pathlib import Path
-from tests.tinyclip.synthetic import iter_balanced
+from clipsearch_devkit.tinyclip.synthetic import iter_balanced
 out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
 for n, (image, color, shape) in enumerate(iter_balanced(4, seed=2024)):
     image.save(out / f"{color}-{shape}-{n:03d}.png")

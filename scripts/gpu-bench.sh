@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements of docs/BENCHMARKS.md as one bounded script for a lent GPU machine (device
+# The GPU measurements of docs/performance.md (GPU section of docs/benchmarks-journal.md) as one bounded script for a lent GPU machine (device
 # tool), which has its own Python with PyTorch and no network: the worker end to end for ViT-B-32
 # (device and CPU JPEG decoding, one and two workers, thumbnails on and off) and ViT-L-14, the
 # pipeline's own cost with the tiny model as decode processes grow on the machine's cores, and
@@ -34,7 +34,7 @@ if [ -d "$WHEELS" ]; then
     || { echo "wheel install failed"; exit 1; }
   export PYTHONPATH=/tmp/site
 fi
-export PYTHONPATH=$PWD:$PWD/client:$PWD/core:$PWD/server:$PWD/encoder_worker${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH=$PWD:$PWD/client:$PWD/core:$PWD/server:$PWD/encoder_worker:$PWD/devkit${PYTHONPATH:+:$PYTHONPATH}
 
 if [ -n "${SMALL:-}" ]; then   # rehearsal: every step, tiny sizes
   IMAGES=64; UNIQUE=8; BATCH=16; TINY_IMAGES=64; VECTORS=2000; QUERIES=16; GPU_PROCS=1

@@ -22,6 +22,8 @@ pip_install --upgrade pip
 # machines keep on disk); on other machines pip downloads them.
 pip_install "torch==2.14.1" "torchvision==0.29.1"
 pip_install -e ".[dev]"
+# The developer kit the tests, bench/ and demo.sh share (devkit/): its own distribution, not in the clipsearch wheel
+pip_install -e ./devkit
 # The search page's browser test drives Debian's Chromium (playwright never downloads a browser here);
 # without it that test skips. Installed quietly where apt-get can (root, e.g. CI).
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

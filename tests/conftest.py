@@ -11,14 +11,13 @@ from typing import Iterator
 
 import pytest
 
-from tests.procs import REPO, Proc, Stack, start_redis, stop_fork_server, use_fork_server
-
-MODEL_DIR = REPO / "tests" / "tinyclip" / "model"
+from clipsearch_devkit.procs import REPO, Proc, Stack, start_redis, stop_fork_server, use_fork_server
+from clipsearch_devkit.tinyclip import MODEL_DIR
 
 
 @pytest.fixture(scope="session")
 def tiny_model() -> str:
-    """`local-dir:` spec of the tiny OpenCLIP model, trained by tests/tinyclip/train.py if missing
+    """`local-dir:` spec of the tiny OpenCLIP model, trained by clipsearch_devkit/tinyclip/train.py if missing
     ($CLIPSEARCH_TEST_MODEL overrides it with another model spec)."""
     if os.environ.get("CLIPSEARCH_TEST_MODEL"):
         return os.environ["CLIPSEARCH_TEST_MODEL"]
@@ -28,7 +27,7 @@ def tiny_model() -> str:
         with open(lock, "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             if not (MODEL_DIR / "open_clip_model.safetensors").exists():
-                subprocess.run([sys.executable, "-m", "tests.tinyclip.train", "--out", str(MODEL_DIR)],
+                subprocess.run([sys.executable, "-m", "clipsearch_devkit.tinyclip.train", "--out", str(MODEL_DIR)],
                                cwd=REPO, check=True, timeout=600)
     return f"local-dir:{MODEL_DIR}"
 
@@ -36,7 +35,7 @@ def tiny_model() -> str:
 @pytest.fixture(scope="session", autouse=True)
 def _fork_server() -> Iterator[None]:
     """Servers and workers are forked from a fork server that has imported torch, open_clip and faiss
-    once (tests/forkserver.py); CLIPSEARCH_TEST_FORK=0 execs each one instead."""
+    once (clipsearch_devkit/forkserver.py); CLIPSEARCH_TEST_FORK=0 execs each one instead."""
     use_fork_server(os.environ.get("CLIPSEARCH_TEST_FORK", "1") != "0")
     yield
     stop_fork_server()

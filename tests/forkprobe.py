@@ -4,8 +4,9 @@ import json
 import os
 import sys
 
-import clipsearch_core  # noqa: F401 - sets OMP_WAIT_POLICY, as every clipsearch program does first
 import torch
+
+import clipsearch_core  # noqa: F401 - sets OMP_WAIT_POLICY, as every clipsearch program does first
 
 if __name__ == "__main__":
     print(json.dumps({"argv": sys.argv, "cwd": os.getcwd(), "probe": os.environ.get("PROBE"),

@@ -10,7 +10,6 @@ comes back) and CONTROL_DIR/freed is written. SIGTERM and SIGINT are passed to C
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

@@ -15,8 +15,8 @@ from PIL import Image
 
 from clipsearch import Client, ImageInput, InvalidArgumentError, ResourceExhaustedError
 from clipsearch.v1 import ingest_service_pb2, ingest_service_pb2_grpc
-from tests.data import resolver_answers, wait_until
-from tests.procs import Proc, Stack
+from clipsearch_devkit.data import resolver_answers, wait_until
+from clipsearch_devkit.procs import Proc, Stack
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -141,7 +141,7 @@ def test_bad_and_unusual_images(stack: Stack, procs: list[Proc], tmp_path: Path)
     # The same thin images as search queries: INVALID_ARGUMENT, and the server's memory does not move
     # (it grew by 3-6 GB per query before the aspect-ratio limit).
     before = peak_rss_mb(server.popen.pid)
-    for name, data in thin.items():
+    for _name, data in thin.items():
         with pytest.raises(InvalidArgumentError, match="its sides' ratio is over the limit of 20 to 1"):
             client.image_search(image=data, k=1)
     assert peak_rss_mb(server.popen.pid) - before < 200, (before, peak_rss_mb(server.popen.pid))

@@ -15,13 +15,17 @@ import grpc
 import numpy as np
 import pytest
 
-from clipsearch import (AsyncClient, Client, ImageInput, InvalidArgumentError, NotFoundError, Query, SearchResult,
-                        Term)
-from clipsearch.v1 import (index_service_pb2, index_service_pb2_grpc, search_service_pb2,
-                           search_service_pb2_grpc, types_pb2)
+from clipsearch import AsyncClient, Client, ImageInput, InvalidArgumentError, NotFoundError, Query, SearchResult, Term
+from clipsearch.v1 import (
+    index_service_pb2,
+    index_service_pb2_grpc,
+    search_service_pb2,
+    search_service_pb2_grpc,
+    types_pb2,
+)
 from clipsearch.v1.types_pb2 import Filter, Match, Range, StringList
-from tests.data import synthetic_inputs, wait_until
-from tests.procs import Stack, channel_for, server_and_worker
+from clipsearch_devkit.data import synthetic_inputs, wait_until
+from clipsearch_devkit.procs import Stack, channel_for, server_and_worker
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -228,17 +232,18 @@ def test_cli_pages_and_terms(deployed: Deployed) -> None:
     collapsed = search("--id", "dup1-0", "-k", "5", "--where", "dup=yes", "--collapse", "0.99")
     assert [len(r["collapsed_ids"]) for r in collapsed["results"]] == [1, 2, 2]
     steered = search("a red shape", "-k", "8", "--where", "color=red", "--minus", "a circle:0.5")
+    steered_query = Query(terms=[Term(text="a red shape"), Term(text="a circle", weight=-0.5)], k=8,
+                          where=Filter(match=Match(field="color", any_of=StringList(values=["red"]))))
     assert [r["id"] for r in steered["results"]] == [
-        r.id for r in deployed.client.batch_search([Query(terms=[Term(text="a red shape"), Term(text="a circle", weight=-0.5)],
-                                                          k=8, where=Filter(match=Match(field="color", any_of=StringList(values=["red"]))))])[0]]
+        r.id for r in deployed.client.batch_search([steered_query])[0]]
 
 
 def test_an_error_shared_by_several_queries_names_each_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """One failure can reach several queries of a batch as the same exception object (a micro-batch's
     encode failing for all its texts): each query's error names that query once. The prefix used to be
     written into the shared object, so the second query's message read "queries[1]: queries[0]: ..."."""
-    from clipsearch_server import search_api
-    from clipsearch_server.errors import Unavailable
+    from clipsearch_server.api import search_api
+    from clipsearch_server.api.errors import Unavailable
 
     shared = Unavailable("the text encoder failed")
 

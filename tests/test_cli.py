@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import free_port, health_serving, spawn, wait_for
-from tests.tinyclip.synthetic import iter_balanced
+from clipsearch_devkit.procs import free_port, health_serving, spawn, wait_for
+from clipsearch_devkit.tinyclip.synthetic import iter_balanced
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -57,7 +57,8 @@ def test_up_index_search_stats(tiny_model: str, tmp_path: Path) -> None:
         query_file = next(p for p, cls in expected.items() if cls == ("blue", "circle"))
         by_image = json.loads(cli("search", "--image", query_file, "-k", "3", "--json", server=address).stdout)
         assert by_image["results"][0]["uri"] == query_file and by_image["results"][0]["score"] > 0.99
-        by_id = json.loads(cli("search", "--id", by_image["results"][0]["id"], "-k", "3", "--json", server=address).stdout)
+        by_id = json.loads(cli("search", "--id", by_image["results"][0]["id"], "-k", "3", "--json",
+                               server=address).stdout)
         assert len(by_id["results"]) == 3 and query_file not in {r["uri"] for r in by_id["results"]}
 
         stats = json.loads(cli("stats", "--json", server=address).stdout)

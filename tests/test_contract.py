@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import REPO, Proc, Stack
+from clipsearch_devkit.procs import REPO, Proc, Stack
 
 pytestmark = pytest.mark.timeout(240)
 

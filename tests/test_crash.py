@@ -12,15 +12,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clipsearch import Client
-from clipsearch_server.store import ImageRecord, Store
-from clipsearch_core.model import ModelSpec, load_encoder
 from clipsearch.v1 import index_service_pb2, index_service_pb2_grpc, types_pb2
-from tests.data import submit_all, synthetic_inputs, wait_until
-from tests.procs import Proc, Stack, free_port, spawn, start_redis, wait_for
+from clipsearch_core.model import ModelSpec, load_encoder
+from clipsearch_devkit.data import submit_all, synthetic_inputs, wait_until
+from clipsearch_devkit.procs import Proc, Stack, free_port, spawn, start_redis, wait_for
+from clipsearch_server.storage.sqlite import ImageRecord, SqliteStore as Store
 
 pytestmark = pytest.mark.timeout(300)
 

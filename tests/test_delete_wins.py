@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from clipsearch import Client, NotFoundError
-from tests.data import submit_all, synthetic_inputs, wait_until
-from tests.procs import Proc, Stack, wait_for
+from clipsearch_devkit.data import submit_all, synthetic_inputs, wait_until
+from clipsearch_devkit.procs import Proc, Stack, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -16,8 +16,8 @@ import pytest
 
 from clipsearch import Client, ImageInput, InvalidArgumentError, NotFoundError
 from clipsearch.v1 import index_service_pb2, index_service_pb2_grpc, types_pb2
-from tests.procs import Proc, Stack, wait_for
-from tests.tinyclip.synthetic import CLASSES, iter_balanced, make_image
+from clipsearch_devkit.procs import Proc, Stack, wait_for
+from clipsearch_devkit.tinyclip.synthetic import CLASSES, iter_balanced, make_image
 
 PER_CLASS = 10  # 24 classes -> 240 images
 pytestmark = pytest.mark.timeout(400)
@@ -167,7 +167,8 @@ def test_bad_requests_get_clear_statuses_and_server_keeps_serving(deployment: De
                 records=[index_service_pb2.VectorRecord(id="x", vector=b"\0" * 4)]), timeout=10)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         raw = stub.GetIndexStats(index_service_pb2.GetIndexStatsRequest(), timeout=10)  # SQLite: no positions
-        assert (raw.store_kind, raw.applied_position, raw.lag_ms, raw.shard_index, raw.shard_count) == ("sqlite", 0, 0, 0, 1)
+        assert (raw.store_kind, raw.applied_position, raw.lag_ms, raw.shard_index, raw.shard_count) == (
+            "sqlite", 0, 0, 0, 1)
         assert stub.DeleteImages(index_service_pb2.DeleteImagesRequest(ids=["never-indexed"]), timeout=10).position == 0
     assert d.server.popen.poll() is None
     assert len(d.client.text_search("a blue square", k=3)) == 3

@@ -17,13 +17,13 @@ import torch
 from PIL import Image
 
 from clipsearch import Client, ImageInput
-from clipsearch_server.batching import MicroBatcher, TextBatcher
 from clipsearch_core import model as model_module
-from clipsearch_core.model import ClipEncoder, ModelSpec, load_encoder
 from clipsearch_core.images import LoadLimits, decode_image
-from tests.data import wait_until
-from tests.photos import photo_jpeg
-from tests.procs import Proc, Stack, wait_for
+from clipsearch_core.model import ClipEncoder, ModelSpec, load_encoder
+from clipsearch_devkit.data import wait_until
+from clipsearch_devkit.photos import photo_jpeg
+from clipsearch_devkit.procs import Proc, Stack, wait_for
+from clipsearch_server.search.batching import MicroBatcher, TextBatcher
 
 TEXTS = ["a red circle", "a photo of a blue star on a plain background", "x",
          "a very long description " * 20, "ünïcödé 🚗 sports car"]
@@ -275,7 +275,8 @@ def test_warm_up_runs_the_paths_requests_take(encoder: ClipEncoder) -> None:
     model = encoder._model
     seen: list[tuple[str, tuple[int, ...]]] = []
     hooks = [model.visual.register_forward_hook(lambda m, args, out: seen.append(("image", tuple(args[0].shape)))),
-             model.transformer.register_forward_hook(lambda m, args, out: seen.append(("text", tuple(args[0].shape[:2]))))]
+             model.transformer.register_forward_hook(
+                 lambda m, args, out: seen.append(("text", tuple(args[0].shape[:2]))))]
     try:
         with patch.object(encoder, "decode_jpegs_and_thumbnails", wraps=encoder.decode_jpegs_and_thumbnails) as decode:
             assert encoder.warm_up(images=32, texts=16, jpegs=True, thumbnail_side=64) > 0

@@ -19,10 +19,10 @@ from clipsearch import Client, ImageInput
 from clipsearch_core import jobqueue, settings
 from clipsearch_core.jobqueue import Job, Keys
 from clipsearch_core.model import load_encoder
+from clipsearch_devkit.data import wait_until
+from clipsearch_devkit.photos import photo_jpeg
+from clipsearch_devkit.procs import Proc, Stack, free_port, wait_for
 from clipsearch_worker.worker import Worker, WorkerConfig
-from tests.data import wait_until
-from tests.photos import photo_jpeg
-from tests.procs import Proc, Stack, free_port, wait_for
 
 
 @contextmanager
@@ -313,7 +313,8 @@ def test_a_push_refused_by_a_server_error_is_sent_again_a_few_times(stack: Stack
             progress = wait_until(client, once, 60)
             assert (progress.indexed, progress.failed) == (8, 0), progress
             assert len(calls) == 2 and calls[0] == calls[1] and len(calls[0]) == 8, calls  # the same push, again
-            always = client.submit([ImageInput(image=photo_jpeg(i, 96, 64), id=f"always-{i}") for i in range(2)]).batch_id
+            always = client.submit([ImageInput(image=photo_jpeg(i, 96, 64), id=f"always-{i}")
+                                    for i in range(2)]).batch_id
             progress = wait_until(client, always, 60)
             reasons = {f.id: f.reason for f in client.failures(always)}
         assert (progress.indexed, progress.failed) == (0, 2), (progress, reasons)

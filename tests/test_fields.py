@@ -17,9 +17,9 @@ import pytest
 
 from clipsearch import Client, ImageInput, InvalidArgumentError
 from clipsearch.v1 import index_service_pb2, index_service_pb2_grpc, types_pb2
-from clipsearch_server.store import ImageRecord, Store
-from tests.data import synthetic_inputs, wait_until
-from tests.procs import Stack, channel_for, server_and_worker
+from clipsearch_devkit.data import synthetic_inputs, wait_until
+from clipsearch_devkit.procs import Stack, channel_for, server_and_worker
+from clipsearch_server.storage.sqlite import ImageRecord, SqliteStore as Store
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -90,7 +90,8 @@ def test_upsert_vectors_validates_fields(deployed: Deployed) -> None:
     for fields, message in bad:
         with pytest.raises(grpc.RpcError) as err:
             stub.UpsertVectors(index_service_pb2.UpsertVectorsRequest(
-                model=model, records=[index_service_pb2.VectorRecord(id="v", vector=vector, fields=fields)]), timeout=10)
+                model=model, records=[index_service_pb2.VectorRecord(id="v", vector=vector, fields=fields)]),
+                timeout=10)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert message in err.value.details(), err.value.details()
 
@@ -135,7 +136,8 @@ def test_filtered_search_through_the_server(deployed: Deployed) -> None:
 
 def cli(*args: str, server: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CLIPSEARCH_SERVER": server}
-    return subprocess.run([sys.executable, "-m", "clipsearch", *args], capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run([sys.executable, "-m", "clipsearch", *args], capture_output=True, text=True, timeout=120,
+                          env=env)
 
 
 def test_cli_index_metadata_file_and_search_where(deployed: Deployed, tmp_path: Path) -> None:
@@ -198,8 +200,8 @@ def test_min_score_leaves_out_lower_scores(deployed: Deployed) -> None:
 
 def test_a_timestamp_beyond_year_9999_is_refused_and_never_crashes_the_client() -> None:
     from clipsearch.fields import from_value, to_value
-    from clipsearch_server import fields as typed
-    from clipsearch_server.errors import InvalidArgument
+    from clipsearch_server.api.errors import InvalidArgument
+    from clipsearch_server.storage import fields as typed
     late = to_value(dt.datetime(9999, 12, 31, 23, 0, tzinfo=dt.timezone(dt.timedelta(hours=-2))))  # 10000-01-01 UTC
     with pytest.raises(InvalidArgument, match="taken"):
         typed.validate({"taken": late}, {}, "records[0]")

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from clipsearch.v1.types_pb2 import Filter, FilterList, Match, Range, StringList, TimeRange, Value
-from clipsearch_server import filters
-from clipsearch_server.collection import Collection
-from clipsearch_server.errors import InvalidArgument
-from clipsearch_server.index import HnswParams
-from clipsearch_server.store import ImageRecord
+from clipsearch_server.api.errors import InvalidArgument
+from clipsearch_server.collection.collection import Collection
+from clipsearch_server.index.vector_index import HnswParams
+from clipsearch_server.search import filters
+from clipsearch_server.storage.records import ImageRecord
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -176,7 +176,7 @@ def test_store_from_before_typed_fields_is_migrated(tmp_path: Path) -> None:
     conn.execute("INSERT INTO meta VALUES ('next_label', '4')")
     conn.commit()
     conn.close()
-    from clipsearch_server.store import Store
+    from clipsearch_server.storage.sqlite import SqliteStore as Store
 
     store = Store(path)
     try:

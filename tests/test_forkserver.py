@@ -1,4 +1,4 @@
-"""The fork server that the suite starts its servers and workers from (tests/forkserver.py) must give a
+"""The fork server that the suite starts its servers and workers from (clipsearch_devkit.forkserver) must give a
 child what exec gives it: its argv, environment, working directory, `__main__`, standard input, exit
 code, its own pid for signals, and OpenMP's wait policy set before torch loaded."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import REPO, _child_env, fork_server, wait_for
+from clipsearch_devkit.procs import REPO, _child_env, fork_server, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 

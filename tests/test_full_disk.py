@@ -16,9 +16,9 @@ import pytest
 
 from clipsearch import Client, ImageInput
 from clipsearch.v1 import index_service_pb2, index_service_pb2_grpc, types_pb2
-from tests.data import wait_until
-from tests.photos import photo_jpeg
-from tests.procs import REPO, Proc, Stack, free_port, health_serving, spawn, wait_for
+from clipsearch_devkit.data import wait_until
+from clipsearch_devkit.photos import photo_jpeg
+from clipsearch_devkit.procs import REPO, Proc, Stack, free_port, health_serving, spawn, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -42,9 +42,9 @@ def start_on_small_disk(stack: Stack, data_dir: Path, control: Path) -> tuple[Pr
     address = f"127.0.0.1:{port}"
     try:
         wait_for(lambda: health_serving(address), 120, "server", proc.popen)
-    except Exception:
+    except Exception as exc:
         proc.kill()
-        raise RuntimeError(f"server did not start:\n{proc.output()[-4000:]}")
+        raise RuntimeError(f"server did not start:\n{proc.output()[-4000:]}") from exc
     return proc, address
 
 

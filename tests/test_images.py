@@ -85,7 +85,8 @@ def test_oversized_file_and_unreachable_url(tmp_path: Path) -> None:
     with pytest.raises(ImageLoadError, match="over the limit of 1000"):
         read_uri(str(tmp_path / "big.png"), LoadLimits(max_bytes=1000, allowed_roots=(tmp_path,)))
     with pytest.raises(ImageLoadError, match="cannot fetch"):
-        read_uri("http://127.0.0.1:9/none.jpg", LoadLimits(http_timeout_s=2, network=NetworkPolicy.parse(["127.0.0.0/8"])))
+        read_uri("http://127.0.0.1:9/none.jpg",
+                 LoadLimits(http_timeout_s=2, network=NetworkPolicy.parse(["127.0.0.0/8"])))
 
 
 @pytest.mark.parametrize("data,message", [  # what the bytes seem to be, never the bytes (a file's, a URL body's)

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipsearch_server.collection import Collection
-from clipsearch_server.errors import FailedPrecondition, NotFound
-from clipsearch_server.index import HnswIndex, HnswParams, normalize
-from clipsearch_server.store import ImageRecord, Store
 from clipsearch.v1 import types_pb2
+from clipsearch_server.api.errors import FailedPrecondition, NotFound
+from clipsearch_server.collection.collection import Collection
+from clipsearch_server.index.vector_index import HnswIndex, HnswParams, normalize
+from clipsearch_server.storage.sqlite import ImageRecord, SqliteStore as Store
 
 DIM = 16
 

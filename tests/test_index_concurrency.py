@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipsearch_server.collection import Collection
-from clipsearch_server.index import HnswIndex, HnswParams, VectorIndex, make_index, normalize
-from clipsearch_server.store import ImageRecord, Store
+from clipsearch_server.collection.collection import Collection
+from clipsearch_server.index.vector_index import HnswIndex, HnswParams, VectorIndex, make_index, normalize
+from clipsearch_server.storage.sqlite import ImageRecord, SqliteStore as Store
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -185,7 +185,8 @@ def test_store_drops_upserts_submitted_before_a_delete(tmp_path: Path) -> None:
     v = np.ones(4, dtype=np.float32) / 2
     store.upsert([ImageRecord("a", v, submitted_at_ms=1000)])
     assert store.delete(["a", "never-indexed"], now_ms=2000) == [("a", 0)]
-    result = store.upsert([ImageRecord("a", v, submitted_at_ms=1500), ImageRecord("never-indexed", v, submitted_at_ms=1999)])
+    result = store.upsert([ImageRecord("a", v, submitted_at_ms=1500),
+                           ImageRecord("never-indexed", v, submitted_at_ms=1999)])
     assert result.skipped == ["a", "never-indexed"] and result.added == [] and store.count() == 0
     assert store.upsert([ImageRecord("a", v, submitted_at_ms=2001)]).added  # submitted after the delete
     assert store.upsert([ImageRecord("never-indexed", v)]).added  # 0 = unknown: written as before
@@ -203,9 +204,9 @@ def test_store_lookup_of_more_labels_than_sqlite_parameters(tmp_path: Path) -> N
 
 def test_writes_go_on_while_a_snapshot_goes_to_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The snapshot used to hold the write lock while the index was written and fsynced."""
-    import clipsearch_server.files as files
-    import clipsearch_server.index as index_module
-    import clipsearch_server.snapshots as snapshots_module
+    import clipsearch_server.index.files as files
+    import clipsearch_server.index.snapshots as snapshots_module
+    import clipsearch_server.index.vector_index as index_module
 
     durable = files.replace_durably
 

@@ -14,14 +14,20 @@ import grpc
 import numpy as np
 import pytest
 
-from clipsearch.v1 import index_service_pb2, index_service_pb2_grpc, search_service_pb2, search_service_pb2_grpc, types_pb2
-from clipsearch_server import kinds
-from clipsearch_server.collection import Collection
-from clipsearch_server.errors import FailedPrecondition
-from clipsearch_server.index import HnswParams, IndexOptions, normalize
-from clipsearch_server.kinds import KindOptions
-from clipsearch_server.store import ImageRecord
-from tests.procs import Proc, Stack, free_port, spawn, wait_for
+from clipsearch.v1 import (
+    index_service_pb2,
+    index_service_pb2_grpc,
+    search_service_pb2,
+    search_service_pb2_grpc,
+    types_pb2,
+)
+from clipsearch_devkit.procs import Proc, Stack, free_port, spawn, wait_for
+from clipsearch_server.api.errors import FailedPrecondition
+from clipsearch_server.collection.collection import Collection
+from clipsearch_server.index import kinds
+from clipsearch_server.index.kinds import KindOptions
+from clipsearch_server.index.vector_index import HnswParams, IndexOptions, normalize
+from clipsearch_server.storage.records import ImageRecord
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -202,7 +208,8 @@ def test_each_kind_through_the_stack(kind: str, stack: Stack, procs: list[Proc],
         stats = current()
         assert stats.count == N and stats.memory_bytes > 0 and stats.bytes_per_vector > 0
         if trains:
-            assert stats.index_spec != "Flat" and stats.trained_on >= 300 and stats.disk_bytes >= N * 4 * stats.model.dim
+            assert (stats.index_spec != "Flat" and stats.trained_on >= 300
+                    and stats.disk_bytes >= N * 4 * stats.model.dim)
             assert stats.bytes_per_vector < 4 * stats.model.dim + 16 * 8  # below HNSW16,Flat's
         if kind in ("ivf-pq", "IVF4,SQ8"):
             assert stats.nlist > 0 and stats.nprobe == 8
@@ -238,8 +245,8 @@ def test_each_kind_through_the_stack(kind: str, stack: Stack, procs: list[Proc],
         restarted = index_stub.GetIndexStats(index_service_pb2.GetIndexStatsRequest(), timeout=10)
         assert restarted.count == N - 3 and restarted.index_spec == spec
         assert search(queries[0]) == after_delete
-        assert search(queries[1], low) == exact_top(vectors, vectors[queries[1]],
-                                                    [j for j in range(60) if j != queries[1] and f"v{j}" not in victims], 10)
+        survivors = [j for j in range(60) if j != queries[1] and f"v{j}" not in victims]
+        assert search(queries[1], low) == exact_top(vectors, vectors[queries[1]], survivors, 10)
     server.stop()
     if kind == "hnsw-sq8":  # the kind is the collection's: another --index refuses to start, saying why
         other = [*extra[:1], "ivf-pq", *extra[2:]]

@@ -31,8 +31,7 @@ import numpy as np
 import pytest
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from clipsearch.v1 import (
     index_service_pb2 as index_pb,
@@ -41,8 +40,8 @@ from clipsearch.v1 import (
     types_pb2,
 )
 from clipsearch_core import pages
-from clipsearch_server.boundary import MalformedRequests, boundary
-from tests.procs import Proc, Stack, free_port, start_router
+from clipsearch_devkit.procs import Proc, Stack, free_port, start_router
+from clipsearch_server.api.boundary import MalformedRequests, boundary
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -177,7 +176,8 @@ def front(tiny_model: str, redis_url: str, tmp_path_factory: pytest.TempPathFact
             id=ids[i], vector=vectors[i].tobytes(), uri=f"/seed/{i}.png", metadata={"color": ("red", "blue")[i % 2]},
             fields={"n": types_pb2.Value(int_value=i), "price": types_pb2.Value(float_value=i / 4),
                     "tag": types_pb2.Value(string_list=types_pb2.StringList(values=[f"t{i % 3}"])),
-                    "when": types_pb2.Value(time_ms=1_700_000_000_000 + i), "flag": types_pb2.Value(bool_value=i % 2 == 0)})
+                    "when": types_pb2.Value(time_ms=1_700_000_000_000 + i),
+                    "flag": types_pb2.Value(bool_value=i % 2 == 0)})
             for i in range(SEEDED)]
         front = Front(server, address, router, server_metrics, router_metrics, model, ids, channels)
         code, details, _ = front.call("server", "/clipsearch.v1.IndexService/UpsertVectors",
@@ -238,10 +238,12 @@ def test_malformed_bytes_without_a_token_are_unauthenticated(front: Front) -> No
 
 @pytest.mark.parametrize("target", ["server", "router"])
 def test_a_filter_that_parses_but_nests_past_the_limit_is_invalid_argument(front: Front, target: str) -> None:
-    code, details, _ = front.call(target, TEXT_SEARCH, text_search_bytes(b"a red circle", filter_bytes=nested_filter(50)))
+    code, details, _ = front.call(target, TEXT_SEARCH,
+                                  text_search_bytes(b"a red circle", filter_bytes=nested_filter(50)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details)
     assert "nests deeper than 8 levels" in details, details
-    code, details, _ = front.call(target, TEXT_SEARCH, text_search_bytes(b"a red circle", filter_bytes=nested_filter(8)))
+    code, details, _ = front.call(target, TEXT_SEARCH,
+                                  text_search_bytes(b"a red circle", filter_bytes=nested_filter(8)))
     assert code == grpc.StatusCode.OK, details  # `not` 7 times around exists: the limit itself
 
 
@@ -401,8 +403,8 @@ class Requests:
     def request(self, method: str) -> st.SearchStrategy[Any]:
         descriptor = METHODS[method]
         name = method.rsplit("/", 1)[-1]
-        return st.one_of(self.generic(descriptor), self.valid[name], st.tuples(self.valid[name], self.sparse(descriptor))
-                         .map(lambda pair: _merged(*pair)))
+        return st.one_of(self.generic(descriptor), self.valid[name],
+                         st.tuples(self.valid[name], self.sparse(descriptor)).map(lambda pair: _merged(*pair)))
 
     # --- random messages from the descriptors
 
@@ -468,7 +470,8 @@ class Requests:
     def _set(self, draw: st.DrawFn, msg: Any, field: FieldDescriptor, depth: int) -> None:
         is_message = field.type == FieldDescriptor.TYPE_MESSAGE
         if is_message and field.message_type.GetOptions().map_entry:
-            key_field, value_field = field.message_type.fields_by_name["key"], field.message_type.fields_by_name["value"]
+            fields_by_name = field.message_type.fields_by_name
+            key_field, value_field = fields_by_name["key"], fields_by_name["value"]
             if value_field.type == FieldDescriptor.TYPE_MESSAGE and depth >= MAX_NESTING:
                 return
             entries = draw(st.dictionaries(self.map_keys if key_field.type == FieldDescriptor.TYPE_STRING
@@ -512,7 +515,8 @@ class Requests:
                       st.lists(TEXT, min_size=1, max_size=3)),
             st.builds(lambda n, v: F(match=types_pb2.Match(field=n, integer=v)), f, int64),
             st.builds(lambda n, v: F(match=types_pb2.Match(field=n, boolean=v)), f, st.booleans()),
-            st.builds(lambda n, lo, hi: F(range=types_pb2.Range(field=n, gte=lo, lt=hi)), f, finite, st.none() | finite),
+            st.builds(lambda n, lo, hi: F(range=types_pb2.Range(field=n, gte=lo, lt=hi)), f, finite,
+                      st.none() | finite),
             st.builds(lambda n, lo, hi: F(time_range=types_pb2.TimeRange(field=n, gt_ms=lo, lte_ms=hi)), f, int64,
                       st.none() | int64),
             st.builds(lambda n: F(exists=n), f))
@@ -543,8 +547,9 @@ class Requests:
                 id=image_id, vector=vector, uri="/fuzz.png", metadata=metadata, fields=fields, submitted_at_ms=at),
             ids, self.unit_vectors, st.dictionaries(st.sampled_from(["color", "size"]), TEXT, max_size=2),
             st.dictionaries(st.sampled_from(FIELD_NAMES), self._values(), max_size=4), ints(0, 2**64 - 1))
-        submission = st.builds(lambda image_id, fields: ingest_pb.ImageSubmission(id=image_id, image=png, fields=fields),
-                               ids, st.dictionaries(st.sampled_from(FIELD_NAMES), self._values(), max_size=3))
+        submission = st.builds(
+            lambda image_id, fields: ingest_pb.ImageSubmission(id=image_id, image=png, fields=fields),
+            ids, st.dictionaries(st.sampled_from(FIELD_NAMES), self._values(), max_size=3))
         batch_id = st.one_of(st.just(""), TEXT)
         return {
             "TextSearch": st.builds(search_pb.TextSearchRequest, text=texts, **search),
@@ -555,11 +560,13 @@ class Requests:
                 min_size=1, max_size=3)),
             "GetThumbnails": st.builds(search_pb.GetThumbnailsRequest, ids=st.lists(ids, min_size=1, max_size=4),
                                        allow_missing=st.booleans()),
-            "SubmitImages": st.builds(ingest_pb.SubmitImagesRequest, images=st.lists(submission, min_size=1, max_size=2),
+            "SubmitImages": st.builds(ingest_pb.SubmitImagesRequest,
+                                      images=st.lists(submission, min_size=1, max_size=2),
                                       batch_id=batch_id, request_id=batch_id),
             "GetIngestProgress": st.builds(ingest_pb.GetIngestProgressRequest, batch_id=batch_id),
             "ListFailures": st.builds(ingest_pb.ListFailuresRequest, batch_id=batch_id, limit=ints(0, 10_000)),
-            "RetryFailures": st.builds(ingest_pb.RetryFailuresRequest, batch_id=batch_id, ids=st.lists(ids, max_size=3)),
+            "RetryFailures": st.builds(ingest_pb.RetryFailuresRequest, batch_id=batch_id,
+                                       ids=st.lists(ids, max_size=3)),
             "GetQueueStatus": st.just(ingest_pb.GetQueueStatusRequest()),
             "UpsertVectors": st.builds(index_pb.UpsertVectorsRequest, model=st.just(self.model),
                                        records=st.lists(record, min_size=1, max_size=3)),

@@ -14,10 +14,10 @@ import pytest
 from clipsearch.v1.types_pb2 import Filter, Range, Value
 from clipsearch_core import pages
 from clipsearch_core.errors import InvalidArgument
-from clipsearch_server.collection import Collection
-from clipsearch_server.index import HnswParams
-from clipsearch_server.query import LabelCache, Page, Query, combine, run
-from clipsearch_server.store import ImageRecord
+from clipsearch_server.collection.collection import Collection
+from clipsearch_server.index.vector_index import HnswParams
+from clipsearch_server.search.query import LabelCache, Page, Query, combine, run
+from clipsearch_server.storage.records import ImageRecord
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -19,8 +19,8 @@ from clipsearch import Client
 from clipsearch.v1 import ingest_service_pb2 as ingest_pb
 from clipsearch_core import jobqueue
 from clipsearch_core.jobqueue import GROUP, Keys
-from tests.data import synthetic_inputs, wait_until
-from tests.procs import Proc, Stack, free_port, wait_for
+from clipsearch_devkit.data import synthetic_inputs, wait_until
+from clipsearch_devkit.procs import Proc, Stack, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -42,7 +42,8 @@ def test_killed_worker_jobs_are_redone_within_30s(stack: Stack, procs: list[Proc
     batch = client.submit(inputs).batch_id
     # A pushes to a port where nothing listens: it takes two batches (one encoding, one prefetched)
     # and retries its push forever, so all 8 jobs are pending for it when it is killed.
-    doomed = stack.start_worker(f"127.0.0.1:{free_port()}", ["--consumer", "doomed", "--batch-size", "4"], name="doomed")
+    doomed = stack.start_worker(f"127.0.0.1:{free_port()}", ["--consumer", "doomed", "--batch-size", "4"],
+                                name="doomed")
     procs.append(doomed)
     wait_for(lambda: len(pending_of(r, keys, "doomed")) == 8, 60, "jobs pending for the doomed worker", doomed.popen)
     doomed.kill()  # SIGKILL: no release, its heartbeat just stops
@@ -125,7 +126,8 @@ def test_fatal_worker_stops_taking_jobs_and_releases_them(stack: Stack, procs: l
     assert (progress.indexed, progress.failed) == (12, 0)
 
 
-def test_queue_status_tolerates_worker_records_of_other_versions(stack: Stack, procs: list[Proc], tmp_path: Path) -> None:
+def test_queue_status_tolerates_worker_records_of_other_versions(stack: Stack, procs: list[Proc],
+                                                                 tmp_path: Path) -> None:
     server, address = stack.start_server(tmp_path / "data")
     procs.append(server)
     client = Client(address)

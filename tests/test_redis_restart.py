@@ -19,8 +19,8 @@ import redis
 from clipsearch import Client
 from clipsearch_core import jobqueue
 from clipsearch_core.jobqueue import GROUP, Job, Keys
-from tests.data import submit_all, synthetic_inputs, wait_until
-from tests.procs import Proc, Stack, free_port, start_redis, wait_for
+from clipsearch_devkit.data import submit_all, synthetic_inputs, wait_until
+from clipsearch_devkit.procs import Proc, Stack, free_port, start_redis, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -29,7 +29,8 @@ RECOVERY_S = 40  # after Redis is back: the heartbeat window (<= 30 s) and some 
 
 def start_ingestion(stack: Stack, procs: list[Proc], tmp_path: Path) -> tuple[Proc, Proc, Client, str, int]:
     """Redis (AOF on) on a free port, a server and a worker with the default timeouts, 384 small PNGs
-    submitted; returns (redis, worker, client, batch, images) once some are indexed."""
+    submitted; returns (redis, worker, client, batch, images) once some are indexed, with the worker paused
+    (SIGSTOP: the tiny model indexes hundreds a second, so ingestion could end before Redis is killed)."""
     first, url = start_redis(tmp_path / "logs", port=free_port(), data_dir=tmp_path / "redis", appendonly=True)
     procs.append(first)
     stack.redis_url = url
@@ -41,8 +42,17 @@ def start_ingestion(stack: Stack, procs: list[Proc], tmp_path: Path) -> tuple[Pr
     client = Client(address)
     inputs = synthetic_inputs(per_class=16, seed=25)  # 384 small PNGs: still going when Redis is killed
     batch = submit_all(client, inputs)
-    wait_until(client, batch, 60, lambda p: p.indexed >= 40)
+    pause_when(worker, client, batch, 40)
     return first, worker, client, batch, len(inputs)
+
+
+def pause_when(worker: Proc, client: Client, batch: str, indexed: int, timeout: float = 60) -> None:
+    """Polls closely until the batch has `indexed` images indexed, then pauses the worker (SIGSTOP)."""
+    deadline = time.monotonic() + timeout
+    while client.progress(batch, timeout=5).indexed < indexed:
+        assert time.monotonic() < deadline, f"fewer than {indexed} indexed after {timeout}s"
+        time.sleep(0.02)
+    worker.popen.send_signal(signal.SIGSTOP)
 
 
 def restart_redis(procs: list[Proc], tmp_path: Path, url: str) -> float:
@@ -78,6 +88,7 @@ def test_jobs_held_when_redis_is_killed_are_redone_and_counted_once(
     first, worker, client, batch, images = start_ingestion(stack, procs, tmp_path)
     first.kill()  # kill -9: no shutdown, the append-only file is what it was at that moment
     at_kill = client.stats().count
+    worker.popen.send_signal(signal.SIGCONT)
     time.sleep(2.0)  # an outage of a few seconds: the worker's pushes land, its acknowledgements fail
     back = restart_redis(procs, tmp_path, stack.redis_url)
     assert at_kill < images, "Redis was killed after the ingestion ended; the test proved nothing"
@@ -92,8 +103,8 @@ def test_jobs_finished_in_writes_redis_lost_are_redone_and_counted_once(
     older = tmp_path / "aof-older"
     shutil.copytree(aof, older)  # what a host crash would leave: the AOF as of a moment ago
     rolled_back_to = client.progress(batch).indexed  # at most this many finishes are in the copy
-    wait_until(client, batch, 30, lambda p: p.indexed >= rolled_back_to + 24)  # finishes that will be lost
-    worker.popen.send_signal(signal.SIGSTOP)  # held still while Redis goes: ingestion cannot end meanwhile
+    worker.popen.send_signal(signal.SIGCONT)
+    pause_when(worker, client, batch, rolled_back_to + 24)  # finishes that will be lost; paused while Redis goes
     try:
         first.kill()
         at_kill = client.stats().count

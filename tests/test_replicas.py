@@ -1,5 +1,5 @@
 """Replicas on a shared PostgreSQL store (issue 11, store half), with real parts: a PostgreSQL cluster
-of our own (tests/pg.py), real server processes on loopback ports, writes through gRPC.
+of our own (clipsearch_devkit.pg), real server processes on loopback ports, writes through gRPC.
 
 - two replicas written through both while both search converge to identical answers; a token from
   one finds the image on the other; a replica that cannot apply turns NOT_SERVING and back; a third
@@ -47,14 +47,14 @@ from clipsearch.v1 import (
 )
 from clipsearch_core.errors import FailedPrecondition, Unavailable
 from clipsearch_core.shards import ShardSpec, shard_of
-from clipsearch_server.collection import Collection
-from clipsearch_server.pgstore import PgStore
-from clipsearch_server.replication import Replica
-from clipsearch_server.snapshot_share import share_for
-from clipsearch_server.kinds import KindOptions
-from clipsearch_server.store import DELETION_MEMORY_MS, ImageRecord, Store
-from tests.pg import PgCluster, find_bin_dir, start_cluster
-from tests.procs import Proc, Stack, free_port, health_serving, spawn, start_router, wait_for
+from clipsearch_devkit.pg import PgCluster, find_bin_dir, start_cluster
+from clipsearch_devkit.procs import Proc, Stack, free_port, health_serving, spawn, start_router, wait_for
+from clipsearch_server.collection.collection import Collection
+from clipsearch_server.index.kinds import KindOptions
+from clipsearch_server.index.snapshot_share import share_for
+from clipsearch_server.replication.follower import StoreFollower as Replica
+from clipsearch_server.storage.postgres import PgStore
+from clipsearch_server.storage.sqlite import DELETION_MEMORY_MS, ImageRecord, SqliteStore as Store
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -574,7 +574,8 @@ def test_a_replica_booted_from_a_shared_snapshot_of_a_compressed_kind_scores_exa
     assert b.loaded_from_snapshot
     b.seal()
     for q in vectors[:5]:
-        assert [(h.id, round(h.score, 4)) for h in b.search(q, 5)] == [(h.id, round(h.score, 4)) for h in a.search(q, 5)]
+        assert [(h.id, round(h.score, 4)) for h in b.search(q, 5)] == [
+            (h.id, round(h.score, 4)) for h in a.search(q, 5)]
     a.close()
     b.close()
 

@@ -36,9 +36,9 @@ from clipsearch.v1 import (
     types_pb2,
 )
 from clipsearch_core.shards import ShardSpec, shard_of
-from tests.data import resolver_answers, submit_all, synthetic_inputs, wait_until
+from clipsearch_devkit.data import resolver_answers, submit_all, synthetic_inputs, wait_until
+from clipsearch_devkit.procs import REPO, Proc, Stack, channel_for, free_port, start_router, wait_for
 from tests.certs import make_certs
-from tests.procs import REPO, Proc, Stack, channel_for, free_port, start_router, wait_for
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -56,7 +56,8 @@ class Cluster:
     ids: list[str]
     metrics_port: int
 
-    def search(self, address: str, text: str, k: int = 10, timeout: float = 10, **kw: object) -> search_pb.TextSearchResponse:
+    def search(self, address: str, text: str, k: int = 10, timeout: float = 10,
+               **kw: object) -> search_pb.TextSearchResponse:
         with grpc.insecure_channel(address) as channel:
             return search_grpc.SearchServiceStub(channel).TextSearch(
                 search_pb.TextSearchRequest(text=text, k=k, **kw), timeout=timeout)  # type: ignore[arg-type]
@@ -167,7 +168,7 @@ def _all_pages(cluster: Cluster, address: str, text: str, k: int, **kw: object) 
     """Every result of a query, page after page of size k (bounded), and the number of pages."""
     found: list[tuple[str, float]] = []
     token, count = "", 0
-    for count in range(1, 100):
+    for count in range(1, 100):  # noqa: B007 -- `count` (pages read) is returned after the loop
         reply = cluster.search(address, text, k, page_token=token, **kw)
         found += _pairs(reply)
         token = reply.next_page_token
@@ -246,7 +247,8 @@ def test_the_cli_json_carries_the_shard_counts(cluster: Cluster) -> None:
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert (data["shards_total"], data["shards_answered"], data["partial"]) == (2, 2, False)
-    assert [r["id"] for r in data["results"]] == [i for i, _ in _pairs(cluster.search(cluster.single, "a red circle", 3))]
+    assert [r["id"] for r in data["results"]] == [
+        i for i, _ in _pairs(cluster.search(cluster.single, "a red circle", 3))]
 
 
 def test_thumbnails_through_the_router(cluster: Cluster) -> None:
@@ -328,9 +330,9 @@ def test_a_killed_replica_is_skipped(cluster: Cluster) -> None:
 
 
 def test_the_collection_records_its_shard_count(tmp_path: Path) -> None:
-    from clipsearch_server.collection import Collection
-    from clipsearch_server.errors import FailedPrecondition
-    from clipsearch_server.store import ImageRecord
+    from clipsearch_server.api.errors import FailedPrecondition
+    from clipsearch_server.collection.collection import Collection
+    from clipsearch_server.storage.records import ImageRecord
 
     first = Collection(tmp_path, "m", 4, shard=ShardSpec(1, 3))
     mine = next(f"i{n}" for n in range(100) if shard_of(f"i{n}", 3) == 1)
@@ -374,7 +376,7 @@ def test_the_router_forwards_the_bearer_token_over_tls(stack: Stack, procs: list
 
 
 def test_a_call_moves_on_to_the_next_replica_on_unavailable(cluster: Cluster) -> None:
-    from clipsearch_server.cluster import Replica, Shard, ShardDown, Upstream
+    from clipsearch_router.cluster import Shard, ShardDown, ShardReplica as Replica, Upstream
 
     async def run() -> None:
         dead, live = Replica(f"127.0.0.1:{free_port()}", Upstream()), Replica(cluster.single, Upstream())
@@ -437,7 +439,8 @@ def test_collapsed_pages_through_a_one_shard_router_list_each_image_once(stack: 
         rng = np.random.default_rng(5)
         base = rng.standard_normal((12, model.dim)).astype(np.float32)
         ids = [f"g{g}-{j}" for g in range(12) for j in range(3)]
-        vectors = [base[g] + 0.01 * rng.standard_normal(model.dim).astype(np.float32) for g in range(12) for _ in range(3)]
+        vectors = [base[g] + 0.01 * rng.standard_normal(model.dim).astype(np.float32)
+                   for g in range(12) for _ in range(3)]
         index.UpsertVectors(index_pb.UpsertVectorsRequest(model=model, records=[
             index_pb.VectorRecord(id=i, vector=v.astype("<f4").tobytes()) for i, v in zip(ids, vectors)]), timeout=30)
     query = (base[0] + 0.3 * base[1] + 0.2 * base[2]).astype("<f4").tobytes()

@@ -13,10 +13,10 @@ import faiss
 import numpy as np
 import pytest
 
-from clipsearch_server.collection import Collection
-from clipsearch_server.index import HnswIndex, HnswParams, normalize
-from clipsearch_server.segments import SegmentedIndex
-from clipsearch_server.store import ImageRecord
+from clipsearch_server.collection.collection import Collection
+from clipsearch_server.index.segments import SegmentedIndex
+from clipsearch_server.index.vector_index import HnswIndex, HnswParams, normalize
+from clipsearch_server.storage.records import ImageRecord
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -20,11 +20,11 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from clipsearch import AsyncClient, Client, UnauthenticatedError, UnavailableError
 from clipsearch.errors import DeadlineExceededError
-from clipsearch_core import jobqueue
 from clipsearch.v1 import ingest_service_pb2, ingest_service_pb2_grpc, search_service_pb2, search_service_pb2_grpc
+from clipsearch_core import jobqueue
+from clipsearch_devkit.data import synthetic_inputs, wait_until
+from clipsearch_devkit.procs import Proc, Stack, channel_for, free_port, wait_for
 from tests.certs import Certs, make_certs
-from tests.data import synthetic_inputs, wait_until
-from tests.procs import Proc, Stack, channel_for, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 TOKEN = "s3cret-token"

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from clipsearch_core.errors import ResourceExhausted
-from clipsearch_server.snapshots import Snapshots
-from clipsearch_server.store import ImageRecord, Store, _immediate
-from clipsearch_server.vectorfile import VectorFile
+from clipsearch_server.index.snapshots import Snapshots
+from clipsearch_server.index.vectorfile import VectorFile
+from clipsearch_server.storage.sqlite import ImageRecord, SqliteStore as Store, _immediate
 
 
 def test_a_full_database_is_resource_exhausted_and_leaves_nothing(tmp_path: Path) -> None:

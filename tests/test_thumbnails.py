@@ -18,10 +18,10 @@ from clipsearch import AsyncClient, Client, ImageInput, InvalidArgumentError, No
 from clipsearch.cli import main as cli_main
 from clipsearch.v1 import index_service_pb2 as index_pb, index_service_pb2_grpc as index_grpc, types_pb2
 from clipsearch_core import jobqueue
+from clipsearch_devkit.data import submit_all, synthetic_inputs, wait_until
+from clipsearch_devkit.photos import photo_jpeg
+from clipsearch_devkit.procs import Stack, server_and_worker, wait_for
 from clipsearch_worker.thumbs import ThumbnailSpec, make_thumbnail
-from tests.data import submit_all, synthetic_inputs, wait_until
-from tests.photos import photo_jpeg
-from tests.procs import Stack, server_and_worker, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -194,7 +194,7 @@ def test_store_keeps_thumbnails_beside_images(tmp_path: Path) -> None:
     """The store's rules, on a real SQLite file: an upsert sets or removes the thumbnail (also when only
     the metadata changed), a delete removes it, a late upsert of a deleted image writes none, and they
     survive reopening."""
-    from clipsearch_server.store import ImageRecord, Store
+    from clipsearch_server.storage.sqlite import ImageRecord, SqliteStore as Store
 
     vector = np.ones(4, dtype=np.float32) / 2
     store = Store(tmp_path / "images.sqlite3")

@@ -21,10 +21,10 @@ import redis as redis_lib
 from clipsearch import Client, PermissionDeniedError, UnauthenticatedError
 from clipsearch.v1 import index_service_pb2, index_service_pb2_grpc, ingest_service_pb2, search_service_pb2
 from clipsearch_core import jobqueue
-from clipsearch_server.security import READ_METHODS, WRITE_METHODS, method_scopes, required_scope
-from clipsearch_server.tokens import TokensFileError, parse_tokens
-from tests.data import synthetic_inputs
-from tests.procs import Proc, Stack, free_port, spawn
+from clipsearch_devkit.data import synthetic_inputs
+from clipsearch_devkit.procs import Proc, Stack, free_port, spawn
+from clipsearch_server.api.security import READ_METHODS, WRITE_METHODS, method_scopes, required_scope
+from clipsearch_server.api.tokens import TokensFileError, parse_tokens
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -217,7 +217,8 @@ def test_failed_reload_keeps_the_previous_tokens(server: Server) -> None:
     server.tokens.write_text(good + f"{DOOMED_TOKEN} superuser\n")
     try:
         # The file is checked on the call path: keep calling until the server has looked at it.
-        assert eventually(lambda: not rejected(server, READ_TOKEN) and "tokens file not reloaded" in server.proc.output(),
+        assert eventually(lambda: (not rejected(server, READ_TOKEN)
+                                   and "tokens file not reloaded" in server.proc.output()),
                           timeout=4)
         assert re.search(r"tokens\.txt line \d+: unknown scope", server.proc.output())
         assert not rejected(server, READ_TOKEN) and not rejected(server, WRITE_TOKEN)
@@ -284,7 +285,7 @@ def test_the_auth_scheme_is_case_insensitive(server: Server, scheme: str) -> Non
 def test_an_open_server_on_every_interface_says_so(stack: Stack, procs: list[Proc], tmp_path: Path) -> None:
     """No token and all interfaces: anyone on the network can write and delete. Allowed (a private network,
     a proxy that authenticates), but the log says so once at start; on loopback it does not."""
-    from clipsearch_server.program import is_loopback
+    from clipsearch_server.api.program import is_loopback
 
     assert [is_loopback(h) for h in ("127.0.0.1", "[::1]", "localhost", "127.0.0.2")] == [True] * 4
     assert [is_loopback(h) for h in ("[::]", "0.0.0.0", "10.0.0.1", "search.example")] == [False] * 4

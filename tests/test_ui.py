@@ -24,9 +24,9 @@ import pytest
 
 from clipsearch import Client, ImageInput
 from clipsearch.ui.app import allowed_hosts, host_name
-from tests.data import png_bytes, submit_all, synthetic_inputs, wait_until
-from tests.procs import Proc, Stack, free_port, spawn, wait_for, server_and_worker
-from tests.tinyclip.synthetic import make_image
+from clipsearch_devkit.data import png_bytes, submit_all, synthetic_inputs, wait_until
+from clipsearch_devkit.procs import Proc, Stack, free_port, server_and_worker, spawn, wait_for
+from clipsearch_devkit.tinyclip.synthetic import make_image
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -112,9 +112,9 @@ def _start_ui(server: str, log_dir: Path, timeout: str = "30", token: str = TOKE
 
     try:
         wait_for(up, 30, "ui", proc.popen)
-    except Exception:
+    except Exception as exc:
         proc.kill()
-        raise RuntimeError(f"ui did not start:\n{proc.output()[-3000:]}")
+        raise RuntimeError(f"ui did not start:\n{proc.output()[-3000:]}") from exc
     return proc, url
 
 
@@ -328,7 +328,8 @@ def test_browser_shows_results_then_more_like_this(page: Page, browser: Any, tmp
     clicked = _card_ids(tab)[0]
     tab.click(f".card[data-id='{clicked}']")
     # the final status, set after the cards were replaced ("Searching images like …" comes before them)
-    tab.wait_for_function(f"() => document.getElementById('status').textContent === '20 results for images like {clicked}'",
+    tab.wait_for_function("() => document.getElementById('status').textContent === "
+                          f"'20 results for images like {clicked}'",
                           timeout=30_000)
     tab.wait_for_function(ALL_LOADED, timeout=30_000)
     similar = _card_ids(tab)

@@ -19,8 +19,8 @@ from PIL import Image
 from clipsearch import Client, ImageInput
 from clipsearch.v1 import search_service_pb2, search_service_pb2_grpc
 from clipsearch_core.images import ImageLoadError, LoadLimits, NetworkPolicy, read_uri
-from tests.data import wait_until
-from tests.procs import Proc, Stack, wait_for
+from clipsearch_devkit.data import wait_until
+from clipsearch_devkit.procs import Proc, Stack, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -111,7 +111,8 @@ def limits(*allowed: str) -> LoadLimits:
 
 @pytest.mark.parametrize("url,kind,allow", [
     ("http://127.0.0.1:{port}/x.png", "127.0.0.1 is a loopback address", "--allow-network 127.0.0.1/32"),
-    ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a link-local address", "--allow-network 169.254.169.254/32"),
+    ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a link-local address",
+     "--allow-network 169.254.169.254/32"),
     ("http://10.1.2.3/x.png", "10.1.2.3 is a private address", "--allow-network 10.1.2.3/32"),
     ("http://192.168.1.1/x.png", "192.168.1.1 is a private address", "--allow-network 192.168.1.1/32"),
     ("http://172.16.0.1/x.png", "172.16.0.1 is a private address", "--allow-network 172.16.0.1/32"),
@@ -283,7 +284,8 @@ def test_a_host_that_trickles_its_bytes_is_cut_off_at_the_timeout(images: Images
     ever with a slower trickle."""
     started = time.monotonic()
     with pytest.raises(ImageLoadError, match="timed out") as err:
-        read_uri(f"{images.base}/trickle.png", LoadLimits(http_timeout_s=1, network=NetworkPolicy.parse(["127.0.0.1/32"])))
+        read_uri(f"{images.base}/trickle.png",
+                 LoadLimits(http_timeout_s=1, network=NetworkPolicy.parse(["127.0.0.1/32"])))
     assert time.monotonic() - started < 5
     assert err.value.transient
 

@@ -6,9 +6,9 @@ import grpc
 import numpy as np
 import pytest
 
-from clipsearch_server import validation as check
-from clipsearch_server.errors import InvalidArgument, NotFound, Unavailable, status_for
 from clipsearch_core.images import ImageLoadError
+from clipsearch_server.api import validation as check
+from clipsearch_server.api.errors import InvalidArgument, NotFound, Unavailable, status_for
 
 
 @pytest.mark.parametrize("k", [0, -1, check.MAX_K + 1])
@@ -129,7 +129,7 @@ class _Context:
 def _boundary(exc: Exception, caplog: pytest.LogCaptureFixture) -> _Context:
     import asyncio
 
-    from clipsearch_server.service import _rpc
+    from clipsearch_server.api.servicers import _rpc
 
     class Servicer:
         @_rpc
@@ -151,7 +151,7 @@ def test_unexpected_error_becomes_internal_with_a_logged_request_id(caplog: pyte
 
 
 def test_resource_exhausted_carries_a_retry_hint(caplog: pytest.LogCaptureFixture) -> None:
-    from clipsearch_server.errors import ResourceExhausted
+    from clipsearch_server.api.errors import ResourceExhausted
 
     context = _boundary(ResourceExhausted("queue is full", retry_after_s=2.5), caplog)
     assert context.code == grpc.StatusCode.RESOURCE_EXHAUSTED and context.details == "queue is full"

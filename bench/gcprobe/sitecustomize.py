@@ -1,7 +1,7 @@
 """A garbage-collection probe for any Python process: with this folder on PYTHONPATH, the process counts
 its collections per generation and the time they took, and at exit writes one line to
 $GCPROBE_DIR/gc-<pid>.txt (default /tmp). Used with bench_feed.py's per-run environment, e.g.
-`--runs "path:0 PYTHONPATH=bench/gcprobe"` (docs/BENCHMARKS.md, 4b)."""
+`--runs "path:0 PYTHONPATH=bench/gcprobe"` (bench/bench_stop.py; docs/benchmarks-journal.md)."""
 
 import atexit
 import gc

@@ -22,8 +22,19 @@ from .errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from .types import (Deletion, Failure, ImageInput, IndexStats, Progress, Query, SearchPage, SearchResult, Submission,
-                    Term, Thumbnail)
+from .types import (
+    Deletion,
+    Failure,
+    ImageInput,
+    IndexStats,
+    Progress,
+    Query,
+    SearchPage,
+    SearchResult,
+    Submission,
+    Term,
+    Thumbnail,
+)
 
 __all__ = [
     "DEFAULT_SERVER",

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from .client import DEFAULT_SERVER, Client
 from .connection import Connection
@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     _client_options(index)
     index.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     index.add_argument("--no-wait", action="store_true", help="return once submitted")
-    index.add_argument("--by-path", action="store_true", help="send paths (workers read them) instead of uploading bytes")
+    index.add_argument("--by-path", action="store_true",
+                       help="send paths (workers read them) instead of uploading bytes")
     index.add_argument("--chunk", type=int, default=64, help="images per SubmitImages call")
     index.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata for every image")
     index.add_argument("--metadata", metavar="FILE",
@@ -175,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 PROGRAMS = {
     "up": ("clipsearch_core.up", "run Redis (unless --redis-url), a server and a worker on this machine"),
     "server": ("clipsearch_server", "run the search server"),
-    "router": ("clipsearch_server.router", "run a router in front of several search servers (shards, replicas)"),
+    "router": ("clipsearch_router", "run a router in front of several search servers (shards, replicas)"),
     "worker": ("clipsearch_worker", "run an encoder worker"),
 }
 
@@ -255,12 +256,12 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def _metadata_file(path: str, roots: Sequence[str]) -> dict[Path, dict]:
+def _metadata_file(path: str, roots: Sequence[str]) -> dict[Path, dict[str, Any]]:
     """Fields per resolved image path from a JSON file keyed by paths relative to the folders given."""
     data = json.loads(Path(path).read_text())
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a JSON object mapping file paths to objects of fields")
-    out: dict[Path, dict] = {}
+    out: dict[Path, dict[str, Any]] = {}
     for rel, fields in data.items():
         if not isinstance(fields, dict):
             raise ValueError(f"{path}: {rel!r} must map to an object of fields")
@@ -344,7 +345,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         save_sheet(results, args.sheet, title=f"Query: {label}")
         print(f"wrote {args.sheet} ({len(results)} results)", file=sys.stderr)
     if args.json:
-        data: dict = {"results": [{"id": r.id, "uri": r.uri, "score": r.score, "metadata": r.metadata,
+        data: dict[str, Any] = {"results": [{"id": r.id, "uri": r.uri, "score": r.score, "metadata": r.metadata,
                                    "fields": fields_to_json(r.fields), "collapsed_ids": r.collapsed_ids}
                                   for r in results],
                       "next_page_token": results.next_page_token}

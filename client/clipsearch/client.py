@@ -18,8 +18,21 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from .connection import DEFAULT_SERVER, Connection
 from .errors import InvalidArgumentError, UnavailableError, from_rpc_error
 from .fields import from_values, to_values
-from .types import (Deletion, Failure, ImageInput, IndexStats, Progress, Query, QueueStatus, SearchPage, SearchResult,
-                    Submission, Term, Thumbnail, WorkerStatus)
+from .types import (
+    Deletion,
+    Failure,
+    ImageInput,
+    IndexStats,
+    Progress,
+    Query,
+    QueueStatus,
+    SearchPage,
+    SearchResult,
+    Submission,
+    Term,
+    Thumbnail,
+    WorkerStatus,
+)
 from .v1 import (
     index_service_pb2 as index_pb,
     index_service_pb2_grpc as index_grpc,
@@ -44,10 +57,10 @@ class _Call(Generic[T]):
 
 
 def _stubs(channel: Any) -> dict[str, Any]:
-    return {
-        "search": search_grpc.SearchServiceStub(channel),
-        "ingest": ingest_grpc.IngestServiceStub(channel),
-        "index": index_grpc.IndexServiceStub(channel),
+    return {  # grpcio-tools generates the stubs' constructors without annotations
+        "search": search_grpc.SearchServiceStub(channel),  # type: ignore[no-untyped-call]
+        "ingest": ingest_grpc.IngestServiceStub(channel),  # type: ignore[no-untyped-call]
+        "index": index_grpc.IndexServiceStub(channel),  # type: ignore[no-untyped-call]
     }
 
 
@@ -73,7 +86,8 @@ def _image_search(image: bytes | None, uri: str | None, image_id: str | None, k:
                   where: types_pb2.Filter | None = None, min_score: float | None = None, page_token: str = "",
                   collapse_threshold: float | None = None, include_thumbnails: bool = False, min_position: int = 0,
                   forbid_partial: bool = False) -> _Call[SearchPage]:
-    given = {name: value for name, value in (("image", image), ("uri", uri), ("id", image_id)) if value is not None}
+    given: dict[str, Any] = {name: value for name, value in (("image", image), ("uri", uri), ("id", image_id))
+                             if value is not None}
     if len(given) != 1:
         raise InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, "give exactly one of image, uri or id")
     request = search_pb.ImageSearchRequest(k=k, filter=where, min_score=min_score, page_token=page_token,
@@ -111,7 +125,8 @@ def _batch_query(i: int, q: Query) -> search_pb.BatchQuery:
     given = _kind(q, ("text", "image", "uri", "id", "vector", "terms"), f"queries[{i}]")
     if "terms" in given:
         given["terms"] = search_pb.WeightedTerms(terms=[
-            search_pb.QueryTerm(weight=t.weight, **_kind(t, ("text", "image", "uri", "id", "vector"), f"queries[{i}].terms[{j}]"))
+            search_pb.QueryTerm(weight=t.weight,
+                                **_kind(t, ("text", "image", "uri", "id", "vector"), f"queries[{i}].terms[{j}]"))
             for j, t in enumerate(given["terms"])])
     return search_pb.BatchQuery(k=q.k, filter=q.where, min_score=q.min_score, page_token=q.page_token,
                                 collapse_threshold=q.collapse_threshold, **given)
@@ -285,7 +300,7 @@ class Client(_Base):
                                timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
     def wait_until_ready(self, timeout: float = 60.0) -> None:
         """Blocks until the channel connects, or raises UnavailableError."""
@@ -378,7 +393,7 @@ class AsyncClient(_Base):
                                      timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
     async def close(self) -> None:
         await self._channel.close()

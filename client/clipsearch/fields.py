@@ -11,7 +11,7 @@ from .v1 import types_pb2
 
 __all__ = ["FieldValue", "from_value", "to_value", "to_values", "from_values"]
 
-FieldValue = Union[str, int, float, bool, dt.datetime, list]
+FieldValue = Union[str, int, float, bool, dt.datetime, list[str]]
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -55,7 +55,8 @@ def from_value(value: types_pb2.Value) -> FieldValue | None:
             return value.time_ms
     if kind == "string_list":
         return list(value.string_list.values)
-    return getattr(value, kind)
+    scalar: FieldValue = getattr(value, kind)  # string_value, int_value, double_value or bool_value
+    return scalar
 
 
 def to_values(fields: Mapping[str, Any]) -> dict[str, types_pb2.Value]:

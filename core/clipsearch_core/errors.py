@@ -1,7 +1,7 @@
 """The domain exception tree shared by the server and the worker.
 
 Layers raise these; each process maps them once at its edge (the server's gRPC status table in
-`clipsearch_server.errors`, the worker's job outcome). `transient` says whether the same request may
+`clipsearch_server.api.errors`, the worker's job outcome). `transient` says whether the same request may
 succeed later (a network error, an HTTP 5xx, a dependency that is loading or down): those map to
 UNAVAILABLE, which clients retry; everything else is permanent and never retried.
 """

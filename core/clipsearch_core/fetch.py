@@ -21,7 +21,7 @@ import ssl
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from .errors import ImageLoadError
 
@@ -32,7 +32,7 @@ _REDIRECTS = (301, 302, 303, 307, 308)
 _TRANSIENT_STATUS = (408, 429)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-_AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple]
+_AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, Any]  # getaddrinfo's 5-tuples
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ _NO_SUCH_NAME = frozenset(getattr(socket, name) for name in ("EAI_NONAME", "EAI_
 def _resolve(url: str, host: str, port: int, policy: NetworkPolicy) -> list[_AddrInfo]:
     """Resolves `host` once and checks every address; returns them all (all allowed) or raises."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        infos: list[_AddrInfo] = list(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP))
     except (socket.gaierror, UnicodeError) as exc:
         # A name that does not exist stays so (failed at once); a resolver that did not answer may later.
         permanent = not isinstance(exc, socket.gaierror) or exc.errno in _NO_SUCH_NAME
@@ -104,7 +104,7 @@ def _resolve(url: str, host: str, port: int, policy: NetworkPolicy) -> list[_Add
     if policy.allows_host(host):
         return infos
     for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
         address = getattr(address, "ipv4_mapped", None) or address  # ::ffff:127.0.0.1 reaches 127.0.0.1
         kind = None if policy.allows_address(address) else address_kind(address)
         if kind is not None:

@@ -11,7 +11,7 @@ permanent generation (`gc.freeze`), where no collection looks, and turns the col
 calls `freeze` again once the model is loaded, for the model's objects (frozen objects add up). Objects
 that become unreachable later are still freed by their reference counts; only start-up objects caught
 in reference cycles would stay, and those live as long as the process anyway. Measured in
-docs/BENCHMARKS.md, "Starting and stopping".
+bench/bench_stop.py (docs/performance.md).
 
 A process that never called `hold` (one that imports the server or the worker to run it in its own
 process) is left alone: `freeze` does nothing there.

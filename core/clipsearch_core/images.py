@@ -24,9 +24,9 @@ import threading
 import urllib.parse
 import warnings
 from contextlib import contextmanager
-from typing import Any, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterator
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -211,7 +211,8 @@ def _open(data: bytes, limits: LoadLimits) -> Image.Image:
         raise ImageLoadError(f"cannot decode image: unreadable header{_detail(exc)}") from exc
     width, height = image.size
     if width * height > limits.max_pixels:
-        raise ImageLoadError(f"image is {width}x{height} pixels, over the limit of {limits.max_pixels} (decompression bomb?)")
+        raise ImageLoadError(f"image is {width}x{height} pixels, over the limit of {limits.max_pixels} "
+                             "(decompression bomb?)")
     if min(width, height) < 1:
         raise ImageLoadError(f"image is {width}x{height} pixels: it has no pixels")
     if max(width, height) > limits.max_aspect_ratio * min(width, height):
@@ -299,7 +300,8 @@ def _load(image: Image.Image, limits: LoadLimits) -> Image.Image:
         raise ImageLoadError(f"cannot decode image: too many pixels, over the limit of {limits.max_pixels} "
                              "(decompression bomb?)") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageLoadError(f"cannot decode image: truncated or corrupt {image.format or 'image'}{_detail(exc)}") from exc
+        raise ImageLoadError(
+            f"cannot decode image: truncated or corrupt {image.format or 'image'}{_detail(exc)}") from exc
 
 
 _REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>|0x[0-9a-fA-F]{6,}")

@@ -309,7 +309,8 @@ class ClipEncoder:
         x = model.ln_final(x)
         x = text_global_pool(x, text, model.text_pool_type)
         if model.text_projection is not None:
-            x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
+            x = (model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear)
+                 else x @ model.text_projection)
         return x
 
 

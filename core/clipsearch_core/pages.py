@@ -4,7 +4,7 @@ A page token says where the previous page ended, as a position in the total orde
 score descending, then image id ascending (ties in score are ordered by id). The next page holds the
 best results strictly after that position. Because the cursor is a position and not an offset, the
 router can hand the same token to every shard and merge their pages into the global next page, and an
-image added or deleted between pages never shifts the results that follow (see the README's "pages").
+image added or deleted between pages never shifts the results that follow (docs/filters.md, pages).
 
 `returned` counts the results already returned; `returned + k` may not exceed `MAX_DEPTH` (the search
 behind a page has to look that deep). `query` is a fingerprint of the query (its kind, content, filter
@@ -88,20 +88,24 @@ def decode(token: str, query: str, k: int) -> Cursor:
     query, or `returned + k` goes past MAX_DEPTH.
     """
     if len(token) > MAX_TOKEN_CHARS:
-        raise InvalidArgument(f"page_token is longer than {MAX_TOKEN_CHARS} characters: pass back a next_page_token unchanged")
+        raise InvalidArgument(f"page_token is longer than {MAX_TOKEN_CHARS} characters: "
+                              "pass back a next_page_token unchanged")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         body = json.loads(raw)
         cursor = Cursor(float(body["s"]), str(body["i"]), int(body["n"]), str(body["q"]))
         version = body["v"]
-    except (binascii.Error, ValueError, TypeError, KeyError, OverflowError) as exc:  # 1e400 -> inf -> int(): OverflowError
-        raise InvalidArgument("page_token is not a token this service issued: pass back a next_page_token unchanged") from exc
+    except (binascii.Error, ValueError, TypeError, KeyError, OverflowError) as exc:
+        # 1e400 -> inf -> int(): OverflowError
+        raise InvalidArgument("page_token is not a token this service issued: "
+                              "pass back a next_page_token unchanged") from exc
     if version != _VERSION or not math.isfinite(cursor.score) or cursor.returned < 1:
         raise InvalidArgument("page_token is not a token this service issued: pass back a next_page_token unchanged")
     if cursor.query != query:
         raise InvalidArgument("page_token belongs to another query: page with the same query, filter and min_score")
     if cursor.returned + k > MAX_DEPTH:
-        raise InvalidArgument(f"page_token goes past the paging depth limit: at most {MAX_DEPTH} results per query (returned so far + k)")
+        raise InvalidArgument(f"page_token goes past the paging depth limit: at most {MAX_DEPTH} results per query "
+                              "(returned so far + k)")
     return cursor
 
 

@@ -50,7 +50,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--model", "ViT-B-32", "OpenCLIP model: built-in name, hf-hub:org/repo or local-dir:/path", BOTH),
     Option("--pretrained", "laion2b_s34b_b79k", "weights tag for built-in names; 'none' for random weights", BOTH),
     Option("--device", "auto", "auto (cuda when available), cpu, cuda, cuda:N", BOTH),
-    Option("--redis-url", "redis://127.0.0.1:6379/0", "Redis URL of the job queue (`up` starts its own unless given)", BOTH),
+    Option("--redis-url", "redis://127.0.0.1:6379/0", "Redis URL of the job queue (`up` starts its own unless given)",
+           BOTH),
     Option("--redis-prefix", "clipsearch", "prefix of every Redis key", BOTH),
     # Images, wherever they come from.
     Option("--allowed-root", [], "folder the worker/server may read image paths from (repeatable)", BOTH, type=list),
@@ -59,7 +60,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--allow-network", [], "network (CIDR) or host name that image URLs may reach although it is loopback, "
            "link-local or private (repeatable; comma-separated in the variable)", BOTH, type=list, separator=","),
     Option("--max-image-bytes", 32 * 1024 * 1024, "largest encoded image accepted, bytes", BOTH, type=int),
-    Option("--max-pixels", 64_000_000, "largest decoded image accepted, width x height (decompression bombs)", BOTH, type=int),
+    Option("--max-pixels", 64_000_000, "largest decoded image accepted, width x height (decompression bombs)", BOTH,
+           type=int),
     Option("--max-aspect-ratio", 20.0, "longest side / shortest side accepted: a thinner image would be enlarged to "
            "the model's input at a cost its pixel count does not bound", BOTH, type=float),
     Option("--http-timeout", 10.0, "seconds an image URL may take in all (connect, redirects, headers, body)", BOTH,
@@ -140,7 +142,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--worker-ttl", 15.0, "seconds without a heartbeat after which a worker counts as dead and its jobs are "
            "reclaimed at once", (WORKER,), type=float),
     Option("--consumer", "", "consumer name in the Redis group (default host-pid-random)", (WORKER,), up=False),
-    Option("--heartbeat-file", "", "file touched on every loop turn (for container health checks)", (WORKER,), up=False),
+    Option("--heartbeat-file", "", "file touched on every loop turn (for container health checks)", (WORKER,),
+           up=False),
     Option("--max-deliveries", 5, "deliveries of a job before it is dead-lettered as failed", (WORKER,), type=int),
     Option("--device-decode", False, "decode JPEGs on the model's device (nvJPEG on CUDA) instead of PIL", (WORKER,),
            type=bool),
@@ -198,7 +201,8 @@ def options_for(role: str) -> list[Option]:
 def parser(role: str, prog: str, description: str) -> argparse.ArgumentParser:
     """A command line for `role` with every option it takes."""
     p = argparse.ArgumentParser(prog=prog, description=description,
-                                epilog="Every option can also be set as CLIPSEARCH_<OPTION>, e.g. CLIPSEARCH_REDIS_URL.")
+                                epilog="Every option can also be set as CLIPSEARCH_<OPTION>, "
+                                       "e.g. CLIPSEARCH_REDIS_URL.")
     for o in options_for(role):
         help_text = f"{o.help} [{o.env}]"
         if o.type is bool:

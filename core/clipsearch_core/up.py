@@ -68,11 +68,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.data_dir = str(data_dir / "index")
         server_argv, env = settings.child_args(args, "server")
         child_env = {**os.environ, **env}
-        procs.append(("server", subprocess.Popen([sys.executable, "-m", "clipsearch_server", *server_argv], env=child_env)))
+        procs.append(("server", subprocess.Popen([sys.executable, "-m", "clipsearch_server", *server_argv],
+                                                 env=child_env)))
         _wait_port("127.0.0.1", args.port, 600, procs)
         worker_argv, _ = settings.child_args(args, "worker", skip=("--metrics-port",))
         worker_argv += ["--server", f"127.0.0.1:{args.port}"]
-        procs.append(("worker", subprocess.Popen([sys.executable, "-m", "clipsearch_worker", *worker_argv], env=child_env)))
+        procs.append(("worker", subprocess.Popen([sys.executable, "-m", "clipsearch_worker", *worker_argv],
+                                                 env=child_env)))
         print(f"clipsearch is up: server localhost:{args.port}, Redis {args.redis_url}. Ctrl-C stops.", flush=True)
         while all(p.poll() is None for _, p in procs):
             time.sleep(0.5)

@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import signal
 import time
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 
 # What one image became: ("input", model input, "", thumbnail) | ("jpeg", bytes, "", None) to decode (and
 # scale its thumbnail) on the device | ("transient", None, reason, None): retry later | ("failed", None, reason, None).
-# thumbnail: the encoded thumbnail bytes, or None when thumbnails are off.
-Prepared = tuple[str, Any, str, "bytes | None"]
+# thumbnail: the encoded thumbnail bytes, or None when thumbnails are off (after a device decode: a Future of
+# them, encoded in the pool while the batch goes through the model).
+Prepared = tuple[str, Any, str, "bytes | None | Future[bytes | None]"]
 
 
 @dataclass(frozen=True)

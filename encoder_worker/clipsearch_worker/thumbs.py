@@ -21,7 +21,7 @@ __all__ = ["MIME_TYPES", "ThumbnailSpec", "make_thumbnail", "thumbnail_from_arra
 
 MIME_TYPES = {"webp": "image/webp", "jpeg": "image/jpeg"}
 
-# Cost per 1024x768 photo on one core (docs/BENCHMARKS.md, "Thumbnails: the cost per image"): a box
+# Cost per 1024x768 photo on one core (bench/bench_thumbnails.py): a box
 # reduction by whole factors before the Lanczos filter (0.13 ms instead of 1.9 ms from a 512x384 draft
 # decode), and libwebp's method 2 (1.1 ms, 3.0 KB) instead of its default 4 (2.8 ms, 2.9 KB).
 REDUCING_GAP = 1.0

@@ -1,21 +1,12 @@
-"""clipsearch search server: owns the image store and FAISS HNSW index and serves the gRPC API.
+"""clipsearch search server: owns the image store and the FAISS index and serves the gRPC API.
 
-The names below are imported on first use, so that the router (`clipsearch_server.router`), which
-neither searches nor encodes, starts without loading torch or FAISS.
+Subpackages, in the order a request travels (each imports only those after it; tests/test_packaging.py):
+`api` (servicers, request conversion, validation, the error table, auth, metrics, listening),
+`ingest` (submissions queued as jobs), `search` (encoding with micro-batching, the query planner, filters),
+`replication` (a server following a shared PostgreSQL store), `collection` (one collection: write
+ordering, seal, snapshot, compaction, catch-up), then `index` (the vector-index seam, its kinds, segments,
+snapshots: the only faiss import) and `storage` (SQLite and PostgreSQL stores, typed fields).
+`app` wires them into a running server (`create_server`, `serve`); `config` is its configuration.
+Importing this package imports none of them, so the router (`clipsearch_router`) can use `api`'s edge
+modules without loading torch or faiss.
 """
-
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-__all__ = ["DEFAULT_PORT", "RunningServer", "ServerConfig", "create_server", "serve"]
-
-_HOME = {"RunningServer": "app", "create_server": "app", "serve": "app", "DEFAULT_PORT": "config",
-         "ServerConfig": "config"}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOME:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)

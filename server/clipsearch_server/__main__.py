@@ -10,7 +10,7 @@ from clipsearch_core import heap
 if __name__ == "__main__":  # a program: no garbage collection during the imports (clipsearch_core.heap)
     heap.hold()
 
-from . import program  # noqa: E402
+from .api import program  # noqa: E402
 from .app import serve  # noqa: E402
 from .config import ServerConfig  # noqa: E402
 

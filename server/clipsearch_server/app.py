@@ -6,7 +6,7 @@ services answering UNAVAILABLE) while the model and the index load; then SERVING
 task snapshots the index when it changed. Shutdown: NOT_SERVING, drain calls for `grace_s`, write a
 final snapshot.
 
-With `--store postgresql://...` (replication.py) start-up also binds to the shared collection, catches the
+With `--store postgresql://...` (replication/follower.py) start-up also binds to the shared collection, catches the
 local mirror up, and copies the latest shared snapshot into an empty data directory before the index
 loads; afterwards health follows the lag: SERVING while this server is behind the store for at
 most `max_lag_s`, NOT_SERVING beyond (load balancers skip it), checked every HEALTH_PERIOD_S.
@@ -24,48 +24,30 @@ import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import HealthServicer
 
-from clipsearch.v1 import (
-    index_service_pb2,
-    index_service_pb2_grpc,
-    ingest_service_pb2,
-    ingest_service_pb2_grpc,
-    search_service_pb2,
-    search_service_pb2_grpc,
-)
 from clipsearch_core import heap, jobqueue
 from clipsearch_core.model import load_encoder
 
-from . import index as index_module
-from . import program
-from .boundary import MalformedRequests
-from .collection import Collection
+from .api import program
+from .api.boundary import MalformedRequests
+from .api.metrics import RPCS, serve_metrics
+from .api.security import BearerTokenInterceptor
+from .api.servicers import SERVICE_NAMES, add_servicers
+from .api.tokens import TokenStore
+from .collection.collection import Collection
 from .config import ServerConfig
-from .engine import Engine, EngineSlot
-from .ingest import Ingestor
-from .metrics import RPCS, serve_metrics
-from .pgstore import PgStore
-from .replication import Replica
-from .snapshot_share import SnapshotShare, share_for
-from .store import Store
-from .security import BearerTokenInterceptor
-from .tokens import TokenStore
-from .service import IndexServicer, IngestServicer, SearchServicer
+from .index import vector_index as index_module
+from .index.snapshot_share import SnapshotShare, share_for
+from .ingest.ingestor import Ingestor
+from .replication.follower import StoreFollower
+from .search.engine import Engine, EngineSlot
+from .storage.postgres import PgStore
+from .storage.sqlite import SqliteStore
 
 __all__ = ["RunningServer", "create_server", "serve"]
 
 log = logging.getLogger(__name__)
 
 HEALTH_PERIOD_S = 0.25
-
-SERVICE_NAMES = tuple(
-    module.DESCRIPTOR.services_by_name[name].full_name
-    for module, name in (
-        (search_service_pb2, "SearchService"),
-        (ingest_service_pb2, "IngestService"),
-        (index_service_pb2, "IndexService"),
-    )
-)
-
 
 @dataclass
 class RunningServer:
@@ -140,11 +122,11 @@ class RunningServer:
                  self.port, encoder.identity, collection.stats().count, warm, frozen)
         self._tasks.append(asyncio.create_task(self._snapshots()))
 
-    def _replica(self, model: str, dim: int) -> Replica:
+    def _replica(self, model: str, dim: int) -> StoreFollower:
         """Connects to the shared store and brings this server's local mirror up to its head."""
         config = self.config
         pg = PgStore(config.store)
-        replica = Replica(pg, Store(config.data_dir / "images.sqlite3"), config.shard)
+        replica = StoreFollower(pg, SqliteStore(config.data_dir / "images.sqlite3"), config.shard)
         try:
             replica.prepare(model, dim, config.kind.kind)
             if config.shared_snapshots:
@@ -155,7 +137,7 @@ class RunningServer:
             raise
         return replica
 
-    async def _follow_lag(self, replica: Replica) -> None:
+    async def _follow_lag(self, replica: StoreFollower) -> None:
         """SERVING while caught up within max_lag_s, NOT_SERVING otherwise."""
         serving: bool | None = None
         while True:
@@ -185,11 +167,12 @@ async def create_server(config: ServerConfig) -> RunningServer:
         index_module.set_threads(config.threads)
     slot = EngineSlot()
     ingestor = Ingestor(
-        jobqueue.connect(config.redis_url), jobqueue.Keys(config.redis_prefix), config.max_queue_jobs, config.max_queue_bytes
+        jobqueue.connect(config.redis_url), jobqueue.Keys(config.redis_prefix), config.max_queue_jobs,
+        config.max_queue_bytes,
     )
 
     options = program.server_options(config.max_message_bytes)
-    # first: it guards whatever handler the others pick (unparseable requests: INVALID_ARGUMENT, boundary.py)
+    # first: it guards whatever handler the others pick (unparseable requests: INVALID_ARGUMENT, api/boundary.py)
     interceptors: list[grpc.aio.ServerInterceptor] = [MalformedRequests(SERVICE_NAMES)]
     tokens = None
     if config.auth_token or config.tokens_file:
@@ -197,11 +180,7 @@ async def create_server(config: ServerConfig) -> RunningServer:
         interceptors.append(BearerTokenInterceptor(
             tokens, lambda method, code: RPCS.labels(method.rsplit("/", 1)[-1], code.name).inc()))
     server = grpc.aio.server(options=options, interceptors=interceptors)
-    search_service_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(slot), server)
-    ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(
-        IngestServicer(ingestor, config.image_limits.max_bytes), server
-    )
-    index_service_pb2_grpc.add_IndexServiceServicer_to_server(IndexServicer(slot), server)
+    add_servicers(server, slot, ingestor, config.image_limits.max_bytes)
     port, health_servicer = program.listen(server, SERVICE_NAMES, config.host, config.port, config.tls_cert,
                                            config.tls_key, config.tls_client_ca)
     if config.metrics_port:
@@ -218,7 +197,7 @@ def _index_gauges(slot: EngineSlot) -> dict[str, float]:
     if slot.engine is None:
         return {}
     stats = slot.engine.collection.stats()
-    gauges = {"index_images": stats.count, "index_tombstones": stats.stale_entries,
+    gauges: dict[str, float] = {"index_images": stats.count, "index_tombstones": stats.stale_entries,
               "index_entries": slot.engine.collection.index.ntotal}
     replica = slot.engine.replica
     if replica is not None:  # a replica of a PostgreSQL store

@@ -6,15 +6,14 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipsearch_core.errors import InvalidArgument
 from clipsearch_core.images import LoadLimits
 from clipsearch_core.model import ModelSpec
 from clipsearch_core.settings import default
 from clipsearch_core.shards import ShardSpec
 
-from clipsearch_core.errors import InvalidArgument
-
-from .index import HnswParams, IndexOptions
-from .kinds import KindOptions, parse_bytes
+from .index.kinds import KindOptions, parse_bytes
+from .index.vector_index import HnswParams, IndexOptions
 
 __all__ = ["DEFAULT_PORT", "ServerConfig"]
 
@@ -40,14 +39,14 @@ class ServerConfig:
     seal_at: the growing part's size (vectors) at which a background seal moves it into the graph.
     max_queue_jobs / max_queue_bytes: backpressure; SubmitImages fails with RESOURCE_EXHAUSTED beyond.
     grace_s: how long running calls may finish on shutdown.
-    auth_token: a write token; tokens_file: scoped read/write tokens (see `tokens.py`). Neither: no authentication.
+    auth_token: a write token; tokens_file: scoped read/write tokens (see `api/tokens.py`). Neither: no authentication.
     tls_cert / tls_key: serve TLS with this certificate; tls_client_ca: also require client certificates.
     metrics_port: Prometheus /metrics port (0: off).
     store: the source of truth ('' = SQLite in data_dir, or a postgresql:// URL).
     shard: the part of the collection this server holds.
     max_lag_s / read_wait_s / shared_snapshots: replicas on a PostgreSQL store (health lag bound, how long a
     search with min_position waits, where snapshots are shared: a directory, s3://bucket/prefix, or '').
-    kind: the index kind (--index), --memory-budget, --train-min, --nprobe and --rerank (kinds.py).
+    kind: the index kind (--index), --memory-budget, --train-min, --nprobe and --rerank (index/kinds.py).
     """
 
     host: str

@@ -1,0 +1,2 @@
+"""A server following a shared PostgreSQL store into its local SQLite mirror (`follower.StoreFollower`).
+"""

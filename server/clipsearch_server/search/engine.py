@@ -1,0 +1,173 @@
+"""The search engine: query encoding with the CLIP model plus planned searches (query.py), off the event loop.
+
+The gRPC layer calls these coroutines with validated arguments. Model and FAISS work is blocking,
+so it runs in a thread pool; the asyncio loop only routes requests. With a shared PostgreSQL store
+(`replica` set, replication/follower.py) writes go to the store and searches may first wait for a position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence, TypeVar
+
+import numpy as np
+
+from clipsearch_core.errors import Unavailable
+from clipsearch_core.images import LoadLimits, decoded, read_uri
+from clipsearch_core.model import ClipEncoder
+from clipsearch_core.settings import default
+from clipsearch_server.collection.collection import Collection, CollectionStats
+from clipsearch_server.replication.follower import StoreFollower
+from clipsearch_server.storage.records import ImageRecord
+
+from . import query
+from .batching import MicroBatcher, TextBatcher
+from .query import Page, Query
+
+__all__ = ["Engine", "EngineSlot", "ReplicationStats"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ReplicationStats:
+    """Where this server stands against its store (positions are 0 with SQLite)."""
+
+    store_kind: str
+    applied_position: int
+    store_position: int
+    lag_s: float
+
+
+class Engine:
+    """Encodes queries and searches the collection."""
+
+    replica: StoreFollower | None = None  # set when the store is a shared PostgreSQL database
+    read_wait_s: float = 5.0  # how long a search waits for a min_position
+
+    def __init__(self, encoder: ClipEncoder, collection: Collection, limits: LoadLimits, workers: int = 4,
+                 text_batch: int = default("--text-batch"), image_batch: int = default("--image-batch"),
+                 cache_size: int = 4096) -> None:
+        self.encoder = encoder
+        self.collection = collection
+        self.limits = limits
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engine")
+        # Image URLs are read in threads of their own: a slow host (each fetch bounded by --http-timeout)
+        # must not hold the threads that encode and search for every other query.
+        self._fetches = ThreadPoolExecutor(max_workers=32, thread_name_prefix="engine-fetch")
+        self._labels = query.LabelCache()  # filters' matching labels, per write generation
+        # Writes are serialized by the collection anyway; their own thread keeps them from queueing
+        # behind searches in the shared pool.
+        self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-write")
+        self.texts = TextBatcher(lambda texts: self._run(lambda: encoder.encode_text(texts)), text_batch,
+                                 cache_size=cache_size)
+        self.images: MicroBatcher[Any] = MicroBatcher(
+            lambda tensors: self._run(lambda: encoder.encode_images(tensors)), image_batch)
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    async def _write(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._writes, fn)
+
+    async def text_vector(self, text: str) -> np.ndarray:
+        """The text's unit query vector (micro-batched, cached)."""
+        return await self.texts.vector(text)
+
+    async def image_vector_bytes(self, data: bytes) -> np.ndarray:
+        return await self._image_vector(lambda: data)
+
+    async def image_vector_uri(self, uri: str) -> np.ndarray:
+        data = await asyncio.get_running_loop().run_in_executor(self._fetches, read_uri, uri, self.limits)
+        return await self._image_vector(lambda: data)
+
+    async def _image_vector(self, read: Callable[[], bytes]) -> np.ndarray:
+        """Reads and decodes in the pool (concurrently with other queries), encodes in a micro-batch."""
+        tensor = await self._run(lambda: self._preprocess(read()))
+        return await self.images.vector(tensor)
+
+    def _preprocess(self, data: bytes) -> Any:
+        with decoded(data, self.limits) as image:  # within the process's decode budget, resize included
+            return self.encoder.preprocess(image)
+
+    async def id_vector(self, image_id: str) -> np.ndarray:
+        """The stored vector of an indexed image (NotFound when there is none)."""
+        return await self._run(lambda: self.collection.vector_of(image_id))
+
+    async def search(self, queries: Sequence[Query]) -> list[Page]:
+        """Pages of results for query vectors (query.py: filters once per group, batched first round)."""
+        return await self._run(lambda: query.run(self.collection, queries, self._labels))
+
+    async def thumbnails(self, ids: Sequence[str]) -> dict[str, tuple[bytes, str]]:
+        """id -> (thumbnail, MIME type) for those of `ids` that have one."""
+        return await self._run(lambda: self.collection.store.thumbnails(ids))
+
+    async def upsert(self, records: Sequence[ImageRecord]) -> tuple[int, int]:
+        """Writes; returns (records written, read-your-writes position: 0 with SQLite)."""
+        replica = self.replica
+        if replica is None:
+            return await self._write(lambda: self.collection.upsert(records)), 0
+        written, position = await self._write(lambda: replica.upsert(records))
+        await self._applied(replica, position)
+        return written, position
+
+    async def delete(self, ids: Sequence[str]) -> tuple[list[str], int]:
+        """Deletes; returns (ids that existed, read-your-writes position: 0 with SQLite)."""
+        replica = self.replica
+        if replica is None:
+            return await self._write(lambda: self.collection.delete(ids)), 0
+        existed, position = await self._write(lambda: replica.delete(ids))
+        await self._applied(replica, position)
+        return existed, position
+
+    async def _applied(self, replica: StoreFollower, position: int) -> bool:
+        """Waits (at most read_wait_s) until this server has applied the store below `position`."""
+        if replica.applied >= position:
+            return True
+        return await asyncio.to_thread(replica.wait_for, position, self.read_wait_s)
+
+    async def wait_position(self, position: int) -> None:
+        """Read-your-writes: returns once this server has applied the store below `position`, else
+        raises Unavailable after read_wait_s. Always at once with SQLite (writes apply on return)."""
+        replica = self.replica
+        if replica is None or position <= 0 or await self._applied(replica, position):
+            return
+        raise Unavailable(
+            f"this replica has applied the store up to position {replica.applied}, not yet {position} "
+            f"(waited {self.read_wait_s:g}s); retry, or ask another replica")
+
+    def replication(self) -> ReplicationStats:
+        replica = self.replica
+        if replica is None:
+            return ReplicationStats("sqlite", 0, 0, 0.0)
+        return ReplicationStats("postgresql", replica.applied, replica.head, replica.lag_s())
+
+    async def stats(self) -> CollectionStats:
+        return await self._run(lambda: self.collection.stats(report=True))
+
+    async def aclose(self) -> None:
+        await self.texts.close()
+        await self.images.close()
+        self.close()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._fetches.shutdown(wait=False, cancel_futures=True)
+        self._writes.shutdown(wait=True)
+        if self.replica is not None:
+            self.replica.close()
+        self.collection.close()
+
+
+class EngineSlot:
+    """Holds the engine once start-up has loaded it; until then every use is UNAVAILABLE."""
+
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+
+    def get(self) -> Engine:
+        if self.engine is None:
+            raise Unavailable("the server is still loading its model and index; retry in a few seconds")
+        return self.engine

@@ -1,1 +1,0 @@
-"""Tiny offline OpenCLIP model trained on synthetic coloured shapes, for tests."""
