@@ -15,11 +15,13 @@ the same examples every time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import os
 import re
 import struct
 import urllib.request
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -687,3 +689,95 @@ def test_fuzz_raw_bytes(front: Front, memory: dict[str, int]) -> None:
     assert_search_works(front, "server")
     assert_search_works(front, "router")
     assert_memory_bounded(front, memory)
+
+
+# --- image bytes --------------------------------------------------------------------------------------
+# Images whose header declares any size (thin, huge, zero, beyond --max-pixels) over a body that may be
+# cut or damaged, in the formats Pillow reads: the decode limits of issue 25 hold for all of them. A
+# maximal image that passes the header checks costs ~0.75 GB while it is decoded (docs/operations.md);
+# the bound adds slack for the allocator.
+IMAGE_RSS_BOUND = 1024 * 1024 * 1024
+_SIDES = [0, 1, 2, 16, 64, 300, 1788, 8000, 35760, 65535, 4_000_000, 2**31 - 1]
+
+
+def png_declaring(width: int, height: int, mode: int, body: bytes) -> bytes:
+    """A PNG whose header says width x height (colour type `mode`) over `body` as its compressed data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, mode, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def gif_declaring(width: int, height: int, body: bytes) -> bytes:
+    """A GIF whose logical screen and image say width x height (16-bit fields) over `body`."""
+    screen = b"GIF89a" + struct.pack("<HHBBB", width & 0xFFFF, height & 0xFFFF, 0, 0, 0)
+    image = b"," + struct.pack("<HHHHB", 0, 0, width & 0xFFFF, height & 0xFFFF, 0)
+    return screen + image + b"\x08" + body + b";"
+
+
+@functools.cache
+def complete_thin_png(width: int, height: int) -> bytes:
+    """A whole, decodable 1-bit PNG of that shape (12-124 KB): the ones whose resize blew up before."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("1", (width, height)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@st.composite
+def hostile_images(draw: st.DrawFn) -> bytes:
+    """Declared sizes from the extremes and around the limits, real small images in several formats, and
+    damaged copies of either."""
+    kind = draw(st.sampled_from(["png-header", "gif-header", "real", "real-damaged", "thin"]))
+    if kind == "thin":  # 1 x 64,000,000 was INTERNAL (OverflowError); 16 x 4,000,000 took 5.4 GB
+        return complete_thin_png(*draw(st.sampled_from([(1, 64_000_000), (16, 4_000_000), (40_000, 2)])))
+    width, height = draw(st.sampled_from(_SIDES)), draw(st.sampled_from(_SIDES))
+    body = draw(st.one_of(st.binary(max_size=64), st.just(zlib.compress(b"\0" * draw(st.integers(0, 4096))))))
+    if kind == "png-header":
+        return png_declaring(width, height, draw(st.sampled_from([0, 2, 3, 4, 6, 7])), body)
+    if kind == "gif-header":
+        return gif_declaring(width, height, body)
+    from PIL import Image
+
+    size = (draw(st.integers(1, 96)), draw(st.integers(1, 96)))
+    mode = draw(st.sampled_from(["RGB", "L", "P", "RGBA", "1", "I;16", "CMYK"]))
+    fmt = draw(st.sampled_from(["PNG", "GIF", "BMP", "TIFF", "WEBP", "JPEG", "ICO", "PPM"]))
+    buf = io.BytesIO()
+    try:
+        Image.new(mode, size).save(buf, format=fmt)
+    except (OSError, ValueError, KeyError):  # this mode cannot be written in this format
+        Image.new("RGB", size).save(buf, format=fmt)
+    data = bytearray(buf.getvalue())
+    if kind == "real-damaged":
+        for _ in range(draw(st.integers(1, 4))):
+            if not data:
+                break
+            at = draw(st.integers(0, len(data) - 1))
+            if draw(st.booleans()):
+                data[at] ^= draw(st.integers(1, 255))
+            else:
+                del data[at:]
+    return bytes(data)
+
+
+def test_fuzz_image_bytes(front: Front, memory: dict[str, int]) -> None:
+    """Hostile image bytes to ImageSearch (server and router): INVALID_ARGUMENT or an answer, never
+    INTERNAL or UNKNOWN, and the server's peak memory within the decode bound."""
+    seen: Counter[str] = Counter()
+    method = "/clipsearch.v1.SearchService/ImageSearch"
+
+    @fuzz_settings(150)
+    @given(hostile_images(), st.sampled_from(["server", "server", "router"]))
+    def run(image: bytes, target: str) -> None:
+        payload = search_pb.ImageSearchRequest(image=image, k=3).SerializeToString()
+        check_outcome(front, target, method, payload, seen)
+
+    run()
+    print(f"fuzzed images, status counts: {sorted(seen.items())}")
+    assert seen.get("OK", 0) > 5 and seen.get("INVALID_ARGUMENT", 0) > 20, seen  # both sides reached
+    after = front.rss()
+    assert front.server.popen.poll() is None
+    assert after["VmHWM"] - memory["VmRSS"] < IMAGE_RSS_BOUND, (memory, after)
+    assert_search_works(front, "server")
