@@ -63,9 +63,18 @@ def peak_of(pid: int, run: "callable") -> tuple[float, float]:  # type: ignore[v
     return rss_mb(pid, "VmHWM") - before, time.perf_counter() - started
 
 
-def searches(address: str, data: bytes, n: int) -> str:
-    """n ImageSearch calls at once; the outcome ("ok" or the first error's code and message)."""
+def searches(address: str, data: bytes, n: int, text_ms: list[float]) -> str:
+    """n ImageSearch calls at once; the outcome ("ok" or the first error's code and message). Meanwhile one
+    client runs TextSearch after TextSearch: the slowest goes into `text_ms` (do large images stall others?)."""
     outcomes: list[str] = []
+    done = threading.Event()
+
+    def texts() -> None:
+        with Client(address, timeout=300) as client:
+            while not done.is_set():
+                started = time.perf_counter()
+                client.text_search("a red circle", k=1)
+                text_ms.append(1000 * (time.perf_counter() - started))
 
     def one() -> None:
         try:
@@ -75,11 +84,15 @@ def searches(address: str, data: bytes, n: int) -> str:
         except ClipsearchError as exc:
             outcomes.append(f"{exc.code.name}: {exc.details[:80]}")
 
+    prober = threading.Thread(target=texts)
+    prober.start()
     threads = [threading.Thread(target=one) for _ in range(n)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=600)
+    done.set()
+    prober.join(timeout=60)
     return sorted(set(outcomes), key=outcomes.index)[0] if len(set(outcomes)) == 1 else "; ".join(sorted(set(outcomes)))
 
 
@@ -111,13 +124,17 @@ def run_checkout(name: str, path: Path, args: argparse.Namespace, url: str, tmp:
             for n in (1, 8):
                 if path != ROOT and shape in THIN and n * args.old_per_image_gb > args.old_limit_gb:
                     continue
-                for role, proc, fn in (("server", server, lambda: searches(address, data, n)),
+                text_ms: list[float] = []
+                for role, proc, fn in (("server", server, lambda: searches(address, data, n, text_ms)),
                                        ("worker", worker, lambda: ingest(address, data, n, f"{shape}-{n}"))):
+                    if role not in args.roles:
+                        continue
                     outcome: list[str] = []
                     mb, seconds = peak_of(proc.popen.pid, lambda: outcome.append(fn()))
                     rows.append({"code": name, "process": role, "shape": shape, "at once": n, "peak +MB": mb,
                                  "s": seconds, "outcome": outcome[0] if outcome else "",
-                                 "alive": proc.popen.poll() is None})
+                                 "alive": proc.popen.poll() is None,
+                                 "text max ms": max(text_ms) if role == "server" and text_ms else None})
                     print(rows[-1], flush=True)
     finally:
         if worker is not None:
@@ -134,8 +151,11 @@ def main() -> None:
                         "expected to exceed this much memory")
     parser.add_argument("--old-per-image-gb", type=float, default=6.0, help="what one thin image cost before")
     parser.add_argument("--name", default="image-memory", help="results file name (bench/results/NAME.json)")
+    parser.add_argument("--shapes", type=lambda v: v.split(","), default=list(SHAPES),
+                        help=f"comma-separated, from: {', '.join(SHAPES)}")
+    parser.add_argument("--roles", type=lambda v: v.split(","), default=["server", "worker"])
     args = parser.parse_args()
-    datas = {shape: png(size) for shape, size in SHAPES.items()}
+    datas = {shape: png(size) for shape, size in SHAPES.items() if shape in args.shapes}
     print({shape: f"{len(data) / 1024:.0f} KB" for shape, data in datas.items()}, flush=True)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
@@ -146,7 +166,7 @@ def main() -> None:
         finally:
             redis.stop()
     print(f"\n== peak RSS above the process's RSS before each case, {args.model} ==")
-    table(rows, ["code", "process", "shape", "at once", "peak +MB", "s", "alive", "outcome"])
+    table(rows, ["code", "process", "shape", "at once", "peak +MB", "s", "text max ms", "alive", "outcome"])
     save(args.name, {"args": vars(args), "rows": rows,
                      "sizes_kb": {shape: len(data) / 1024 for shape, data in datas.items()}})
 

@@ -175,3 +175,13 @@ def test_node_client_against_real_stack(stack: Stack, procs: list[Proc], tmp_pat
     assert [len(p["results"]) for p in pages] == [1, 1], pages
     assert [p["results"][0]["id"] for p in pages] == [h["id"] for h in text_hits]  # same order as one k = 2 search
     assert pages[0]["next_page_token"] and pages[1]["next_page_token"] == "", pages
+
+    assert out["counts"] == {"all": "2", "circles": "1"}, out["counts"]  # int64 as decimal strings (longs: String)
+    got = out["records"]
+    assert got["missing_ids"] == ["no-such-image"], got
+    assert [r["id"] for r in got["records"]] == ids, got  # in the order asked
+    for r in got["records"]:
+        assert r["metadata"] == expected_metadata[r["id"]], r
+        assert r["model"] and r["vector_bytes"] == 4 * r["dim"] > 0, r
+        assert abs(r["norm"] - 1.0) < 1e-4, r  # the stored unit vector
+        assert int(r["updated_at_ms"]) > 1_600_000_000_000, r

@@ -38,6 +38,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from clipsearch.v1 import (
     index_service_pb2 as index_pb,
     ingest_service_pb2 as ingest_pb,
+    record_service_pb2 as record_pb,
     search_service_pb2 as search_pb,
     types_pb2,
 )
@@ -54,6 +55,7 @@ SERVICES = (
     search_pb.DESCRIPTOR.services_by_name["SearchService"],
     ingest_pb.DESCRIPTOR.services_by_name["IngestService"],
     index_pb.DESCRIPTOR.services_by_name["IndexService"],
+    record_pb.DESCRIPTOR.services_by_name["RecordService"],
 )
 METHODS = {f"/{s.full_name}/{m.name}": m.input_type for s in SERVICES for m in s.methods}
 FIELD_NAMES = ["n", "price", "tag", "when", "color", "flag"]
@@ -574,6 +576,10 @@ class Requests:
                                        records=st.lists(record, min_size=1, max_size=3)),
             "DeleteImages": st.builds(index_pb.DeleteImagesRequest, ids=st.lists(ids, min_size=1, max_size=3)),
             "GetIndexStats": st.just(index_pb.GetIndexStatsRequest()),
+            "GetRecords": st.builds(record_pb.GetRecordsRequest, ids=st.lists(ids, min_size=1, max_size=4),
+                                    allow_missing=st.booleans(), include_vectors=st.booleans(),
+                                    include_thumbnails=st.booleans()),
+            "CountRecords": st.builds(record_pb.CountRecordsRequest, filter=opt(self._filters())),
         }
 
 

@@ -15,7 +15,7 @@ import grpc
 import pytest
 import redis
 
-from clipsearch import Client
+from clipsearch import Client, ImageInput
 from clipsearch.v1 import ingest_service_pb2 as ingest_pb
 from clipsearch_core import jobqueue
 from clipsearch_core.jobqueue import GROUP, Keys
@@ -206,3 +206,25 @@ def test_retried_submit_lands_once(stack: Stack, procs: list[Proc], tmp_path: Pa
     with pytest.raises(Exception) as info:
         client.submit(inputs[:1], request_id="r" * 129)
     assert "request_id is 129 characters, the limit is 128" in str(info.value)
+
+
+def test_transient_failures_still_end_after_max_deliveries(stack: Stack, procs: list[Proc], tmp_path: Path) -> None:
+    """A job left pending after a transient error (a URL whose port is closed) is redelivered by the
+    visibility timeout, with its delivery count raised, until --max-deliveries fails it. The heartbeat's
+    orphan release must not take it back first: that kept its count at 1 and retried it every few
+    seconds for ever (found by review; the suite's other such tests use a 1 s timeout, which hid it)."""
+    server, address = stack.start_server(tmp_path / "data")
+    procs.append(server)
+    # 12 s: longer than the heartbeat's orphan guard used to be (2 s) and shorter than it is now (10 s)
+    worker = stack.start_worker(address, ["--visibility-timeout", "12", "--max-deliveries", "2",
+                                          "--allow-network", "127.0.0.1/32"])
+    procs.append(worker)
+    client = Client(address)
+    batch = client.submit([ImageInput(uri=f"http://127.0.0.1:{free_port()}/closed.jpg", id="closed")]).batch_id
+    progress = wait_until(client, batch, 90, lambda p: p.done)
+    assert (progress.failed, progress.indexed) == (1, 0), progress
+    (failure,) = client.failures(batch)
+    assert failure.reason.startswith("gave up after 2 attempts: cannot fetch"), failure.reason
+    log = worker.output()
+    assert "gave back" not in log  # it was never taken for an orphan
+    assert log.count("will be retried (attempt 1)") == 1, log  # each retry is a new delivery

@@ -19,7 +19,13 @@ import pytest
 import redis as redis_lib
 
 from clipsearch import Client, PermissionDeniedError, UnauthenticatedError
-from clipsearch.v1 import index_service_pb2, index_service_pb2_grpc, ingest_service_pb2, search_service_pb2
+from clipsearch.v1 import (
+    index_service_pb2,
+    index_service_pb2_grpc,
+    ingest_service_pb2,
+    record_service_pb2,
+    search_service_pb2,
+)
 from clipsearch_core import jobqueue
 from clipsearch_devkit.data import synthetic_inputs
 from clipsearch_devkit.procs import Proc, Stack, free_port, spawn
@@ -104,11 +110,11 @@ def rejected(server: Server, token: str) -> bool:
 def test_every_rpc_of_the_services_has_a_scope() -> None:
     methods = {
         f"/{service.full_name}/{method.name}": method.name
-        for module in (search_service_pb2, ingest_service_pb2, index_service_pb2)
+        for module in (search_service_pb2, ingest_service_pb2, index_service_pb2, record_service_pb2)
         for service in module.DESCRIPTOR.services_by_name.values()
         for method in service.methods
     }
-    assert len(methods) == 12
+    assert len(methods) == 14
     assert not READ_METHODS & WRITE_METHODS
     for path, name in methods.items():
         assert name in READ_METHODS | WRITE_METHODS, f"{path} has no scope: add it to READ_METHODS or WRITE_METHODS"
@@ -116,6 +122,8 @@ def test_every_rpc_of_the_services_has_a_scope() -> None:
     assert required_scope("/clipsearch.v1.SearchService/TextSearch") == "read"
     assert required_scope("/clipsearch.v1.SearchService/GetThumbnails") == "read"
     assert required_scope("/clipsearch.v1.SearchService/BatchSearch") == "read"
+    assert required_scope("/clipsearch.v1.RecordService/GetRecords") == "read"
+    assert required_scope("/clipsearch.v1.RecordService/CountRecords") == "read"
     assert required_scope("/clipsearch.v1.IndexService/DeleteImages") == "write"
     assert required_scope("/clipsearch.v1.IndexService/SomethingNew") == "write"  # fails closed
 

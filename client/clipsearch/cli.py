@@ -1,5 +1,5 @@
 """The `clipsearch` command: run the stack (`up`, `server`, `worker`, `router`) and use it (`index`, `search`,
-`stats`, `failures`, `ui`: a search page in the browser).
+`get`, `count`, `stats`, `failures`, `ui`: a search page in the browser).
 
 Every option can also be set as an environment variable CLIPSEARCH_<OPTION> (e.g. CLIPSEARCH_SERVER).
 Client commands need only this package. `server`, `worker` and `up` run the programs
@@ -23,7 +23,7 @@ from typing import Any, Iterator, Sequence
 from .client import DEFAULT_SERVER, Client
 from .connection import Connection
 from .errors import ClipsearchError
-from .types import ImageInput, Progress, Query, SearchPage, Term
+from .types import ImageInput, Progress, Query, Record, SearchPage, Term
 from .where import fields_from_json, fields_to_json, where_filter
 
 __all__ = ["main"]
@@ -111,6 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write the results as one image (.jpg, .png or .webp): a grid of thumbnails with "
                              "rank and score under each (k at most 100; needs Pillow: pip install 'clipsearch[ui]')")
 
+    get = sub.add_parser("get", help="the records of indexed images by id: uri, metadata, fields, model")
+    _client_options(get)
+    get.add_argument("ids", nargs="+", metavar="ID", help="image ids")
+    get.add_argument("--vectors", action="store_true", help="also print each stored vector (unit length)")
+    get.add_argument("--json", action="store_true", help="print JSON")
+
+    count = sub.add_parser("count", help="the number of indexed images, or of those matching --where")
+    _client_options(count)
+    count.add_argument("--where", action="append", default=[], metavar="EXPR",
+                       help="only images whose fields match (the syntax of `search --where`); repeatable, "
+                            "all must hold")
+    count.add_argument("--json", action="store_true", help='print JSON: {"count": N}')
+
     ui = sub.add_parser("ui", help="serve a search page at http://127.0.0.1:PORT/ "
                                    "(needs: pip install 'clipsearch[ui]')")
     _client_options(ui)
@@ -155,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = {
         "index": cmd_index,
         "search": cmd_search,
+        "get": cmd_get,
+        "count": cmd_count,
         "stats": cmd_stats,
         "failures": cmd_failures,
         "retry": cmd_retry,
@@ -364,6 +379,57 @@ def cmd_search(args: argparse.Namespace) -> int:
         print("no matches (is the index empty?)")
     if results.next_page_token:
         print(f"\nnext page: --page-token {results.next_page_token}")
+    return 0
+
+
+GET_CHUNK = 1000  # ids per GetRecords call (the API's limit)
+
+
+def _record_json(r: Record, vectors: bool) -> dict[str, Any]:
+    data: dict[str, Any] = {"id": r.id, "uri": r.uri, "metadata": r.metadata, "fields": fields_to_json(r.fields),
+                            "model": r.model, "dim": r.dim, "updated_at_ms": r.updated_at_ms}
+    if vectors:
+        data["vector"] = r.floats()
+    return data
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    """Prints the records in the order of the ids; ids that are not indexed are listed (on stderr, or as
+    "missing_ids" with --json) and make the exit status 1."""
+    ids = list(dict.fromkeys(args.ids))
+    records: list[Record] = []
+    with Client(timeout=args.timeout, connection=_connection(args)) as client:
+        for start in range(0, len(ids), GET_CHUNK):
+            records += client.get_records(ids[start:start + GET_CHUNK], include_vectors=args.vectors,
+                                          allow_missing=True)
+    found = {r.id for r in records}
+    missing = [i for i in ids if i not in found]
+    if args.json:
+        print(json.dumps({"records": [_record_json(r, args.vectors) for r in records], "missing_ids": missing}))
+        return 1 if missing else 0
+    for r in records:
+        updated = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.updated_at_ms / 1000))
+        print(f"{r.id}\n  uri: {r.uri}\n  model: {r.model} (dim {r.dim})\n  updated: {updated}")
+        if r.metadata:
+            print(f"  metadata: {json.dumps(r.metadata, sort_keys=True)}")
+        if r.fields:
+            print(f"  fields: {json.dumps(fields_to_json(r.fields), sort_keys=True)}")
+        if args.vectors:
+            print(f"  vector: {json.dumps(r.floats())}")
+    for image_id in missing:
+        print(f"  not found: {image_id}", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def cmd_count(args: argparse.Namespace) -> int:
+    try:
+        where = where_filter(args.where)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with Client(timeout=args.timeout, connection=_connection(args)) as client:
+        n = client.count(where)
+    print(json.dumps({"count": n}) if args.json else n)
     return 0
 
 

@@ -26,6 +26,7 @@ from .types import (
     Progress,
     Query,
     QueueStatus,
+    Record,
     SearchPage,
     SearchResult,
     Submission,
@@ -38,6 +39,8 @@ from .v1 import (
     index_service_pb2_grpc as index_grpc,
     ingest_service_pb2 as ingest_pb,
     ingest_service_pb2_grpc as ingest_grpc,
+    record_service_pb2 as record_pb,
+    record_service_pb2_grpc as record_grpc,
     search_service_pb2 as search_pb,
     search_service_pb2_grpc as search_grpc,
     types_pb2,
@@ -50,7 +53,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class _Call(Generic[T]):
-    service: str  # "search", "ingest" or "index"
+    service: str  # "search", "ingest", "index" or "record"
     method: str
     request: Any
     parse: Callable[[Any], T]
@@ -61,6 +64,7 @@ def _stubs(channel: Any) -> dict[str, Any]:
         "search": search_grpc.SearchServiceStub(channel),  # type: ignore[no-untyped-call]
         "ingest": ingest_grpc.IngestServiceStub(channel),  # type: ignore[no-untyped-call]
         "index": index_grpc.IndexServiceStub(channel),  # type: ignore[no-untyped-call]
+        "record": record_grpc.RecordServiceStub(channel),  # type: ignore[no-untyped-call]
     }
 
 
@@ -102,6 +106,26 @@ def _thumbnails(ids: Sequence[str], allow_missing: bool) -> _Call[dict[str, Thum
 
     request = search_pb.GetThumbnailsRequest(ids=list(ids), allow_missing=allow_missing)
     return _Call("search", "GetThumbnails", request, parse)
+
+
+def _get_records(ids: Sequence[str], include_vectors: bool, include_thumbnails: bool, allow_missing: bool,
+                 min_position: int) -> _Call[list[Record]]:
+    def record(r: Any) -> Record:
+        thumbnail = Thumbnail(r.id, r.thumbnail.data, r.thumbnail.mime_type) if r.HasField("thumbnail") else None
+        return Record(r.id, r.uri, dict(r.metadata), from_values(r.fields), r.updated_at_ms, r.submitted_at_ms,
+                      r.model.name, r.model.dim, r.vector, thumbnail)
+
+    if isinstance(ids, str):
+        raise InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, "ids must be a sequence of ids, not one string")
+    request = record_pb.GetRecordsRequest(ids=list(ids), include_vectors=include_vectors,
+                                          include_thumbnails=include_thumbnails, allow_missing=allow_missing,
+                                          min_position=min_position)
+    return _Call("record", "GetRecords", request, lambda reply: [record(r) for r in reply.records])
+
+
+def _count(where: types_pb2.Filter | None, min_position: int) -> _Call[int]:
+    request = record_pb.CountRecordsRequest(filter=where, min_position=min_position)
+    return _Call("record", "CountRecords", request, lambda reply: int(reply.count))
 
 
 def _vector_bytes(vector: Any) -> bytes:
@@ -258,6 +282,22 @@ class Client(_Base):
         `allow_missing` (then those are absent from the result)."""
         return self._invoke(_thumbnails(ids, allow_missing), timeout)
 
+    def get_records(self, ids: Sequence[str], *, include_vectors: bool = False, include_thumbnails: bool = False,
+                    allow_missing: bool = False, min_position: int = 0, timeout: float | None = None) -> list[Record]:
+        """The records of indexed images (1 to 1000 ids; 100 with `include_thumbnails`), in the order of
+        `ids` (each id once). NotFoundError naming the unknown ids, unless `allow_missing` (then they are
+        left out). `include_vectors`: each record's stored unit vector (`Record.vector`, float32 bytes).
+        `min_position`: a write's `position` (read your writes, as in `text_search`)."""
+        return self._invoke(_get_records(ids, include_vectors, include_thumbnails, allow_missing, min_position),
+                            timeout)
+
+    def count(self, where: types_pb2.Filter | None = None, *, min_position: int = 0,
+              timeout: float | None = None) -> int:
+        """The exact number of indexed images, or of those matching the filter `where` (see
+        clipsearch.where). Through a router: the sum over every shard (UnavailableError when a shard
+        does not answer: never a short count)."""
+        return self._invoke(_count(where, min_position), timeout)
+
     def submit(self, images: Sequence[ImageInput], batch_id: str = "", *, timeout: float | None = None,
                request_id: str | None = None) -> Submission:
         """Queues images for indexing (at most 1000 per call). Pass `batch_id` to add to an earlier batch.
@@ -361,6 +401,16 @@ class AsyncClient(_Base):
     async def thumbnails(self, ids: Sequence[str], *, allow_missing: bool = False,
                          timeout: float | None = None) -> dict[str, Thumbnail]:
         return await self._invoke(_thumbnails(ids, allow_missing), timeout)
+
+    async def get_records(self, ids: Sequence[str], *, include_vectors: bool = False,
+                          include_thumbnails: bool = False, allow_missing: bool = False, min_position: int = 0,
+                          timeout: float | None = None) -> list[Record]:
+        return await self._invoke(_get_records(ids, include_vectors, include_thumbnails, allow_missing,
+                                               min_position), timeout)
+
+    async def count(self, where: types_pb2.Filter | None = None, *, min_position: int = 0,
+                    timeout: float | None = None) -> int:
+        return await self._invoke(_count(where, min_position), timeout)
 
     async def submit(self, images: Sequence[ImageInput], batch_id: str = "", *,
                      timeout: float | None = None, request_id: str | None = None) -> Submission:

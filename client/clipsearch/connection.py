@@ -29,6 +29,7 @@ _SERVICE_CONFIG = json.dumps(
                 "name": [
                     {"service": "clipsearch.v1.SearchService"},
                     {"service": "clipsearch.v1.IngestService"},
+                    {"service": "clipsearch.v1.RecordService"},
                     {"service": "clipsearch.v1.IndexService", "method": "GetIndexStats"},
                     {"service": "clipsearch.v1.IndexService", "method": "DeleteImages"},
                 ],

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Deletion", "Failure", "ImageInput", "IndexStats", "Progress", "Query", "QueueStatus", "SearchPage",
-           "SearchResult", "Submission", "Term", "Thumbnail", "WorkerStatus"]
+__all__ = ["Deletion", "Failure", "ImageInput", "IndexStats", "Progress", "Query", "QueueStatus", "Record",
+           "SearchPage", "SearchResult", "Submission", "Term", "Thumbnail", "WorkerStatus"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,33 @@ class Thumbnail:
     id: str
     data: bytes
     mime_type: str
+
+
+@dataclass(frozen=True)
+class Record:
+    """An indexed image as stored (`get_records`).
+
+    `fields` holds the typed fields as given (str, int, float, bool, datetime in UTC, list of str), without
+    the metadata entries (those are in `metadata`). `updated_at_ms`: when the answering server's store
+    last wrote it (ms since the Unix epoch); `submitted_at_ms` is 0 (not stored yet). `model` and `dim`:
+    the collection's model. `vector` (only when asked for): the stored unit vector, `dim` little-endian
+    float32 values (`floats()` unpacks it; numpy: `numpy.frombuffer(record.vector, "<f4")`).
+    `thumbnail` (only when asked for, and the image has one)."""
+
+    id: str
+    uri: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    fields: dict[str, Any] = field(default_factory=dict)
+    updated_at_ms: int = 0
+    submitted_at_ms: int = 0
+    model: str = ""
+    dim: int = 0
+    vector: bytes = b""
+    thumbnail: Thumbnail | None = None
+
+    def floats(self) -> list[float]:
+        """The vector as a list of floats (empty when it was not asked for)."""
+        return list(struct.unpack(f"<{len(self.vector) // 4}f", self.vector))
 
 
 class SearchPage(list):  # type: ignore[type-arg]

@@ -20,7 +20,9 @@ __all__ = ["Heartbeat"]
 
 log = logging.getLogger(__name__)
 
-ORPHAN_IDLE_MS = 2000  # far longer than a job just read or claimed takes to reach InFlight
+# Far longer than a job just read or claimed takes to reach InFlight, even behind a slow Redis call of the
+# heartbeat's (a job given away while still worked on is only redone, counted once, but is wasted work).
+ORPHAN_IDLE_MS = 10_000
 
 
 class Heartbeat:
@@ -50,11 +52,12 @@ class Heartbeat:
             wait = interval
             try:
                 with self._in_flight.lock:  # held, so that no job is claimed back after its release
-                    held = self._in_flight.held()
-                    self._queue.keep_alive(self._consumer, held)
-                    # Jobs Redis says we hold but we do not work on (a finish lost while Redis was away or
-                    # restarting): given back at once, not after the visibility timeout (jobqueue.workers).
-                    orphans = self._queue.release_orphans(self._consumer, held, ORPHAN_IDLE_MS)
+                    # Jobs Redis says we hold but we neither work on nor left for a retry (a finish lost while
+                    # Redis was away or restarting): given back now, not after the visibility timeout
+                    # (jobqueue.workers). First: its idle times are read before a slow call could add to them.
+                    orphans = self._queue.release_orphans(self._consumer, self._in_flight.not_orphans(),
+                                                          ORPHAN_IDLE_MS)
+                    self._queue.keep_alive(self._consumer, self._in_flight.held())
                 if orphans:
                     log.warning("gave back %d jobs Redis still had pending for this worker, which no longer "
                                 "works on them (Redis unreachable or restarted); they are redone", len(orphans))

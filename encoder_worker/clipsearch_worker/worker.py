@@ -107,7 +107,7 @@ class Worker:
         self._channel = config.connection.channel()
         self._index = index_grpc.IndexServiceStub(self._channel)
         self.processed = 0
-        self._in_flight = InFlight()
+        self._in_flight = InFlight(config.visibility_timeout_s)
         self._closed = threading.Event()
         self._abort = threading.Event()  # set when run() fails: pushes stop retrying
         self._pool = DecodePool(config, encoder, self._closed)
@@ -251,6 +251,7 @@ class Worker:
             else:  # "failed" (a kind left unprepared would be a bug: it fails with a reason, never silently)
                 outcomes.append((job, reason or f"the image was not prepared for the model ({kind})"))
         self.queue.record_transient_errors(retried)
+        self._in_flight.retry_later(job for job, _ in retried)  # redelivered after the visibility timeout
         vectors = None
         if good:
             with ENCODE_SECONDS.time(), STAGE_SECONDS.labels("encode").time():

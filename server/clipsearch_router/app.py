@@ -20,6 +20,11 @@ several search servers holding the shards of one collection.
 - GetThumbnails is split by owning shard the same way (one replica each), reassembled in request order;
   ids without a thumbnail are NOT_FOUND unless allow_missing, as on a server. Searches forward
   include_thumbnails and min_position unchanged (the request travels as bytes).
+- RecordService: GetRecords is split by owning shard like GetThumbnails (one replica each, allow_missing
+  on every part), reassembled in request order; unknown ids are NOT_FOUND unless allow_missing, as on a
+  server. CountRecords is the sum over every shard (one replica each, failover among them); a count must
+  be exact, so a shard that does not answer fails the call with UNAVAILABLE naming it (no partial count).
+  Both forward min_position (a replica behind it moves on to the next, as searches do).
 - GetIndexStats sums counts over the shards that answer; of the store fields it reports the store kind,
   the smallest applied position, the largest store position and the largest lag of the replicas asked.
   IngestService calls go to any one server (they share the Redis queue), forwarded as bytes.
@@ -43,6 +48,8 @@ from clipsearch.v1 import (
     index_service_pb2 as index_pb,
     index_service_pb2_grpc as index_grpc,
     ingest_service_pb2 as ingest_pb,
+    record_service_pb2 as record_pb,
+    record_service_pb2_grpc as record_grpc,
     search_service_pb2 as search_pb,
     search_service_pb2_grpc as search_grpc,
     types_pb2,
@@ -62,11 +69,13 @@ log = logging.getLogger(__name__)
 
 _SEARCH = "/clipsearch.v1.SearchService/"
 _INDEX = "/clipsearch.v1.IndexService/"
+_RECORD = "/clipsearch.v1.RecordService/"
 _WRITE_TIMEOUT_S = 60.0  # writes without a caller deadline
 _SERVICES = (
     search_pb.DESCRIPTOR.services_by_name["SearchService"].full_name,
     ingest_pb.DESCRIPTOR.services_by_name["IngestService"].full_name,
     index_pb.DESCRIPTOR.services_by_name["IndexService"].full_name,
+    record_pb.DESCRIPTOR.services_by_name["RecordService"].full_name,
 )
 
 
@@ -401,6 +410,52 @@ class RouterIndex(index_grpc.IndexServiceServicer):
             store_position=max(s.store_position for s in answered), lag_ms=max(s.lag_ms for s in answered))
 
 
+class RouterRecords(record_grpc.RecordServiceServicer):
+    """RecordService: records by owning shard, reassembled in request order; counts summed over every shard."""
+
+    def __init__(self, cluster: Cluster, shard_timeout_s: float) -> None:
+        self._cluster = cluster
+        self._timeout = shard_timeout_s
+
+    @_edge
+    async def GetRecords(self, request: record_pb.GetRecordsRequest,
+                         context: grpc.aio.ServicerContext) -> record_pb.GetRecordsResponse:
+        ids = check.record_ids(request.ids, request.include_thumbnails)
+        check.min_position(request.min_position)
+        metadata, timeout = _forwarded(context), _budget(context, self._timeout)
+        groups = by_shard(ids, self._cluster.count)
+        parts = []
+        for positions in groups.values():
+            part = record_pb.GetRecordsRequest()
+            part.CopyFrom(request)  # every option travels, fields this router does not know included
+            del part.ids[:]
+            part.ids.extend(ids[i] for i in positions)
+            part.allow_missing = True
+            parts.append(part)
+        replies = await asyncio.gather(*(
+            self._cluster.shards[index].call(_RECORD + "GetRecords", part.SerializeToString(), timeout, metadata,
+                                             request.min_position == 0)
+            for index, part in zip(groups, parts)))
+        found = {r.id: r for reply in replies for r in record_pb.GetRecordsResponse.FromString(reply).records}
+        missing = check.records_missing(ids, found, request.allow_missing)
+        return record_pb.GetRecordsResponse(records=[found[i] for i in ids if i in found], missing_ids=missing)
+
+    @_edge
+    async def CountRecords(self, request: record_pb.CountRecordsRequest,
+                           context: grpc.aio.ServicerContext) -> record_pb.CountRecordsResponse:
+        check.min_position(request.min_position)
+        payload, metadata = request.SerializeToString(), _forwarded(context)
+        timeout = _budget(context, self._timeout)
+        try:
+            replies = await asyncio.gather(*(
+                s.call(_RECORD + "CountRecords", payload, timeout, metadata, request.min_position == 0)
+                for s in self._cluster.shards))
+        except ShardDown as exc:
+            raise Unavailable(f"{exc}; a count must be exact, so there is none without every shard: retry") from exc
+        return record_pb.CountRecordsResponse(
+            count=sum(record_pb.CountRecordsResponse.FromString(r).count for r in replies))
+
+
 def _ingest_handler(cluster: Cluster) -> grpc.GenericRpcHandler:
     """IngestService: every method forwarded as bytes to any one server (they share the Redis queue)."""
     service = ingest_pb.DESCRIPTOR.services_by_name["IngestService"]
@@ -460,6 +515,7 @@ async def create_router(config: RouterConfig) -> RunningRouter:
     search_grpc.add_SearchServiceServicer_to_server(RouterSearch(cluster, config.shard_timeout_s), server)
     index_grpc.add_IndexServiceServicer_to_server(
         RouterIndex(cluster, config.shard_timeout_s, config.replica_writes), server)
+    record_grpc.add_RecordServiceServicer_to_server(RouterRecords(cluster, config.shard_timeout_s), server)
     server.add_generic_rpc_handlers((_ingest_handler(cluster),))
     port, health_servicer = program.listen(server, _SERVICES, config.host, config.port, config.tls_cert,
                                            config.tls_key, config.tls_client_ca)

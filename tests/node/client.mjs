@@ -9,6 +9,9 @@
 //   6. SearchService.TextSearch       with k = 0, which must fail with INVALID_ARGUMENT
 //   7. SearchService.TextSearch       with a filter (metadata shape in circle, square), k = 1, then
 //                                     the next page with its next_page_token, until the token is empty
+//   8. RecordService.CountRecords     without a filter, then with the filter shape = circle
+//   9. RecordService.GetRecords       of every submitted id and an unknown one, with allow_missing and
+//                                     include_vectors (each vector's length in bytes and its norm)
 // It prints one JSON object with every result and exits 0, or prints a message to stderr and exits
 // non-zero on anything unexpected.
 //
@@ -51,7 +54,7 @@ const ingestTimeoutMs = Number(args["ingest-timeout"]) * 1000;
 setTimeout(() => fail("gave up: the whole run took too long", 3), ingestTimeoutMs + 50_000).unref();
 
 const packageDefinition = protoLoader.loadSync(
-  ["clipsearch/v1/ingest_service.proto", "clipsearch/v1/search_service.proto"],
+  ["clipsearch/v1/ingest_service.proto", "clipsearch/v1/search_service.proto", "clipsearch/v1/record_service.proto"],
   {
     includeDirs: [args.protos],
     keepCase: true, // field names as in the .proto files (batch_id, not batchId)
@@ -66,6 +69,7 @@ const v1 = grpc.loadPackageDefinition(packageDefinition).clipsearch.v1;
 const credentials = grpc.credentials.createInsecure();
 const ingest = new v1.IngestService(args.address, credentials);
 const search = new v1.SearchService(args.address, credentials);
+const record = new v1.RecordService(args.address, credentials);
 
 const deadline = (ms = CALL_DEADLINE_MS) => new Date(Date.now() + ms);
 
@@ -170,8 +174,38 @@ async function main() {
   } while (pageToken && pages.length < 10);
   out.filtered_pages = pages;
 
+  const all = await call(record, "CountRecords", {});
+  const circles = await call(record, "CountRecords", {
+    filter: { match: { field: "shape", any_of: { values: ["circle"] } } },
+  });
+  out.counts = { all: all.count, circles: circles.count };
+
+  const got = await call(record, "GetRecords", {
+    ids: [...submitted.ids, "no-such-image"],
+    allow_missing: true,
+    include_vectors: true,
+  });
+  out.records = {
+    records: got.records.map((r) => {
+      let norm = 0;
+      for (let i = 0; i + 4 <= r.vector.length; i += 4) norm += r.vector.readFloatLE(i) ** 2;
+      return {
+        id: r.id,
+        uri: r.uri,
+        metadata: { ...r.metadata },
+        model: r.model.name,
+        dim: r.model.dim,
+        updated_at_ms: r.updated_at_ms,
+        vector_bytes: r.vector.length,
+        norm: Math.sqrt(norm),
+      };
+    }),
+    missing_ids: [...got.missing_ids],
+  };
+
   ingest.close();
   search.close();
+  record.close();
   process.stdout.write(`${JSON.stringify(out)}\n`);
 }
 

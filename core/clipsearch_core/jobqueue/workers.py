@@ -11,10 +11,13 @@ the last):
   - consumers that never reported a heartbeat: XAUTOCLAIM after the visibility timeout (reclaim_stale).
 Jobs that a live worker holds in Redis but no longer works on (orphans) are given back to PARKING by the
 worker itself on each heartbeat (release_orphans): its heartbeat keeps it alive, so nobody else would take
-them before the visibility timeout. They come from Redis going away or restarting under a worker: an
+them before the visibility timeout. Orphans come from Redis going away or restarting under a worker: an
 acknowledgement (finish) that failed while Redis was unreachable (the worker moves on, the job stays
 pending for it), a read whose reply was lost, or a Redis restarted from an append-only file that lost its
 last writes (everysec: up to about a second), which brings back, pending, jobs the worker had finished.
+Jobs it left pending on purpose after a transient error are not orphans (the worker passes them as held
+until the visibility timeout has passed): reclaim_stale must redeliver them, which raises their delivery
+count, or max_deliveries would never end them.
 Redoing them is safe: upserts are idempotent and the XACK guard counts each job once. A lost second
 cannot make the counters wrong either: the finish script's XACK, XDEL and counter increments are one
 transaction in the AOF, kept or lost together, so a job whose count was lost is pending again and is

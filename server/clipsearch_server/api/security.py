@@ -6,7 +6,7 @@ With tokens configured (see `tokens.py`), every call to the clipsearch services 
 scope does not cover the method ends with PERMISSION_DENIED. The health service (for load balancer and
 orchestrator probes) and server reflection (the schema is the public proto) stay open.
 
-Scopes: every method of the three services is listed in READ_METHODS or WRITE_METHODS; a method in
+Scopes: every method of the four services is listed in READ_METHODS or WRITE_METHODS; a method in
 neither (a new RPC nobody classified) needs the write scope, so authorization fails closed.
 """
 
@@ -18,7 +18,7 @@ from typing import Awaitable, Callable
 
 import grpc
 
-from clipsearch.v1 import index_service_pb2, ingest_service_pb2, search_service_pb2
+from clipsearch.v1 import index_service_pb2, ingest_service_pb2, record_service_pb2, search_service_pb2
 
 from .tokens import READ, WRITE, TokenStore, scope_allows
 
@@ -36,10 +36,10 @@ log = logging.getLogger(__name__)
 
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
-# Methods a read token may call (searches, statistics, progress), and methods that change state.
+# Methods a read token may call (searches, reading records, statistics, progress), and methods that change state.
 READ_METHODS = frozenset({
     "TextSearch", "ImageSearch", "BatchSearch", "GetThumbnails", "GetIndexStats", "GetIngestProgress", "ListFailures",
-    "GetQueueStatus",
+    "GetQueueStatus", "GetRecords", "CountRecords",
 })
 WRITE_METHODS = frozenset({"SubmitImages", "UpsertVectors", "DeleteImages", "RetryFailures"})
 
@@ -47,6 +47,7 @@ SERVICES = (
     search_service_pb2.DESCRIPTOR.services_by_name["SearchService"],
     ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"],
     index_service_pb2.DESCRIPTOR.services_by_name["IndexService"],
+    record_service_pb2.DESCRIPTOR.services_by_name["RecordService"],
 )
 
 

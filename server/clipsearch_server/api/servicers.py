@@ -17,12 +17,15 @@ from clipsearch.v1 import (
     index_service_pb2_grpc as index_grpc,
     ingest_service_pb2 as ingest_pb,
     ingest_service_pb2_grpc as ingest_grpc,
+    record_service_pb2 as record_pb,
+    record_service_pb2_grpc as record_grpc,
     search_service_pb2 as search_pb,
     search_service_pb2_grpc as search_grpc,
     types_pb2,
 )
 from clipsearch_server.index.kinds import IndexReport
 from clipsearch_server.ingest.ingestor import Ingestor, QueuedImage
+from clipsearch_server.search import filters
 from clipsearch_server.search.engine import Engine, EngineSlot
 from clipsearch_server.search.query import Page
 from clipsearch_server.storage import fields as typed
@@ -32,12 +35,13 @@ from . import search_api, validation as check
 from .boundary import boundary
 from .errors import InvalidArgument
 
-__all__ = ["SERVICE_NAMES", "IndexServicer", "IngestServicer", "SearchServicer", "add_servicers"]
+__all__ = ["SERVICE_NAMES", "IndexServicer", "IngestServicer", "RecordServicer", "SearchServicer", "add_servicers"]
 
 # the full names of the services a server serves (health, reflection, the boundary's guard)
 SERVICE_NAMES = tuple(
     module.DESCRIPTOR.services_by_name[name].full_name
-    for module, name in ((search_pb, "SearchService"), (ingest_pb, "IngestService"), (index_pb, "IndexService"))
+    for module, name in ((search_pb, "SearchService"), (ingest_pb, "IngestService"), (index_pb, "IndexService"),
+                         (record_pb, "RecordService"))
 )
 
 
@@ -262,6 +266,45 @@ class IndexServicer(index_grpc.IndexServiceServicer):
         return reply
 
 
+class RecordServicer(record_grpc.RecordServiceServicer):
+    """RecordService: the stored records by id, and counts (with the search filters)."""
+
+    def __init__(self, slot: EngineSlot) -> None:
+        self._slot = slot
+
+    @_rpc
+    async def GetRecords(
+        self, request: record_pb.GetRecordsRequest, context: grpc.aio.ServicerContext
+    ) -> record_pb.GetRecordsResponse:
+        ids = check.record_ids(request.ids, request.include_thumbnails)
+        engine = self._slot.get()
+        await engine.wait_position(check.min_position(request.min_position))
+        found, thumbnails = await engine.records(ids, request.include_vectors, request.include_thumbnails)
+        missing = check.records_missing(ids, found, request.allow_missing)
+        model = types_pb2.ModelInfo(name=engine.collection.model, dim=engine.collection.dim)
+        records = []
+        for image_id in ids:
+            r = found.get(image_id)
+            if r is None:
+                continue
+            record = record_pb.Record(id=r.id, uri=r.uri, metadata=r.metadata, fields=r.fields,
+                                      updated_at_ms=r.updated_ms, model=model, vector=r.vector)
+            if image_id in thumbnails:
+                data, mime_type = thumbnails[image_id]
+                record.thumbnail.CopyFrom(types_pb2.Thumbnail(data=data, mime_type=mime_type))
+            records.append(record)
+        return record_pb.GetRecordsResponse(records=records, missing_ids=missing)
+
+    @_rpc
+    async def CountRecords(
+        self, request: record_pb.CountRecordsRequest, context: grpc.aio.ServicerContext
+    ) -> record_pb.CountRecordsResponse:
+        flt = filters.check(request.filter) if request.HasField("filter") else None
+        engine = self._slot.get()
+        await engine.wait_position(check.min_position(request.min_position))
+        return record_pb.CountRecordsResponse(count=await engine.count(flt))
+
+
 _TRAINING = {"not-needed": index_pb.INDEX_TRAINING_NOT_NEEDED,
              "waiting-for-data": index_pb.INDEX_TRAINING_WAITING_FOR_DATA,
              "training": index_pb.INDEX_TRAINING_TRAINING, "trained": index_pb.INDEX_TRAINING_TRAINED}
@@ -276,7 +319,8 @@ def index_report(r: IndexReport) -> index_pb.GetIndexStatsResponse:
 
 
 def add_servicers(server: grpc.aio.Server, slot: EngineSlot, ingestor: Ingestor, max_image_bytes: int) -> None:
-    """Registers the three servicers of a search server on `server`."""
+    """Registers the four servicers of a search server on `server`."""
     search_grpc.add_SearchServiceServicer_to_server(SearchServicer(slot), server)
     ingest_grpc.add_IngestServiceServicer_to_server(IngestServicer(ingestor, max_image_bytes), server)
     index_grpc.add_IndexServiceServicer_to_server(IndexServicer(slot), server)
+    record_grpc.add_RecordServiceServicer_to_server(RecordServicer(slot), server)

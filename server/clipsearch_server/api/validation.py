@@ -27,7 +27,10 @@ __all__ = [
     "request_id",
     "k",
     "metadata",
+    "missing_records",
     "missing_thumbnails",
+    "record_ids",
+    "records_missing",
     "text",
     "thumbnails_missing",
     "uri",
@@ -209,11 +212,15 @@ def thumbnails_missing(ids: Sequence[str], found: Container[str], allow_missing:
     return missing
 
 
+def _shown(ids: Sequence[str], first: int = 10) -> str:
+    """The first few of `ids`, quoted, and how many more there are."""
+    return ", ".join(repr(m) for m in ids[:first]) + (f" and {len(ids) - first} more" if len(ids) > first else "")
+
+
 def missing_thumbnails(missing: Sequence[str]) -> NotFound:
     """The NOT_FOUND of a GetThumbnails naming (the first 10 of) the ids without a thumbnail."""
-    shown = ", ".join(repr(m) for m in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-    return NotFound(f"no thumbnail for {shown}: unknown or deleted ids, or images indexed with thumbnails turned off "
-                    "(set allow_missing to get the others)")
+    return NotFound(f"no thumbnail for {_shown(missing)}: unknown or deleted ids, or images indexed with thumbnails "
+                    "turned off (set allow_missing to get the others)")
 
 
 def k_with_thumbnails(value: int, include_thumbnails: bool) -> int:
@@ -223,3 +230,33 @@ def k_with_thumbnails(value: int, include_thumbnails: bool) -> int:
         raise InvalidArgument(f"k is {value}; with include_thumbnails the limit is {MAX_K_WITH_THUMBNAILS} "
                               "(fetch the thumbnails of more results with GetThumbnails)")
     return value
+
+
+# --- records (RecordService) -------------------------------------------------------------------------
+
+MAX_RECORD_IDS = 1000  # ids per GetRecords call
+MAX_RECORD_IDS_WITH_THUMBNAILS = 100  # ids per GetRecords call that asks for thumbnails
+
+
+def record_ids(values: Sequence[str], include_thumbnails: bool) -> list[str]:
+    """The ids of a GetRecords: 1 to MAX_RECORD_IDS valid ids (at most MAX_RECORD_IDS_WITH_THUMBNAILS with
+    include_thumbnails), each once, in the order of their first place."""
+    ids = image_ids(values, MAX_RECORD_IDS)
+    if include_thumbnails and len(ids) > MAX_RECORD_IDS_WITH_THUMBNAILS:
+        raise InvalidArgument(f"the request holds {len(ids)} ids; with include_thumbnails the limit is "
+                              f"{MAX_RECORD_IDS_WITH_THUMBNAILS} per request")
+    return list(dict.fromkeys(ids))
+
+
+def records_missing(ids: Sequence[str], found: Container[str], allow_missing: bool) -> list[str]:
+    """The ids of a GetRecords that are not indexed; NOT_FOUND naming them unless allow_missing."""
+    missing = [image_id for image_id in ids if image_id not in found]
+    if missing and not allow_missing:
+        raise missing_records(missing)
+    return missing
+
+
+def missing_records(missing: Sequence[str]) -> NotFound:
+    """The NOT_FOUND of a GetRecords naming (the first 10 of) the ids that are not indexed."""
+    return NotFound(f"no indexed image has id {_shown(missing)}: unknown or deleted ids, or images not encoded yet "
+                    "(set allow_missing to get the others)")

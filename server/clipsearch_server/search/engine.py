@@ -20,10 +20,11 @@ from clipsearch_core.model import ClipEncoder
 from clipsearch_core.settings import default
 from clipsearch_server.collection.collection import Collection, CollectionStats
 from clipsearch_server.replication.follower import StoreFollower
-from clipsearch_server.storage.records import ImageRecord
+from clipsearch_server.storage.records import ImageRecord, StoredRecord
 
 from . import query
 from .batching import MicroBatcher, TextBatcher
+from .filters import Filter
 from .query import Page, Query
 
 __all__ = ["Engine", "EngineSlot", "ReplicationStats"]
@@ -57,6 +58,9 @@ class Engine:
         # Image URLs are read in threads of their own: a slow host (each fetch bounded by --http-timeout)
         # must not hold the threads that encode and search for every other query.
         self._fetches = ThreadPoolExecutor(max_workers=32, thread_name_prefix="engine-fetch")
+        # Query images are decoded in threads of their own too: a decode may wait for the process's decode
+        # budget (clipsearch_core.images), and a few large images must not stall text searches meanwhile.
+        self._decodes = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engine-decode")
         self._labels = query.LabelCache()  # filters' matching labels, per write generation
         # Writes are serialized by the collection anyway; their own thread keeps them from queueing
         # behind searches in the shared pool.
@@ -84,8 +88,8 @@ class Engine:
         return await self._image_vector(lambda: data)
 
     async def _image_vector(self, read: Callable[[], bytes]) -> np.ndarray:
-        """Reads and decodes in the pool (concurrently with other queries), encodes in a micro-batch."""
-        tensor = await self._run(lambda: self._preprocess(read()))
+        """Reads and decodes in the decode threads (concurrently with other queries), encodes in a micro-batch."""
+        tensor = await asyncio.get_running_loop().run_in_executor(self._decodes, lambda: self._preprocess(read()))
         return await self.images.vector(tensor)
 
     def _preprocess(self, data: bytes) -> Any:
@@ -103,6 +107,25 @@ class Engine:
     async def thumbnails(self, ids: Sequence[str]) -> dict[str, tuple[bytes, str]]:
         """id -> (thumbnail, MIME type) for those of `ids` that have one."""
         return await self._run(lambda: self.collection.store.thumbnails(ids))
+
+    async def records(self, ids: Sequence[str], vectors: bool = False, thumbnails: bool = False
+                      ) -> tuple[dict[str, StoredRecord], dict[str, tuple[bytes, str]]]:
+        """The stored records among `ids` (id -> record, with its vector bytes when `vectors`) and, when
+        `thumbnails`, id -> (thumbnail, MIME type) for those of them that have one."""
+        store = self.collection.store
+
+        def read() -> tuple[dict[str, StoredRecord], dict[str, tuple[bytes, str]]]:
+            found = store.records(ids, vectors)
+            return found, store.thumbnails(list(found)) if thumbnails and found else {}
+
+        return await self._run(read)
+
+    async def count(self, flt: Filter | None = None) -> int:
+        """The exact number of live images, or of those matching a checked filter (the planner's label
+        evaluation and cache, as searches use it)."""
+        if flt is None:
+            return await self._run(self.collection.store.count)
+        return await self._run(lambda: len(self._labels.matching(self.collection, flt)))
 
     async def upsert(self, records: Sequence[ImageRecord]) -> tuple[int, int]:
         """Writes; returns (records written, read-your-writes position: 0 with SQLite)."""
@@ -155,6 +178,7 @@ class Engine:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._fetches.shutdown(wait=False, cancel_futures=True)
+        self._decodes.shutdown(wait=True)
         self._writes.shutdown(wait=True)
         if self.replica is not None:
             self.replica.close()

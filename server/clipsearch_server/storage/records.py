@@ -13,7 +13,7 @@ import numpy as np
 
 from . import fields as typed
 
-__all__ = ["DELETION_MEMORY_MS", "Change", "ImageRecord", "ImageStore", "StoredImage", "UpsertResult"]
+__all__ = ["DELETION_MEMORY_MS", "Change", "ImageRecord", "ImageStore", "StoredImage", "StoredRecord", "UpsertResult"]
 
 DELETION_MEMORY_MS = 30 * 24 * 3600 * 1000  # deletions are remembered this long (30 days)
 
@@ -54,6 +54,19 @@ class StoredImage:
 
 
 @dataclass(frozen=True)
+class StoredRecord:
+    """An image's record as stored, for reading it back (GetRecords): typed fields without the metadata,
+    when the store last wrote it, and its unit vector as stored (float32 little-endian) when asked for."""
+
+    id: str
+    uri: str
+    metadata: dict[str, str]
+    fields: typed.Fields  # the typed fields as written, metadata not included
+    updated_ms: int  # when this store last wrote the record (ms since the Unix epoch)
+    vector: bytes = b""  # the stored unit vector's bytes; empty unless asked for
+
+
+@dataclass(frozen=True)
 class Change:
     """One replicated change, as the shared store's feed gives it: the image as written, with the label
     the shared store gave it, or a deletion (vector None)."""
@@ -80,6 +93,7 @@ class ImageStore(Protocol):
     def by_labels(self, labels: Sequence[int]) -> dict[int, StoredImage]: ...
     def labels_where(self, condition: str, params: Sequence[object]) -> np.ndarray: ...
     def thumbnails(self, ids: Sequence[str]) -> dict[str, tuple[bytes, str]]: ...
+    def records(self, ids: Sequence[str], vectors: bool = False) -> dict[str, StoredRecord]: ...
     def vector_of(self, image_id: str) -> np.ndarray | None: ...
     def label_of(self, image_id: str) -> int | None: ...
     def next_label(self) -> int: ...

@@ -49,6 +49,7 @@ from .records import (
     ImageRecord,
     ImageStore,
     StoredImage,
+    StoredRecord,
     UpsertResult,
 )
 
@@ -285,6 +286,13 @@ class SqliteStore:
         rows = _in_chunks(self._conn(), "SELECT id, mime_type, data FROM thumbnails WHERE id IN ({})",
                           list(dict.fromkeys(ids)))
         return {image_id: (bytes(data), mime_type) for image_id, mime_type, data in rows}
+
+    def records(self, ids: Sequence[str], vectors: bool = False) -> dict[str, StoredRecord]:
+        """id -> record for those of `ids` that are stored (live); with `vectors`, each with its vector bytes."""
+        columns = "id, uri, metadata, fields, updated_ms" + (", vector" if vectors else "")
+        rows = _in_chunks(self._conn(), f"SELECT {columns} FROM images WHERE id IN ({{}})", list(dict.fromkeys(ids)))
+        return {r[0]: StoredRecord(r[0], r[1], json.loads(r[2]), typed.from_json(r[3]), int(r[4]),
+                                   bytes(r[5]) if vectors else b"") for r in rows}
 
     def labels_where(self, condition: str, params: Sequence[object]) -> np.ndarray:
         """Sorted distinct labels of the field rows meeting an SQL condition over (key, type, value)
