@@ -204,12 +204,18 @@ def thumbnail(data: bytes, mime_type: str, field: str) -> tuple[bytes, str]:
     return data, mime_type
 
 
-def thumbnails_missing(ids: Sequence[str], found: Container[str], allow_missing: bool) -> list[str]:
-    """The ids of a GetThumbnails without a thumbnail; NOT_FOUND naming them unless allow_missing."""
+def _missing(ids: Sequence[str], found: Container[str], allow_missing: bool,
+             not_found: Callable[[Sequence[str]], NotFound]) -> list[str]:
+    """The ids not in `found`, in order; raises not_found(them) unless allow_missing."""
     missing = [image_id for image_id in ids if image_id not in found]
     if missing and not allow_missing:
-        raise missing_thumbnails(missing)
+        raise not_found(missing)
     return missing
+
+
+def thumbnails_missing(ids: Sequence[str], found: Container[str], allow_missing: bool) -> list[str]:
+    """The ids of a GetThumbnails without a thumbnail; NOT_FOUND naming them unless allow_missing."""
+    return _missing(ids, found, allow_missing, missing_thumbnails)
 
 
 def _shown(ids: Sequence[str], first: int = 10) -> str:
@@ -250,10 +256,7 @@ def record_ids(values: Sequence[str], include_thumbnails: bool) -> list[str]:
 
 def records_missing(ids: Sequence[str], found: Container[str], allow_missing: bool) -> list[str]:
     """The ids of a GetRecords that are not indexed; NOT_FOUND naming them unless allow_missing."""
-    missing = [image_id for image_id in ids if image_id not in found]
-    if missing and not allow_missing:
-        raise missing_records(missing)
-    return missing
+    return _missing(ids, found, allow_missing, missing_records)
 
 
 def missing_records(missing: Sequence[str]) -> NotFound:
