@@ -184,8 +184,7 @@ async def create_server(config: ServerConfig) -> RunningServer:
     port, health_servicer = program.listen(server, SERVICE_NAMES, config.host, config.port, config.tls_cert,
                                            config.tls_key, config.tls_client_ca)
     if config.metrics_port:
-        keys = jobqueue.Keys(config.redis_prefix)
-        serve_metrics(config.metrics_port, [lambda: _index_gauges(slot), lambda: _queue_gauges(ingestor.redis, keys)])
+        serve_metrics(config.metrics_port, [lambda: _index_gauges(slot), lambda: _queue_gauges(ingestor.queue)])
     running = RunningServer(server, port, slot, health_servicer, config, tokens, [])
     running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
@@ -206,9 +205,9 @@ def _index_gauges(slot: EngineSlot) -> dict[str, float]:
     return gauges
 
 
-def _queue_gauges(r: object, keys: jobqueue.Keys) -> dict[str, float]:
-    s = jobqueue.status(r, keys)  # type: ignore[arg-type]
-    progress = jobqueue.get_progress(r, keys)  # type: ignore[arg-type]
+def _queue_gauges(queue: jobqueue.JobQueue) -> dict[str, float]:
+    s = queue.status()
+    progress = queue.progress()
     return {"queue_jobs": s.jobs, "queue_pending": s.in_flight, "queue_lag": s.lag, "queue_bytes": s.queued_bytes,
             "workers_alive": sum(w.alive for w in s.workers), "ingest_failed": progress.failed if progress else 0}
 

@@ -66,7 +66,6 @@ __all__ = [
     "now_ms",
     "read_jobs",
     "reclaim_stale",
-    "record_transient_error",
     "record_transient_errors",
     "redis_now_ms",
     "release",
@@ -110,10 +109,6 @@ def reclaim_stale(r: redis.Redis, keys: Keys, consumer: str, min_idle_ms: int, c
 
 def keep_alive(r: redis.Redis, keys: Keys, consumer: str, entry_ids: Sequence[str]) -> None:
     JobQueue(r, keys).keep_alive(consumer, entry_ids)
-
-
-def record_transient_error(r: redis.Redis, keys: Keys, job: Job, reason: str) -> None:
-    JobQueue(r, keys).record_transient_error(job, reason)
 
 
 def record_transient_errors(r: redis.Redis, keys: Keys, errors: Sequence[tuple[Job, str]]) -> None:

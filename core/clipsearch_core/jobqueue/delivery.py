@@ -58,12 +58,8 @@ class Delivery(QueuePart):
         by_uid = dict(zip((job.uid for job in wanted), raw))
         return [by_uid.get(job.uid) for job in jobs]
 
-    def record_transient_error(self, job: Job, reason: str) -> None:
-        """Remembers why a job will be retried (reported if it finally dead-letters)."""
-        self.redis.hset(self.keys.last_error, job.uid, reason)
-
     def record_transient_errors(self, errors: Sequence[tuple[Job, str]]) -> None:
-        """`record_transient_error` for many jobs in one command."""
+        """Remembers why each job will be retried (reported if it finally dead-letters), in one command."""
         if errors:
             self.redis.hset(self.keys.last_error, mapping={job.uid: reason for job, reason in errors})
 

@@ -20,7 +20,7 @@ class JobQueue(Submission, Delivery, WorkerRegistry, StatusView):
     """The ingestion queue on one Redis client, under one key prefix.
 
     Submission (the server): `submit`, `find_request`, `retry`. Delivery (a worker): `read`,
-    `reclaim_stale`, `keep_alive`, `load_blobs`, `record_transient_error(s)`, `last_errors`, `finish`.
+    `reclaim_stale`, `keep_alive`, `load_blobs`, `record_transient_errors`, `last_errors`, `finish`.
     Workers: `report_worker`, `remove_worker`, `take_over_dead`, `release`, `release_orphans`. Status:
     `status`, `usage`, `progress`, `failures`. Its Lua scripts are registered once, here.
 

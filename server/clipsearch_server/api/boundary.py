@@ -205,6 +205,8 @@ class MalformedRequests(grpc.aio.ServerInterceptor):
 
     def __init__(self, services: Collection[str]) -> None:
         self._prefixes = tuple(f"/{service}/" for service in services)
+        # method -> (the handler the continuation gave, its guarded copy): built once per method, not per call
+        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -214,4 +216,10 @@ class MalformedRequests(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or not details.method.startswith(self._prefixes):
             return handler
-        return guarded(handler, details.method)
+        known = self._guarded.get(details.method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = guarded(handler, details.method)
+        if handler.request_deserializer is not None:  # a per-call rejection (no parsing) is not kept
+            self._guarded[details.method] = (handler, wrapped)
+        return wrapped

@@ -313,7 +313,8 @@ class Collection:
         self.check_owned(r.id for r in records)
         unit = unit_records(records)
         with self._write_lock:
-            self._reserve(self.store.next_label() + len(unit))
+            if self.vector_file is not None:  # only compressed kinds keep exact vectors on disk
+                self._reserve(self.store.next_label() + len(unit))
             result = self.store.upsert(unit)
             self._index_result(result)
         if result.skipped:

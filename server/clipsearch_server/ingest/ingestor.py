@@ -50,6 +50,7 @@ class Ingestor:
     def __init__(self, client: redis.Redis, keys: Keys, max_jobs: int, max_bytes: int) -> None:
         self.redis = client
         self._keys = keys
+        self.queue = jobqueue.JobQueue(client, keys)  # its scripts registered once, not per call
         self._max_jobs = max_jobs
         self._max_bytes = max_bytes
         self._group_ready = False
@@ -71,19 +72,19 @@ class Ingestor:
 
         def run() -> jobqueue.Submitted:
             if not self._group_ready:
-                jobqueue.ensure_group(self.redis, self._keys)
+                self.queue.ensure_group()
                 self._group_ready = True
-            earlier = jobqueue.find_request(self.redis, self._keys, request_id)
+            earlier = self.queue.find_request(request_id)
             if earlier is not None:
                 return earlier  # a retry of a call that succeeded: not refused for a full queue either
             self._check_room(len(jobs), sum(len(b) for b in blobs if b))
-            return jobqueue.submit(self.redis, self._keys, jobs, blobs, batch_id, request_id)
+            return self.queue.submit(jobs, blobs, batch_id, request_id)
 
         done = self._call(run)
         return done.batch_id, done.ids
 
     def _check_room(self, jobs: int, size: int) -> None:
-        queued_jobs, queued_bytes = jobqueue.usage(self.redis, self._keys)
+        queued_jobs, queued_bytes = self.queue.usage()
         if queued_jobs + jobs > self._max_jobs or queued_bytes + size > self._max_bytes:
             raise ResourceExhausted(
                 f"the ingestion queue is full ({queued_jobs} jobs, {queued_bytes} bytes queued; limits "
@@ -92,24 +93,24 @@ class Ingestor:
             )
 
     def progress(self, batch_id: str = "") -> Progress:
-        found = self._call(lambda: jobqueue.get_progress(self.redis, self._keys, batch_id))
+        found = self._call(lambda: self.queue.progress(batch_id))
         if found is None:
             raise NotFound(f"no batch {batch_id!r} (unknown, or expired {jobqueue.BATCH_TTL_S // 86400} days after "
                            "its last submission)")
         return found
 
     def failures(self, batch_id: str = "", limit: int = 100) -> list[Failure]:
-        return self._call(lambda: jobqueue.list_failures(self.redis, self._keys, batch_id, limit))
+        return self._call(lambda: self.queue.failures(batch_id, limit))
 
     def status(self) -> jobqueue.QueueStatus:
-        return self._call(lambda: jobqueue.status(self.redis, self._keys))
+        return self._call(lambda: self.queue.status())
 
     def retry(self, batch_id: str = "", ids: Sequence[str] = ()) -> tuple[list[str], list[str]]:
         """Queues failed images again; returns (retried ids, ids whose bytes expired)."""
         wanted = set(ids)
 
         def run() -> tuple[list[str], list[str]]:
-            found = jobqueue.list_failures(self.redis, self._keys, batch_id, jobqueue.FAILURES_MAXLEN * 2)
-            return jobqueue.retry(self.redis, self._keys, [f for f in found if not wanted or f.id in wanted])
+            found = self.queue.failures(batch_id, jobqueue.FAILURES_MAXLEN * 2)
+            return self.queue.retry([f for f in found if not wanted or f.id in wanted])
 
         return self._call(run)
