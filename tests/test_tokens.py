@@ -114,7 +114,7 @@ def test_every_rpc_of_the_services_has_a_scope() -> None:
         for service in module.DESCRIPTOR.services_by_name.values()
         for method in service.methods
     }
-    assert len(methods) == 14
+    assert len(methods) == 18
     assert not READ_METHODS & WRITE_METHODS
     for path, name in methods.items():
         assert name in READ_METHODS | WRITE_METHODS, f"{path} has no scope: add it to READ_METHODS or WRITE_METHODS"
@@ -124,6 +124,10 @@ def test_every_rpc_of_the_services_has_a_scope() -> None:
     assert required_scope("/clipsearch.v1.SearchService/BatchSearch") == "read"
     assert required_scope("/clipsearch.v1.RecordService/GetRecords") == "read"
     assert required_scope("/clipsearch.v1.RecordService/CountRecords") == "read"
+    assert required_scope("/clipsearch.v1.RecordService/ScrollRecords") == "read"
+    assert required_scope("/clipsearch.v1.SearchService/Embed") == "read"
+    assert required_scope("/clipsearch.v1.RecordService/UpdateRecords") == "write"
+    assert required_scope("/clipsearch.v1.RecordService/DeleteRecords") == "write"
     assert required_scope("/clipsearch.v1.IndexService/DeleteImages") == "write"
     assert required_scope("/clipsearch.v1.IndexService/SomethingNew") == "write"  # fails closed
 

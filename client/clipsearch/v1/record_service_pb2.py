@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from clipsearch.v1 import types_pb2 as clipsearch_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"clipsearch/v1/record_service.proto\x12\rclipsearch.v1\x1a\x19\x63lipsearch/v1/types.proto\"\x82\x01\n\x11GetRecordsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\x12\x17\n\x0finclude_vectors\x18\x03 \x01(\x08\x12\x1a\n\x12include_thumbnails\x18\x04 \x01(\x08\x12\x14\n\x0cmin_position\x18\x10 \x01(\x03\"Q\n\x12GetRecordsResponse\x12&\n\x07records\x18\x01 \x03(\x0b\x32\x15.clipsearch.v1.Record\x12\x13\n\x0bmissing_ids\x18\x02 \x03(\t\"\x97\x03\n\x06Record\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x35\n\x08metadata\x18\x03 \x03(\x0b\x32#.clipsearch.v1.Record.MetadataEntry\x12\x31\n\x06\x66ields\x18\x04 \x03(\x0b\x32!.clipsearch.v1.Record.FieldsEntry\x12\x17\n\x0fsubmitted_at_ms\x18\x05 \x01(\x04\x12\x15\n\rupdated_at_ms\x18\x06 \x01(\x03\x12\'\n\x05model\x18\x07 \x01(\x0b\x32\x18.clipsearch.v1.ModelInfo\x12\x0e\n\x06vector\x18\x08 \x01(\x0c\x12+\n\tthumbnail\x18\t \x01(\x0b\x32\x18.clipsearch.v1.Thumbnail\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x43\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.clipsearch.v1.Value:\x02\x38\x01\"R\n\x13\x43ountRecordsRequest\x12%\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x15.clipsearch.v1.Filter\x12\x14\n\x0cmin_position\x18\x10 \x01(\x03\"%\n\x14\x43ountRecordsResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x32\xbb\x01\n\rRecordService\x12Q\n\nGetRecords\x12 .clipsearch.v1.GetRecordsRequest\x1a!.clipsearch.v1.GetRecordsResponse\x12W\n\x0c\x43ountRecords\x12\".clipsearch.v1.CountRecordsRequest\x1a#.clipsearch.v1.CountRecordsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"clipsearch/v1/record_service.proto\x12\rclipsearch.v1\x1a\x19\x63lipsearch/v1/types.proto\"\x82\x01\n\x11GetRecordsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\x12\x17\n\x0finclude_vectors\x18\x03 \x01(\x08\x12\x1a\n\x12include_thumbnails\x18\x04 \x01(\x08\x12\x14\n\x0cmin_position\x18\x10 \x01(\x03\"Q\n\x12GetRecordsResponse\x12&\n\x07records\x18\x01 \x03(\x0b\x32\x15.clipsearch.v1.Record\x12\x13\n\x0bmissing_ids\x18\x02 \x03(\t\"\x97\x03\n\x06Record\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x35\n\x08metadata\x18\x03 \x03(\x0b\x32#.clipsearch.v1.Record.MetadataEntry\x12\x31\n\x06\x66ields\x18\x04 \x03(\x0b\x32!.clipsearch.v1.Record.FieldsEntry\x12\x17\n\x0fsubmitted_at_ms\x18\x05 \x01(\x04\x12\x15\n\rupdated_at_ms\x18\x06 \x01(\x03\x12\'\n\x05model\x18\x07 \x01(\x0b\x32\x18.clipsearch.v1.ModelInfo\x12\x0e\n\x06vector\x18\x08 \x01(\x0c\x12+\n\tthumbnail\x18\t \x01(\x0b\x32\x18.clipsearch.v1.Thumbnail\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x43\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.clipsearch.v1.Value:\x02\x38\x01\"R\n\x13\x43ountRecordsRequest\x12%\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x15.clipsearch.v1.Filter\x12\x14\n\x0cmin_position\x18\x10 \x01(\x03\"%\n\x14\x43ountRecordsResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\"\xab\x01\n\x14ScrollRecordsRequest\x12%\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x15.clipsearch.v1.Filter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\x12\x17\n\x0finclude_vectors\x18\x04 \x01(\x08\x12\x1a\n\x12include_thumbnails\x18\x05 \x01(\x08\x12\x14\n\x0cmin_position\x18\x10 \x01(\x03\"T\n\x15ScrollRecordsResponse\x12&\n\x07records\x18\x01 \x03(\x0b\x32\x15.clipsearch.v1.Record\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\xfa\x02\n\x14UpdateRecordsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12%\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x15.clipsearch.v1.Filter\x12\x46\n\nset_fields\x18\x03 \x03(\x0b\x32\x32.clipsearch.v1.UpdateRecordsRequest.SetFieldsEntry\x12J\n\x0cset_metadata\x18\x04 \x03(\x0b\x32\x34.clipsearch.v1.UpdateRecordsRequest.SetMetadataEntry\x12\r\n\x05unset\x18\x05 \x03(\t\x12\x0f\n\x07replace\x18\x06 \x01(\x08\x1a\x46\n\x0eSetFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.clipsearch.v1.Value:\x02\x38\x01\x1a\x32\n\x10SetMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"M\n\x15UpdateRecordsResponse\x12\x0f\n\x07updated\x18\x01 \x01(\x03\x12\x11\n\tnot_found\x18\x02 \x03(\t\x12\x10\n\x08position\x18\x03 \x01(\x03\"J\n\x14\x44\x65leteRecordsRequest\x12%\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x15.clipsearch.v1.Filter\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\":\n\x15\x44\x65leteRecordsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\x12\x10\n\x08position\x18\x02 \x01(\x03\x32\xcf\x03\n\rRecordService\x12Q\n\nGetRecords\x12 .clipsearch.v1.GetRecordsRequest\x1a!.clipsearch.v1.GetRecordsResponse\x12W\n\x0c\x43ountRecords\x12\".clipsearch.v1.CountRecordsRequest\x1a#.clipsearch.v1.CountRecordsResponse\x12Z\n\rScrollRecords\x12#.clipsearch.v1.ScrollRecordsRequest\x1a$.clipsearch.v1.ScrollRecordsResponse\x12Z\n\rUpdateRecords\x12#.clipsearch.v1.UpdateRecordsRequest\x1a$.clipsearch.v1.UpdateRecordsResponse\x12Z\n\rDeleteRecords\x12#.clipsearch.v1.DeleteRecordsRequest\x1a$.clipsearch.v1.DeleteRecordsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECORD_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_RECORD_FIELDSENTRY']._loaded_options = None
   _globals['_RECORD_FIELDSENTRY']._serialized_options = b'8\001'
+  _globals['_UPDATERECORDSREQUEST_SETFIELDSENTRY']._loaded_options = None
+  _globals['_UPDATERECORDSREQUEST_SETFIELDSENTRY']._serialized_options = b'8\001'
+  _globals['_UPDATERECORDSREQUEST_SETMETADATAENTRY']._loaded_options = None
+  _globals['_UPDATERECORDSREQUEST_SETMETADATAENTRY']._serialized_options = b'8\001'
   _globals['_GETRECORDSREQUEST']._serialized_start=81
   _globals['_GETRECORDSREQUEST']._serialized_end=211
   _globals['_GETRECORDSRESPONSE']._serialized_start=213
@@ -50,6 +54,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COUNTRECORDSREQUEST']._serialized_end=788
   _globals['_COUNTRECORDSRESPONSE']._serialized_start=790
   _globals['_COUNTRECORDSRESPONSE']._serialized_end=827
-  _globals['_RECORDSERVICE']._serialized_start=830
-  _globals['_RECORDSERVICE']._serialized_end=1017
+  _globals['_SCROLLRECORDSREQUEST']._serialized_start=830
+  _globals['_SCROLLRECORDSREQUEST']._serialized_end=1001
+  _globals['_SCROLLRECORDSRESPONSE']._serialized_start=1003
+  _globals['_SCROLLRECORDSRESPONSE']._serialized_end=1087
+  _globals['_UPDATERECORDSREQUEST']._serialized_start=1090
+  _globals['_UPDATERECORDSREQUEST']._serialized_end=1468
+  _globals['_UPDATERECORDSREQUEST_SETFIELDSENTRY']._serialized_start=1346
+  _globals['_UPDATERECORDSREQUEST_SETFIELDSENTRY']._serialized_end=1416
+  _globals['_UPDATERECORDSREQUEST_SETMETADATAENTRY']._serialized_start=1418
+  _globals['_UPDATERECORDSREQUEST_SETMETADATAENTRY']._serialized_end=1468
+  _globals['_UPDATERECORDSRESPONSE']._serialized_start=1470
+  _globals['_UPDATERECORDSRESPONSE']._serialized_end=1547
+  _globals['_DELETERECORDSREQUEST']._serialized_start=1549
+  _globals['_DELETERECORDSREQUEST']._serialized_end=1623
+  _globals['_DELETERECORDSRESPONSE']._serialized_start=1625
+  _globals['_DELETERECORDSRESPONSE']._serialized_end=1683
+  _globals['_RECORDSERVICE']._serialized_start=1686
+  _globals['_RECORDSERVICE']._serialized_end=2149
 # @@protoc_insertion_point(module_scope)

@@ -78,3 +78,83 @@ class CountRecordsResponse(_message.Message):
     COUNT_FIELD_NUMBER: _ClassVar[int]
     count: int
     def __init__(self, count: _Optional[int] = ...) -> None: ...
+
+class ScrollRecordsRequest(_message.Message):
+    __slots__ = ("filter", "page_size", "cursor", "include_vectors", "include_thumbnails", "min_position")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_THUMBNAILS_FIELD_NUMBER: _ClassVar[int]
+    MIN_POSITION_FIELD_NUMBER: _ClassVar[int]
+    filter: _types_pb2.Filter
+    page_size: int
+    cursor: str
+    include_vectors: bool
+    include_thumbnails: bool
+    min_position: int
+    def __init__(self, filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., page_size: _Optional[int] = ..., cursor: _Optional[str] = ..., include_vectors: _Optional[bool] = ..., include_thumbnails: _Optional[bool] = ..., min_position: _Optional[int] = ...) -> None: ...
+
+class ScrollRecordsResponse(_message.Message):
+    __slots__ = ("records", "next_cursor")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[Record]
+    next_cursor: str
+    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., next_cursor: _Optional[str] = ...) -> None: ...
+
+class UpdateRecordsRequest(_message.Message):
+    __slots__ = ("ids", "filter", "set_fields", "set_metadata", "unset", "replace")
+    class SetFieldsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _types_pb2.Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_types_pb2.Value, _Mapping]] = ...) -> None: ...
+    class SetMetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    SET_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    SET_METADATA_FIELD_NUMBER: _ClassVar[int]
+    UNSET_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    filter: _types_pb2.Filter
+    set_fields: _containers.MessageMap[str, _types_pb2.Value]
+    set_metadata: _containers.ScalarMap[str, str]
+    unset: _containers.RepeatedScalarFieldContainer[str]
+    replace: bool
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., set_fields: _Optional[_Mapping[str, _types_pb2.Value]] = ..., set_metadata: _Optional[_Mapping[str, str]] = ..., unset: _Optional[_Iterable[str]] = ..., replace: _Optional[bool] = ...) -> None: ...
+
+class UpdateRecordsResponse(_message.Message):
+    __slots__ = ("updated", "not_found", "position")
+    UPDATED_FIELD_NUMBER: _ClassVar[int]
+    NOT_FOUND_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    updated: int
+    not_found: _containers.RepeatedScalarFieldContainer[str]
+    position: int
+    def __init__(self, updated: _Optional[int] = ..., not_found: _Optional[_Iterable[str]] = ..., position: _Optional[int] = ...) -> None: ...
+
+class DeleteRecordsRequest(_message.Message):
+    __slots__ = ("filter", "all")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    filter: _types_pb2.Filter
+    all: bool
+    def __init__(self, filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., all: _Optional[bool] = ...) -> None: ...
+
+class DeleteRecordsResponse(_message.Message):
+    __slots__ = ("deleted", "position")
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    position: int
+    def __init__(self, deleted: _Optional[int] = ..., position: _Optional[int] = ...) -> None: ...

@@ -26,10 +26,11 @@ if _version_not_supported:
 
 
 class RecordServiceStub:
-    """RecordService reads what is indexed: the records of images by id, and how many images there are.
-    Both RPCs are read-only and idempotent: safe to retry on UNAVAILABLE.
-    With authentication on, every call needs "authorization: Bearer <token>" of the read or write scope
-    (UNAUTHENTICATED without a valid one).
+    """RecordService manages what is indexed: records by id, every record in a stable order (scroll/export),
+    counts, field updates and deletes by filter. Every RPC is idempotent: safe to retry on UNAVAILABLE.
+    With authentication on, every call needs "authorization: Bearer <token>" (UNAUTHENTICATED without a
+    valid one): GetRecords, ScrollRecords and CountRecords of the read or write scope; UpdateRecords and
+    DeleteRecords of the write scope (PERMISSION_DENIED naming the scope for a read token).
     """
 
     def __init__(self, channel):
@@ -48,13 +49,29 @@ class RecordServiceStub:
                 request_serializer=clipsearch_dot_v1_dot_record__service__pb2.CountRecordsRequest.SerializeToString,
                 response_deserializer=clipsearch_dot_v1_dot_record__service__pb2.CountRecordsResponse.FromString,
                 _registered_method=True)
+        self.ScrollRecords = channel.unary_unary(
+                '/clipsearch.v1.RecordService/ScrollRecords',
+                request_serializer=clipsearch_dot_v1_dot_record__service__pb2.ScrollRecordsRequest.SerializeToString,
+                response_deserializer=clipsearch_dot_v1_dot_record__service__pb2.ScrollRecordsResponse.FromString,
+                _registered_method=True)
+        self.UpdateRecords = channel.unary_unary(
+                '/clipsearch.v1.RecordService/UpdateRecords',
+                request_serializer=clipsearch_dot_v1_dot_record__service__pb2.UpdateRecordsRequest.SerializeToString,
+                response_deserializer=clipsearch_dot_v1_dot_record__service__pb2.UpdateRecordsResponse.FromString,
+                _registered_method=True)
+        self.DeleteRecords = channel.unary_unary(
+                '/clipsearch.v1.RecordService/DeleteRecords',
+                request_serializer=clipsearch_dot_v1_dot_record__service__pb2.DeleteRecordsRequest.SerializeToString,
+                response_deserializer=clipsearch_dot_v1_dot_record__service__pb2.DeleteRecordsResponse.FromString,
+                _registered_method=True)
 
 
 class RecordServiceServicer:
-    """RecordService reads what is indexed: the records of images by id, and how many images there are.
-    Both RPCs are read-only and idempotent: safe to retry on UNAVAILABLE.
-    With authentication on, every call needs "authorization: Bearer <token>" of the read or write scope
-    (UNAUTHENTICATED without a valid one).
+    """RecordService manages what is indexed: records by id, every record in a stable order (scroll/export),
+    counts, field updates and deletes by filter. Every RPC is idempotent: safe to retry on UNAVAILABLE.
+    With authentication on, every call needs "authorization: Bearer <token>" (UNAUTHENTICATED without a
+    valid one): GetRecords, ScrollRecords and CountRecords of the read or write scope; UpdateRecords and
+    DeleteRecords of the write scope (PERMISSION_DENIED naming the scope for a read token).
     """
 
     def GetRecords(self, request, context):
@@ -88,6 +105,69 @@ class RecordServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScrollRecords(self, request, context):
+        """Every record (or every record matching a filter) in ascending id order (by the ids' UTF-8 bytes),
+        a page at a time: pass each reply's next_cursor as the next request's cursor until it comes back
+        empty. The cursor is the last id returned, so a scroll needs no server state, survives a server
+        restart, and may continue on another replica or through another router.
+        Guarantees, with writes going on during the scroll: a record that exists from the first page to the
+        last is returned exactly once (never repeated, never skipped), with its state when its page was
+        read; a record deleted before its page is read is not returned; a record added during the scroll is
+        returned when its id sorts after the cursor at the time, and not otherwise. A scroll reads what is
+        applied on the answering replica (use min_position to read your own writes).
+        Errors: INVALID_ARGUMENT for a page_size outside 0..1000 (0..100 with include_thumbnails), a filter
+        beyond the limits on Filter, a cursor that is not one this API returned (forged, over 1024
+        characters, or from a scroll with another filter), or a negative min_position; UNAVAILABLE while the
+        server is loading, or when it has not applied min_position within its --read-wait.
+        Through a router: every shard is asked for its page after the cursor (one replica each, with
+        failover), and the pages are merged in id order: the same records in the same order as one server
+        holding them all. No partial pages: UNAVAILABLE naming the shard when one does not answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateRecords(self, request, context):
+        """Changes the fields and metadata of indexed images, by ids or by filter, without re-encoding them:
+        sets keys, removes keys, or replaces them all. The result of each image is checked against the same
+        limits as a submission (Value, ImageSubmission.metadata). The vector, uri and thumbnail stay.
+        Durable when it returns, and replicated to every replica like any other write (`position`).
+        Rules:
+        - only indexed images are updated; unknown, deleted and not yet encoded ids are listed in not_found
+        (an update never brings back a deleted image);
+        - an update wins over earlier submissions: when a job submitted before the update is encoded
+        after it, its vector, uri and thumbnail are written but the updated fields and metadata stay;
+        a submission made after the update replaces them as usual;
+        - by filter, the update applies to the images matching when the call starts, in transactions of
+        1000 images: searches and other writes go on between them. Should the call fail midway (or the
+        server stop), every image is either updated or not, never half; the same call again finishes it
+        (setting a value twice changes nothing).
+        Errors: INVALID_ARGUMENT when neither or both of ids and filter are set, for more than 1000 ids, an
+        invalid id, a filter beyond the limits on Filter, nothing to change, a key both set and unset or in
+        both set_fields and set_metadata, more than 64 keys set or unset, a value beyond the limits on Value,
+        or an image that would end with more than 64 fields and metadata entries (naming it; by filter, the
+        images of the transactions before it stay updated); PERMISSION_DENIED for a read token;
+        RESOURCE_EXHAUSTED / UNAVAILABLE for a full disk or an unreachable store (retry).
+        Through a router: ids go to their owning shards, a filter to every shard (each shard's writes as
+        for UpsertVectors); counts are summed, position is the largest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRecords(self, request, context):
+        """Deletes every image matching a filter (or every image, with `all` and no filter), like DeleteImages
+        does by id: a deleted image's queued jobs are skipped (delete wins). In transactions of 1000
+        images, as UpdateRecords by filter: the same call again finishes an interrupted one.
+        Errors: INVALID_ARGUMENT without a filter and without `all`, or for a filter beyond the limits on
+        Filter; FAILED_PRECONDITION when the filter matches every image of a non-empty collection and `all`
+        is not set (a guard against deleting everything by mistake); PERMISSION_DENIED for a read token.
+        Through a router: the guard is checked over every shard, then each shard deletes its own matches.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecordServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -101,6 +181,21 @@ def add_RecordServiceServicer_to_server(servicer, server):
                     request_deserializer=clipsearch_dot_v1_dot_record__service__pb2.CountRecordsRequest.FromString,
                     response_serializer=clipsearch_dot_v1_dot_record__service__pb2.CountRecordsResponse.SerializeToString,
             ),
+            'ScrollRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScrollRecords,
+                    request_deserializer=clipsearch_dot_v1_dot_record__service__pb2.ScrollRecordsRequest.FromString,
+                    response_serializer=clipsearch_dot_v1_dot_record__service__pb2.ScrollRecordsResponse.SerializeToString,
+            ),
+            'UpdateRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateRecords,
+                    request_deserializer=clipsearch_dot_v1_dot_record__service__pb2.UpdateRecordsRequest.FromString,
+                    response_serializer=clipsearch_dot_v1_dot_record__service__pb2.UpdateRecordsResponse.SerializeToString,
+            ),
+            'DeleteRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRecords,
+                    request_deserializer=clipsearch_dot_v1_dot_record__service__pb2.DeleteRecordsRequest.FromString,
+                    response_serializer=clipsearch_dot_v1_dot_record__service__pb2.DeleteRecordsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'clipsearch.v1.RecordService', rpc_method_handlers)
@@ -110,10 +205,11 @@ def add_RecordServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RecordService:
-    """RecordService reads what is indexed: the records of images by id, and how many images there are.
-    Both RPCs are read-only and idempotent: safe to retry on UNAVAILABLE.
-    With authentication on, every call needs "authorization: Bearer <token>" of the read or write scope
-    (UNAUTHENTICATED without a valid one).
+    """RecordService manages what is indexed: records by id, every record in a stable order (scroll/export),
+    counts, field updates and deletes by filter. Every RPC is idempotent: safe to retry on UNAVAILABLE.
+    With authentication on, every call needs "authorization: Bearer <token>" (UNAUTHENTICATED without a
+    valid one): GetRecords, ScrollRecords and CountRecords of the read or write scope; UpdateRecords and
+    DeleteRecords of the write scope (PERMISSION_DENIED naming the scope for a read token).
     """
 
     @staticmethod
@@ -160,6 +256,87 @@ class RecordService:
             '/clipsearch.v1.RecordService/CountRecords',
             clipsearch_dot_v1_dot_record__service__pb2.CountRecordsRequest.SerializeToString,
             clipsearch_dot_v1_dot_record__service__pb2.CountRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScrollRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipsearch.v1.RecordService/ScrollRecords',
+            clipsearch_dot_v1_dot_record__service__pb2.ScrollRecordsRequest.SerializeToString,
+            clipsearch_dot_v1_dot_record__service__pb2.ScrollRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipsearch.v1.RecordService/UpdateRecords',
+            clipsearch_dot_v1_dot_record__service__pb2.UpdateRecordsRequest.SerializeToString,
+            clipsearch_dot_v1_dot_record__service__pb2.UpdateRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipsearch.v1.RecordService/DeleteRecords',
+            clipsearch_dot_v1_dot_record__service__pb2.DeleteRecordsRequest.SerializeToString,
+            clipsearch_dot_v1_dot_record__service__pb2.DeleteRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

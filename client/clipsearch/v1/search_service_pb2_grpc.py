@@ -59,6 +59,11 @@ class SearchServiceStub:
                 request_serializer=clipsearch_dot_v1_dot_search__service__pb2.BatchSearchRequest.SerializeToString,
                 response_deserializer=clipsearch_dot_v1_dot_search__service__pb2.BatchSearchResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/clipsearch.v1.SearchService/Embed',
+                request_serializer=clipsearch_dot_v1_dot_search__service__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=clipsearch_dot_v1_dot_search__service__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -115,6 +120,21 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Embeddings as a service: the vectors of texts and images, computed with the collection's model
+        exactly as searches compute their query vectors (the same preprocessing, the same micro-batches
+        as concurrent searches), returned with the model's name and dimension. An image's vector is the one
+        a worker computes for it when indexing (up to float rounding of the batch it ran in).
+        Errors: INVALID_ARGUMENT for no inputs or more than 64, an input with nothing set, a text that is
+        empty or over 1000 characters, an image over the server's --max-image-bytes, or an image that
+        cannot be decoded (naming the input); the uri errors of ImageSearch (NOT_FOUND, PERMISSION_DENIED
+        for paths outside the allowed roots, UNAVAILABLE for a transient fetch failure), naming the input.
+        Through a router: answered by any one server (every shard holds the same model).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +157,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.BatchSearch,
                     request_deserializer=clipsearch_dot_v1_dot_search__service__pb2.BatchSearchRequest.FromString,
                     response_serializer=clipsearch_dot_v1_dot_search__service__pb2.BatchSearchResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=clipsearch_dot_v1_dot_search__service__pb2.EmbedRequest.FromString,
+                    response_serializer=clipsearch_dot_v1_dot_search__service__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -252,6 +277,33 @@ class SearchService:
             '/clipsearch.v1.SearchService/BatchSearch',
             clipsearch_dot_v1_dot_search__service__pb2.BatchSearchRequest.SerializeToString,
             clipsearch_dot_v1_dot_search__service__pb2.BatchSearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipsearch.v1.SearchService/Embed',
+            clipsearch_dot_v1_dot_search__service__pb2.EmbedRequest.SerializeToString,
+            clipsearch_dot_v1_dot_search__service__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,9 +39,10 @@ OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 # Methods a read token may call (searches, reading records, statistics, progress), and methods that change state.
 READ_METHODS = frozenset({
     "TextSearch", "ImageSearch", "BatchSearch", "GetThumbnails", "GetIndexStats", "GetIngestProgress", "ListFailures",
-    "GetQueueStatus", "GetRecords", "CountRecords",
+    "GetQueueStatus", "GetRecords", "CountRecords", "ScrollRecords", "Embed",
 })
-WRITE_METHODS = frozenset({"SubmitImages", "UpsertVectors", "DeleteImages", "RetryFailures"})
+WRITE_METHODS = frozenset({"SubmitImages", "UpsertVectors", "DeleteImages", "RetryFailures", "UpdateRecords",
+                           "DeleteRecords"})
 
 SERVICES = (
     search_service_pb2.DESCRIPTOR.services_by_name["SearchService"],
