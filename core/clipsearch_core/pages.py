@@ -12,6 +12,12 @@ and threshold): a token used with another query is refused, since its position w
 
 The token is opaque to callers (URL-safe base64 of a small JSON object); it carries no secret and
 grants nothing: a forged token only changes the forger's own page.
+
+Scroll cursors (RecordService.ScrollRecords) are the same kind of token for the id order of records: the
+last id returned and the fingerprint of the scroll's filter, {"v": 1, "a": id, "f": fingerprint}. The
+next page holds the records with ids strictly after it (by their UTF-8 bytes, which is also the order of
+Python's str comparison and of SQLite's BINARY collation), so it needs no server state and any replica or
+router continues it.
 """
 
 from __future__ import annotations
@@ -26,8 +32,8 @@ from typing import Any
 
 from .errors import InvalidArgument
 
-__all__ = ["MAX_DEPTH", "MAX_TOKEN_CHARS", "Cursor", "after", "decode", "encode", "fingerprint", "next_token",
-           "request_fingerprint"]
+__all__ = ["MAX_CURSOR_CHARS", "MAX_DEPTH", "MAX_TOKEN_CHARS", "Cursor", "after", "decode", "encode", "fingerprint",
+           "next_token", "request_fingerprint", "scroll_after", "scroll_cursor", "scroll_fingerprint"]
 
 MAX_DEPTH = 10_000  # results reachable by paging one query: returned + k <= MAX_DEPTH
 MAX_TOKEN_CHARS = 1024
@@ -114,3 +120,39 @@ def after(score: float, image_id: str, cursor: Cursor | None) -> bool:
     if cursor is None:
         return True
     return score < cursor.score or (score == cursor.score and image_id > cursor.id)
+
+
+MAX_CURSOR_CHARS = 2048  # a scroll cursor: an id of up to 256 characters (4 UTF-8 bytes each), in base64
+_SCROLL_VERSION = 1
+
+
+def scroll_fingerprint(request: Any) -> str:
+    """The fingerprint of a ScrollRecords request's filter (the servers and the router compute it alike)."""
+    flt = b"f" + request.filter.SerializeToString(deterministic=True) if request.HasField("filter") else b""
+    return fingerprint("scroll", flt)
+
+
+def scroll_cursor(last_id: str, query: str) -> str:
+    """The next_cursor after a page whose last record is `last_id`."""
+    body = {"v": _SCROLL_VERSION, "a": last_id, "f": query}
+    raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def scroll_after(cursor: str, query: str) -> str:
+    """The id a scroll continues after ("" for the first page), checked against the scroll's filter.
+    Raises InvalidArgument (naming the cursor) for a cursor this service did not issue or one of another filter."""
+    if not cursor:
+        return ""
+    if len(cursor) > MAX_CURSOR_CHARS:
+        raise InvalidArgument(f"cursor is longer than {MAX_CURSOR_CHARS} characters: pass back a next_cursor unchanged")
+    try:
+        body = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        version, last_id, query_of = body["v"], body["a"], body["f"]
+    except (binascii.Error, ValueError, TypeError, KeyError) as exc:
+        raise InvalidArgument("cursor is not one this service issued: pass back a next_cursor unchanged") from exc
+    if version != _SCROLL_VERSION or not isinstance(last_id, str) or not last_id or not isinstance(query_of, str):
+        raise InvalidArgument("cursor is not one this service issued: pass back a next_cursor unchanged")
+    if query_of != query:
+        raise InvalidArgument("cursor belongs to a scroll with another filter: continue with the same filter")
+    return last_id

@@ -7,11 +7,12 @@ field, the value's problem and the limit, so a caller can fix the request.
 from __future__ import annotations
 
 import math
-from typing import Callable, Container, Mapping, Sequence
+from typing import Any, Callable, Container, Mapping, Sequence
 
 import numpy as np
 
 from clipsearch_core.images import is_supported_uri
+from clipsearch_server.storage import fields as typed
 
 from .errors import InvalidArgument, NotFound
 
@@ -57,11 +58,11 @@ def k(value: int) -> int:
     return value
 
 
-def text(value: str) -> str:
+def text(value: str, field: str = "text") -> str:
     if not value.strip():
-        raise InvalidArgument("text must not be empty or only whitespace")
+        raise InvalidArgument(f"{field} must not be empty or only whitespace")
     if len(value) > MAX_TEXT_CHARS:
-        raise InvalidArgument(f"text is {len(value)} characters, the limit is {MAX_TEXT_CHARS}")
+        raise InvalidArgument(f"{field} is {len(value)} characters, the limit is {MAX_TEXT_CHARS}")
     return value.strip()
 
 
@@ -187,6 +188,7 @@ def min_position(value: int, field: str = "min_position") -> int:
 # --- thumbnails ----------------------------------------------------------------------------------
 
 MAX_BATCH = 64  # queries per BatchSearch
+MAX_EMBED_INPUTS = 64  # inputs per Embed
 MAX_THUMBNAIL_BYTES = 256 * 1024
 THUMBNAIL_MIME_TYPES = ("image/webp", "image/jpeg", "image/png")
 MAX_THUMBNAIL_IDS = 100  # per GetThumbnails call
@@ -263,3 +265,45 @@ def missing_records(missing: Sequence[str]) -> NotFound:
     """The NOT_FOUND of a GetRecords naming (the first 10 of) the ids that are not indexed."""
     return NotFound(f"no indexed image has id {_shown(missing)}: unknown or deleted ids, or images not encoded yet "
                     "(set allow_missing to get the others)")
+
+
+MAX_PAGE_SIZE = 1000  # records per ScrollRecords page
+MAX_PAGE_SIZE_WITH_THUMBNAILS = 100  # records per page with include_thumbnails
+DEFAULT_PAGE_SIZE = 100
+MAX_UPDATE_IDS = 1000  # ids per UpdateRecords call
+MAX_UPDATE_KEYS = typed.MAX_FIELDS  # keys set (fields and metadata together), and keys unset, per UpdateRecords
+
+
+def page_size(value: int, include_thumbnails: bool) -> int:
+    """A ScrollRecords page_size: 0 is DEFAULT_PAGE_SIZE; else 1 to MAX_PAGE_SIZE (to 100 with thumbnails)."""
+    limit = MAX_PAGE_SIZE_WITH_THUMBNAILS if include_thumbnails else MAX_PAGE_SIZE
+    if value == 0:
+        return min(DEFAULT_PAGE_SIZE, limit)
+    if not 1 <= value <= limit:
+        raise InvalidArgument(f"page_size must be between 1 and {limit}"
+                              f"{' with include_thumbnails' if include_thumbnails else ''} (0 = {DEFAULT_PAGE_SIZE}), "
+                              f"got {value}")
+    return value
+
+
+def field_update(request: Any) -> typed.Update:
+    """The change an UpdateRecordsRequest asks for (set_fields, set_metadata, unset, replace), checked:
+    something to change, no key twice, at most MAX_UPDATE_KEYS set and unset, values within the limits."""
+    if not (request.set_fields or request.set_metadata or request.unset or request.replace):
+        raise InvalidArgument("the update changes nothing: give set_fields, set_metadata, unset or replace")
+    if request.replace and request.unset:
+        raise InvalidArgument("unset cannot be given with replace (replace already removes every key)")
+    if len(request.set_fields) + len(request.set_metadata) > MAX_UPDATE_KEYS:
+        raise InvalidArgument(f"the update sets {len(request.set_fields)} fields and {len(request.set_metadata)} "
+                              f"metadata entries; the limit is {MAX_UPDATE_KEYS} together")
+    if len(request.unset) > MAX_UPDATE_KEYS:
+        raise InvalidArgument(f"unset holds {len(request.unset)} keys, the limit is {MAX_UPDATE_KEYS}")
+    set_metadata = metadata(request.set_metadata, "set_metadata")
+    set_fields = typed.validate(request.set_fields, set_metadata, "the update", "set_fields")
+    unset = list(dict.fromkeys(request.unset))
+    for i, key in enumerate(unset):
+        if not key or len(key) > typed.MAX_KEY_CHARS:
+            raise InvalidArgument(f"unset[{i}] must be 1 to {typed.MAX_KEY_CHARS} characters, got {len(key)}")
+        if key in set_fields or key in set_metadata:
+            raise InvalidArgument(f"unset[{i}] {key!r} is also set by the update; give each key once")
+    return typed.Update(set_fields, set_metadata, tuple(unset), request.replace)

@@ -25,6 +25,8 @@ Owns the rules that span both layers:
   is loaded and only rows written after it are replayed into the growing part (no re-embedding);
 - when tombstones pass `compact_ratio` of the index, a background rebuild makes a fresh graph from
   the store while searches go on against the old one, then swaps it in;
+- field updates (`update_fields`) change an image's fields and metadata in the store only: its label and
+  vector stay, so the index is untouched (cached filter results are dropped);
 - with a shared PostgreSQL store the store given is this server's local mirror, and changes arrive
   through `apply_changes` (replication/follower.py) instead of `upsert`/`delete`.
 - the index kind (`--index`, index/kinds.py) is recorded in the store when the collection is created and
@@ -63,6 +65,7 @@ from clipsearch_server.index.vector_index import (
     normalize,
 )
 from clipsearch_server.index.vectorfile import VectorFile
+from clipsearch_server.storage import fields as typed
 from clipsearch_server.storage.records import (
     Change,
     ImageRecord,
@@ -351,6 +354,15 @@ class Collection:
             self._index_result(self.store.apply(changes, position))
         self._maybe_compact()
         self._maybe_seal()
+
+    def update_fields(self, ids: Sequence[str], update: typed.Update) -> list[str]:
+        """Changes the fields and metadata of the stored images among `ids` (one transaction; the index is
+        untouched: same labels, same vectors); returns the ids updated. Durable when it returns."""
+        self.check_owned(ids)
+        with self._write_lock:
+            updated = self.store.update_fields(ids, update)
+            self.generation += 1  # cached filter results are stale
+        return updated
 
     def delete(self, ids: Sequence[str]) -> list[str]:
         """Deletes images by id; returns the ids that existed. Durable when it returns."""

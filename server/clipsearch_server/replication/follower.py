@@ -31,6 +31,7 @@ from psycopg_pool import PoolTimeout
 from clipsearch_core.errors import FailedPrecondition, Unavailable
 from clipsearch_core.shards import ShardSpec
 from clipsearch_server.collection.collection import unit_records
+from clipsearch_server.storage import fields as typed
 from clipsearch_server.storage.postgres import CHANNEL, PgStore
 from clipsearch_server.storage.records import ImageRecord
 from clipsearch_server.storage.sqlite import SqliteStore
@@ -171,6 +172,13 @@ class StoreFollower:
             log.info("skipped %d upserts of images deleted after submission: %s", len(skipped), ", ".join(skipped[:5]))
         self._saw_head(head)
         return len(records) - len(skipped), head
+
+    def update(self, ids: Sequence[str], update: typed.Update) -> tuple[list[str], int]:
+        """Updates fields in the store (durable on return); returns (ids updated, token)."""
+        with _store_unavailable():
+            updated, head = self.pg.update(ids, update)
+        self._saw_head(head)
+        return updated, head
 
     def delete(self, ids: Sequence[str]) -> tuple[list[str], int]:
         """Deletes images in the store (durable on return); returns (ids that existed, token)."""

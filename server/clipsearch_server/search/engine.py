@@ -3,6 +3,11 @@
 The gRPC layer calls these coroutines with validated arguments. Model and FAISS work is blocking,
 so it runs in a thread pool; the asyncio loop only routes requests. With a shared PostgreSQL store
 (`replica` set, replication/follower.py) writes go to the store and searches may first wait for a position.
+
+Records (RecordService): reads by id, scroll pages in id order, counts; field updates and deletes by ids
+or by filter. A filter's matches are taken once, when the call starts, and written in chunks of
+WRITE_CHUNK images, each chunk one store transaction on the write thread, so searches and other writes go
+on between chunks; an interrupted call leaves whole chunks done or not, and the same call again finishes it.
 """
 
 from __future__ import annotations
@@ -10,16 +15,18 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
-from clipsearch_core.errors import Unavailable
+from clipsearch_core.errors import FailedPrecondition, Unavailable
 from clipsearch_core.images import LoadLimits, decoded, read_uri
 from clipsearch_core.model import ClipEncoder
 from clipsearch_core.settings import default
 from clipsearch_server.collection.collection import Collection, CollectionStats
 from clipsearch_server.replication.follower import StoreFollower
+from clipsearch_server.storage import fields as typed
 from clipsearch_server.storage.records import ImageRecord, StoredRecord
 
 from . import query
@@ -27,9 +34,10 @@ from .batching import MicroBatcher, TextBatcher
 from .filters import Filter
 from .query import Page, Query
 
-__all__ = ["Engine", "EngineSlot", "ReplicationStats"]
+__all__ = ["WRITE_CHUNK", "Engine", "EngineSlot", "ReplicationStats"]
 
 T = TypeVar("T")
+WRITE_CHUNK = 1000  # images per transaction of an update or delete by filter
 
 
 @dataclass(frozen=True)
@@ -93,7 +101,9 @@ class Engine:
         return await self.images.vector(tensor)
 
     def _preprocess(self, data: bytes) -> Any:
-        with decoded(data, self.limits) as image:  # within the process's decode budget, resize included
+        # Within the process's decode budget, resize included. A JPEG is decoded scaled as the workers
+        # decode it (draft_size), so an image's query vector is the one its worker stored.
+        with decoded(data, self.limits, draft_size=self.encoder.image_size) as image:
             return self.encoder.preprocess(image)
 
     async def id_vector(self, image_id: str) -> np.ndarray:
@@ -126,6 +136,76 @@ class Engine:
         if flt is None:
             return await self._run(self.collection.store.count)
         return await self._run(lambda: len(self._labels.matching(self.collection, flt)))
+
+    async def scroll(self, flt: Filter | None, after: str, limit: int, vectors: bool = False, thumbnails: bool = False
+                     ) -> tuple[list[StoredRecord], dict[str, tuple[bytes, str]], bool]:
+        """Up to `limit` records after the id `after` in id order (those matching `flt`, when given), their
+        thumbnails when asked for, and whether more records follow."""
+        collection = self.collection
+
+        def read() -> tuple[list[StoredRecord], dict[str, tuple[bytes, str]], bool]:
+            labels = None if flt is None else self._labels.matching(collection, flt)
+            found = collection.store.scroll(after, limit + 1, labels, vectors)
+            page = found[:limit]
+            shown = collection.store.thumbnails([r.id for r in page]) if thumbnails and page else {}
+            return page, shown, len(found) > limit
+
+        return await self._run(read)
+
+    async def update(self, ids: Sequence[str] | None, flt: Filter | None,
+                     update: typed.Update) -> tuple[list[str], int]:
+        """Changes fields and metadata of the images with these ids, or of those matching `flt` when the
+        call starts (in chunks of WRITE_CHUNK); returns (ids updated, read-your-writes position: 0 with SQLite)."""
+        if ids is None:
+            ids = await self._run(lambda: self._matching_ids(flt))
+        else:
+            self.collection.check_owned(ids)
+        replica = self.replica
+        updated: list[str] = []
+        position = 0
+        for start in range(0, len(ids), WRITE_CHUNK):
+            chunk = ids[start:start + WRITE_CHUNK]
+            if replica is None:
+                updated += await self._write(partial(self.collection.update_fields, chunk, update))
+            else:
+                done, position = await self._write(partial(replica.update, chunk, update))
+                updated += done
+        if replica is not None and position:
+            await self._applied(replica, position)
+        return updated, position
+
+    async def delete_where(self, flt: Filter | None, everything: bool) -> tuple[int, int]:
+        """Deletes the images matching `flt` (every image when None) when the call starts, in chunks of
+        WRITE_CHUNK; returns (images deleted, read-your-writes position). Without `everything`, a filter
+        matching every image of a non-empty collection is refused (FailedPrecondition)."""
+        def select() -> list[str]:
+            store = self.collection.store
+            if flt is None:
+                return store.ids_of(store.live_labels().tolist())
+            labels = self._labels.matching(self.collection, flt)
+            live = store.count()
+            if not everything and live and len(labels) >= live:
+                raise FailedPrecondition(
+                    f"the filter matches every image ({live}); set `all` (clipsearch delete --all) to delete them all")
+            return store.ids_of(labels.tolist())
+
+        ids = await self._run(select)
+        replica = self.replica
+        deleted, position = 0, 0
+        for start in range(0, len(ids), WRITE_CHUNK):
+            chunk = ids[start:start + WRITE_CHUNK]
+            if replica is None:
+                deleted += len(await self._write(partial(self.collection.delete, chunk)))
+            else:
+                existed, position = await self._write(partial(replica.delete, chunk))
+                deleted += len(existed)
+        if replica is not None and position:
+            await self._applied(replica, position)
+        return deleted, position
+
+    def _matching_ids(self, flt: Filter | None) -> list[str]:
+        labels = self._labels.matching(self.collection, flt) if flt is not None else self.collection.store.live_labels()
+        return self.collection.store.ids_of(labels.tolist())
 
     async def upsert(self, records: Sequence[ImageRecord]) -> tuple[int, int]:
         """Writes; returns (records written, read-your-writes position: 0 with SQLite)."""

@@ -14,19 +14,24 @@ map. Stored forms:
   (their meta table records `fields_format`) and the `fields` entry of a queued job;
 - rows (`rows`): one (key, type, value) per field, one per item for a string list, for the store's
   indexed `fields` table that answers a whole filter with one SQL query per condition.
+
+`Update` is a change of an image's fields and metadata without re-encoding (RecordService.UpdateRecords):
+keys set (typed or metadata), keys removed, or everything replaced; `Update.apply` gives the image's new
+fields and metadata, checked against the same limits as a submission.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from typing import Mapping
 
 from clipsearch.v1 import types_pb2
 from clipsearch_core.errors import InvalidArgument
 
 __all__ = ["FIELDS_FORMAT", "MAX_FIELDS", "MAX_KEY_CHARS", "MAX_LIST_ITEMS", "MAX_LIST_ITEM_CHARS", "MAX_STRING_CHARS",
-           "T_BOOL", "T_FLOAT", "T_INT", "T_LIST", "T_STRING", "T_TIME", "Fields", "from_json", "merged",
+           "T_BOOL", "T_FLOAT", "T_INT", "T_LIST", "T_STRING", "T_TIME", "Fields", "Update", "from_json", "merged",
            "rows", "to_json", "validate"]
 
 FIELDS_FORMAT = "1"  # the version of the stored JSON form (to_json), recorded in each store's meta table
@@ -46,18 +51,21 @@ _TYPE_OF_KIND = {"string_value": T_STRING, "int_value": T_INT, "float_value": T_
 Fields = dict[str, types_pb2.Value]
 
 
-def validate(fields: Mapping[str, types_pb2.Value], metadata: Mapping[str, str], where: str) -> Fields:
+def validate(fields: Mapping[str, types_pb2.Value], metadata: Mapping[str, str], where: str,
+             fields_name: str = "") -> Fields:
     """Checks typed fields (and their count with the metadata) against the limits; returns a copy.
-    Raises InvalidArgument naming the field and the limit."""
+    Raises InvalidArgument naming the field and the limit (the map as `fields_name`, default
+    "{where}.fields")."""
     total = len(fields) + len(metadata)
     if total > MAX_FIELDS:
         raise InvalidArgument(f"{where} has {len(fields)} fields and {len(metadata)} metadata entries; "
                               f"the limit is {MAX_FIELDS} together")
     out: Fields = {}
+    fields_name = fields_name or f"{where}.fields"
     for key, value in fields.items():
-        name = f"{where}.fields[{key!r}]"
+        name = f"{fields_name}[{key!r}]"
         if not key or len(key) > MAX_KEY_CHARS:
-            raise InvalidArgument(f"{where}.fields keys must be 1 to {MAX_KEY_CHARS} characters, got {len(key)}")
+            raise InvalidArgument(f"{fields_name} keys must be 1 to {MAX_KEY_CHARS} characters, got {len(key)}")
         if key in metadata:
             raise InvalidArgument(f"{name} is also a metadata key; give it in one of the two")
         kind = value.WhichOneof("kind")
@@ -81,6 +89,38 @@ def validate(fields: Mapping[str, types_pb2.Value], metadata: Mapping[str, str],
         copy.CopyFrom(value)
         out[key] = copy
     return out
+
+
+@dataclass(frozen=True)
+class Update:
+    """A validated change of fields and metadata: `fields` and `metadata` to set, `unset` keys to remove,
+    and with `replace` every existing key removed first."""
+
+    fields: Fields = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    unset: tuple[str, ...] = ()
+    replace: bool = False
+
+    def apply(self, fields: Mapping[str, types_pb2.Value], metadata: Mapping[str, str],
+              where: str) -> tuple[Fields, dict[str, str]]:
+        """An image's fields and metadata after this change (a key lives in one of the two maps: setting it
+        in one removes it from the other). Raises InvalidArgument, naming `where`, beyond MAX_FIELDS."""
+        new_fields: Fields = {} if self.replace else dict(fields)
+        new_metadata: dict[str, str] = {} if self.replace else dict(metadata)
+        for key in self.unset:
+            new_fields.pop(key, None)
+            new_metadata.pop(key, None)
+        for key, value in self.fields.items():
+            new_metadata.pop(key, None)
+            new_fields[key] = value
+        for key, text in self.metadata.items():
+            new_fields.pop(key, None)
+            new_metadata[key] = text
+        total = len(new_fields) + len(new_metadata)
+        if total > MAX_FIELDS:
+            raise InvalidArgument(f"{where} would have {len(new_fields)} fields and {len(new_metadata)} metadata "
+                                  f"entries after the update; the limit is {MAX_FIELDS} together: unset some keys")
+        return new_fields, new_metadata
 
 
 def merged(fields: Mapping[str, types_pb2.Value], metadata: Mapping[str, str]) -> Fields:

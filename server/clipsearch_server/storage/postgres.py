@@ -16,7 +16,10 @@ replicas (replication/follower.py). A write's token is the head after it: a repl
 position below the token has applied the write.
 
 Deletes win over earlier submissions exactly as in the SQLite store (sqlite.py): `deletions` keeps
-each deleted id's time and an upsert of an image submitted at or before it is skipped.
+each deleted id's time and an upsert of an image submitted at or before it is skipped. Field updates
+(`Writer.update`) win the same way: each updated image takes a new position (its label stays, so replicas
+re-apply its row without touching their index) and images.fields_ms records when; an upsert of an image
+submitted at or before it keeps the stored fields and metadata.
 
 Thumbnails (made by the workers) live in their own table keyed by image id, as in SQLite: an upsert
 sets or removes the image's thumbnail, a delete removes it. They travel in the feed with their image's
@@ -71,6 +74,7 @@ CREATE TABLE IF NOT EXISTS deletions (
 );
 CREATE INDEX IF NOT EXISTS deletions_feed ON deletions (shard, position);
 CREATE TABLE IF NOT EXISTS thumbnails (id text PRIMARY KEY, mime_type text NOT NULL, data bytea NOT NULL);
+ALTER TABLE images ADD COLUMN IF NOT EXISTS fields_ms bigint NOT NULL DEFAULT 0;
 INSERT INTO meta(key, value) VALUES ('next_position', '1') ON CONFLICT (key) DO NOTHING;
 """
 
@@ -157,6 +161,13 @@ class PgStore:
             skipped = writer.upsert(records)
         return skipped, writer.position
 
+    def update(self, ids: Sequence[str], update: typed.Update) -> tuple[list[str], int]:
+        """Applies a field update to the stored images among `ids` in one transaction; returns (the ids
+        updated, the head after)."""
+        with self.writing() as writer:
+            updated = writer.update(ids, update)
+        return updated, writer.position
+
     def delete(self, ids: Sequence[str], now_ms: int | None = None) -> tuple[list[str], int]:
         """Deletes images by id in one transaction; returns (the ids that existed, the head after)."""
         with self.writing() as writer:
@@ -222,8 +233,10 @@ class Writer:
         now = int(time.time() * 1000)
         conn = self.conn
         ids = list(dict.fromkeys(r.id for r in records))
-        current = {r[0]: (int(r[1]), bytes(r[2])) for r in conn.execute(
-            "SELECT id, label, vector FROM images WHERE id = ANY(%s)", (ids,))}
+        found = conn.execute("SELECT id, label, vector, fields_ms, metadata, fields FROM images WHERE id = ANY(%s)",
+                             (ids,)).fetchall()
+        current = {r[0]: (int(r[1]), bytes(r[2])) for r in found}
+        updated = {r[0]: (int(r[3]), r[4], r[5]) for r in found if r[3]}  # id -> its last field update
         deleted = {r[0]: int(r[1]) for r in conn.execute(
             "SELECT id, deleted_at_ms FROM deletions WHERE id = ANY(%s)", (ids,))}
         skipped: list[str] = []
@@ -237,9 +250,12 @@ class Writer:
             old = current.get(rec.id)
             label = old[0] if old is not None and old[1] == blob else self.position
             current[rec.id] = (label, blob)
+            fields_ms, metadata_json, fields_json = updated.get(rec.id, (0, "", ""))
+            if not 0 < rec.submitted_at_ms <= fields_ms:  # else fields updated after this submission: they stay
+                metadata_json = json.dumps(rec.metadata, sort_keys=True, separators=(",", ":"))
+                fields_json = typed.to_json(rec.fields)
             rows.append((rec.id, label, shard_of(rec.id, self.shards), self.position, rec.uri,
-                         json.dumps(rec.metadata, sort_keys=True, separators=(",", ":")),
-                         typed.to_json(rec.fields), blob, now))
+                         metadata_json, fields_json, blob, now))
             thumbnails[rec.id] = (rec.thumbnail, rec.thumbnail_mime_type)
             self.position += 1
         conn.cursor().executemany(
@@ -249,6 +265,28 @@ class Writer:
             " fields = EXCLUDED.fields, vector = EXCLUDED.vector, updated_ms = EXCLUDED.updated_ms", rows)
         self._set_thumbnails(thumbnails)
         return skipped
+
+    def update(self, ids: Sequence[str], update: typed.Update) -> list[str]:
+        """Applies a field update to the stored images among `ids`, one position each (labels, vectors and
+        thumbnails unchanged); returns the ids updated. Raises InvalidArgument when an image would pass
+        the fields limit (the caller's transaction then writes nothing)."""
+        now = int(time.time() * 1000)
+        unique = list(dict.fromkeys(ids))
+        found = {r[0]: r for r in self.conn.execute(
+            "SELECT id, metadata, fields FROM images WHERE id = ANY(%s)", (unique,))}
+        rows = []
+        for image_id in unique:
+            if image_id not in found:
+                continue
+            fields, metadata = update.apply(typed.from_json(found[image_id][2]), json.loads(found[image_id][1]),
+                                            f"image {image_id!r}")
+            rows.append((json.dumps(metadata, sort_keys=True, separators=(",", ":")), typed.to_json(fields), now, now,
+                         self.position, image_id))
+            self.position += 1
+        self.conn.cursor().executemany(
+            "UPDATE images SET metadata = %s, fields = %s, updated_ms = %s, fields_ms = %s, position = %s"
+            " WHERE id = %s", rows)
+        return [r[-1] for r in rows]
 
     def _set_thumbnails(self, thumbnails: dict[str, tuple[bytes, str]]) -> None:
         """Stores each image's thumbnail (the last one given for its id), or removes it when empty."""

@@ -19,6 +19,11 @@ twice (table and index), e.g. ~1 KB for 10 short fields.
 (postgres.py) the shared database is the truth and each server's SQLite `SqliteStore` is a local mirror of
 its shard, written only by `apply` (replicated changes with the labels the database gave them, and the
 position applied, in one transaction), so searches, filters and joins stay local.
+Field updates (`update_fields`, RecordService.UpdateRecords) rewrite an image's fields and metadata in
+place (same label: the index is untouched) and record when in images.fields_ms. They win over earlier
+submissions like deletes do: an upsert of an image submitted at or before its fields_ms writes its
+vector, uri and thumbnail but keeps the stored fields and metadata.
+Scrolls (`scroll`) read records in id order after a given id (keyset pages: no state between pages).
 Thumbnails (made by the workers) live in their own table keyed by image id, so that the images table
 that searches read stays lean; an upsert sets or removes the image's thumbnail, a delete removes it
 (`_set_thumbnail`), and `thumbnails` reads them.
@@ -57,6 +62,8 @@ __all__ = ["DELETION_MEMORY_MS", "Change", "ImageRecord", "ImageStore", "SqliteS
            "storage_errors"]
 
 SQL_CHUNK = 500  # parameters per IN (...) lookup, well under SQLite's limit
+SCROLL_BY_LABELS_MAX = 20_000  # a filtered scroll page sorts the ids of up to this many matches; more: id-order scan
+SCROLL_SCAN_CHUNK = 5_000  # (id, label) rows read per step of a filtered scroll's id-order scan
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -67,7 +74,8 @@ CREATE TABLE IF NOT EXISTS images (
     metadata TEXT NOT NULL,
     vector BLOB NOT NULL,
     updated_ms INTEGER NOT NULL,
-    fields TEXT NOT NULL DEFAULT '{}'
+    fields TEXT NOT NULL DEFAULT '{}',
+    fields_ms INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS fields (label INTEGER NOT NULL, key TEXT NOT NULL, type INTEGER NOT NULL, value);
 CREATE INDEX IF NOT EXISTS fields_by_key ON fields(key, value, type, label);
@@ -127,6 +135,16 @@ def _disk_full(detail: str) -> ResourceExhausted:
                              "is freed", retry_after_s=DISK_FULL_RETRY_S)
 
 
+def _record_columns(vectors: bool) -> str:
+    return "id, uri, metadata, fields, updated_ms" + (", vector" if vectors else "")
+
+
+def _record(row: Sequence) -> StoredRecord:
+    """A StoredRecord from a row of `_record_columns`."""
+    return StoredRecord(row[0], row[1], json.loads(row[2]), typed.from_json(row[3]), int(row[4]),
+                        bytes(row[5]) if len(row) > 5 else b"")
+
+
 def _in_chunks(conn: sqlite3.Connection, sql: str, values: Sequence[object]) -> list[tuple]:
     """Runs `sql` (a SELECT or DELETE), whose "IN ({})" takes `values`, in chunks of SQL_CHUNK; the rows
     of all chunks."""
@@ -149,6 +167,9 @@ class SqliteStore:
         conn.execute("PRAGMA journal_mode=WAL")
         self._migrate(conn)
         conn.executescript(_SCHEMA)
+        if "fields_ms" not in [r[1] for r in conn.execute("PRAGMA table_info(images)")]:  # before field updates
+            with _immediate(conn):
+                conn.execute("ALTER TABLE images ADD COLUMN fields_ms INTEGER NOT NULL DEFAULT 0")
         self._check_fields_format(conn)
 
     @staticmethod
@@ -197,8 +218,9 @@ class SqliteStore:
         """Writes records in one transaction, with a few statements per batch (not per record).
 
         A record whose vector equals the stored one only updates uri and metadata (no new label).
-        A record submitted at or before its id's last deletion is skipped (the delete wins). Records
-        apply in order: an id given twice ends as its last record (a label its first one added is stale).
+        A record submitted at or before its id's last deletion is skipped (the delete wins); one submitted
+        at or before its image's last field update keeps the stored fields and metadata (the update wins).
+        Records apply in order: an id given twice ends as its last record (a label its first one added is stale).
         """
         added: list[tuple[int, np.ndarray]] = []
         stale: list[int] = []
@@ -208,8 +230,10 @@ class SqliteStore:
         with self._write_lock:
             with _immediate(self._conn()) as conn:
                 next_label = int(self._meta_in_txn(conn, "next_label") or 0)
-                stored = {r[0]: (int(r[1]), bytes(r[2])) for r in
-                          _in_chunks(conn, "SELECT id, label, vector FROM images WHERE id IN ({})", ids)}
+                rows = _in_chunks(conn, "SELECT id, label, vector, fields_ms, metadata, fields FROM images"
+                                  " WHERE id IN ({})", ids)
+                stored = {r[0]: (int(r[1]), bytes(r[2])) for r in rows}
+                updated = {r[0]: (int(r[3]), r[4], r[5]) for r in rows if r[3]}  # id -> its last field update
                 deleted = {r[0]: int(r[1]) for r in
                            _in_chunks(conn, "SELECT id, deleted_at_ms FROM deletions WHERE id IN ({})", ids)}
                 current = dict(stored)  # id -> (label, vector blob) as of the record being applied
@@ -232,15 +256,20 @@ class SqliteStore:
                         next_label += 1
                         added.append((label, rec.vector))
                     current[rec.id] = (label, blob)
-                    images[rec.id] = (rec.id, label, rec.uri,
-                                      json.dumps(rec.metadata, sort_keys=True, separators=(",", ":")),
-                                      blob, now, typed.to_json(rec.fields))
-                    field_rows[label] = [(label, *row) for row in typed.rows(typed.merged(rec.fields, rec.metadata))]
+                    fields_ms, metadata_json, fields_json = updated.get(rec.id, (0, "", ""))
+                    if 0 < rec.submitted_at_ms <= fields_ms:  # fields updated after this submission: they stay
+                        metadata, fields = json.loads(metadata_json), typed.from_json(fields_json)
+                    else:
+                        metadata, fields = rec.metadata, rec.fields
+                        metadata_json = json.dumps(metadata, sort_keys=True, separators=(",", ":"))
+                        fields_json = typed.to_json(fields)
+                    images[rec.id] = (rec.id, label, rec.uri, metadata_json, blob, now, fields_json, fields_ms)
+                    field_rows[label] = [(label, *row) for row in typed.rows(typed.merged(fields, metadata))]
                     thumbnails[rec.id] = (rec.thumbnail, rec.thumbnail_mime_type)
                 _in_chunks(conn, "DELETE FROM fields WHERE label IN ({})",
                            [stored[i][0] for i in images if i in stored])
-                conn.executemany("INSERT OR REPLACE INTO images(id, label, uri, metadata, vector, updated_ms, fields)"
-                                 " VALUES (?, ?, ?, ?, ?, ?, ?)", list(images.values()))
+                conn.executemany("INSERT OR REPLACE INTO images(id, label, uri, metadata, vector, updated_ms, fields,"
+                                 " fields_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", list(images.values()))
                 conn.executemany("INSERT INTO fields(label, key, type, value) VALUES (?, ?, ?, ?)",
                                  [row for rows in field_rows.values() for row in rows])
                 _in_chunks(conn, "DELETE FROM thumbnails WHERE id IN ({})",
@@ -289,10 +318,67 @@ class SqliteStore:
 
     def records(self, ids: Sequence[str], vectors: bool = False) -> dict[str, StoredRecord]:
         """id -> record for those of `ids` that are stored (live); with `vectors`, each with its vector bytes."""
-        columns = "id, uri, metadata, fields, updated_ms" + (", vector" if vectors else "")
-        rows = _in_chunks(self._conn(), f"SELECT {columns} FROM images WHERE id IN ({{}})", list(dict.fromkeys(ids)))
-        return {r[0]: StoredRecord(r[0], r[1], json.loads(r[2]), typed.from_json(r[3]), int(r[4]),
-                                   bytes(r[5]) if vectors else b"") for r in rows}
+        rows = _in_chunks(self._conn(), f"SELECT {_record_columns(vectors)} FROM images WHERE id IN ({{}})",
+                          list(dict.fromkeys(ids)))
+        return {r[0]: _record(r) for r in rows}
+
+    def update_fields(self, ids: Sequence[str], update: typed.Update, now_ms: int | None = None) -> list[str]:
+        """Applies a field update to the stored images among `ids`, in one transaction (labels, vectors and
+        thumbnails unchanged; the field rows rewritten); returns the ids updated, in the order given.
+        Raises InvalidArgument (nothing written) when an image would pass the fields limit."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        unique = list(dict.fromkeys(ids))
+        with self._write_lock:
+            with _immediate(self._conn()) as conn:
+                found = {r[0]: r for r in
+                         _in_chunks(conn, "SELECT id, label, metadata, fields FROM images WHERE id IN ({})", unique)}
+                rows: list[tuple] = []
+                field_rows: list[tuple] = []
+                for image_id in unique:
+                    if image_id not in found:
+                        continue
+                    _, label, metadata_json, fields_json = found[image_id]
+                    fields, metadata = update.apply(typed.from_json(fields_json), json.loads(metadata_json),
+                                                    f"image {image_id!r}")
+                    rows.append((json.dumps(metadata, sort_keys=True, separators=(",", ":")), typed.to_json(fields),
+                                 now, now, image_id))
+                    field_rows.extend((label, *row) for row in typed.rows(typed.merged(fields, metadata)))
+                _in_chunks(conn, "DELETE FROM fields WHERE label IN ({})", [int(found[r[-1]][1]) for r in rows])
+                conn.executemany("UPDATE images SET metadata = ?, fields = ?, updated_ms = ?, fields_ms = ?"
+                                 " WHERE id = ?", rows)
+                conn.executemany("INSERT INTO fields(label, key, type, value) VALUES (?, ?, ?, ?)", field_rows)
+        return [r[-1] for r in rows]
+
+    def ids_of(self, labels: Sequence[int]) -> list[str]:
+        """The ids of the live images among `labels` (in no particular order)."""
+        return [r[0] for r in _in_chunks(self._conn(), "SELECT id FROM images WHERE label IN ({})",
+                                         [int(x) for x in labels])]
+
+    def scroll(self, after: str, limit: int, labels: np.ndarray | None = None,
+               vectors: bool = False) -> list[StoredRecord]:
+        """Up to `limit` records with ids after `after` ("": from the first), in id order; with `labels`
+        (sorted), only images among them. Few labels: their ids are sorted here; many: the ids are read
+        in id order from the primary key's index and kept when their label is among `labels`."""
+        conn = self._conn()
+        if labels is None:
+            return [_record(r) for r in conn.execute(
+                f"SELECT {_record_columns(vectors)} FROM images WHERE id > ? ORDER BY id LIMIT ?", (after, limit))]
+        if len(labels) <= SCROLL_BY_LABELS_MAX:
+            ids = sorted(i for i in self.ids_of(labels.tolist()) if i > after)[:limit]
+        else:
+            ids, last = [], after
+            while len(ids) < limit:
+                rows = conn.execute("SELECT id, label FROM images WHERE id > ? ORDER BY id LIMIT ?",
+                                    (last, SCROLL_SCAN_CHUNK)).fetchall()
+                if not rows:
+                    break
+                found = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
+                at = np.minimum(np.searchsorted(labels, found), len(labels) - 1)
+                ids.extend(rows[i][0] for i in np.flatnonzero(labels[at] == found).tolist())
+                last = rows[-1][0]
+            ids = ids[:limit]
+        found_records = self.records(ids, vectors)
+        return [found_records[i] for i in ids if i in found_records]
 
     def labels_where(self, condition: str, params: Sequence[object]) -> np.ndarray:
         """Sorted distinct labels of the field rows meeting an SQL condition over (key, type, value)
