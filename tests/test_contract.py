@@ -185,3 +185,16 @@ def test_node_client_against_real_stack(stack: Stack, procs: list[Proc], tmp_pat
         assert r["model"] and r["vector_bytes"] == 4 * r["dim"] > 0, r
         assert abs(r["norm"] - 1.0) < 1e-4, r  # the stored unit vector
         assert int(r["updated_at_ms"]) > 1_600_000_000_000, r
+
+    text_score = {h["id"]: h["score"] for h in text_hits}["red-circle"]
+    embed = out["embed"]
+    assert embed["model"] == got["records"][0]["model"] and embed["vector_bytes"] == [4 * embed["dim"]] * 2, embed
+    assert all(abs(n - 1.0) < 1e-4 for n in embed["norms"]), embed
+    assert abs(embed["text_dot_first"] - text_score) < 1e-4, (embed, text_score)  # the vector searches use
+    assert embed["image_dot_first"] > 0.999, embed  # the worker's vector of the same image
+    assert out["scroll"] == sorted(ids), out["scroll"]  # one a page, in id order, then no cursor
+    assert out["update"] == {"updated": "1", "not_found": [], "out_of_stock": "1",
+                             "metadata": {"color": "red", "shape": "circle", "album": "node"}}, out["update"]
+    assert out["delete_guard"]["code_name"] == "FAILED_PRECONDITION", out["delete_guard"]
+    assert "matches every image (2)" in out["delete_guard"]["details"], out["delete_guard"]
+    assert out["delete"] == {"deleted": "1", "left": "1"}, out["delete"]

@@ -564,6 +564,10 @@ class Requests:
                 min_size=1, max_size=3)),
             "GetThumbnails": st.builds(search_pb.GetThumbnailsRequest, ids=st.lists(ids, min_size=1, max_size=4),
                                        allow_missing=st.booleans()),
+            "Embed": st.builds(search_pb.EmbedRequest, inputs=st.lists(st.one_of(
+                st.builds(search_pb.EmbedInput, text=texts), st.just(search_pb.EmbedInput(image=png)),
+                st.builds(search_pb.EmbedInput, image=self.images),
+                st.builds(search_pb.EmbedInput, uri=self.overrides["uri"])), min_size=1, max_size=4)),
             "SubmitImages": st.builds(ingest_pb.SubmitImagesRequest,
                                       images=st.lists(submission, min_size=1, max_size=2),
                                       batch_id=batch_id, request_id=batch_id),
@@ -580,6 +584,19 @@ class Requests:
                                     allow_missing=st.booleans(), include_vectors=st.booleans(),
                                     include_thumbnails=st.booleans()),
             "CountRecords": st.builds(record_pb.CountRecordsRequest, filter=opt(self._filters())),
+            "ScrollRecords": st.builds(
+                record_pb.ScrollRecordsRequest, filter=opt(self._filters()), page_size=ints(0, 1000),
+                include_vectors=st.booleans(), include_thumbnails=st.booleans(),
+                cursor=st.one_of(st.just(""), TEXT, st.builds(pages.scroll_cursor, TEXT, TEXT))),
+            "UpdateRecords": st.one_of(
+                st.builds(record_pb.UpdateRecordsRequest, ids=st.lists(ids, min_size=1, max_size=3),
+                          set_fields=st.dictionaries(st.sampled_from(FIELD_NAMES), self._values(), max_size=3),
+                          set_metadata=st.dictionaries(st.sampled_from(["color", "size"]), TEXT, max_size=2),
+                          unset=st.lists(self.fields, max_size=2), replace=st.booleans()),
+                st.builds(record_pb.UpdateRecordsRequest, filter=self._filters(),
+                          set_fields=st.dictionaries(st.sampled_from(FIELD_NAMES), self._values(), max_size=2))),
+            "DeleteRecords": st.builds(record_pb.DeleteRecordsRequest, filter=opt(self._filters()),
+                                       all=st.booleans()),
         }
 
 

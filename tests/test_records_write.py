@@ -133,7 +133,7 @@ def start_all(stack: Stack, tmp: Path, pg_url: str | None, started: list[Proc]) 
         return address
 
     single = server("single", [])
-    s0, s1a, s1b = server("s0", ["--shard", "0/2"]), server("s1a", ["--shard", "1/2"]), server("s1b", ["--shard", "1/2"])
+    s0, s1a, s1b = (server(name, ["--shard", shard]) for name, shard in (("s0", "0/2"), ("s1a", "1/2"), ("s1b", "1/2")))
     sqlite_router = router([s0, f"{s1a},{s1b}"])
     if pg_url is None:
         pg_router, pg_servers = sqlite_router, [s0, s1a]
@@ -568,3 +568,42 @@ def test_kill_9_in_the_middle_of_an_update_by_filter(tiny_model: str, redis_url:
     finally:
         for p in procs:
             p.stop(timeout=15)
+
+
+# --- the store's scroll plans --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("by_labels_max", [20_000, 10])
+def test_a_filtered_scroll_gives_the_same_pages_by_either_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               by_labels_max: int) -> None:
+    """Few matches: their ids are sorted; many: an id-order scan keeps the matching labels. Both give the
+    brute-force answer, page after page (re-encoded records have new labels: still once, in place)."""
+    from clipsearch_server.search import filters
+    from clipsearch_server.storage import sqlite
+    from clipsearch_server.storage.records import ImageRecord
+
+    monkeypatch.setattr(sqlite, "SCROLL_BY_LABELS_MAX", by_labels_max)
+    monkeypatch.setattr(sqlite, "SCROLL_SCAN_CHUNK", 7)
+    store = sqlite.SqliteStore(tmp_path / "images.sqlite3")
+    rng = np.random.default_rng(14)
+    ids = [f"{rng.integers(0, 10**6):06d}-{i}" for i in range(400)] + UNICODE_IDS
+    odd = {i for n, i in enumerate(ids) if n % 3 != 0}
+    store.upsert([ImageRecord(i, rng.standard_normal(4).astype(np.float32),
+                              fields={"odd": types_pb2.Value(bool_value=i in odd)}) for i in ids])
+    store.upsert([ImageRecord(i, rng.standard_normal(4).astype(np.float32),  # re-encoded: new labels
+                              fields={"odd": types_pb2.Value(bool_value=i in odd)}) for i in ids[::5]])
+    labels = filters.matching_labels(store, where_filter(["odd=true"]))
+    assert len(labels) == len(odd)
+    for limit in (1, 13, 1000):
+        got, after = [], ""
+        while True:
+            page = store.scroll(after, limit, labels, vectors=True)
+            assert len(page) <= limit
+            got.extend(page)
+            if len(page) < limit:
+                break
+            after = page[-1].id
+        assert [r.id for r in got] == sorted(odd)
+        assert all(len(r.vector) == 16 and r.fields["odd"].bool_value for r in got)
+    assert [r.id for r in store.scroll("", 1000)] == sorted(ids)
+    store.close()

@@ -22,19 +22,26 @@ from .errors import (
     UnauthenticatedError,
     UnavailableError,
 )
+from .records_file import ImportResult, RecordsFileError, export_records, import_records
 from .types import (
     Deletion,
+    Embedding,
+    Embeddings,
+    EmbedInput,
     Failure,
     ImageInput,
     IndexStats,
     Progress,
     Query,
     Record,
+    RecordPage,
+    RecordsDeleted,
     SearchPage,
     SearchResult,
     Submission,
     Term,
     Thumbnail,
+    UpdateResult,
 )
 
 __all__ = [
@@ -45,9 +52,13 @@ __all__ = [
     "ClipsearchError",
     "DeadlineExceededError",
     "Deletion",
+    "EmbedInput",
+    "Embedding",
+    "Embeddings",
     "FailedPreconditionError",
     "Failure",
     "ImageInput",
+    "ImportResult",
     "IndexStats",
     "InternalError",
     "InvalidArgumentError",
@@ -56,6 +67,9 @@ __all__ = [
     "Progress",
     "Query",
     "Record",
+    "RecordPage",
+    "RecordsDeleted",
+    "RecordsFileError",
     "ResourceExhaustedError",
     "SearchPage",
     "SearchResult",
@@ -64,6 +78,9 @@ __all__ = [
     "Thumbnail",
     "UnauthenticatedError",
     "UnavailableError",
+    "UpdateResult",
+    "export_records",
+    "import_records",
 ]
 
 __version__ = "0.1.0"

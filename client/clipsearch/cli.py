@@ -1,5 +1,6 @@
 """The `clipsearch` command: run the stack (`up`, `server`, `worker`, `router`) and use it (`index`, `search`,
-`get`, `count`, `stats`, `failures`, `ui`: a search page in the browser).
+`get`, `count`, `embed`, `export`, `import`, `update`, `delete`, `stats`, `failures`, `ui`: a search page in the
+browser).
 
 Every option can also be set as an environment variable CLIPSEARCH_<OPTION> (e.g. CLIPSEARCH_SERVER).
 Client commands need only this package. `server`, `worker` and `up` run the programs
@@ -23,7 +24,7 @@ from typing import Any, Iterator, Sequence
 from .client import DEFAULT_SERVER, Client
 from .connection import Connection
 from .errors import ClipsearchError
-from .types import ImageInput, Progress, Query, Record, SearchPage, Term
+from .types import EmbedInput, ImageInput, Progress, Query, Record, SearchPage, Term
 from .where import fields_from_json, fields_to_json, where_filter
 
 __all__ = ["main"]
@@ -124,6 +125,58 @@ def build_parser() -> argparse.ArgumentParser:
                             "all must hold")
     count.add_argument("--json", action="store_true", help='print JSON: {"count": N}')
 
+    embed = sub.add_parser("embed", help="the vectors of texts and image files (the collection's model)")
+    _client_options(embed)
+    embed.set_defaults(inputs=[])
+    embed.add_argument("--text", dest="inputs", action=_InOrder, const="text", metavar="TEXT",
+                       help="a text to embed; repeatable, and mixes with --image in the order given")
+    embed.add_argument("--image", dest="inputs", action=_InOrder, const="image", metavar="FILE",
+                       help="an image file to embed (uploaded); repeatable")
+    embed.add_argument("--json", action="store_true",
+                       help='print JSON: {"model", "dim", "embeddings": [{"kind", "input", "vector"}]}')
+
+    # records: export, import, update (and delete --where, below)
+    export = sub.add_parser("export", help="write every record (or those matching --where) to a JSON-lines file "
+                                           "(--vectors: a backup that `clipsearch import` restores)")
+    _client_options(export)
+    export.add_argument("file", metavar="FILE", help="the file to write (replaced when the export is complete); "
+                                                     "- for standard output")
+    export.add_argument("--where", action="append", default=[], metavar="EXPR",
+                        help="only records whose fields match (the syntax of `search --where`); repeatable, "
+                             "all must hold")
+    export.add_argument("--vectors", action="store_true",
+                        help="include the vectors, and the thumbnails unless --no-thumbnails: what an import needs")
+    export.add_argument("--no-thumbnails", action="store_true", help="leave the thumbnails out")
+    export.set_defaults(subparser=export)
+
+    import_ = sub.add_parser("import", help="write the records of a file made by `clipsearch export --vectors` "
+                                            "(checked first: nothing is written unless every line is valid)")
+    _client_options(import_)
+    import_.add_argument("file", metavar="FILE", help="the file to read; - for standard input")
+    import_.add_argument("--json", action="store_true", help='print JSON: {"imported", "batches", "seconds"}')
+
+    update = sub.add_parser("update", help="set or remove fields and metadata of indexed images, by id or by "
+                                           "--where, without re-encoding them")
+    _client_options(update)
+    which = update.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", dest="ids", action="extend", nargs="+", metavar="ID",
+                       help="the images to update (repeatable, or several after one --id)")
+    which.add_argument("--where", action="append", metavar="EXPR",
+                       help="or: every image whose fields match (the syntax of `search --where`); repeatable, "
+                            "all must hold")
+    update.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a typed field to set; VALUE is JSON when it parses as JSON (n=3, x=0.5, ok=true, "
+                             'tags=\'["a","b"]\', taken=\'{"$time": "2024-01-01T00:00:00Z"}\'), else a string; '
+                             "quote it as JSON to force a string (\'code=\"007\"\'); repeatable")
+    update.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                        help="a metadata entry to set (always a string, as `index --meta`); repeatable")
+    update.add_argument("--unset", action="append", default=[], metavar="KEY",
+                        help="a field or metadata key to remove; repeatable")
+    update.add_argument("--replace", action="store_true",
+                        help="remove every other field and metadata entry: the images end with exactly what is set")
+    update.add_argument("--json", action="store_true", help='print JSON: {"updated", "not_found", "position"}')
+    update.set_defaults(subparser=update)
+
     ui = sub.add_parser("ui", help="serve a search page at http://127.0.0.1:PORT/ "
                                    "(needs: pip install 'clipsearch[ui]')")
     _client_options(ui)
@@ -154,9 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("ids", nargs="*", help="only these image ids (default: all failures)")
     retry.add_argument("--batch", default="", help="only failures of this batch")
 
-    delete = sub.add_parser("delete", help="delete images from the index by id")
+    delete = sub.add_parser("delete", help="delete images by id, or every image matching --where")
     _client_options(delete)
-    delete.add_argument("ids", nargs="+", help="image ids")
+    delete.add_argument("ids", nargs="*", metavar="ID", help="image ids")
+    delete.add_argument("--where", action="append", default=[], metavar="EXPR",
+                        help="instead of ids: every image whose fields match (the syntax of `search --where`); "
+                             "repeatable, all must hold")
+    delete.add_argument("--all", action="store_true",
+                        help="alone: delete every image; with --where: also when it matches every image (refused "
+                             "without --all)")
+    delete.set_defaults(subparser=delete)
     return parser
 
 
@@ -170,6 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "search": cmd_search,
         "get": cmd_get,
         "count": cmd_count,
+        "export": cmd_export,
+        "import": cmd_import,
+        "update": cmd_update,
+        "embed": cmd_embed,
         "stats": cmd_stats,
         "failures": cmd_failures,
         "retry": cmd_retry,
@@ -433,6 +497,191 @@ def cmd_count(args: argparse.Namespace) -> int:
     return 0
 
 
+class _InOrder(argparse.Action):
+    """Appends (its const, the value) to a list shared by several options, so their order survives."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest, []), (self.const, values)])
+
+
+EMBED_CHUNK = 64  # inputs per Embed call (the API's limit)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """Prints each input's vector, in the order of --text and --image on the command line."""
+    if not args.inputs:
+        print("error: give at least one --text TEXT or --image FILE", file=sys.stderr)
+        return 2
+    inputs = []
+    for kind, value in args.inputs:
+        if kind == "text":
+            inputs.append(EmbedInput(text=value))
+            continue
+        try:
+            inputs.append(EmbedInput(image=Path(value).read_bytes()))
+        except OSError as exc:
+            print(f"error: cannot read {value}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+    with Client(timeout=args.timeout, connection=_connection(args)) as client:
+        parts = [client.embed(inputs[start:start + EMBED_CHUNK]) for start in range(0, len(inputs), EMBED_CHUNK)]
+    vectors = [e.floats() for part in parts for e in part.embeddings]
+    model, dim = parts[0].model, parts[0].dim
+    if args.json:
+        print(json.dumps({"model": model, "dim": dim, "embeddings": [
+            {"kind": kind, "input": value, "vector": vector} for (kind, value), vector in zip(args.inputs, vectors)]}))
+        return 0
+    print(f"model: {model} (dim {dim})")
+    for (kind, value), vector in zip(args.inputs, vectors):
+        head = ", ".join(f"{x:.4f}" for x in vector[:4])
+        label = json.dumps(value, ensure_ascii=False) if kind == "text" else value
+        print(f"{kind} {label}: [{head}{', ...' if len(vector) > 4 else ''}] (dim {len(vector)})")
+    return 0
+
+
+# --- records: export, import, update, delete --where ---
+
+UPDATE_CHUNK = 1000  # ids per UpdateRecords call (the API's limit)
+
+
+def _where_or_usage(args: argparse.Namespace, expressions: Sequence[str]) -> Any:
+    """The Filter of --where expressions (None for none); a usage error (exit 2) when one is not valid."""
+    try:
+        return where_filter(expressions)
+    except ValueError as exc:
+        args.subparser.error(str(exc))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Writes the header and the records (clipsearch.records_file); to FILE through FILE.partial, renamed
+    when complete, so that an interrupted export never leaves a file that looks whole."""
+    from tqdm import tqdm
+
+    from .records_file import export_records
+
+    _where_or_usage(args, args.where)
+    thumbnails = args.vectors and not args.no_thumbnails
+    began = time.monotonic()
+    with Client(timeout=args.timeout, connection=_connection(args)) as client:
+        total = client.count(where_filter(args.where)) if sys.stderr.isatty() else None
+        with tqdm(total=total, unit="rec", desc="exporting", disable=None) as bar:
+            if args.file == "-":
+                if hasattr(sys.stdout, "reconfigure"):
+                    sys.stdout.reconfigure(encoding="utf-8", newline="\n")
+                export_records(client, sys.stdout, args.where or None, vectors=args.vectors, thumbnails=thumbnails,
+                               progress=bar.update)
+                sys.stdout.flush()
+                return 0
+            path = Path(args.file)
+            partial = path.with_name(path.name + ".partial")
+            try:
+                with open(partial, "w", encoding="utf-8", newline="\n", buffering=1 << 20) as out:
+                    n = export_records(client, out, args.where or None, vectors=args.vectors,
+                                       thumbnails=thumbnails, progress=bar.update)
+                os.replace(partial, path)
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
+    seconds = time.monotonic() - began
+    print(f"exported {n} records to {args.file} ({path.stat().st_size / 1e6:.1f} MB, {seconds:.1f} s, "
+          f"{n / max(seconds, 1e-9):.0f} records/s{', with vectors' if args.vectors else ''}"
+          f"{' and thumbnails' if thumbnails else ''})", file=sys.stderr)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Checks every line, then writes the records; a file that cannot be imported writes nothing (exit 1)."""
+    from tqdm import tqdm
+
+    from .records_file import RecordsFileError, import_records
+
+    name = "standard input" if args.file == "-" else args.file
+    try:
+        source = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")
+    except OSError as exc:
+        print(f"error: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    with source, Client(timeout=args.timeout, connection=_connection(args)) as client:
+        with tqdm(unit="rec", desc="importing", disable=None) as bar:
+            def total(n: int) -> None:
+                bar.total = n
+                bar.refresh()
+
+            try:
+                result = import_records(client, source, progress=bar.update, total=total)
+            except RecordsFileError as exc:
+                bar.close()
+                print(f"error: {name}: {exc} (nothing was imported)", file=sys.stderr)
+                return 1
+    if args.json:
+        print(json.dumps({"imported": result.imported, "batches": result.batches,
+                          "seconds": round(result.seconds, 3)}))
+    else:
+        print(f"imported {result.imported} records from {name} ({result.batches} batches, {result.seconds:.1f} s, "
+              f"{result.imported / max(result.seconds, 1e-9):.0f} records/s)")
+    return 0
+
+
+def _key_values(args: argparse.Namespace, option: str, items: Sequence[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            args.subparser.error(f"{option} {item!r}: expected KEY=VALUE")
+        pairs.append((key, value))
+    return pairs
+
+
+def _set_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """--set KEY=VALUE as typed fields: VALUE as JSON (the field JSON of `index --metadata`: numbers,
+    true/false, arrays of strings, {"$time": ...}) when it parses, else the text as a string."""
+    from .fields import to_values
+
+    fields: dict[str, Any] = {}
+    for key, raw in _key_values(args, "--set", args.set):
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        if value is None:
+            args.subparser.error(f"--set {key}={raw}: null is not a value (remove a key with --unset {key})")
+        try:
+            fields.update(fields_from_json({key: value}, f"--set {key}={raw}"))
+            to_values(fields)  # a float that is not finite
+        except ValueError as exc:
+            args.subparser.error(str(exc))
+    return fields
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    """Prints "updated N"; ids that are not indexed are listed (on stderr, or as "not_found" with --json)
+    and make the exit status 1."""
+    where = _where_or_usage(args, args.where or [])
+    fields = _set_fields(args)
+    metadata = dict(_key_values(args, "--meta", args.meta))
+    if not (fields or metadata or args.unset or args.replace):
+        args.subparser.error("nothing to change: give --set KEY=VALUE, --meta KEY=VALUE, --unset KEY or --replace")
+    options: dict[str, Any] = dict(set_fields=fields, set_metadata=metadata, unset=args.unset, replace=args.replace)
+    updated, not_found, position = 0, [], 0
+    with Client(timeout=args.timeout, connection=_connection(args)) as client:
+        if args.ids:
+            ids = list(dict.fromkeys(args.ids))
+            for start in range(0, len(ids), UPDATE_CHUNK):
+                result = client.update(ids[start:start + UPDATE_CHUNK], **options)
+                updated, position = updated + result.updated, max(position, result.position)
+                not_found += result.not_found
+        else:
+            result = client.update(where=where, **options)
+            updated, not_found, position = result.updated, result.not_found, result.position
+    if args.json:
+        print(json.dumps({"updated": updated, "not_found": not_found, "position": position}))
+    else:
+        print(f"updated {updated}")
+        for image_id in not_found:
+            print(f"  not found: {image_id}", file=sys.stderr)
+    return 1 if not_found else 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     try:
         from .ui.app import allowed_hosts, serve
@@ -525,6 +774,17 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
+    """By ids (DeleteImages), or by --where / --all (DeleteRecords); prints the number deleted."""
+    if args.ids and (args.where or args.all):
+        args.subparser.error("give image ids, or --where EXPR (and --all), not both")
+    if not (args.ids or args.where or args.all):
+        args.subparser.error("give image ids, --where EXPR, or --all to delete every image")
+    if not args.ids:
+        where = _where_or_usage(args, args.where)
+        with Client(timeout=args.timeout, connection=_connection(args)) as client:
+            result = client.delete_where(where, all=args.all)
+        print(f"deleted {result.deleted}")
+        return 0
     with Client(timeout=args.timeout, connection=_connection(args)) as client:
         deleted, not_found = client.delete(args.ids)
     print(f"deleted {len(deleted)}")

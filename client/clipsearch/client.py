@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Iterable, Sequence, TypeVar
+from typing import Any, AsyncIterator, Callable, Generic, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -20,6 +20,9 @@ from .errors import InvalidArgumentError, UnavailableError, from_rpc_error
 from .fields import from_values, to_values
 from .types import (
     Deletion,
+    Embedding,
+    Embeddings,
+    EmbedInput,
     Failure,
     ImageInput,
     IndexStats,
@@ -27,11 +30,14 @@ from .types import (
     Query,
     QueueStatus,
     Record,
+    RecordPage,
+    RecordsDeleted,
     SearchPage,
     SearchResult,
     Submission,
     Term,
     Thumbnail,
+    UpdateResult,
     WorkerStatus,
 )
 from .v1 import (
@@ -108,24 +114,96 @@ def _thumbnails(ids: Sequence[str], allow_missing: bool) -> _Call[dict[str, Thum
     return _Call("search", "GetThumbnails", request, parse)
 
 
+def _record(r: Any) -> Record:
+    thumbnail = Thumbnail(r.id, r.thumbnail.data, r.thumbnail.mime_type) if r.HasField("thumbnail") else None
+    return Record(r.id, r.uri, dict(r.metadata), from_values(r.fields), r.updated_at_ms, r.submitted_at_ms,
+                  r.model.name, r.model.dim, r.vector, thumbnail)
+
+
 def _get_records(ids: Sequence[str], include_vectors: bool, include_thumbnails: bool, allow_missing: bool,
                  min_position: int) -> _Call[list[Record]]:
-    def record(r: Any) -> Record:
-        thumbnail = Thumbnail(r.id, r.thumbnail.data, r.thumbnail.mime_type) if r.HasField("thumbnail") else None
-        return Record(r.id, r.uri, dict(r.metadata), from_values(r.fields), r.updated_at_ms, r.submitted_at_ms,
-                      r.model.name, r.model.dim, r.vector, thumbnail)
-
     if isinstance(ids, str):
         raise InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, "ids must be a sequence of ids, not one string")
     request = record_pb.GetRecordsRequest(ids=list(ids), include_vectors=include_vectors,
                                           include_thumbnails=include_thumbnails, allow_missing=allow_missing,
                                           min_position=min_position)
-    return _Call("record", "GetRecords", request, lambda reply: [record(r) for r in reply.records])
+    return _Call("record", "GetRecords", request, lambda reply: [_record(r) for r in reply.records])
 
 
 def _count(where: types_pb2.Filter | None, min_position: int) -> _Call[int]:
     request = record_pb.CountRecordsRequest(filter=where, min_position=min_position)
     return _Call("record", "CountRecords", request, lambda reply: int(reply.count))
+
+
+def _embed_input(i: int, item: EmbedInput | str | bytes) -> search_pb.EmbedInput:
+    if isinstance(item, str):
+        return search_pb.EmbedInput(text=item)
+    if isinstance(item, (bytes, bytearray)):
+        return search_pb.EmbedInput(image=bytes(item))
+    if not isinstance(item, EmbedInput):
+        raise InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, f"inputs[{i}]: give an EmbedInput, a str (a "
+                                   f"text) or bytes (an image), not {type(item).__name__}")
+    given = {name: getattr(item, name) for name in ("text", "image", "uri") if getattr(item, name) is not None}
+    if len(given) != 1:
+        raise InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, f"inputs[{i}]: give exactly one of text, image "
+                                   "or uri")
+    return search_pb.EmbedInput(**given)
+
+
+def _embed(inputs: Sequence[EmbedInput | str | bytes]) -> _Call[Embeddings]:
+    def parse(reply: Any) -> Embeddings:
+        return Embeddings(reply.model.name, reply.model.dim, [Embedding(e.vector) for e in reply.embeddings])
+
+    if isinstance(inputs, (str, bytes, bytearray)):
+        raise InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   "inputs must be a sequence of inputs, not one str or bytes: embed([text])")
+    request = search_pb.EmbedRequest(inputs=[_embed_input(i, item) for i, item in enumerate(inputs)])
+    return _Call("search", "Embed", request, parse)
+
+
+# --- RecordService: scroll, update and delete by filter ---
+
+SCROLL_PAGE = 1000  # records per ScrollRecords page (the API's limit) ...
+SCROLL_PAGE_THUMBNAILS = 100  # ... and with thumbnails
+
+
+def _scroll_request(where: types_pb2.Filter | None, cursor: str, page_size: int | None, include_vectors: bool,
+                    include_thumbnails: bool, min_position: int) -> record_pb.ScrollRecordsRequest:
+    if page_size is None:
+        page_size = SCROLL_PAGE_THUMBNAILS if include_thumbnails else SCROLL_PAGE
+    return record_pb.ScrollRecordsRequest(filter=where, cursor=cursor, page_size=page_size,
+                                          include_vectors=include_vectors, include_thumbnails=include_thumbnails,
+                                          min_position=min_position)
+
+
+def _scroll(where: types_pb2.Filter | None, cursor: str, page_size: int | None, include_vectors: bool,
+            include_thumbnails: bool, min_position: int) -> _Call[RecordPage]:
+    request = _scroll_request(where, cursor, page_size, include_vectors, include_thumbnails, min_position)
+    return _Call("record", "ScrollRecords", request,
+                 lambda reply: RecordPage([_record(r) for r in reply.records], reply.next_cursor))
+
+
+def _update(ids: Sequence[str] | None, where: types_pb2.Filter | None, set_fields: Mapping[str, Any] | None,
+            set_metadata: Mapping[str, str] | None, unset: Iterable[str], replace: bool) -> _Call[UpdateResult]:
+    """ValueError (before any call) unless exactly one of ids and where is given, or for a value that is
+    not a field type."""
+    if (ids is None) == (where is None):
+        raise ValueError("update: give exactly one of ids and where")
+    if isinstance(ids, str):
+        raise ValueError("update: ids must be a sequence of ids, not one string")
+    if isinstance(unset, str):
+        raise ValueError("update: unset must be a sequence of keys, not one string")
+    request = record_pb.UpdateRecordsRequest(ids=list(ids or ()), filter=where,
+                                             set_fields=to_values(set_fields or {}),
+                                             set_metadata=dict(set_metadata or {}), unset=list(unset),
+                                             replace=replace)
+    return _Call("record", "UpdateRecords", request,
+                 lambda r: UpdateResult(int(r.updated), list(r.not_found), int(r.position)))
+
+
+def _delete_where(where: types_pb2.Filter | None, delete_all: bool) -> _Call[RecordsDeleted]:
+    request = record_pb.DeleteRecordsRequest(filter=where, all=delete_all)
+    return _Call("record", "DeleteRecords", request, lambda r: RecordsDeleted(int(r.deleted), int(r.position)))
 
 
 def _vector_bytes(vector: Any) -> bytes:
@@ -298,6 +376,57 @@ class Client(_Base):
         does not answer: never a short count)."""
         return self._invoke(_count(where, min_position), timeout)
 
+    def embed(self, inputs: Sequence[EmbedInput | str | bytes], *, timeout: float | None = None) -> Embeddings:
+        """The unit vectors of 1 to 64 texts and images, in order, computed with the collection's model
+        exactly as searches compute their query vectors. Each input: a str (a text, 1 to 1000 characters),
+        bytes (an encoded image) or an EmbedInput (text, image or uri: a location the server reads).
+        InvalidArgumentError (or the uri's error) naming the input, e.g. "inputs[2]: cannot decode image"."""
+        return self._invoke(_embed(inputs), timeout)
+
+    # --- records: scroll, update and delete by filter ---
+
+    def scroll_page(self, where: types_pb2.Filter | None = None, *, cursor: str = "", page_size: int | None = None,
+                    include_vectors: bool = False, include_thumbnails: bool = False, min_position: int = 0,
+                    timeout: float | None = None) -> RecordPage:
+        """One page of every record (or of those matching `where`) in ascending id order: a list of Record
+        with `.next_cursor`; pass it back as `cursor`, with the same `where`, for the next page ("" after
+        the last). `page_size`: 1 to 1000, 1 to 100 with `include_thumbnails` (default: the most). A record
+        that exists through the whole scroll comes back exactly once, even with writes going on."""
+        return self._invoke(_scroll(where, cursor, page_size, include_vectors, include_thumbnails, min_position),
+                            timeout)
+
+    def scroll(self, where: types_pb2.Filter | None = None, *, page_size: int | None = None,
+               include_vectors: bool = False, include_thumbnails: bool = False, min_position: int = 0,
+               timeout: float | None = None) -> Iterator[Record]:
+        """Every record (or every record matching `where`) in ascending id order, page after page to the
+        end (`scroll_page`'s arguments; `timeout` is per page)."""
+        cursor = ""
+        while True:
+            page = self.scroll_page(where, cursor=cursor, page_size=page_size, include_vectors=include_vectors,
+                                    include_thumbnails=include_thumbnails, min_position=min_position,
+                                    timeout=timeout)
+            yield from page
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    def update(self, ids: Sequence[str] | None = None, *, where: types_pb2.Filter | None = None,
+               set_fields: Mapping[str, Any] | None = None, set_metadata: Mapping[str, str] | None = None,
+               unset: Iterable[str] = (), replace: bool = False, timeout: float | None = None) -> UpdateResult:
+        """Changes the fields and metadata of indexed images, by `ids` (1 to 1000) or by filter (`where`):
+        exactly one of them (ValueError otherwise). `set_fields`: typed values (str, int, float, bool,
+        datetime, list of str, as `ImageInput.fields`); `set_metadata`: strings; `unset`: keys to remove;
+        `replace`: remove every other key first (the images end with exactly what is set). The vector,
+        uri and thumbnail stay. Returns how many were updated and, by ids, those not found."""
+        return self._invoke(_update(ids, where, set_fields, set_metadata, unset, replace), timeout)
+
+    def delete_where(self, where: types_pb2.Filter | None = None, *, all: bool = False,  # noqa: A002
+                     timeout: float | None = None) -> RecordsDeleted:
+        """Deletes every image matching `where` (every image with `all=True` and no filter); returns the
+        number deleted. FailedPreconditionError when the filter matches every image and `all` is not
+        set. `delete(ids)` deletes by id."""
+        return self._invoke(_delete_where(where, all), timeout)
+
     def submit(self, images: Sequence[ImageInput], batch_id: str = "", *, timeout: float | None = None,
                request_id: str | None = None) -> Submission:
         """Queues images for indexing (at most 1000 per call). Pass `batch_id` to add to an earlier batch.
@@ -411,6 +540,42 @@ class AsyncClient(_Base):
     async def count(self, where: types_pb2.Filter | None = None, *, min_position: int = 0,
                     timeout: float | None = None) -> int:
         return await self._invoke(_count(where, min_position), timeout)
+
+    async def embed(self, inputs: Sequence[EmbedInput | str | bytes], *,
+                    timeout: float | None = None) -> Embeddings:
+        return await self._invoke(_embed(inputs), timeout)
+
+    # --- records: scroll, update and delete by filter ---
+
+    async def scroll_page(self, where: types_pb2.Filter | None = None, *, cursor: str = "",
+                          page_size: int | None = None, include_vectors: bool = False,
+                          include_thumbnails: bool = False, min_position: int = 0,
+                          timeout: float | None = None) -> RecordPage:
+        return await self._invoke(_scroll(where, cursor, page_size, include_vectors, include_thumbnails,
+                                          min_position), timeout)
+
+    async def scroll(self, where: types_pb2.Filter | None = None, *, page_size: int | None = None,
+                     include_vectors: bool = False, include_thumbnails: bool = False, min_position: int = 0,
+                     timeout: float | None = None) -> AsyncIterator[Record]:
+        cursor = ""
+        while True:
+            page = await self.scroll_page(where, cursor=cursor, page_size=page_size, include_vectors=include_vectors,
+                                          include_thumbnails=include_thumbnails, min_position=min_position,
+                                          timeout=timeout)
+            for record in page:
+                yield record
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    async def update(self, ids: Sequence[str] | None = None, *, where: types_pb2.Filter | None = None,
+                     set_fields: Mapping[str, Any] | None = None, set_metadata: Mapping[str, str] | None = None,
+                     unset: Iterable[str] = (), replace: bool = False, timeout: float | None = None) -> UpdateResult:
+        return await self._invoke(_update(ids, where, set_fields, set_metadata, unset, replace), timeout)
+
+    async def delete_where(self, where: types_pb2.Filter | None = None, *, all: bool = False,  # noqa: A002
+                           timeout: float | None = None) -> RecordsDeleted:
+        return await self._invoke(_delete_where(where, all), timeout)
 
     async def submit(self, images: Sequence[ImageInput], batch_id: str = "", *,
                      timeout: float | None = None, request_id: str | None = None) -> Submission:

@@ -6,8 +6,10 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Deletion", "Failure", "ImageInput", "IndexStats", "Progress", "Query", "QueueStatus", "Record",
-           "SearchPage", "SearchResult", "Submission", "Term", "Thumbnail", "WorkerStatus"]
+__all__ = ["Deletion", "EmbedInput", "Embedding", "Embeddings",
+           "Failure", "ImageInput", "IndexStats", "Progress", "Query", "QueueStatus", "Record",
+           "RecordPage", "RecordsDeleted", "SearchPage", "SearchResult", "Submission", "Term", "Thumbnail",
+           "UpdateResult", "WorkerStatus"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,35 @@ class Deletion(tuple):  # type: ignore[type-arg]
         return self
 
 
+class RecordPage(list):  # type: ignore[type-arg]
+    """A page of a scroll (`scroll_page`): a list of Record in ascending id order, and `next_cursor`, to pass
+    back as `cursor` (with the same filter) for the next page; "" on the last page."""
+
+    def __init__(self, records: Any = (), next_cursor: str = "") -> None:
+        super().__init__(records)
+        self.next_cursor = next_cursor
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    """What UpdateRecords did: `updated` images (matched and written, also those that already had the
+    values), the requested ids that are not indexed (`not_found`, by ids only), and `position`, the
+    read-your-writes token (0 with the SQLite store)."""
+
+    updated: int
+    not_found: list[str] = field(default_factory=list)
+    position: int = 0
+
+
+@dataclass(frozen=True)
+class RecordsDeleted:
+    """What DeleteRecords (`delete_where`) did: the number of images `deleted`, and `position`, the
+    read-your-writes token (0 with the SQLite store)."""
+
+    deleted: int
+    position: int = 0
+
+
 @dataclass(frozen=True)
 class Term:
     """One weighted term of a multi-term query: exactly one of text, image (bytes), uri, id or vector
@@ -123,6 +154,42 @@ class Query:
     min_score: float | None = None
     page_token: str = ""
     collapse_threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class EmbedInput:
+    """One input of `embed`: exactly one of a text (1 to 1000 characters), encoded image bytes, or an image
+    location (uri) the server reads. `embed` also takes a plain str (a text) or bytes (an image)."""
+
+    text: str | None = None
+    image: bytes | None = None
+    uri: str | None = None
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """One input's unit vector: `dim` little-endian float32 values (`floats()` unpacks it; numpy:
+    `numpy.frombuffer(embedding.vector, "<f4")`)."""
+
+    vector: bytes
+
+    def floats(self) -> list[float]:
+        """The vector as a list of floats."""
+        return list(struct.unpack(f"<{len(self.vector) // 4}f", self.vector))
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """What `embed` returned: the model that computed the vectors (the collection's: the name and dimension
+    that GetIndexStats reports) and one embedding per input, in the order of the inputs."""
+
+    model: str
+    dim: int
+    embeddings: list[Embedding]
+
+    def floats(self) -> list[list[float]]:
+        """Every vector as a list of floats, in the order of the inputs."""
+        return [e.floats() for e in self.embeddings]
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ several search servers holding the shards of one collection.
   that fails fails the call with the server's code (writes are idempotent: the worker retries the whole
   call). The reply's `position` (read-your-writes token) is the largest of the parts' (positions are
   global in a shared store, so it covers every part).
+- Embed goes to any one server (every shard holds the same model), with failover, forwarded as bytes; an
+  UNAVAILABLE for a uri input may be the URL's, so it moves on without marking the server unhealthy.
 - GetThumbnails is split by owning shard the same way (one replica each), reassembled in request order;
   ids without a thumbnail are NOT_FOUND unless allow_missing, as on a server. Searches forward
   include_thumbnails and min_position unchanged (the request travels as bytes).
@@ -24,7 +26,12 @@ several search servers holding the shards of one collection.
   on every part), reassembled in request order; unknown ids are NOT_FOUND unless allow_missing, as on a
   server. CountRecords is the sum over every shard (one replica each, failover among them); a count must
   be exact, so a shard that does not answer fails the call with UNAVAILABLE naming it (no partial count).
-  Both forward min_position (a replica behind it moves on to the next, as searches do).
+  Both forward min_position (a replica behind it moves on to the next, as searches do). ScrollRecords
+  asks every shard for its page after the cursor (one replica each; no partial pages) and merges them in
+  id order (`merge_scroll`): the cursor is the last id, so it is valid on every shard and every replica.
+  UpdateRecords by ids is split by owning shard, by filter sent to every shard, each part written like
+  UpsertVectors (`Writes`); DeleteRecords checks its guard (a filter matching everything needs `all`)
+  over the whole collection with two counts, then sends every shard the delete.
 - GetIndexStats sums counts over the shards that answer; of the store fields it reports the store kind,
   the smallest applied position, the largest store position and the largest lag of the replicas asked.
   IngestService calls go to any one server (they share the Redis queue), forwarded as bytes.
@@ -198,11 +205,14 @@ def _fetches_uri(request: Any) -> bool:
     if isinstance(request, search_pb.BatchSearchRequest):
         return any(q.WhichOneof("query") == "uri" or any(t.WhichOneof("term") == "uri" for t in q.terms.terms)
                    for q in request.queries)
+    if isinstance(request, search_pb.EmbedRequest):
+        return any(item.WhichOneof("input") == "uri" for item in request.inputs)
     return isinstance(request, search_pb.ImageSearchRequest) and request.WhichOneof("query") == "uri"
 
 
 class RouterSearch(search_grpc.SearchServiceServicer):
-    """SearchService: fan out to every shard, merge, say how many shards answered; thumbnails by owning shard."""
+    """SearchService: fan out to every shard, merge, say how many shards answered; thumbnails by owning shard;
+    Embed by any one server."""
 
     def __init__(self, cluster: Cluster, shard_timeout_s: float) -> None:
         self._cluster = cluster
@@ -315,9 +325,17 @@ class RouterSearch(search_grpc.SearchServiceServicer):
             thumbnails=[search_pb.ImageThumbnail(id=image_id, thumbnail=found[image_id]) for image_id in ids
                         if image_id in found], not_found=missing)
 
+    @_edge
+    async def Embed(self, request: search_pb.EmbedRequest,
+                    context: grpc.aio.ServicerContext) -> search_pb.EmbedResponse:
+        reply = await self._cluster.call_any(_SEARCH + "Embed", request.SerializeToString(), _budget(context, None),
+                                             _forwarded(context), mark_down=not _fetches_uri(request))
+        return search_pb.EmbedResponse.FromString(reply)
 
-class RouterIndex(index_grpc.IndexServiceServicer):
-    """IndexService: writes split by owning shard; statistics summed over the shards."""
+
+class Writes:
+    """Sends writes to shards: to every replica of a shard (each has its own store) or to one (replicas
+    sharing a PostgreSQL store), as `replica_writes` says ("auto": by each shard's store kind, asked once)."""
 
     def __init__(self, cluster: Cluster, shard_timeout_s: float, replica_writes: str) -> None:
         self._cluster = cluster
@@ -337,18 +355,31 @@ class RouterIndex(index_grpc.IndexServiceServicer):
                      "one" if kind == "postgresql" else "every")
         return not self._shared_store[shard.index]
 
-    async def _write(self, method: str, parts: dict[int, bytes], context: grpc.aio.ServicerContext) -> dict[int, bytes]:
-        """Sends each shard its part; every part must succeed (the first error is raised)."""
+    async def send(self, path: str, parts: dict[int, bytes], context: grpc.aio.ServicerContext) -> dict[int, bytes]:
+        """Sends each shard its part (`path`: the full method path); every part must succeed (the first
+        error is raised)."""
         timeout, metadata = _budget(context, None) or _WRITE_TIMEOUT_S, _forwarded(context)
 
         async def one(index: int, payload: bytes) -> bytes:
             shard = self._cluster.shards[index]
             send = shard.call_all if await self._to_every_replica(shard, timeout, metadata) else shard.call
-            return await send(_INDEX + method, payload, timeout, metadata)
+            return await send(path, payload, timeout, metadata)
 
         indexes = list(parts)
         replies = await asyncio.gather(*(one(i, parts[i]) for i in indexes))
         return dict(zip(indexes, replies))
+
+
+class RouterIndex(index_grpc.IndexServiceServicer):
+    """IndexService: writes split by owning shard; statistics summed over the shards."""
+
+    def __init__(self, cluster: Cluster, shard_timeout_s: float, writes: Writes) -> None:
+        self._cluster = cluster
+        self._timeout = shard_timeout_s
+        self._writes = writes
+
+    async def _write(self, method: str, parts: dict[int, bytes], context: grpc.aio.ServicerContext) -> dict[int, bytes]:
+        return await self._writes.send(_INDEX + method, parts, context)
 
     @_edge
     async def UpsertVectors(self, request: index_pb.UpsertVectorsRequest,
@@ -411,11 +442,13 @@ class RouterIndex(index_grpc.IndexServiceServicer):
 
 
 class RouterRecords(record_grpc.RecordServiceServicer):
-    """RecordService: records by owning shard, reassembled in request order; counts summed over every shard."""
+    """RecordService: records by owning shard, reassembled in request order; counts summed over every shard;
+    scroll pages merged in id order; updates and deletes by id to the owning shards, by filter to every shard."""
 
-    def __init__(self, cluster: Cluster, shard_timeout_s: float) -> None:
+    def __init__(self, cluster: Cluster, shard_timeout_s: float, writes: Writes) -> None:
         self._cluster = cluster
         self._timeout = shard_timeout_s
+        self._writes = writes
 
     @_edge
     async def GetRecords(self, request: record_pb.GetRecordsRequest,
@@ -440,20 +473,96 @@ class RouterRecords(record_grpc.RecordServiceServicer):
         missing = check.records_missing(ids, found, request.allow_missing)
         return record_pb.GetRecordsResponse(records=[found[i] for i in ids if i in found], missing_ids=missing)
 
+    async def _every_shard(self, method: str, request: Any, context: grpc.aio.ServicerContext, what: str,
+                           min_position: int = 0) -> list[bytes]:
+        """Each shard's reply (one replica each, with failover); UNAVAILABLE naming the shard when one has
+        no answer, since `what` is not right without every shard."""
+        payload, metadata = request.SerializeToString(), _forwarded(context)
+        timeout = _budget(context, self._timeout)
+        try:
+            return list(await asyncio.gather(*(
+                s.call(_RECORD + method, payload, timeout, metadata, min_position == 0) for s in self._cluster.shards)))
+        except ShardDown as exc:
+            raise Unavailable(f"{exc}; {what} without every shard: retry") from exc
+
     @_edge
     async def CountRecords(self, request: record_pb.CountRecordsRequest,
                            context: grpc.aio.ServicerContext) -> record_pb.CountRecordsResponse:
         check.min_position(request.min_position)
-        payload, metadata = request.SerializeToString(), _forwarded(context)
-        timeout = _budget(context, self._timeout)
-        try:
-            replies = await asyncio.gather(*(
-                s.call(_RECORD + "CountRecords", payload, timeout, metadata, request.min_position == 0)
-                for s in self._cluster.shards))
-        except ShardDown as exc:
-            raise Unavailable(f"{exc}; a count must be exact, so there is none without every shard: retry") from exc
+        replies = await self._every_shard("CountRecords", request, context, "a count must be exact, so there is none",
+                                          request.min_position)
         return record_pb.CountRecordsResponse(
             count=sum(record_pb.CountRecordsResponse.FromString(r).count for r in replies))
+
+    @_edge
+    async def ScrollRecords(self, request: record_pb.ScrollRecordsRequest,
+                            context: grpc.aio.ServicerContext) -> record_pb.ScrollRecordsResponse:
+        query = pages.scroll_fingerprint(request)
+        pages.scroll_after(request.cursor, query)  # fail fast on a bad cursor
+        size = check.page_size(request.page_size, request.include_thumbnails)
+        check.min_position(request.min_position)
+        replies = [record_pb.ScrollRecordsResponse.FromString(r) for r in await self._every_shard(
+            "ScrollRecords", request, context, "a scroll page would skip records", request.min_position)]
+        return merge_scroll(replies, size, query)
+
+    @_edge
+    async def UpdateRecords(self, request: record_pb.UpdateRecordsRequest,
+                            context: grpc.aio.ServicerContext) -> record_pb.UpdateRecordsResponse:
+        if bool(request.ids) == request.HasField("filter"):
+            raise InvalidArgument("give exactly one of ids and filter: the images to update")
+        if request.ids:
+            ids = list(dict.fromkeys(check.image_ids(request.ids, check.MAX_UPDATE_IDS)))
+            parts = {}
+            for index, positions in by_shard(ids, self._cluster.count).items():
+                part = record_pb.UpdateRecordsRequest()
+                part.CopyFrom(request)
+                del part.ids[:]
+                part.ids.extend(ids[i] for i in positions)
+                parts[index] = part.SerializeToString()
+        else:
+            payload = request.SerializeToString()
+            parts = {shard.index: payload for shard in self._cluster.shards}
+        replies = await self._writes.send(_RECORD + "UpdateRecords", parts, context)
+        answers = [record_pb.UpdateRecordsResponse.FromString(r) for r in replies.values()]
+        missing = {i for a in answers for i in a.not_found}
+        return record_pb.UpdateRecordsResponse(
+            updated=sum(a.updated for a in answers), position=max(a.position for a in answers),
+            not_found=[i for i in dict.fromkeys(request.ids) if i in missing])
+
+    @_edge
+    async def DeleteRecords(self, request: record_pb.DeleteRecordsRequest,
+                            context: grpc.aio.ServicerContext) -> record_pb.DeleteRecordsResponse:
+        if not request.HasField("filter") and not request.all:
+            raise InvalidArgument("give a filter, or set `all` to delete every image")
+        if request.HasField("filter") and not request.all:  # the guard holds for the collection, not each shard
+            counts = [record_pb.CountRecordsRequest(filter=request.filter), record_pb.CountRecordsRequest()]
+            matching, live = [sum(record_pb.CountRecordsResponse.FromString(r).count for r in await self._every_shard(
+                "CountRecords", c, context, "the delete's guard (does the filter match everything?) cannot be checked"))
+                for c in counts]
+            if live and matching >= live:
+                raise FailedPrecondition(
+                    f"the filter matches every image ({live}); set `all` (clipsearch delete --all) to delete them all")
+        shard_request = record_pb.DeleteRecordsRequest()
+        shard_request.CopyFrom(request)
+        shard_request.all = True  # checked above for the whole collection
+        payload = shard_request.SerializeToString()
+        replies = await self._writes.send(_RECORD + "DeleteRecords", {s.index: payload for s in self._cluster.shards},
+                                          context)
+        answers = [record_pb.DeleteRecordsResponse.FromString(r) for r in replies.values()]
+        return record_pb.DeleteRecordsResponse(deleted=sum(a.deleted for a in answers),
+                                               position=max(a.position for a in answers))
+
+
+def merge_scroll(replies: Sequence[record_pb.ScrollRecordsResponse], size: int,
+                 query: str) -> record_pb.ScrollRecordsResponse:
+    """The global scroll page from the shards' pages after the same cursor (each the first `size` of its
+    shard in id order): the first `size` of all of them in id order. More follow when a shard said so or
+    some shard record did not make the page; the cursor is then the page's last id."""
+    every = sorted((r for reply in replies for r in reply.records), key=lambda r: r.id)
+    page = every[:size]
+    more = len(every) > size or any(reply.next_cursor for reply in replies)
+    return record_pb.ScrollRecordsResponse(
+        records=page, next_cursor=pages.scroll_cursor(page[-1].id, query) if more and page else "")
 
 
 def _ingest_handler(cluster: Cluster) -> grpc.GenericRpcHandler:
@@ -513,9 +622,9 @@ async def create_router(config: RouterConfig) -> RunningRouter:
     server = grpc.aio.server(options=program.server_options(config.upstream.max_message_bytes),
                              interceptors=[MalformedRequests(_SERVICES)])  # unparseable requests: INVALID_ARGUMENT
     search_grpc.add_SearchServiceServicer_to_server(RouterSearch(cluster, config.shard_timeout_s), server)
-    index_grpc.add_IndexServiceServicer_to_server(
-        RouterIndex(cluster, config.shard_timeout_s, config.replica_writes), server)
-    record_grpc.add_RecordServiceServicer_to_server(RouterRecords(cluster, config.shard_timeout_s), server)
+    writes = Writes(cluster, config.shard_timeout_s, config.replica_writes)
+    index_grpc.add_IndexServiceServicer_to_server(RouterIndex(cluster, config.shard_timeout_s, writes), server)
+    record_grpc.add_RecordServiceServicer_to_server(RouterRecords(cluster, config.shard_timeout_s, writes), server)
     server.add_generic_rpc_handlers((_ingest_handler(cluster),))
     port, health_servicer = program.listen(server, _SERVICES, config.host, config.port, config.tls_cert,
                                            config.tls_key, config.tls_client_ca)

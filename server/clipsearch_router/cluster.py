@@ -195,9 +195,11 @@ class Cluster:
         rotated = self.replicas[start:] + self.replicas[:start]
         return [r for r in rotated if r.healthy is not False]
 
-    async def call_any(self, path: str, request: bytes, timeout: float | None, metadata: Metadata) -> bytes:
+    async def call_any(self, path: str, request: bytes, timeout: float | None, metadata: Metadata,
+                       mark_down: bool = True) -> bytes:
         """The reply of any one server, with failover (see `first_answer`)."""
-        return await first_answer(self.any_candidates(), "every search server", path, request, timeout, metadata)
+        return await first_answer(self.any_candidates(), "every search server", path, request, timeout, metadata,
+                                  mark_down=mark_down)
 
     def reachable(self) -> bool:
         """Whether some replica is not known to be unhealthy."""

@@ -12,6 +12,14 @@
 //   8. RecordService.CountRecords     without a filter, then with the filter shape = circle
 //   9. RecordService.GetRecords       of every submitted id and an unknown one, with allow_missing and
 //                                     include_vectors (each vector's length in bytes and its norm)
+//  10. SearchService.Embed            --text and the first image's bytes: model, dimension, each vector's
+//                                     norm, and the text vector's dot product with the first image's
+//                                     stored vector (a TextSearch score is that dot product)
+//  11. RecordService.ScrollRecords    one record a page, following next_cursor to the end
+//  12. RecordService.UpdateRecords    by filter (shape = circle): set a boolean field and a metadata entry;
+//                                     then CountRecords with a filter on the new field
+//  13. RecordService.DeleteRecords    a filter matching every image without `all` (must fail with
+//                                     FAILED_PRECONDITION), then shape = square; then CountRecords
 // It prints one JSON object with every result and exits 0, or prints a message to stderr and exits
 // non-zero on anything unexpected.
 //
@@ -202,6 +210,64 @@ async function main() {
     }),
     missing_ids: [...got.missing_ids],
   };
+
+  const norm = (buf) => {
+    let sum = 0;
+    for (let i = 0; i + 4 <= buf.length; i += 4) sum += buf.readFloatLE(i) ** 2;
+    return Math.sqrt(sum);
+  };
+  const dot = (a, b) => {
+    let sum = 0;
+    for (let i = 0; i + 4 <= a.length; i += 4) sum += a.readFloatLE(i) * b.readFloatLE(i);
+    return sum;
+  };
+  const embedded = await call(search, "Embed", { inputs: [{ text: args.text }, { image: images[0].image }] });
+  const firstRecord = got.records.find((r) => r.id === queryId);
+  out.embed = {
+    model: embedded.model.name,
+    dim: embedded.model.dim,
+    norms: embedded.embeddings.map((e) => norm(e.vector)),
+    vector_bytes: embedded.embeddings.map((e) => e.vector.length),
+    text_dot_first: dot(embedded.embeddings[0].vector, firstRecord.vector),
+    image_dot_first: dot(embedded.embeddings[1].vector, firstRecord.vector),
+  };
+
+  const scrolled = [];
+  let cursor = "";
+  do {
+    const page = await call(record, "ScrollRecords", { page_size: 1, cursor });
+    scrolled.push(...page.records.map((r) => r.id));
+    cursor = page.next_cursor;
+  } while (cursor && scrolled.length < 10);
+  out.scroll = scrolled;
+
+  const circleFilter = { match: { field: "shape", any_of: { values: ["circle"] } } };
+  const updated = await call(record, "UpdateRecords", {
+    filter: circleFilter,
+    set_fields: { in_stock: { bool_value: false } },
+    set_metadata: { album: "node" },
+  });
+  const outOfStock = await call(record, "CountRecords", { filter: { match: { field: "in_stock", boolean: false } } });
+  const afterUpdate = await call(record, "GetRecords", { ids: [queryId] });
+  out.update = {
+    updated: updated.updated,
+    not_found: [...updated.not_found],
+    out_of_stock: outOfStock.count,
+    metadata: { ...afterUpdate.records[0].metadata },
+  };
+
+  try {
+    const unexpected = await call(record, "DeleteRecords", { filter: { not: { exists: "no-such-field" } } });
+    fail(`DeleteRecords of everything without all succeeded (${JSON.stringify(unexpected)})`);
+  } catch (err) {
+    if (err.code !== grpc.status.FAILED_PRECONDITION) throw err;
+    out.delete_guard = { code_name: grpc.status[err.code], details: err.details };
+  }
+  const deleted = await call(record, "DeleteRecords", {
+    filter: { match: { field: "shape", any_of: { values: ["square"] } } },
+  });
+  const left = await call(record, "CountRecords", {});
+  out.delete = { deleted: deleted.deleted, left: left.count };
 
   ingest.close();
   search.close();

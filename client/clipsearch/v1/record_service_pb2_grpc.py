@@ -116,7 +116,7 @@ class RecordServiceServicer:
         returned when its id sorts after the cursor at the time, and not otherwise. A scroll reads what is
         applied on the answering replica (use min_position to read your own writes).
         Errors: INVALID_ARGUMENT for a page_size outside 0..1000 (0..100 with include_thumbnails), a filter
-        beyond the limits on Filter, a cursor that is not one this API returned (forged, over 1024
+        beyond the limits on Filter, a cursor that is not one this API returned (forged, over 2048
         characters, or from a scroll with another filter), or a negative min_position; UNAVAILABLE while the
         server is loading, or when it has not applied min_position within its --read-wait.
         Through a router: every shard is asked for its page after the cursor (one replica each, with

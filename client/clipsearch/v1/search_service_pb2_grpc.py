@@ -127,8 +127,9 @@ class SearchServiceServicer:
         a worker computes for it when indexing (up to float rounding of the batch it ran in).
         Errors: INVALID_ARGUMENT for no inputs or more than 64, an input with nothing set, a text that is
         empty or over 1000 characters, an image over the server's --max-image-bytes, or an image that
-        cannot be decoded (naming the input); the uri errors of ImageSearch (NOT_FOUND, PERMISSION_DENIED
-        for paths outside the allowed roots, UNAVAILABLE for a transient fetch failure), naming the input.
+        cannot be decoded (naming the input); the uri errors of ImageSearch, naming the input: INVALID_ARGUMENT
+        for a path outside the allowed roots, a missing file or a relative path, UNAVAILABLE for a transient
+        fetch failure of a URL (DNS, HTTP 5xx, timeout).
         Through a router: answered by any one server (every shard holds the same model).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -5,7 +5,8 @@ collapse_threshold; `build` checks them and the query's kind (text, image bytes,
 weighted terms), computes the query vector with the engine, and decodes the page token against the
 query's fingerprint (its kind and content, filter, min_score and collapse threshold: the same query asked
 through TextSearch or BatchSearch has the same fingerprint, so their tokens are interchangeable).
-`results` turns a page back into protobuf results.
+`results` turns a page back into protobuf results. `embed` answers an Embed request: its texts and images
+encoded exactly as query vectors are (the same checks, the same micro-batches as concurrent searches).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import math
-from typing import Any
+from functools import partial
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 
@@ -26,7 +28,7 @@ from clipsearch_server.search.query import MAX_TERMS, MAX_WEIGHT, Page, Query, c
 from . import validation as check
 from .errors import InvalidArgument, ServiceError
 
-__all__ = ["batch", "build", "results"]
+__all__ = ["batch", "build", "embed", "results"]
 
 
 async def build(engine: Engine, request: Any, kind: str | None, prefix: str = "") -> Query:
@@ -37,10 +39,16 @@ async def build(engine: Engine, request: Any, kind: str | None, prefix: str = ""
     except ServiceError as exc:
         if not prefix:
             raise
-        # a copy: the same error object may reach several queries (a micro-batch's failure), each naming its own
-        named = copy.copy(exc)
-        named.args = (f"{prefix.rstrip('.')}: {exc}",)
-        raise named from exc
+        raise _named(exc, prefix.rstrip(".")) from exc
+
+
+def _named(exc: ServiceError, where: str) -> ServiceError:
+    """The same error (class, code, transient, retry hint) with its message prefixed by `where`, e.g.
+    "queries[3]: cannot decode image". A copy: the same error object may reach several queries (a
+    micro-batch's failure), each naming its own."""
+    named = copy.copy(exc)
+    named.args = (f"{where}: {exc}",)
+    return named
 
 
 async def batch(engine: Engine, request: search_pb.BatchSearchRequest) -> list[Query]:
@@ -53,6 +61,57 @@ async def batch(engine: Engine, request: search_pb.BatchSearchRequest) -> list[Q
         if isinstance(item, BaseException):
             raise item
     return [item for item in built if isinstance(item, Query)]
+
+
+async def embed(engine: Engine, request: search_pb.EmbedRequest) -> search_pb.EmbedResponse:
+    """The unit vectors of an Embed request's 1 to 64 inputs, in order, with the collection's model.
+
+    Every input is checked before any is encoded (the first invalid one fails the call, named by index).
+    Then all are encoded at once, so they share micro-batches with each other and with concurrent
+    searches, through the very calls a TextSearch or ImageSearch makes. An input that fails to encode
+    (an undecodable image, an unreadable uri) fails the call with its error's own code, named by index
+    (the first such input in request order)."""
+    check.count(len(request.inputs), check.MAX_EMBED_INPUTS, "inputs")
+    encoders = [_embed_input(engine, f"inputs[{i}]", item) for i, item in enumerate(request.inputs)]
+    encoded = await asyncio.gather(*(encode() for encode in encoders), return_exceptions=True)
+    vectors = []
+    for item in encoded:
+        if isinstance(item, BaseException):
+            raise item
+        vectors.append(np.asarray(item, dtype="<f4").tobytes())
+    collection = engine.collection
+    return search_pb.EmbedResponse(model=types_pb2.ModelInfo(name=collection.model, dim=collection.dim),
+                                   embeddings=[search_pb.Embedding(vector=v) for v in vectors])
+
+
+def _embed_input(engine: Engine, where: str, item: search_pb.EmbedInput) -> Callable[[], Awaitable[np.ndarray]]:
+    """Checks one Embed input; returns what encodes it (its errors named by `where`)."""
+    kind = item.WhichOneof("input")
+    vector: Callable[[], Awaitable[np.ndarray]]
+    if kind == "text":
+        text = check.text(item.text, f"{where}.text")
+        vector = partial(engine.text_vector, text)
+    elif kind == "image":
+        data, limit = item.image, engine.limits.max_bytes
+        if not data:
+            raise InvalidArgument(f"{where}.image is empty (0 bytes)")
+        if len(data) > limit:
+            raise InvalidArgument(f"{where}.image is {len(data)} bytes, the limit is {limit} (the server's "
+                                  "--max-image-bytes)")
+        vector = partial(engine.image_vector_bytes, data)
+    elif kind == "uri":
+        uri = check.uri(item.uri, f"{where}.uri")
+        vector = partial(engine.image_vector_uri, uri)
+    else:
+        raise InvalidArgument(f"{where} has nothing set: set one of text, image or uri")
+
+    async def encode() -> np.ndarray:
+        try:
+            return await vector()
+        except ServiceError as exc:
+            raise _named(exc, where) from exc
+
+    return encode
 
 
 async def _build(engine: Engine, request: Any, kind: str | None) -> Query:

@@ -23,13 +23,14 @@ from clipsearch.v1 import (
     search_service_pb2_grpc as search_grpc,
     types_pb2,
 )
+from clipsearch_core import pages
 from clipsearch_server.index.kinds import IndexReport
 from clipsearch_server.ingest.ingestor import Ingestor, QueuedImage
 from clipsearch_server.search import filters
 from clipsearch_server.search.engine import Engine, EngineSlot
 from clipsearch_server.search.query import Page
 from clipsearch_server.storage import fields as typed
-from clipsearch_server.storage.records import ImageRecord
+from clipsearch_server.storage.records import ImageRecord, StoredRecord
 
 from . import search_api, validation as check
 from .boundary import boundary
@@ -108,6 +109,12 @@ class SearchServicer(search_grpc.SearchServiceServicer):
                 data=found[image_id][0], mime_type=found[image_id][1])) for image_id in ids if image_id in found],
             not_found=missing,
         )
+
+    @_rpc
+    async def Embed(
+        self, request: search_pb.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb.EmbedResponse:
+        return await search_api.embed(self._slot.get(), request)
 
 
 class IngestServicer(ingest_grpc.IngestServiceServicer):
@@ -282,18 +289,50 @@ class RecordServicer(record_grpc.RecordServiceServicer):
         found, thumbnails = await engine.records(ids, request.include_vectors, request.include_thumbnails)
         missing = check.records_missing(ids, found, request.allow_missing)
         model = types_pb2.ModelInfo(name=engine.collection.model, dim=engine.collection.dim)
-        records = []
-        for image_id in ids:
-            r = found.get(image_id)
-            if r is None:
-                continue
-            record = record_pb.Record(id=r.id, uri=r.uri, metadata=r.metadata, fields=r.fields,
-                                      updated_at_ms=r.updated_ms, model=model, vector=r.vector)
-            if image_id in thumbnails:
-                data, mime_type = thumbnails[image_id]
-                record.thumbnail.CopyFrom(types_pb2.Thumbnail(data=data, mime_type=mime_type))
-            records.append(record)
-        return record_pb.GetRecordsResponse(records=records, missing_ids=missing)
+        return record_pb.GetRecordsResponse(
+            records=[_record(found[i], model, thumbnails) for i in ids if i in found], missing_ids=missing)
+
+    @_rpc
+    async def ScrollRecords(
+        self, request: record_pb.ScrollRecordsRequest, context: grpc.aio.ServicerContext
+    ) -> record_pb.ScrollRecordsResponse:
+        query = pages.scroll_fingerprint(request)
+        after = pages.scroll_after(request.cursor, query)
+        size = check.page_size(request.page_size, request.include_thumbnails)
+        flt = filters.check(request.filter) if request.HasField("filter") else None
+        engine = self._slot.get()
+        await engine.wait_position(check.min_position(request.min_position))
+        found, thumbnails, more = await engine.scroll(flt, after, size, request.include_vectors,
+                                                      request.include_thumbnails)
+        model = types_pb2.ModelInfo(name=engine.collection.model, dim=engine.collection.dim)
+        return record_pb.ScrollRecordsResponse(
+            records=[_record(r, model, thumbnails) for r in found],
+            next_cursor=pages.scroll_cursor(found[-1].id, query) if more and found else "")
+
+    @_rpc
+    async def UpdateRecords(
+        self, request: record_pb.UpdateRecordsRequest, context: grpc.aio.ServicerContext
+    ) -> record_pb.UpdateRecordsResponse:
+        if bool(request.ids) == request.HasField("filter"):
+            raise InvalidArgument("give exactly one of ids and filter: the images to update")
+        ids = check.image_ids(request.ids, check.MAX_UPDATE_IDS) if request.ids else None
+        flt = filters.check(request.filter) if request.HasField("filter") else None
+        update = check.field_update(request)
+        updated, position = await self._slot.get().update(ids, flt, update)
+        done = set(updated)
+        return record_pb.UpdateRecordsResponse(
+            updated=len(updated), position=position,
+            not_found=[i for i in dict.fromkeys(ids) if i not in done] if ids is not None else [])
+
+    @_rpc
+    async def DeleteRecords(
+        self, request: record_pb.DeleteRecordsRequest, context: grpc.aio.ServicerContext
+    ) -> record_pb.DeleteRecordsResponse:
+        if not request.HasField("filter") and not request.all:
+            raise InvalidArgument("give a filter, or set `all` to delete every image")
+        flt = filters.check(request.filter) if request.HasField("filter") else None
+        deleted, position = await self._slot.get().delete_where(flt, request.all)
+        return record_pb.DeleteRecordsResponse(deleted=deleted, position=position)
 
     @_rpc
     async def CountRecords(
@@ -303,6 +342,17 @@ class RecordServicer(record_grpc.RecordServiceServicer):
         engine = self._slot.get()
         await engine.wait_position(check.min_position(request.min_position))
         return record_pb.CountRecordsResponse(count=await engine.count(flt))
+
+
+def _record(r: StoredRecord, model: types_pb2.ModelInfo,
+            thumbnails: dict[str, tuple[bytes, str]]) -> record_pb.Record:
+    """A stored record as the API's Record, with its thumbnail when `thumbnails` has one for it."""
+    record = record_pb.Record(id=r.id, uri=r.uri, metadata=r.metadata, fields=r.fields,
+                              updated_at_ms=r.updated_ms, model=model, vector=r.vector)
+    if r.id in thumbnails:
+        data, mime_type = thumbnails[r.id]
+        record.thumbnail.CopyFrom(types_pb2.Thumbnail(data=data, mime_type=mime_type))
+    return record
 
 
 _TRAINING = {"not-needed": index_pb.INDEX_TRAINING_NOT_NEEDED,
