@@ -185,6 +185,8 @@ def test_node_client_against_real_stack(stack: Stack, procs: list[Proc], tmp_pat
         assert r["model"] and r["vector_bytes"] == 4 * r["dim"] > 0, r
         assert abs(r["norm"] - 1.0) < 1e-4, r  # the stored unit vector
         assert int(r["updated_at_ms"]) > 1_600_000_000_000, r
+        # the worker passes on when the image was submitted: before it was indexed
+        assert 1_600_000_000_000 < int(r["submitted_at_ms"]) <= int(r["updated_at_ms"]), r
 
     text_score = {h["id"]: h["score"] for h in text_hits}["red-circle"]
     embed = out["embed"]

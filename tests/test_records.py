@@ -157,7 +157,7 @@ def check_record(d: Deployment, r: Record, vectors: bool) -> None:
     assert r.fields == {"n": w.n[r.id], "shape": w.shape[r.id]}  # metadata is not repeated in fields
     assert (r.model, r.dim) == (d.model.name, d.model.dim)
     assert d.began * 1000 - 5000 <= r.updated_at_ms <= time.time() * 1000
-    assert r.submitted_at_ms == 0  # not stored in this version (documented)
+    assert r.submitted_at_ms == 0  # written by UpsertVectors without a submission time
     if vectors:
         got = np.frombuffer(r.vector, dtype="<f4")
         assert got.shape == (d.model.dim,)

@@ -397,7 +397,7 @@ def test_an_update_wins_over_an_earlier_submission_and_never_resurrects(deployme
     assert late.upserted == 1
     r = api.get(["rule-1"], vectors=True, min_position=max(late.position, updated.position))["rule-1"]
     assert r.fields["status"].string_value == "published" and dict(r.metadata) == {"from": "job 1"}  # not job 2
-    assert r.uri == "/v2.jpg"  # the re-encode itself was written
+    assert r.uri == "/v2.jpg" and r.submitted_at_ms == t0 + 1000  # the re-encode itself was written
     v2 = np.frombuffer(job(2, 0, {}).vector, dtype="<f4")
     np.testing.assert_allclose(np.frombuffer(r.vector, dtype="<f4"), v2 / np.linalg.norm(v2), atol=1e-6)
     newer = api.upsert([job(3, int(time.time() * 1000) + 5000, {"status": types_pb2.Value(string_value="v3")})])

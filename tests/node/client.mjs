@@ -204,6 +204,7 @@ async function main() {
         model: r.model.name,
         dim: r.model.dim,
         updated_at_ms: r.updated_at_ms,
+        submitted_at_ms: r.submitted_at_ms,
         vector_bytes: r.vector.length,
         norm: Math.sqrt(norm),
       };

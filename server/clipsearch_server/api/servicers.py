@@ -347,8 +347,8 @@ class RecordServicer(record_grpc.RecordServiceServicer):
 def _record(r: StoredRecord, model: types_pb2.ModelInfo,
             thumbnails: dict[str, tuple[bytes, str]]) -> record_pb.Record:
     """A stored record as the API's Record, with its thumbnail when `thumbnails` has one for it."""
-    record = record_pb.Record(id=r.id, uri=r.uri, metadata=r.metadata, fields=r.fields,
-                              updated_at_ms=r.updated_ms, model=model, vector=r.vector)
+    record = record_pb.Record(id=r.id, uri=r.uri, metadata=r.metadata, fields=r.fields, updated_at_ms=r.updated_ms,
+                              submitted_at_ms=r.submitted_ms, model=model, vector=r.vector)
     if r.id in thumbnails:
         data, mime_type = thumbnails[r.id]
         record.thumbnail.CopyFrom(types_pb2.Thumbnail(data=data, mime_type=mime_type))

@@ -75,6 +75,7 @@ CREATE TABLE IF NOT EXISTS deletions (
 CREATE INDEX IF NOT EXISTS deletions_feed ON deletions (shard, position);
 CREATE TABLE IF NOT EXISTS thumbnails (id text PRIMARY KEY, mime_type text NOT NULL, data bytea NOT NULL);
 ALTER TABLE images ADD COLUMN IF NOT EXISTS fields_ms bigint NOT NULL DEFAULT 0;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS submitted_ms bigint NOT NULL DEFAULT 0;
 INSERT INTO meta(key, value) VALUES ('next_position', '1') ON CONFLICT (key) DO NOTHING;
 """
 
@@ -194,7 +195,8 @@ class PgStore:
                     row = conn.execute("SELECT value FROM meta WHERE key = 'forgotten_below'").fetchone()
                     forgotten_below = int(row[0]) if row else 0
                     images = conn.execute(
-                        "SELECT i.position, i.id, i.label, i.vector, i.uri, i.metadata, i.fields, t.data, t.mime_type"
+                        "SELECT i.position, i.id, i.label, i.vector, i.uri, i.metadata, i.fields, t.data, t.mime_type,"
+                        " i.submitted_ms"
                         " FROM images i LEFT JOIN thumbnails t ON t.id = i.id"
                         " WHERE i.shard = %s AND i.position >= %s AND i.position < %s ORDER BY i.position LIMIT %s",
                         (shard.index, after, head, limit)).fetchall()
@@ -209,7 +211,7 @@ class PgStore:
         if len(gone) == limit:
             upto = min(upto, int(gone[-1][0]) + 1)
         changes = [Change(int(r[0]), r[1], int(r[2]), np.frombuffer(r[3], dtype="<f4").astype(np.float32), r[4],
-                          json.loads(r[5]), typed.from_json(r[6]), bytes(r[7] or b""), r[8] or "")
+                          json.loads(r[5]), typed.from_json(r[6]), bytes(r[7] or b""), r[8] or "", int(r[9]))
                    for r in images if r[0] < upto]
         changes += [Change(int(r[0]), r[1]) for r in gone if r[0] < upto]
         changes.sort(key=lambda c: c.position)
@@ -255,14 +257,15 @@ class Writer:
                 metadata_json = json.dumps(rec.metadata, sort_keys=True, separators=(",", ":"))
                 fields_json = typed.to_json(rec.fields)
             rows.append((rec.id, label, shard_of(rec.id, self.shards), self.position, rec.uri,
-                         metadata_json, fields_json, blob, now))
+                         metadata_json, fields_json, blob, now, min(rec.submitted_at_ms, 2**63 - 1)))
             thumbnails[rec.id] = (rec.thumbnail, rec.thumbnail_mime_type)
             self.position += 1
         conn.cursor().executemany(
-            "INSERT INTO images(id, label, shard, position, uri, metadata, fields, vector, updated_ms)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET label = EXCLUDED.label,"
+            "INSERT INTO images(id, label, shard, position, uri, metadata, fields, vector, updated_ms, submitted_ms)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET label = EXCLUDED.label,"
             " position = EXCLUDED.position, uri = EXCLUDED.uri, metadata = EXCLUDED.metadata,"
-            " fields = EXCLUDED.fields, vector = EXCLUDED.vector, updated_ms = EXCLUDED.updated_ms", rows)
+            " fields = EXCLUDED.fields, vector = EXCLUDED.vector, updated_ms = EXCLUDED.updated_ms,"
+            " submitted_ms = EXCLUDED.submitted_ms", rows)
         self._set_thumbnails(thumbnails)
         return skipped
 

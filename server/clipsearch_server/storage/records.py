@@ -64,6 +64,7 @@ class StoredRecord:
     fields: typed.Fields  # the typed fields as written, metadata not included
     updated_ms: int  # when this store last wrote the record (ms since the Unix epoch)
     vector: bytes = b""  # the stored unit vector's bytes; empty unless asked for
+    submitted_ms: int = 0  # when the image was submitted for encoding (0: unknown, e.g. an import)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class Change:
     fields: typed.Fields = field(default_factory=dict)
     thumbnail: bytes = b""  # the image's thumbnail as written with it; empty = none (removes the mirror's)
     thumbnail_mime_type: str = ""
+    submitted_ms: int = 0  # when the image was submitted for encoding (0: unknown)
 
 
 class ImageStore(Protocol):

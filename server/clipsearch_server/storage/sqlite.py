@@ -75,7 +75,8 @@ CREATE TABLE IF NOT EXISTS images (
     vector BLOB NOT NULL,
     updated_ms INTEGER NOT NULL,
     fields TEXT NOT NULL DEFAULT '{}',
-    fields_ms INTEGER NOT NULL DEFAULT 0
+    fields_ms INTEGER NOT NULL DEFAULT 0,
+    submitted_ms INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS fields (label INTEGER NOT NULL, key TEXT NOT NULL, type INTEGER NOT NULL, value);
 CREATE INDEX IF NOT EXISTS fields_by_key ON fields(key, value, type, label);
@@ -91,6 +92,7 @@ _SQLITE_FULL = 13
 _SQLITE_TRANSIENT = {5: "the database is locked", 6: "a table is locked", 10: "a disk I/O error",
                      14: "the database file cannot be opened", 15: "a locking protocol error"}
 DISK_FULL_RETRY_S = 5.0  # the retry-after hint of a write refused for a full disk
+_MAX_MS = 2**63 - 1  # submitted_at_ms is a uint64 in the API; SQLite and PostgreSQL integers are signed
 
 
 @contextmanager
@@ -136,13 +138,13 @@ def _disk_full(detail: str) -> ResourceExhausted:
 
 
 def _record_columns(vectors: bool) -> str:
-    return "id, uri, metadata, fields, updated_ms" + (", vector" if vectors else "")
+    return "id, uri, metadata, fields, updated_ms, submitted_ms" + (", vector" if vectors else "")
 
 
 def _record(row: Sequence) -> StoredRecord:
     """A StoredRecord from a row of `_record_columns`."""
     return StoredRecord(row[0], row[1], json.loads(row[2]), typed.from_json(row[3]), int(row[4]),
-                        bytes(row[5]) if len(row) > 5 else b"")
+                        bytes(row[6]) if len(row) > 6 else b"", int(row[5]))
 
 
 def _in_chunks(conn: sqlite3.Connection, sql: str, values: Sequence[object]) -> list[tuple]:
@@ -167,9 +169,11 @@ class SqliteStore:
         conn.execute("PRAGMA journal_mode=WAL")
         self._migrate(conn)
         conn.executescript(_SCHEMA)
-        if "fields_ms" not in [r[1] for r in conn.execute("PRAGMA table_info(images)")]:  # before field updates
-            with _immediate(conn):
-                conn.execute("ALTER TABLE images ADD COLUMN fields_ms INTEGER NOT NULL DEFAULT 0")
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(images)")]
+        for column in ("fields_ms", "submitted_ms"):  # stores written before field updates
+            if column not in columns:
+                with _immediate(conn):
+                    conn.execute(f"ALTER TABLE images ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
         self._check_fields_format(conn)
 
     @staticmethod
@@ -263,13 +267,14 @@ class SqliteStore:
                         metadata, fields = rec.metadata, rec.fields
                         metadata_json = json.dumps(metadata, sort_keys=True, separators=(",", ":"))
                         fields_json = typed.to_json(fields)
-                    images[rec.id] = (rec.id, label, rec.uri, metadata_json, blob, now, fields_json, fields_ms)
+                    images[rec.id] = (rec.id, label, rec.uri, metadata_json, blob, now, fields_json, fields_ms,
+                                      min(rec.submitted_at_ms, _MAX_MS))
                     field_rows[label] = [(label, *row) for row in typed.rows(typed.merged(fields, metadata))]
                     thumbnails[rec.id] = (rec.thumbnail, rec.thumbnail_mime_type)
                 _in_chunks(conn, "DELETE FROM fields WHERE label IN ({})",
                            [stored[i][0] for i in images if i in stored])
                 conn.executemany("INSERT OR REPLACE INTO images(id, label, uri, metadata, vector, updated_ms, fields,"
-                                 " fields_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", list(images.values()))
+                                 " fields_ms, submitted_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", list(images.values()))
                 conn.executemany("INSERT INTO fields(label, key, type, value) VALUES (?, ?, ?, ?)",
                                  [row for rows in field_rows.values() for row in rows])
                 _in_chunks(conn, "DELETE FROM thumbnails WHERE id IN ({})",
@@ -434,11 +439,12 @@ class SqliteStore:
                             gone.append(old)
                         continue
                     conn.execute(
-                        "INSERT OR REPLACE INTO images(id, label, uri, metadata, vector, updated_ms, fields)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT OR REPLACE INTO images(id, label, uri, metadata, vector, updated_ms, fields,"
+                        " submitted_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         (change.id, change.label, change.uri,
                          json.dumps(change.metadata, sort_keys=True, separators=(",", ":")),
-                         np.ascontiguousarray(change.vector, dtype="<f4").tobytes(), now, typed.to_json(change.fields)),
+                         np.ascontiguousarray(change.vector, dtype="<f4").tobytes(), now, typed.to_json(change.fields),
+                         change.submitted_ms),
                     )
                     self._insert_fields(conn, change.label, change)
                     if old != change.label:
