@@ -568,9 +568,13 @@ def cmd_export(args: argparse.Namespace) -> int:
             if args.file == "-":
                 if hasattr(sys.stdout, "reconfigure"):
                     sys.stdout.reconfigure(encoding="utf-8", newline="\n")
-                export_records(client, sys.stdout, args.where or None, vectors=args.vectors, thumbnails=thumbnails,
-                               progress=bar.update)
-                sys.stdout.flush()
+                try:
+                    export_records(client, sys.stdout, args.where or None, vectors=args.vectors,
+                                   thumbnails=thumbnails, progress=bar.update)
+                    sys.stdout.flush()
+                except BrokenPipeError:  # the reader stopped early (`| head`): no traceback
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                    return 1
                 return 0
             path = Path(args.file)
             partial = path.with_name(path.name + ".partial")
@@ -617,7 +621,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(json.dumps({"imported": result.imported, "batches": result.batches,
                           "seconds": round(result.seconds, 3)}))
     else:
-        print(f"imported {result.imported} records from {name} ({result.batches} batches, {result.seconds:.1f} s, "
+        batches = f"{result.batches} batch{'' if result.batches == 1 else 'es'}"
+        print(f"imported {result.imported} records from {name} ({batches}, {result.seconds:.1f} s, "
               f"{result.imported / max(result.seconds, 1e-9):.0f} records/s)")
     return 0
 
