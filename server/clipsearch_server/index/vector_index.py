@@ -75,11 +75,16 @@ class SearchParams:
     include: np.ndarray | None = None
 
 
+UNIT_TOLERANCE = 1e-6  # a row whose norm is this close to 1 is unit already: kept bit for bit
+
+
 def normalize(vectors: np.ndarray) -> np.ndarray:
-    """Returns float32 rows scaled to unit L2 norm (zero rows stay zero)."""
+    """Returns float32 rows scaled to unit L2 norm (zero rows stay zero), as a new array. Rows that are
+    unit already (within UNIT_TOLERANCE, float32 rounding) are kept as they are, so normalizing is
+    idempotent: a stored vector written again (an import of an export) is stored bit for bit."""
     array = np.ascontiguousarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(array, axis=1, keepdims=True)
-    return array / np.maximum(norms, 1e-12)
+    return np.where(np.abs(norms - 1.0) <= UNIT_TOLERANCE, array, array / np.maximum(norms, 1e-12))
 
 
 class _RWLock:
