@@ -147,14 +147,31 @@ def _record(row: Sequence) -> StoredRecord:
                         bytes(row[6]) if len(row) > 6 else b"", int(row[5]))
 
 
-def _in_chunks(conn: sqlite3.Connection, sql: str, values: Sequence[object]) -> list[tuple]:
-    """Runs `sql` (a SELECT or DELETE), whose "IN ({})" takes `values`, in chunks of SQL_CHUNK; the rows
-    of all chunks."""
+def _in_chunks(conn: sqlite3.Connection, sql: str, values: Sequence[object], after: Sequence[object] = ()
+               ) -> list[tuple]:
+    """Runs `sql` (a SELECT or DELETE), whose "IN ({})" takes `values` (and then the parameters `after`),
+    in chunks of SQL_CHUNK; the rows of all chunks."""
     rows: list[tuple] = []
     for start in range(0, len(values), SQL_CHUNK):
         chunk = list(values[start:start + SQL_CHUNK])
-        rows.extend(conn.execute(sql.format(",".join("?" * len(chunk))), chunk).fetchall())
+        rows.extend(conn.execute(sql.format(",".join("?" * len(chunk))), [*chunk, *after]).fetchall())
     return rows
+
+
+def _update_sql(update: typed.Update) -> tuple[str, str, list[object]]:
+    """SQL expressions of an image's new fields and metadata JSON after `update`, and their parameters (the
+    fields expression's, then the metadata expression's). A key set in one map is removed from the other;
+    a typed field is removed before it is set, since json_patch would merge two values' objects."""
+    if update.replace:
+        return "?", "?", [typed.to_json(update.fields),
+                          json.dumps(update.metadata, sort_keys=True, separators=(",", ":"))]
+    drop_fields = {key: None for key in (*update.fields, *update.metadata, *update.unset)}
+    set_fields = json.loads(typed.to_json(update.fields))
+    metadata_patch: dict[str, str | None] = {key: None for key in (*update.fields, *update.unset)}
+    metadata_patch.update(update.metadata)
+    return ("json_patch(json_patch(coalesce(nullif(fields, ''), '{}'), ?), ?)",
+            "json_patch(coalesce(nullif(metadata, ''), '{}'), ?)",
+            [json.dumps(patch, separators=(",", ":")) for patch in (drop_fields, set_fields, metadata_patch)])
 
 
 class SqliteStore:
@@ -329,30 +346,41 @@ class SqliteStore:
 
     def update_fields(self, ids: Sequence[str], update: typed.Update, now_ms: int | None = None) -> list[str]:
         """Applies a field update to the stored images among `ids`, in one transaction (labels, vectors and
-        thumbnails unchanged; the field rows rewritten); returns the ids updated, in the order given.
-        Raises InvalidArgument (nothing written) when an image would pass the fields limit."""
+        thumbnails unchanged; the field rows of the keys it touches rewritten); returns the ids updated, in
+        the order given. Raises InvalidArgument (nothing written) when an image would pass the fields limit.
+
+        The JSON of each image is changed by SQLite itself (json_patch), and the field rows by a few
+        statements per key, not per image: the write holds Python's GIL for little of its time, so searches
+        running beside a large update by filter keep their latency."""
         now = int(time.time() * 1000) if now_ms is None else now_ms
         unique = list(dict.fromkeys(ids))
+        fields_sql, metadata_sql, params = _update_sql(update)
+        count_sql = (f"(SELECT count(*) FROM json_each({fields_sql})) + "
+                     f"(SELECT count(*) FROM json_each({metadata_sql}))")
         with self._write_lock:
             with _immediate(self._conn()) as conn:
-                found = {r[0]: r for r in
-                         _in_chunks(conn, "SELECT id, label, metadata, fields FROM images WHERE id IN ({})", unique)}
-                rows: list[tuple] = []
-                field_rows: list[tuple] = []
-                for image_id in unique:
-                    if image_id not in found:
-                        continue
-                    _, label, metadata_json, fields_json = found[image_id]
-                    fields, metadata = update.apply(typed.from_json(fields_json), json.loads(metadata_json),
-                                                    f"image {image_id!r}")
-                    rows.append((json.dumps(metadata, sort_keys=True, separators=(",", ":")), typed.to_json(fields),
-                                 now, now, image_id))
-                    field_rows.extend((label, *row) for row in typed.rows(typed.merged(fields, metadata)))
-                _in_chunks(conn, "DELETE FROM fields WHERE label IN ({})", [int(found[r[-1]][1]) for r in rows])
-                conn.executemany("UPDATE images SET metadata = ?, fields = ?, updated_ms = ?, fields_ms = ?"
-                                 " WHERE id = ?", rows)
-                conn.executemany("INSERT INTO fields(label, key, type, value) VALUES (?, ?, ?, ?)", field_rows)
-        return [r[-1] for r in rows]
+                found = dict(_in_chunks(conn, "SELECT id, label FROM images WHERE id IN ({})", unique))
+                targets = [i for i in unique if i in found]
+                for start in range(0, len(targets), SQL_CHUNK):
+                    chunk = targets[start:start + SQL_CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    over = conn.execute(f"SELECT id, fields, metadata FROM images WHERE {count_sql} > ? AND id IN "
+                                        f"({marks}) LIMIT 1", [*params, typed.MAX_FIELDS, *chunk]).fetchone()
+                    if over is not None:  # raises the limit's InvalidArgument, naming the image
+                        update.apply(typed.from_json(over[1]), json.loads(over[2]), f"image {over[0]!r}")
+                    conn.execute(f"UPDATE images SET fields = {fields_sql}, metadata = {metadata_sql}, updated_ms = ?,"
+                                 f" fields_ms = ? WHERE id IN ({marks})", [*params, now, now, *chunk])
+                labels = [int(found[i]) for i in targets]
+                if update.replace:
+                    _in_chunks(conn, "DELETE FROM fields WHERE label IN ({})", labels)
+                else:
+                    touched = list(dict.fromkeys([*update.fields, *update.metadata, *update.unset]))
+                    for key in touched:
+                        _in_chunks(conn, "DELETE FROM fields WHERE label IN ({}) AND key = ?", labels, (key,))
+                rows = typed.rows(typed.merged(update.fields, update.metadata))
+                conn.executemany("INSERT INTO fields(label, key, type, value) VALUES (?, ?, ?, ?)",
+                                 [(label, *row) for label in labels for row in rows])
+        return targets
 
     def ids_of(self, labels: Sequence[int]) -> list[str]:
         """The ids of the live images among `labels` (in no particular order)."""
