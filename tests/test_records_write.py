@@ -550,6 +550,11 @@ def test_kill_9_in_the_middle_of_an_update_by_filter(tiny_model: str, redis_url:
         hits = api.call(api.search, "TextSearch", search_pb.TextSearchRequest(text="a red circle", k=3)).results
         assert other.upserted == 1 and len(hits) == 3
         assert thread.is_alive() and api.count(where_filter(["a=1"])) < n
+        # the update's chunks run in a thread of a lower CPU priority (nice + 10) than the server's others
+        nice = [int(Path(task, "stat").read_text().rsplit(")", 1)[1].split()[16])
+                for task in Path(f"/proc/{proc.popen.pid}/task").iterdir()]
+        assert max(nice) - min(nice) == 10 and nice.count(max(nice)) == 1, nice
+        assert thread.is_alive()
         proc.popen.send_signal(signal.SIGKILL)
         proc.popen.wait(timeout=10)
         thread.join(timeout=30)

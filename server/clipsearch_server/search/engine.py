@@ -13,6 +13,8 @@ on between chunks; an interrupted call leaves whole chunks done or not, and the 
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -73,6 +75,10 @@ class Engine:
         # Writes are serialized by the collection anyway; their own thread keeps them from queueing
         # behind searches in the shared pool.
         self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-write")
+        # Updates and deletes by filter run chunk after chunk in a thread of their own at a lower CPU priority
+        # (still one writer at a time: the collection's write lock), so that on a busy machine the threads of
+        # searches and of other writes run first.
+        self._bulk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-bulk", initializer=_lower_priority)
         self.texts = TextBatcher(lambda texts: self._run(lambda: encoder.encode_text(texts)), text_batch,
                                  cache_size=cache_size)
         self.images: MicroBatcher[Any] = MicroBatcher(
@@ -81,8 +87,8 @@ class Engine:
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
-    async def _write(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._writes, fn)
+    async def _write(self, fn: Callable[[], T], bulk: bool = False) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._bulk if bulk else self._writes, fn)
 
     async def text_vector(self, text: str) -> np.ndarray:
         """The text's unit query vector (micro-batched, cached)."""
@@ -163,12 +169,13 @@ class Engine:
         replica = self.replica
         updated: list[str] = []
         position = 0
+        bulk = len(ids) > WRITE_CHUNK
         for start in range(0, len(ids), WRITE_CHUNK):
             chunk = ids[start:start + WRITE_CHUNK]
             if replica is None:
-                updated += await self._write(partial(self.collection.update_fields, chunk, update))
+                updated += await self._write(partial(self.collection.update_fields, chunk, update), bulk)
             else:
-                done, position = await self._write(partial(replica.update, chunk, update))
+                done, position = await self._write(partial(replica.update, chunk, update), bulk)
                 updated += done
         if replica is not None and position:
             await self._applied(replica, position)
@@ -192,12 +199,13 @@ class Engine:
         ids = await self._run(select)
         replica = self.replica
         deleted, position = 0, 0
+        bulk = len(ids) > WRITE_CHUNK
         for start in range(0, len(ids), WRITE_CHUNK):
             chunk = ids[start:start + WRITE_CHUNK]
             if replica is None:
-                deleted += len(await self._write(partial(self.collection.delete, chunk)))
+                deleted += len(await self._write(partial(self.collection.delete, chunk), bulk))
             else:
-                existed, position = await self._write(partial(replica.delete, chunk))
+                existed, position = await self._write(partial(replica.delete, chunk), bulk)
                 deleted += len(existed)
         if replica is not None and position:
             await self._applied(replica, position)
@@ -260,9 +268,22 @@ class Engine:
         self._fetches.shutdown(wait=False, cancel_futures=True)
         self._decodes.shutdown(wait=True)
         self._writes.shutdown(wait=True)
+        self._bulk.shutdown(wait=True)
         if self.replica is not None:
             self.replica.close()
         self.collection.close()
+
+
+BULK_NICE = 10  # how much lower the CPU priority of the bulk-write thread is (Linux nice increment)
+
+
+def _lower_priority() -> None:
+    """Lowers the calling thread's CPU priority by BULK_NICE (Linux: a thread is a task with its own nice
+    value; elsewhere nothing happens)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + BULK_NICE)
+    except (AttributeError, OSError):
+        pass
 
 
 class EngineSlot:
