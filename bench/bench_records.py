@@ -2,7 +2,10 @@
 (a server process apart from this client), each against a baseline measured in the same run.
 
     nice -n 10 python bench/bench_records.py [--n 1000000] [--parts export,update,import]
-        [--cache /tmp/clipsearch-bench-records] [--searches 1000] [--profile DIR]
+        [--cache /tmp/clipsearch-bench-records] [--searches 500] [--profile DIR [--profile-gil]]
+    # the update on two server checkouts, alternated, with a control (searches beside a spinning process):
+    nice -n 10 python bench/bench_records.py --parts update --update-variants default,before
+        --checkout before=/path/to/other/checkout --update-rounds 2 --burn-control --name records-update-variants
 
 The collection: N records of 512-d vectors (the clustered set of bench_index.py, as ViT-B-32's), id
 `img-0000042`, a uri, one metadata entry and two typed fields (`bucket`, an int uniform in [0, 100000),
@@ -15,12 +18,13 @@ which only sets the model's name and dim here: no query is encoded) serves that 
 1. Export with vectors: ScrollRecords pages of 1000 with include_vectors, the raw stub, page after page
    (records/s, first page ms), while a thread makes an UpsertVectors of 10 records every 100 ms (its
    latency during the export against the same calls just before it); then `records_file.export_records`
-   writing the JSON-lines file (end to end, to a file under --work). Baselines: the same rows read
+   writing the JSON-lines file (end to end, to a file in the run's temporary folder). Baselines: the same rows read
    straight from the SQLite file in id order by Python's sqlite3 (keyset pages of 1000: the storage's
    speed), and through `SqliteStore.scroll` in this process (the store layer the server calls).
 2. Update by filter: UpdateRecords with `bucket < B` matching --update-matches records (100,000 by
    default), setting two fields; its wall time, and the latency of BatchSearch calls (one vector query,
-   k=10, one client thread, back to back) during it against the same calls before and after it.
+   k=10, one client thread, back to back) during it against the same calls before and after it; with
+   --burn-control also beside a process spinning on one core for as long (what a busy core costs alone).
 3. Import: `records_file.import_records` of the exported file into an empty server, against the same
    records sent as encoder workers send them (UpsertVectors of --worker-batch records, default 32 as the
    worker's --batch-size, one call in flight per worker, for each count in --worker-pushers). Each into
@@ -40,6 +44,7 @@ import resource
 import shutil
 import signal
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import threading
@@ -57,7 +62,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.bench_index import clustered  # noqa: E402
-from bench.common import RESULTS, cpu_seconds, percentiles, save, table  # noqa: E402
+from bench.common import RESULTS, checkout_env, checkouts, cpu_seconds, percentiles, save, table  # noqa: E402
 from clipsearch import Client  # noqa: E402
 from clipsearch.v1 import (  # noqa: E402
     index_service_pb2 as index_pb,
@@ -133,14 +138,36 @@ def working_copy(cached: Path, work: Path) -> Path:
             os.link(path, data / path.name)
         else:
             shutil.copy2(path, data / path.name)
+    os.sync()  # else the copy's dirty pages are written back during the run (an fsync then waits for them)
     return data
 
 
 # --- servers -------------------------------------------------------------------------------------------
 
+# Server variants for the update's runs (--update-variants): "default" is this checkout's server; a
+# --checkout NAME=PATH is that checkout's server and core; "switch-1ms" is this one with Python's switch
+# interval at 1 ms (a sitecustomize module put first on the server's PYTHONPATH).
+SWITCH_1MS = "import sys\nsys.setswitchinterval(0.001)\nprint('bench_records: variant switch-1ms', file=sys.stderr)\n"
+
+
+def variant_env(work: Path, name: str, checkouts: dict[str, Path]) -> dict[str, str]:
+    """The environment of the server of an --update-variants variant ({} for "default")."""
+    if name in checkouts:
+        return checkout_env(checkouts[name], ("server", "core"))
+    if name == "default":
+        return {}
+    assert name == "switch-1ms", f"unknown variant {name!r} (default, switch-1ms, or a --checkout NAME)"
+    folder = work / f"variant-{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(SWITCH_1MS)
+    return {"PYTHONPATH": os.pathsep.join([str(folder), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
 @contextlib.contextmanager
-def server(work: Path, data: Path, redis_url: str, extra: list[str]) -> Iterator[tuple[Proc, str]]:
-    stack = Stack(model="ViT-B-32", redis_url=redis_url, log_dir=work / "logs", prefix=f"records-{data.name}")
+def server(work: Path, data: Path, redis_url: str, extra: list[str],
+           env: dict[str, str] | None = None) -> Iterator[tuple[Proc, str]]:
+    stack = Stack(model="ViT-B-32", redis_url=redis_url, log_dir=work / "logs", prefix=f"records-{data.name}",
+                  extra_env=env or {})
     started = time.monotonic()
     proc, address = stack.start_server(data, timeout=900, extra=[
         "--pretrained", "none", "--snapshot-interval", "1000000", "--max-message-bytes", str(64 << 20), *extra])
@@ -240,7 +267,7 @@ def first_pages(stub: record_grpc.RecordServiceStub, times: int) -> list[float]:
 def export_grpc(stub: record_grpc.RecordServiceStub, pid: int) -> dict[str, Any]:
     """Every record through ScrollRecords pages with vectors, one page after the other."""
     cpu = Cpu(pid)
-    cursor, count, size, pages, first = "", 0, 0, [], 0.0
+    cursor, count, size, pages = "", 0, 0, []
     while True:
         t = time.perf_counter()
         reply = stub.ScrollRecords(record_pb.ScrollRecordsRequest(page_size=PAGE, cursor=cursor, include_vectors=True),
@@ -272,11 +299,11 @@ def export_file(address: str, out: Path, pid: int) -> dict[str, Any]:
             "file_bytes": out.stat().st_size, **took}
 
 
-def upserts(stub: index_grpc.IndexServiceStub, tag: str, stop: Callable[[], bool], gap_s: float,
+def upserts(stub: index_grpc.IndexServiceStub, tag: str, stop: Callable[[int], bool], gap_s: float,
             rng: np.random.Generator) -> list[float]:
-    """UpsertVectors of 10 new records every gap_s until stop(); each call's latency in seconds."""
+    """UpsertVectors of 10 new records every gap_s until stop(calls made); each call's latency in seconds."""
     out, i = [], 0
-    while not stop():
+    while not stop(i):
         vectors = rng.standard_normal((10, DIM)).astype("<f4")
         request = index_pb.UpsertVectorsRequest(model=model_info(), records=[
             index_pb.VectorRecord(id=f"{tag}-{i}-{j}", vector=vectors[j].tobytes()) for j in range(10)])
@@ -299,8 +326,9 @@ def part_export(args: argparse.Namespace, address: str, proc: Proc, data: Path, 
         result["first_page_cold_ms"] = [s * 1000 for s in first_pages(records, 3)]
         print(f"first page (fresh scroll), 3 calls: {', '.join(f'{s:.0f}' for s in result['first_page_cold_ms'])} ms",
               flush=True)
+        upserts(index, "warm", lambda i: i >= 5, 0.1, rng)  # the first writes of a fresh server are not timed
         deadline = time.perf_counter() + args.upsert_quiet_s
-        quiet = upserts(index, "quiet", lambda: time.perf_counter() > deadline, 0.1, rng)
+        quiet = upserts(index, "quiet", lambda _: time.perf_counter() > deadline, 0.1, rng)
         result["sqlite"] = export_sqlite(db)
         print(f"baseline, SQLite rows in id order (Python sqlite3): {result['sqlite']['records_per_s']:,.0f} records/s",
               flush=True)
@@ -308,17 +336,28 @@ def part_export(args: argparse.Namespace, address: str, proc: Proc, data: Path, 
         print(f"baseline, SqliteStore.scroll in process: {result['store']['records_per_s']:,.0f} records/s", flush=True)
         done = threading.Event()
         during: list[float] = []
-        writer = threading.Thread(target=lambda: during.extend(upserts(index, "during", done.is_set, 0.1, rng)))
+        writer = threading.Thread(
+            target=lambda: during.extend(upserts(index, "during", lambda _: done.is_set(), 0.1, rng)))
         writer.start()
+        spy = None
+        if args.profile:
+            from bench.bench_feed import profile
+
+            spy = profile(args.profile, "server-export", proc.popen.pid, gil=args.profile_gil)
         try:
             result["grpc"] = export_grpc(records, proc.popen.pid)
         finally:
             done.set()
             writer.join()
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(timeout=120)
         print(f"ScrollRecords with vectors, pages of {PAGE}: {result['grpc']['records_per_s']:,.0f} records/s, "
               f"first page {result['grpc']['first_page_ms']:.0f} ms", flush=True)
-    result["upsert_quiet"] = {**percentiles(quiet), "max_ms": max(quiet) * 1000}
-    result["upsert_during_export"] = {**percentiles(during), "max_ms": max(during) * 1000}
+    result["upsert_quiet"] = {**percentiles(quiet), "max_ms": max(quiet) * 1000,
+                              "slowest_ms": sorted((s * 1000 for s in quiet), reverse=True)[:5]}
+    result["upsert_during_export"] = {**percentiles(during), "max_ms": max(during) * 1000,
+                                      "slowest_ms": sorted((s * 1000 for s in during), reverse=True)[:5]}
     result["file"] = export_file(address, export_path, proc.popen.pid)
     print(f"export_records to a file: {result['file']['records_per_s']:,.0f} records/s "
           f"({result['file']['file_bytes'] / 1e9:.2f} GB)", flush=True)
@@ -397,12 +436,23 @@ def part_update(args: argparse.Namespace, address: str, proc: Proc, n: int) -> d
             spy.send_signal(signal.SIGINT)
             spy.wait(timeout=120)
         quiet_after = searches(search, queries, lambda i: i >= args.searches)
+        burn: list[float] = []
+        if args.burn_control:  # the same searches beside a process spinning on one core, for as long as the update
+            spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            until = time.perf_counter() + took["wall_s"]
+            try:
+                burn = searches(search, queries, lambda _: time.perf_counter() > until)
+            finally:
+                spinner.kill()
+                spinner.wait()
     quiet = quiet_before + quiet_after
     result = {"filter_below": below, "matches": matches, "updated": reply[0].updated, **took,
               "records_per_s": reply[0].updated / took["wall_s"],
               "search_quiet": percentiles(quiet), "search_quiet_before": percentiles(quiet_before),
               "search_quiet_after": percentiles(quiet_after), "search_during": percentiles(during)}
     result["search_during"]["max_ms"] = max(during) * 1000
+    if burn:
+        result["search_beside_spinner"] = percentiles(burn)
     result["search_quiet"]["max_ms"] = max(quiet) * 1000
     result["ratios"] = {"p50_during_vs_quiet": result["search_during"]["p50_ms"] / result["search_quiet"]["p50_ms"],
                         "p99_during_vs_quiet": result["search_during"]["p99_ms"] / result["search_quiet"]["p99_ms"]}
@@ -410,7 +460,8 @@ def part_update(args: argparse.Namespace, address: str, proc: Proc, n: int) -> d
           f"({result['records_per_s']:,.0f}/s; server CPU {took['server_cpu_s']:.1f}s) ==")
     table([{"BatchSearch, 1 vector, k=10": name, **result[key]} for name, key in
            (("quiet (before + after)", "search_quiet"), ("quiet before", "search_quiet_before"),
-            ("quiet after", "search_quiet_after"), ("during the update", "search_during"))],
+            ("quiet after", "search_quiet_after"), ("during the update", "search_during"),
+            ("beside a spinning process (control)", "search_beside_spinner")) if key in result],
           ["BatchSearch, 1 vector, k=10", "p50_ms", "p99_ms", "n"])
     print(f"p50 during / quiet {result['ratios']['p50_during_vs_quiet']:.2f}x, "
           f"p99 during / quiet {result['ratios']['p99_during_vs_quiet']:.2f}x (goal <= 2x)", flush=True)
@@ -429,7 +480,7 @@ def import_file(address: str, path: Path, pid: int) -> dict[str, Any]:
     marks: dict[str, float] = {}
     cpu = Cpu(pid)
     with Client(address, timeout=300) as client, open(path, "rb") as fh:
-        done = import_records(client, fh, total=lambda _: marks.setdefault("checked", time.perf_counter()))
+        done = import_records(client, fh, total=lambda _: marks.update(checked=time.perf_counter()))
     took = cpu.done()
     check_s = marks["checked"] - cpu.wall0
     return {"records": done.imported, "batches": done.batches, "records_per_s": done.imported / took["wall_s"],
@@ -462,15 +513,17 @@ def import_workers(address: str, n: int, vectors: np.ndarray, buckets: np.ndarra
 def part_import(args: argparse.Namespace, work: Path, redis_url: str, export_path: Path, n: int,
                 vectors: np.ndarray) -> dict[str, Any]:
     buckets = buckets_of(n)
-    rows = []
+    rows: list[dict[str, Any]] = []
     extra = ["--index", "Flat"]
     for round_ in range(args.import_rounds):
-        runs: list[tuple[str, Callable[[str, int], dict[str, Any]]]] = [
-            (f"workers: {p} x UpsertVectors of {args.worker_batch}",
-             lambda address, pid, p=p: import_workers(address, n, vectors, buckets, args.worker_batch, p, pid))
-            for p in args.worker_pushers]
-        runs.insert(0 if round_ % 2 == 0 else len(runs), ("import_records (file)",
-                                                          lambda address, pid: import_file(address, export_path, pid)))
+        def workers(pushers: int) -> Callable[[str, int], dict[str, Any]]:
+            return lambda address, pid: import_workers(address, n, vectors, buckets, args.worker_batch, pushers, pid)
+
+        def from_file(address: str, pid: int) -> dict[str, Any]:
+            return import_file(address, export_path, pid)
+
+        runs = [(f"workers: {p} x UpsertVectors of {args.worker_batch}", workers(p)) for p in args.worker_pushers]
+        runs.insert(0 if round_ % 2 == 0 else len(runs), ("import_records (file)", from_file))
         for name, run in runs:
             data = work / f"import-{round_}-{len(rows)}"
             with server(work, data, redis_url, extra) as (proc, address):
@@ -512,17 +565,27 @@ class Tee(io.TextIOBase):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000)
-    parser.add_argument("--parts", default="export,update,import")
+    parser.add_argument("--parts", default="export,update,import", help="any of build,export,update,import "
+                        "(build alone: only build the cached data set)")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/clipsearch-bench-records"))
     parser.add_argument("--work", type=Path, default=None, help="folder for the run's copies (default: a temp folder)")
-    parser.add_argument("--upsert-quiet-s", type=float, default=6.0, help="seconds of upserts before the export")
+    parser.add_argument("--upsert-quiet-s", type=float, default=15.0, help="seconds of upserts before the export")
     parser.add_argument("--update-matches", type=int, default=100_000)
     parser.add_argument("--searches", type=int, default=500, help="quiet searches before and again after the update")
     parser.add_argument("--worker-batch", type=int, default=32, help="records per push (the worker's --batch-size)")
     parser.add_argument("--worker-pushers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4],
                         help="concurrent workers pushing, one run per count")
     parser.add_argument("--import-rounds", type=int, default=1)
-    parser.add_argument("--profile", default="", help="folder for a py-spy profile of the server during the update")
+    parser.add_argument("--update-rounds", type=int, default=1)
+    parser.add_argument("--update-variants", type=lambda s: s.split(","), default=["default"],
+                        help="the update once per server variant, each --update-rounds times: default, switch-1ms "
+                             "(sys.setswitchinterval(0.001) in the server), or the NAME of a --checkout")
+    parser.add_argument("--checkout", action="append", default=[],
+                        help="NAME=PATH of another checkout whose server (and core) an update variant NAME runs")
+    parser.add_argument("--burn-control", action="store_true",
+                        help="after the update, the same searches for as long beside a process spinning on a core")
+    parser.add_argument("--profile", default="",
+                        help="folder for py-spy profiles of the server during the gRPC export and the update")
     parser.add_argument("--profile-gil", action="store_true", help="profile only the thread holding the GIL")
     parser.add_argument("--name", default="records")
     args = parser.parse_args()
@@ -538,8 +601,12 @@ def main() -> None:
         shutil.rmtree(cached, ignore_errors=True)
         build(cached, args.n)
     vectors = np.load(cached.parent / "vectors.npy", mmap_mode="r")
-    results: dict[str, Any] = {"n": args.n, "dim": DIM, "page_size": PAGE, "shortcut":
-                               "collection written into the SQLite store with an HNSW snapshot, not through UpsertVectors"}
+    parts.discard("build")
+    if not parts:
+        return
+    results: dict[str, Any] = {
+        "n": args.n, "dim": DIM, "page_size": PAGE,
+        "shortcut": "collection written into the SQLite store with an HNSW snapshot, not through UpsertVectors"}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-records-", dir=args.work) as tmp:
         work = Path(tmp)
@@ -549,14 +616,38 @@ def main() -> None:
             if parts:
                 t = time.monotonic()
                 data = working_copy(cached, work)
-                print(f"working copy of the {args.n:,}-record data directory in {time.monotonic() - t:.0f}s", flush=True)
+                print(f"working copy of the {args.n:,}-record data directory in {time.monotonic() - t:.0f}s",
+                      flush=True)
+                # the update's runs: each --update-variants variant, --update-rounds times
+                runs = [v for _ in range(args.update_rounds) for v in args.update_variants] if "update" in parts \
+                    else []
+                others = dict(checkouts(args.checkout, ROOT)[1:])
+                updates = []
                 with server(work, data, redis_url, []) as (proc, address):
                     if "export" in parts:
                         results["export"] = part_export(args, address, proc, data, export_path)
                     elif "import" in parts:
                         export_file(address, export_path, proc.popen.pid)
-                    if "update" in parts:
-                        results["update"] = part_update(args, address, proc, args.n)
+                    if runs and runs[0] == "default":
+                        updates.append({"variant": runs.pop(0), **part_update(args, address, proc, args.n)})
+                for variant in runs:
+                    with server(work, data, redis_url, [], variant_env(work, variant, others)) as (proc, address):
+                        assert variant != "switch-1ms" or "bench_records: variant switch-1ms" in proc.output()
+                        print(f"update on a server of variant {variant}", flush=True)
+                        updates.append({"variant": variant, **part_update(args, address, proc, args.n)})
+                if updates:
+                    results["update"] = updates[0]
+                    if len(updates) > 1:
+                        results["update_runs"] = updates
+                        summary = [{"variant": u["variant"], "updated": u["updated"],
+                                    "update s": u["wall_s"], "quiet p50": u["search_quiet"]["p50_ms"],
+                                    "quiet p99": u["search_quiet"]["p99_ms"],
+                                    "during p50": u["search_during"]["p50_ms"],
+                                    "during p99": u["search_during"]["p99_ms"],
+                                    "p99 x": u["ratios"]["p99_during_vs_quiet"],
+                                    "spinner p99": u.get("search_beside_spinner", {}).get("p99_ms")} for u in updates]
+                        print("\n== update runs ==")
+                        table(summary, list(summary[0]))
                 shutil.rmtree(data, ignore_errors=True)
             if "import" in parts:
                 results["import"] = part_import(args, work, redis_url, export_path, args.n, vectors)
@@ -565,6 +656,7 @@ def main() -> None:
     results["run_s"] = time.monotonic() - started
     print(f"run took {results['run_s']:.0f}s (without building the data set)")
     save(args.name, {"args": {k: str(v) for k, v in vars(args).items()}, **results})
+    sys.stdout = sys.__stdout__
     log.close()
 
 
