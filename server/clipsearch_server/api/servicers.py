@@ -289,8 +289,9 @@ class RecordServicer(record_grpc.RecordServiceServicer):
         found, thumbnails = await engine.records(ids, request.include_vectors, request.include_thumbnails)
         missing = check.records_missing(ids, found, request.allow_missing)
         model = types_pb2.ModelInfo(name=engine.collection.model, dim=engine.collection.dim)
-        return record_pb.GetRecordsResponse(
-            records=[_record(found[i], model, thumbnails) for i in ids if i in found], missing_ids=missing)
+        records = await asyncio.to_thread(  # up to 1000 messages: built off the event loop
+            lambda: [_record(found[i], model, thumbnails) for i in ids if i in found])
+        return record_pb.GetRecordsResponse(records=records, missing_ids=missing)
 
     @_rpc
     async def ScrollRecords(
@@ -305,9 +306,10 @@ class RecordServicer(record_grpc.RecordServiceServicer):
         found, thumbnails, more = await engine.scroll(flt, after, size, request.include_vectors,
                                                       request.include_thumbnails)
         model = types_pb2.ModelInfo(name=engine.collection.model, dim=engine.collection.dim)
+        records = await asyncio.to_thread(  # a page of up to 1000 messages: built off the event loop
+            lambda: [_record(r, model, thumbnails) for r in found])
         return record_pb.ScrollRecordsResponse(
-            records=[_record(r, model, thumbnails) for r in found],
-            next_cursor=pages.scroll_cursor(found[-1].id, query) if more and found else "")
+            records=records, next_cursor=pages.scroll_cursor(found[-1].id, query) if more and found else "")
 
     @_rpc
     async def UpdateRecords(
