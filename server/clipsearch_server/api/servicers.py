@@ -318,7 +318,7 @@ class RecordServicer(record_grpc.RecordServiceServicer):
             raise InvalidArgument("give exactly one of ids and filter: the images to update")
         ids = check.image_ids(request.ids, check.MAX_UPDATE_IDS) if request.ids else None
         flt = filters.check(request.filter) if request.HasField("filter") else None
-        update = check.field_update(request)
+        update = _field_update(request)
         updated, position = await self._slot.get().update(ids, flt, update)
         done = set(updated)
         return record_pb.UpdateRecordsResponse(
@@ -343,6 +343,29 @@ class RecordServicer(record_grpc.RecordServiceServicer):
         engine = self._slot.get()
         await engine.wait_position(check.min_position(request.min_position))
         return record_pb.CountRecordsResponse(count=await engine.count(flt))
+
+
+def _field_update(request: record_pb.UpdateRecordsRequest) -> typed.Update:
+    """The change an UpdateRecordsRequest asks for (set_fields, set_metadata, unset, replace), checked:
+    something to change, no key twice, at most typed.MAX_FIELDS set and unset, values within the limits."""
+    if not (request.set_fields or request.set_metadata or request.unset or request.replace):
+        raise InvalidArgument("the update changes nothing: give set_fields, set_metadata, unset or replace")
+    if request.replace and request.unset:
+        raise InvalidArgument("unset cannot be given with replace (replace already removes every key)")
+    if len(request.set_fields) + len(request.set_metadata) > typed.MAX_FIELDS:
+        raise InvalidArgument(f"the update sets {len(request.set_fields)} fields and {len(request.set_metadata)} "
+                              f"metadata entries; the limit is {typed.MAX_FIELDS} together")
+    if len(request.unset) > typed.MAX_FIELDS:
+        raise InvalidArgument(f"unset holds {len(request.unset)} keys, the limit is {typed.MAX_FIELDS}")
+    set_metadata = check.metadata(request.set_metadata, "set_metadata")
+    set_fields = typed.validate(request.set_fields, set_metadata, "the update", "set_fields")
+    unset = list(dict.fromkeys(request.unset))
+    for i, key in enumerate(unset):
+        if not key or len(key) > typed.MAX_KEY_CHARS:
+            raise InvalidArgument(f"unset[{i}] must be 1 to {typed.MAX_KEY_CHARS} characters, got {len(key)}")
+        if key in set_fields or key in set_metadata:
+            raise InvalidArgument(f"unset[{i}] {key!r} is also set by the update; give each key once")
+    return typed.Update(set_fields, set_metadata, tuple(unset), request.replace)
 
 
 YIELD_EVERY = 50  # records built between two yields of the GIL (about 1 ms)

@@ -7,12 +7,11 @@ field, the value's problem and the limit, so a caller can fix the request.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Container, Mapping, Sequence
+from typing import Callable, Container, Mapping, Sequence
 
 import numpy as np
 
 from clipsearch_core.images import is_supported_uri
-from clipsearch_server.storage import fields as typed
 
 from .errors import InvalidArgument, NotFound
 
@@ -271,7 +270,6 @@ MAX_PAGE_SIZE = 1000  # records per ScrollRecords page
 MAX_PAGE_SIZE_WITH_THUMBNAILS = 100  # records per page with include_thumbnails
 DEFAULT_PAGE_SIZE = 100
 MAX_UPDATE_IDS = 1000  # ids per UpdateRecords call
-MAX_UPDATE_KEYS = typed.MAX_FIELDS  # keys set (fields and metadata together), and keys unset, per UpdateRecords
 
 
 def page_size(value: int, include_thumbnails: bool) -> int:
@@ -284,26 +282,3 @@ def page_size(value: int, include_thumbnails: bool) -> int:
                               f"{' with include_thumbnails' if include_thumbnails else ''} (0 = {DEFAULT_PAGE_SIZE}), "
                               f"got {value}")
     return value
-
-
-def field_update(request: Any) -> typed.Update:
-    """The change an UpdateRecordsRequest asks for (set_fields, set_metadata, unset, replace), checked:
-    something to change, no key twice, at most MAX_UPDATE_KEYS set and unset, values within the limits."""
-    if not (request.set_fields or request.set_metadata or request.unset or request.replace):
-        raise InvalidArgument("the update changes nothing: give set_fields, set_metadata, unset or replace")
-    if request.replace and request.unset:
-        raise InvalidArgument("unset cannot be given with replace (replace already removes every key)")
-    if len(request.set_fields) + len(request.set_metadata) > MAX_UPDATE_KEYS:
-        raise InvalidArgument(f"the update sets {len(request.set_fields)} fields and {len(request.set_metadata)} "
-                              f"metadata entries; the limit is {MAX_UPDATE_KEYS} together")
-    if len(request.unset) > MAX_UPDATE_KEYS:
-        raise InvalidArgument(f"unset holds {len(request.unset)} keys, the limit is {MAX_UPDATE_KEYS}")
-    set_metadata = metadata(request.set_metadata, "set_metadata")
-    set_fields = typed.validate(request.set_fields, set_metadata, "the update", "set_fields")
-    unset = list(dict.fromkeys(request.unset))
-    for i, key in enumerate(unset):
-        if not key or len(key) > typed.MAX_KEY_CHARS:
-            raise InvalidArgument(f"unset[{i}] must be 1 to {typed.MAX_KEY_CHARS} characters, got {len(key)}")
-        if key in set_fields or key in set_metadata:
-            raise InvalidArgument(f"unset[{i}] {key!r} is also set by the update; give each key once")
-    return typed.Update(set_fields, set_metadata, tuple(unset), request.replace)
