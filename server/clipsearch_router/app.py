@@ -67,6 +67,7 @@ from clipsearch_core.shards import shard_of
 from clipsearch_server.api import program, validation as check
 from clipsearch_server.api.boundary import MalformedRequests, boundary
 from clipsearch_server.api.metrics import PARTIAL, serve_metrics
+from clipsearch_server.api.security import SERVICE_NAMES
 
 from .cluster import Cluster, Metadata, Shard, ShardDown, Upstream, parse_shards
 
@@ -78,12 +79,6 @@ _SEARCH = "/clipsearch.v1.SearchService/"
 _INDEX = "/clipsearch.v1.IndexService/"
 _RECORD = "/clipsearch.v1.RecordService/"
 _WRITE_TIMEOUT_S = 60.0  # writes without a caller deadline
-_SERVICES = (
-    search_pb.DESCRIPTOR.services_by_name["SearchService"].full_name,
-    ingest_pb.DESCRIPTOR.services_by_name["IngestService"].full_name,
-    index_pb.DESCRIPTOR.services_by_name["IndexService"].full_name,
-    record_pb.DESCRIPTOR.services_by_name["RecordService"].full_name,
-)
 
 
 @dataclass(frozen=True)
@@ -600,7 +595,7 @@ class RunningRouter:
 
     def _set_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ("", *_SERVICES):
+        for name in ("", *SERVICE_NAMES):
             self.health.set(name, status)
 
     async def stop(self, grace: float) -> None:
@@ -620,13 +615,13 @@ async def create_router(config: RouterConfig) -> RunningRouter:
     then SERVING while some replica is healthy (a router with some shards down still answers, partially)."""
     cluster = Cluster(config.shards, config.upstream, config.health_interval_s, config.shard_timeout_s)
     server = grpc.aio.server(options=program.server_options(config.upstream.max_message_bytes),
-                             interceptors=[MalformedRequests(_SERVICES)])  # unparseable requests: INVALID_ARGUMENT
+                             interceptors=[MalformedRequests(SERVICE_NAMES)])  # unparseable requests: INVALID_ARGUMENT
     search_grpc.add_SearchServiceServicer_to_server(RouterSearch(cluster, config.shard_timeout_s), server)
     writes = Writes(cluster, config.shard_timeout_s, config.replica_writes)
     index_grpc.add_IndexServiceServicer_to_server(RouterIndex(cluster, config.shard_timeout_s, writes), server)
     record_grpc.add_RecordServiceServicer_to_server(RouterRecords(cluster, config.shard_timeout_s, writes), server)
     server.add_generic_rpc_handlers((_ingest_handler(cluster),))
-    port, health_servicer = program.listen(server, _SERVICES, config.host, config.port, config.tls_cert,
+    port, health_servicer = program.listen(server, SERVICE_NAMES, config.host, config.port, config.tls_cert,
                                            config.tls_key, config.tls_client_ca)
     if config.metrics_port:
         serve_metrics(config.metrics_port, [lambda: _health_gauges(cluster)])

@@ -24,6 +24,8 @@ from .tokens import READ, WRITE, TokenStore, scope_allows
 
 __all__ = [
     "OPEN_METHOD_PREFIXES",
+    "SERVICES",
+    "SERVICE_NAMES",
     "READ_METHODS",
     "WRITE_METHODS",
     "BearerTokenInterceptor",
@@ -50,6 +52,9 @@ SERVICES = (
     index_service_pb2.DESCRIPTOR.services_by_name["IndexService"],
     record_service_pb2.DESCRIPTOR.services_by_name["RecordService"],
 )
+# Their full names: what servers and the router serve (health, reflection, the malformed-request guard).
+# The one list of the API's services: a new service is added here.
+SERVICE_NAMES = tuple(service.full_name for service in SERVICES)
 
 
 def method_scopes() -> dict[str, str]:

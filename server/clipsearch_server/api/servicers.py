@@ -36,15 +36,10 @@ from clipsearch_server.storage.records import ImageRecord, StoredRecord
 from . import search_api, validation as check
 from .boundary import boundary
 from .errors import InvalidArgument
+from .security import SERVICE_NAMES
 
 __all__ = ["SERVICE_NAMES", "IndexServicer", "IngestServicer", "RecordServicer", "SearchServicer", "add_servicers"]
 
-# the full names of the services a server serves (health, reflection, the boundary's guard)
-SERVICE_NAMES = tuple(
-    module.DESCRIPTOR.services_by_name[name].full_name
-    for module, name in ((search_pb, "SearchService"), (ingest_pb, "IngestService"), (index_pb, "IndexService"),
-                         (record_pb, "RecordService"))
-)
 
 
 _rpc = boundary()  # every handler's API boundary: statuses, request ids for internal errors, metrics
