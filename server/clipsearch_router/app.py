@@ -454,10 +454,7 @@ class RouterRecords(record_grpc.RecordServiceServicer):
         groups = by_shard(ids, self._cluster.count)
         parts = []
         for positions in groups.values():
-            part = record_pb.GetRecordsRequest()
-            part.CopyFrom(request)  # every option travels, fields this router does not know included
-            del part.ids[:]
-            part.ids.extend(ids[i] for i in positions)
+            part = _with_ids(request, [ids[i] for i in positions])
             part.allow_missing = True
             parts.append(part)
         replies = await asyncio.gather(*(
@@ -509,11 +506,7 @@ class RouterRecords(record_grpc.RecordServiceServicer):
             ids = list(dict.fromkeys(check.image_ids(request.ids, check.MAX_UPDATE_IDS)))
             parts = {}
             for index, positions in by_shard(ids, self._cluster.count).items():
-                part = record_pb.UpdateRecordsRequest()
-                part.CopyFrom(request)
-                del part.ids[:]
-                part.ids.extend(ids[i] for i in positions)
-                parts[index] = part.SerializeToString()
+                parts[index] = _with_ids(request, [ids[i] for i in positions]).SerializeToString()
         else:
             payload = request.SerializeToString()
             parts = {shard.index: payload for shard in self._cluster.shards}
@@ -546,6 +539,16 @@ class RouterRecords(record_grpc.RecordServiceServicer):
         answers = [record_pb.DeleteRecordsResponse.FromString(r) for r in replies.values()]
         return record_pb.DeleteRecordsResponse(deleted=sum(a.deleted for a in answers),
                                                position=max(a.position for a in answers))
+
+
+def _with_ids(request: Any, ids: Sequence[str]) -> Any:
+    """A copy of `request` for one shard, with only these ids: every other option travels, fields this
+    router does not know included."""
+    part = type(request)()
+    part.CopyFrom(request)
+    del part.ids[:]
+    part.ids.extend(ids)
+    return part
 
 
 def merge_scroll(replies: Sequence[record_pb.ScrollRecordsResponse], size: int,

@@ -328,7 +328,7 @@ class RecordServicer(record_grpc.RecordServiceServicer):
             raise InvalidArgument("give a filter, or set `all` to delete every image")
         flt = filters.check(request.filter) if request.HasField("filter") else None
         deleted, position = await self._slot.get().delete_where(flt, request.all)
-        return record_pb.DeleteRecordsResponse(deleted=deleted, position=position)
+        return record_pb.DeleteRecordsResponse(deleted=len(deleted), position=position)
 
     @_rpc
     async def CountRecords(

@@ -166,50 +166,42 @@ class Engine:
             ids = await self._run(lambda: self._matching_ids(flt))
         else:
             self.collection.check_owned(ids)
-        replica = self.replica
-        updated: list[str] = []
+        return await self._chunked(ids, partial(self.collection.update_fields, update=update),
+                                   None if self.replica is None else partial(self.replica.update, update=update))
+
+    async def delete_where(self, flt: Filter | None, everything: bool) -> tuple[list[str], int]:
+        """Deletes the images matching `flt` (every image when None) when the call starts, in chunks of
+        WRITE_CHUNK; returns (ids deleted, read-your-writes position). Without `everything`, a filter
+        matching every image of a non-empty collection is refused (FailedPrecondition)."""
+        def select() -> list[str]:
+            if flt is not None and not everything:
+                live = self.collection.store.count()
+                if live and len(self._labels.matching(self.collection, flt)) >= live:
+                    raise FailedPrecondition(f"the filter matches every image ({live}); set `all` "
+                                             "(clipsearch delete --all) to delete them all")
+            return self._matching_ids(flt)
+
+        ids = await self._run(select)
+        return await self._chunked(ids, self.collection.delete, None if self.replica is None else self.replica.delete)
+
+    async def _chunked(self, ids: Sequence[str], local: Callable[[Sequence[str]], list[str]],
+                       shared: Callable[[Sequence[str]], tuple[list[str], int]] | None) -> tuple[list[str], int]:
+        """Writes `ids` in chunks of WRITE_CHUNK, one store transaction each, with `local` (SQLite) or `shared`
+        (the PostgreSQL store, then waiting until this server has applied it); more than one chunk runs on the
+        bulk-write thread. Returns (the ids written, read-your-writes position: 0 with SQLite)."""
+        done: list[str] = []
         position = 0
         bulk = len(ids) > WRITE_CHUNK
         for start in range(0, len(ids), WRITE_CHUNK):
             chunk = ids[start:start + WRITE_CHUNK]
-            if replica is None:
-                updated += await self._write(partial(self.collection.update_fields, chunk, update), bulk)
+            if shared is None:
+                done += await self._write(partial(local, chunk), bulk)
             else:
-                done, position = await self._write(partial(replica.update, chunk, update), bulk)
-                updated += done
-        if replica is not None and position:
-            await self._applied(replica, position)
-        return updated, position
-
-    async def delete_where(self, flt: Filter | None, everything: bool) -> tuple[int, int]:
-        """Deletes the images matching `flt` (every image when None) when the call starts, in chunks of
-        WRITE_CHUNK; returns (images deleted, read-your-writes position). Without `everything`, a filter
-        matching every image of a non-empty collection is refused (FailedPrecondition)."""
-        def select() -> list[str]:
-            store = self.collection.store
-            if flt is None:
-                return store.ids_of(store.live_labels().tolist())
-            labels = self._labels.matching(self.collection, flt)
-            live = store.count()
-            if not everything and live and len(labels) >= live:
-                raise FailedPrecondition(
-                    f"the filter matches every image ({live}); set `all` (clipsearch delete --all) to delete them all")
-            return store.ids_of(labels.tolist())
-
-        ids = await self._run(select)
-        replica = self.replica
-        deleted, position = 0, 0
-        bulk = len(ids) > WRITE_CHUNK
-        for start in range(0, len(ids), WRITE_CHUNK):
-            chunk = ids[start:start + WRITE_CHUNK]
-            if replica is None:
-                deleted += len(await self._write(partial(self.collection.delete, chunk), bulk))
-            else:
-                existed, position = await self._write(partial(replica.delete, chunk), bulk)
-                deleted += len(existed)
-        if replica is not None and position:
-            await self._applied(replica, position)
-        return deleted, position
+                written, position = await self._write(partial(shared, chunk), bulk)
+                done += written
+        if self.replica is not None and position:
+            await self._applied(self.replica, position)
+        return done, position
 
     def _matching_ids(self, flt: Filter | None) -> list[str]:
         labels = self._labels.matching(self.collection, flt) if flt is not None else self.collection.store.live_labels()
